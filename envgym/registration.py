@@ -1,0 +1,138 @@
+"""The env registry: `register`, `make`, `spec`, `list_envs`, and entry-point plugins.
+
+Ids are versioned, `namespace/Name-vN`. Every id registered here is registered
+with Gymnasium as well, so `gymnasium.make(id)` builds the same env (wrapped in
+Gymnasium's own TimeLimit and checkers instead of envgym's wrappers).
+
+Third-party packages register envs through the entry-point group `envgym.envs`:
+each entry point is a zero-argument callable that calls `envgym.register`.
+Plugins load lazily, on the first `make`, `spec` or `list_envs`; a plugin that
+raises is reported in a warning that names it, and the others still load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import re
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import gymnasium
+
+from envgym.core import Env
+
+ENTRY_POINT_GROUP = "envgym.envs"
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+-v\d+$")
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What `make` needs to build an env: where its class lives and how it is wrapped."""
+
+    id: str
+    entry_point: str | Callable[..., Env]
+    max_turns: int | None = None
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def load(self) -> Callable[..., Env]:
+        """The class or factory behind `entry_point` (`"package.module:Name"` or a callable)."""
+        if callable(self.entry_point):
+            return self.entry_point
+        module_name, _, attr = self.entry_point.partition(":")
+        if not attr:
+            raise ValueError(f"entry_point of {self.id!r} must look like 'package.module:Name', got {self.entry_point!r}")
+        return getattr(importlib.import_module(module_name), attr)
+
+
+_registry: dict[str, EnvSpec] = {}
+_plugins_loaded = False
+
+
+def register(
+    id: str,
+    entry_point: str | Callable[..., Env],
+    *,
+    max_turns: int | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+    description: str = "",
+) -> EnvSpec:
+    """Register an env under a versioned id such as ``"games/Maze-v0"``.
+
+    `entry_point` is ``"package.module:ClassName"`` (imported only when the env
+    is made) or a callable returning an `envgym.Env`. `max_turns` truncates
+    episodes; `kwargs` are the constructor defaults that `make` may override.
+    Registering an id twice replaces the first with a warning.
+    """
+    if not _ID_PATTERN.match(id):
+        raise ValueError(f"env id {id!r} must look like 'namespace/Name-v0'")
+    if max_turns is not None and max_turns < 1:
+        raise ValueError(f"max_turns of {id!r} must be >= 1, got {max_turns}")
+    if id in _registry:
+        warnings.warn(f"env id {id!r} was registered already; the new registration replaces it", stacklevel=2)
+    spec_ = EnvSpec(id, entry_point, max_turns, dict(kwargs or {}), description)
+    _registry[id] = spec_
+    gymnasium.register(
+        id=id,
+        entry_point=entry_point,
+        max_episode_steps=max_turns,
+        kwargs=dict(kwargs or {}),
+        disable_env_checker=True,
+    )
+    return spec_
+
+
+def _load_plugins() -> None:
+    """Import the built-in families, then call every `envgym.envs` entry point once."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    importlib.import_module("envgym.envs")
+    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            entry.load()()
+        except Exception as exc:  # a broken plugin must not break the others
+            warnings.warn(
+                f"envgym plugin {entry.name!r} ({entry.value}) failed to register: {type(exc).__name__}: {exc}",
+                stacklevel=2,
+            )
+
+
+def list_envs() -> list[str]:
+    """All registered ids, sorted."""
+    _load_plugins()
+    return sorted(_registry)
+
+
+def spec(id: str) -> EnvSpec:
+    """The spec of `id`; raises KeyError naming the closest registered ids."""
+    _load_plugins()
+    if id not in _registry:
+        close = difflib.get_close_matches(id, _registry, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "; `envgym list` shows them all"
+        raise KeyError(f"unknown env id {id!r}{hint}")
+    return _registry[id]
+
+
+def make(id: str, *, wrap: bool = True, **kwargs: Any) -> gymnasium.Env:
+    """Build env `id` with its registered kwargs overridden by `kwargs`.
+
+    With `wrap=True` (the default) the env is wrapped in `TurnLimit(max_turns)`
+    when the spec sets one. Unknown kwargs fail with the constructor's TypeError.
+    """
+    from envgym.wrappers import TurnLimit
+
+    spec_ = spec(id)
+    env = spec_.load()(**{**spec_.kwargs, **kwargs})
+    if not isinstance(env, Env):
+        raise TypeError(f"entry point of {id!r} returned {type(env).__name__}, which is not an envgym.Env")
+    env.spec = dataclasses.replace(gymnasium.spec(id), kwargs={**spec_.kwargs, **kwargs})
+    if wrap and spec_.max_turns is not None:
+        env = TurnLimit(env, spec_.max_turns)
+    return env

@@ -1,0 +1,3 @@
+"""The built-in env families. Importing this package registers their ids (no heavy imports)."""
+
+from envgym.envs import games  # noqa: F401
