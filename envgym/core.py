@@ -140,7 +140,12 @@ class Env(gymnasium.Env[str, str]):
         return action
 
     def task_key(self, split: str, index: int) -> str:
-        """A string naming the content of task `index` of `split` (equal content, equal key)."""
+        """A string naming the content of task `index` of `split` (equal content, equal key).
+
+        Must be cheap: the checker calls it for up to 2000 tasks of each split to
+        prove the splits disjoint (name the generator's inputs rather than build
+        an expensive task).
+        """
         raise NotImplementedError
 
     def oracle_action(self) -> str:

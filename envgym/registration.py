@@ -75,6 +75,7 @@ def register(
         raise ValueError(f"max_turns of {id!r} must be >= 1, got {max_turns}")
     if id in _registry:
         warnings.warn(f"env id {id!r} was registered already; the new registration replaces it", stacklevel=2)
+        gymnasium.registry.pop(id, None)
     spec_ = EnvSpec(id, entry_point, max_turns, dict(kwargs or {}), description)
     _registry[id] = spec_
     gymnasium.register(

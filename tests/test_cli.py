@@ -1,0 +1,87 @@
+"""The `envgym` command: output people read and exit codes scripts rely on."""
+
+import subprocess
+import sys
+
+import pytest
+
+from envgym.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main, parse_kwargs
+
+
+def test_list_shows_builtin_ids(capsys):
+    assert main(["list"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "games/Maze-v0" in out and "games/GuessNumber-v0" in out
+
+
+def test_info_shows_splits_action_format_and_knobs(capsys):
+    assert main(["info", "games/Maze-v0", "size=4"]) == EXIT_OK
+    out = capsys.readouterr().out
+    for text in ("test (1000 tasks)", "action format", "north, south, east or west", "loops", "4x4 maze"):
+        assert text in out
+
+
+def test_unknown_id_is_a_usage_error_with_a_suggestion(capsys):
+    assert main(["info", "games/Maze-v7"]) == EXIT_USAGE
+    assert "did you mean 'games/Maze-v0'" in capsys.readouterr().out
+
+
+def test_bad_constructor_argument_is_a_usage_error(capsys):
+    assert main(["info", "games/Maze-v0", "size=1"]) == EXIT_USAGE
+    assert "size must be >= 2" in capsys.readouterr().out
+    assert main(["info", "games/Maze-v0", "colour=red"]) == EXIT_USAGE
+
+
+def test_check_exits_zero_on_a_good_env_and_one_on_a_broken_env(capsys):
+    assert main(["check", "games/GuessNumber-v0"]) == EXIT_OK
+    assert "all checks passed" in capsys.readouterr().out
+    import envgym
+    from envgym import registration
+
+    envgym.register("broken/Crash-v0", "broken_envs:CrashesOnEmpty")
+    try:
+        assert main(["check", "broken/Crash-v0"]) == EXIT_FAILED
+        assert "FAIL  bad actions" in capsys.readouterr().out
+    finally:
+        registration._registry.pop("broken/Crash-v0")
+    assert main(["check"]) == EXIT_USAGE
+
+
+def test_play_in_a_terminal_until_the_game_is_won():
+    # A person (here, a pipe) plays the guessing game by bisection and wins.
+    proc = subprocess.Popen([sys.executable, "-m", "envgym.cli", "play", "games/GuessNumber-v0", "--seed", "3",
+                             "--split", "test", "--task", "0"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lo, hi = 1, 100
+    guesses = []
+    lines = []
+    for _ in range(8):
+        guess = (lo + hi) // 2
+        guesses.append(guess)
+        proc.stdin.write(f"{guess}\n")
+        proc.stdin.flush()
+        line = ""
+        while "too low" not in line and "too high" not in line and "correct" not in line:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            lines.append(line)
+        if "correct" in line:
+            break
+        lo, hi = (guess + 1, hi) if "too low" in line else (lo, guess - 1)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "episode won" in out
+    assert "turn" in "".join(lines)
+
+
+def test_parse_kwargs_reads_yaml_scalars():
+    assert parse_kwargs(["size=7", "loops=0.5", "name=x", "flag=true"]) == {"size": 7, "loops": 0.5, "name": "x",
+                                                                           "flag": True}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_kwargs(["size"])
+
+
+def test_console_script_is_installed():
+    out = subprocess.run([sys.executable, "-m", "envgym.cli", "--help"], capture_output=True, text=True, check=True)
+    for command in ("list", "info", "check", "play"):
+        assert command in out.stdout
