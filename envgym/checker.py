@@ -125,6 +125,17 @@ def play(env: gymnasium.Env, seed: int, options: dict[str, Any] | None, steps: i
     return transcript
 
 
+def _entry_point_path(env_id: str) -> str | None:
+    """`"module:Name"` for the entry point of `env_id`, or None if another process could not import it."""
+    entry = spec(env_id).entry_point
+    if isinstance(entry, str):
+        return entry
+    module = sys.modules.get(entry.__module__)
+    if entry.__module__ == "__main__" or getattr(module, "__file__", None) is None or "<" in entry.__qualname__:
+        return None
+    return f"{entry.__module__}:{entry.__qualname__}"
+
+
 def _transcript_in_subprocess(env_id: str, make_kwargs: dict[str, Any], seed: int,
                               actions: list[str]) -> list:
     """The state keys of the same episode replayed in a fresh Python process (same import path)."""
@@ -135,9 +146,7 @@ def _transcript_in_subprocess(env_id: str, make_kwargs: dict[str, Any], seed: in
         "env = envgym.make(a['id'], **a['kwargs'])\n"
         "print(json.dumps(play(env, a['seed'], None, 0, a['actions'])['state_keys']))\n"
     )
-    entry = spec(env_id).entry_point
-    if not isinstance(entry, str):
-        entry = f"{entry.__module__}:{entry.__qualname__}"
+    entry = _entry_point_path(env_id)
     prelude = (f"import envgym\nif {env_id!r} not in envgym.list_envs(): envgym.register({env_id!r}, {entry!r}, "
                f"max_turns={spec(env_id).max_turns!r}, kwargs={dict(spec(env_id).kwargs)!r})\n")
     payload = json.dumps({"id": env_id, "kwargs": make_kwargs, "seed": seed, "actions": actions})
@@ -220,9 +229,8 @@ def check_state_keys(env: gymnasium.Env, env_id: str | None, make_kwargs: dict[s
         raise CheckFailure(f"state_key must be a str, got {[type(k).__name__ for k in keys][:5]}")
     if env_id is None:
         return "cross-process check skipped (env has no registered id)"
-    entry = spec(env_id).entry_point
-    if not isinstance(entry, str) and (entry.__module__ == "__main__" or "<" in entry.__qualname__):
-        return "cross-process check skipped (entry point defined in __main__ or a function body)"
+    if _entry_point_path(env_id) is None:
+        return "cross-process check skipped (the entry point is not importable by another process)"
     remote = _transcript_in_subprocess(env_id, make_kwargs, 5, transcript["actions"])
     if remote != keys:
         raise CheckFailure("state keys differ between two processes for the same episode; "
