@@ -1,3 +1,4 @@
 """The built-in env families. Importing this package registers their ids (no heavy imports)."""
 
 from envgym.envs import games  # noqa: F401
+from envgym.envs import tools as _tool_envs  # noqa: F401

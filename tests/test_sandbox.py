@@ -1,0 +1,148 @@
+"""The sandbox interface on every backend available here, and the Python executor and session."""
+
+import time
+import warnings
+
+import pytest
+
+from envgym.tools import (
+    ExecStatus,
+    Limits,
+    PythonExecutor,
+    PythonSession,
+    SubprocessSandbox,
+    make_sandbox,
+    python_tool,
+)
+from envgym.tools.sandbox import bwrap_usable
+
+BACKENDS = [pytest.param("bwrap", marks=pytest.mark.skipif(bwrap_usable() is not None, reason=str(bwrap_usable()))),
+            "subprocess"]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def sandbox(request):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return make_sandbox(request.param)
+
+
+def test_runs_code_with_stdin_and_files(sandbox):
+    code = "import sys\nprint(sys.stdin.read().upper())\nprint(open('data.txt').read())\nimport helper\nprint(helper.X)"
+    result = sandbox.run(code=code, stdin="hello", files={"data.txt": "payload", "helper.py": "X = 42"}, timeout=10)
+    assert result.status is ExecStatus.OK and result.exit_code == 0 and not result.timed_out
+    assert result.stdout.split() == ["HELLO", "payload", "42"]
+
+
+def test_runs_argv(sandbox):
+    result = sandbox.run(["sh", "-c", "echo out; echo err >&2; exit 3"], timeout=10)
+    assert (result.stdout, result.stderr, result.exit_code, result.status) == ("out\n", "err\n", 3, ExecStatus.ERROR)
+
+
+def test_exception_is_an_error_with_traceback(sandbox):
+    result = sandbox.run(code="raise ValueError('boom')", timeout=10)
+    assert result.status is ExecStatus.ERROR and "ValueError: boom" in result.stderr
+    assert "ValueError: boom" in result.render()
+
+
+def test_timeout(sandbox):
+    started = time.monotonic()
+    result = sandbox.run(code="import time; time.sleep(30)", timeout=0.5)
+    assert result.status is ExecStatus.TIMEOUT and result.timed_out and result.exit_code is None
+    assert time.monotonic() - started < 3
+
+
+def test_output_cap(sandbox):
+    result = sandbox.run(code="print('y' * 100_000)", timeout=10, limits=Limits(max_output_bytes=1000))
+    assert result.status is ExecStatus.OUTPUT_LIMIT and len(result.stdout) == 1000
+
+
+def test_memory_limit(sandbox):
+    result = sandbox.run(code="x = bytearray(1 << 30)", timeout=10, limits=Limits(memory_bytes=256 << 20))
+    assert result.status is ExecStatus.MEMORY
+
+
+def test_bad_arguments_raise_clear_errors(sandbox):
+    with pytest.raises(ValueError, match="exactly one of argv"):
+        sandbox.run(timeout=1)
+    with pytest.raises(ValueError, match="timeout"):
+        sandbox.run(code="pass", timeout=0)
+    with pytest.raises(ValueError, match="plain name"):
+        sandbox.run(code="pass", files={"../escape.py": ""})
+    with pytest.raises(TypeError, match="sequence of str"):
+        sandbox.run("ls -l")
+
+
+def test_limits_are_validated():
+    with pytest.raises(ValueError, match="cpu_seconds"):
+        Limits(cpu_seconds=0)
+
+
+def test_make_sandbox_kinds():
+    with pytest.raises(ValueError, match="unknown sandbox kind 'vm'"):
+        make_sandbox("vm")
+    if bwrap_usable() is None:
+        assert make_sandbox("auto").name == "bwrap"
+
+
+def test_subprocess_sandbox_warns_once():
+    SubprocessSandbox._warned = False
+    with pytest.warns(UserWarning, match="does not isolate"):
+        SubprocessSandbox()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SubprocessSandbox()
+
+
+def test_executor_is_stateless(sandbox):
+    executor = PythonExecutor(sandbox, timeout=10)
+    assert executor.run("x = 1\nprint(x)").stdout == "1\n"
+    assert "NameError" in executor.run("print(x)").stderr
+
+
+@pytest.fixture
+def session(sandbox):
+    with PythonSession(sandbox, timeout=2) as s:
+        yield s
+
+
+def test_session_keeps_state_and_echoes_last_expression(session):
+    assert session.run("x = 20").stdout == ""
+    assert session.run("x += 1\nx * 2").stdout == "42\n"
+    assert session.run("print('a'); import os; os.system('echo from-child')").stdout == "a\nfrom-child\n0\n"
+
+
+def test_session_reports_errors_and_keeps_going(session):
+    session.run("y = 5")
+    failed = session.run("1 / 0")
+    assert failed.status is ExecStatus.ERROR and "ZeroDivisionError" in failed.stderr and "<cell" in failed.stderr
+    assert session.run("y").stdout == "5\n"
+    assert "SyntaxError" in session.run("def f(:").stderr
+
+
+def test_session_timeout_restarts_it(session):
+    session.run("z = 1")
+    result = session.run("while True: pass")
+    assert result.status is ExecStatus.TIMEOUT and result.timed_out and "restarted" in result.message
+    assert "NameError" in session.run("z").stderr  # a fresh interpreter
+    assert session.run("1 + 1").stdout == "2\n"
+
+
+def test_session_survives_the_interpreter_dying(session):
+    result = session.run("import os; os._exit(7)")
+    assert result.status is ExecStatus.ERROR and result.exit_code == 7 and "restarted" in result.message
+    assert session.run("3").stdout == "3\n"
+
+
+def test_session_output_is_capped(sandbox):
+    with PythonSession(sandbox, timeout=5, limits=Limits(max_output_bytes=2000)) as s:
+        result = s.run("print('q' * 50_000)")
+        assert result.status is ExecStatus.OUTPUT_LIMIT and len(result.stdout) <= 2000
+        assert s.run("'still alive'").stdout == "'still alive'\n"
+
+
+def test_python_tool_renders_results(sandbox):
+    tool = python_tool(PythonExecutor(sandbox, timeout=10))
+    assert tool.schema()["function"]["name"] == "python"
+    out = tool.function(code="print(6 * 7)")
+    assert out.startswith("[ok, exit code 0]") and "42" in out

@@ -1,0 +1,195 @@
+"""Escape attempts against the default (bubblewrap) sandbox: each must fail, with a clear status,
+and leave the host as it was."""
+
+import os
+import socket
+import tempfile
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from envgym.tools import ExecStatus, Limits, make_sandbox
+from envgym.tools.sandbox import bwrap_usable
+
+pytestmark = pytest.mark.skipif(bwrap_usable() is not None, reason=f"bubblewrap unusable: {bwrap_usable()}")
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    return make_sandbox("auto")
+
+
+def test_auto_picks_bubblewrap(sandbox):
+    assert sandbox.name == "bwrap"
+
+
+def _processes_with(marker: str) -> list[str]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if marker in cmdline:
+                found.append(f"{pid}: {cmdline}")
+    return found
+
+
+def _wait_until(condition, seconds: float = 2.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
+def assert_nothing_survives(marker: str) -> None:
+    # killing a PID namespace is asynchronous to our wait, so give it a moment
+    assert _wait_until(lambda: not _processes_with(marker)), "a sandboxed process outlived its call"
+
+
+def unique_sleep() -> str:
+    """A sleep duration nobody else uses, so `ps` finds exactly our process."""
+    return f"{777 + uuid.uuid4().int % 10_000}.{uuid.uuid4().int % 1000:03d}"
+
+
+def test_cannot_read_home_or_shadow(sandbox):
+    with tempfile.TemporaryDirectory(dir=Path.home()) as secret_dir:
+        secret = Path(secret_dir) / "secret.txt"
+        secret.write_text("TOPSECRET")
+        code = textwrap.dedent(f"""
+            import os
+            for path in [{str(secret)!r}, "/etc/shadow", {str(Path.home())!r}]:
+                try:
+                    print(path, "READ", open(path).read() if os.path.isfile(path) else os.listdir(path))
+                except OSError as exc:
+                    print(path, "denied", type(exc).__name__)
+        """)
+        result = sandbox.run(code=code, timeout=10)
+    assert result.status is ExecStatus.OK, result.render()
+    assert "READ" not in result.stdout and "TOPSECRET" not in result.stdout
+    assert result.stdout.count("denied") == 3
+
+
+def test_cannot_write_outside_its_tmp(sandbox, tmp_path):
+    targets = [tmp_path / "escaped.txt", Path(__file__).parent / f"escaped-{uuid.uuid4().hex}.txt",
+               Path("/etc") / f"escaped-{uuid.uuid4().hex}", Path("/usr") / f"escaped-{uuid.uuid4().hex}"]
+    code = textwrap.dedent(f"""
+        for path in {[str(t) for t in targets]!r}:
+            try:
+                open(path, "w").write("x")
+                print(path, "WROTE")
+            except OSError as exc:
+                print(path, "denied", type(exc).__name__)
+        open("/tmp/inside.txt", "w").write("fine")
+        print("tmp ok", open("/tmp/inside.txt").read())
+    """)
+    result = sandbox.run(code=code, timeout=10)
+    assert result.status is ExecStatus.OK, result.render()
+    assert "WROTE" not in result.stdout and "tmp ok fine" in result.stdout
+    assert not any(t.exists() for t in targets)
+
+
+def test_cannot_reach_a_host_port(sandbox):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(0.5)
+    port = server.getsockname()[1]
+    code = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2); print('CONNECTED')"
+    result = sandbox.run(code=code, timeout=10)
+    with pytest.raises(TimeoutError):
+        server.accept()
+    server.close()
+    assert result.status is ExecStatus.ERROR and "CONNECTED" not in result.stdout
+    assert "Error" in result.stderr  # ConnectionRefusedError / OSError: Network is unreachable
+
+
+@pytest.mark.parametrize("how", ["setsid", "nohup", "double_fork"])
+def test_detached_children_die_with_the_call(sandbox, how):
+    marker = unique_sleep()
+    code = {
+        "setsid": f"import subprocess; subprocess.Popen(['sleep', '{marker}'], start_new_session=True)",
+        "nohup": f"import os; os.system('nohup setsid sleep {marker} > /dev/null 2>&1 &')",
+        "double_fork": f"import os\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+                       f"        os.execvp('sleep', ['sleep', '{marker}'])\n    os._exit(0)\nos.wait()",
+    }[how]
+    result = sandbox.run(code=code, timeout=10)
+    assert result.status is ExecStatus.OK, result.render()
+    assert_nothing_survives(marker)
+
+
+def test_timeout_kills_everything_it_started(sandbox):
+    marker = unique_sleep()
+    code = f"import subprocess, time\nsubprocess.Popen(['sleep', '{marker}'], start_new_session=True)\ntime.sleep(60)"
+    started = time.monotonic()
+    result = sandbox.run(code=code, timeout=1.0)
+    assert time.monotonic() - started < 5
+    assert result.status is ExecStatus.TIMEOUT and result.timed_out and result.exit_code is None
+    assert_nothing_survives(marker)
+
+
+def test_fork_bomb_is_capped_and_cleaned_up(sandbox):
+    marker = unique_sleep()
+    code = textwrap.dedent(f"""
+        import os, time
+        forks = 0
+        while True:
+            try:
+                if os.fork() == 0:
+                    os.execvp("sleep", ["sleep", "{marker}"])
+                forks += 1
+            except OSError:
+                print("fork refused after", forks, flush=True)
+                time.sleep(60)
+    """)
+    result = sandbox.run(code=code, timeout=1.5, limits=Limits(max_processes=8, cpu_seconds=2))
+    assert result.status is ExecStatus.TIMEOUT
+    assert "fork refused after" in result.stdout
+    assert int(result.stdout.split()[-1]) < 8
+    assert_nothing_survives(marker)
+
+
+def test_memory_is_capped(sandbox):
+    result = sandbox.run(code="chunks = []\nwhile True:\n    chunks.append(bytearray(32 << 20))", timeout=20,
+                         limits=Limits(memory_bytes=256 << 20))
+    assert result.status is ExecStatus.MEMORY, result.render()
+    assert "MemoryError" in result.stderr
+
+
+def test_cpu_is_capped(sandbox):
+    started = time.monotonic()
+    result = sandbox.run(code="while True: pass", timeout=30, limits=Limits(cpu_seconds=1))
+    assert result.status is ExecStatus.TIMEOUT and result.timed_out
+    assert time.monotonic() - started < 10
+    assert "CPU" in result.message
+
+
+def test_output_flood_is_capped(sandbox):
+    result = sandbox.run(code="while True:\n    print('x' * 10_000)", timeout=20,
+                         limits=Limits(max_output_bytes=4096))
+    assert result.status is ExecStatus.OUTPUT_LIMIT
+    assert len(result.stdout) + len(result.stderr) <= 4096
+
+
+def test_file_size_and_tmp_are_capped(sandbox):
+    code = "open('/tmp/big', 'wb').write(b'x' * (8 << 20))"
+    result = sandbox.run(code=code, timeout=10, limits=Limits(file_size_bytes=1 << 20))
+    assert result.status is ExecStatus.ERROR
+    assert "File too large" in result.stderr or "Errno 27" in result.stderr
+
+
+def test_session_timeout_kills_its_children():
+    from envgym.tools import PythonSession
+
+    marker = unique_sleep()
+    with PythonSession("bwrap", timeout=1.0) as session:
+        assert session.run(f"import subprocess; subprocess.Popen(['sleep', '{marker}'], start_new_session=True)").ok
+        # a fresh exec's cmdline can take a moment to show in /proc
+        assert _wait_until(lambda: _processes_with(marker)), "the session's child should live while the session does"
+        result = session.run("import time; time.sleep(60)")
+        assert result.status is ExecStatus.TIMEOUT and "restarted" in result.message
+        assert_nothing_survives(marker)

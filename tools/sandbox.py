@@ -1,0 +1,493 @@
+"""Sandboxes that run untrusted programs: bubblewrap, plain subprocess (and Docker, in `docker_sandbox`).
+
+Every backend has one interface:
+
+    sandbox = make_sandbox("auto")            # bwrap where usable, else Docker, else subprocess (warned)
+    result = sandbox.run(code="print(1)", timeout=5)
+    result.status, result.stdout               # ExecStatus.OK, "1\\n"
+
+`run` never raises for anything the program does: a crash, a timeout, a memory
+blow-up or an output flood all come back as an `ExecResult` with a status.
+
+What enforces what (bubblewrap backend):
+- filesystem: a fresh root holding read-only binds of /usr, /etc (with
+  /etc/shadow and /etc/gshadow masked), the interpreter's prefix and any
+  `ro_binds`; /home and /root do not exist; /tmp is a private tmpfs of
+  `Limits.tmp_bytes`, the only writable place; the program's files are
+  read-only copies in /tmp, which is the working directory.
+- network: `--unshare-net` (a namespace with only a downed loopback).
+- processes: `--unshare-pid`; bwrap's init is pid 1, so when the program exits
+  or is killed the kernel kills everything else in the namespace (detached,
+  setsid'd and nohup'd children included). `--die-with-parent` kills the sandbox
+  if the caller dies. The count of processes is capped by RLIMIT_NPROC, which
+  the kernel enforces per uid and never for root: run as root, the program runs
+  as a fresh unprivileged uid (dropped by `setpriv`, no capabilities, no new
+  privileges), so the cap is that call's own; run as a normal user, the cap
+  counts all of that user's processes.
+- CPU, memory, file size: RLIMIT_CPU (SIGXCPU, reported as a timeout),
+  RLIMIT_AS (MemoryError), RLIMIT_FSIZE, set in the child before exec.
+- wall clock and output: the caller reads stdout/stderr incrementally, and kills
+  the sandbox's process group at `timeout` seconds or `Limits.max_output_bytes`.
+The subprocess backend applies the same rlimits, timeout and output cap but
+isolates nothing (it warns once).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import itertools
+import os
+import re
+import resource
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+#: Interpreter flags for sandboxed Python: ignore PYTHON* variables and the user site, write no bytecode.
+PYTHON_FLAGS = ("-E", "-s", "-B")
+_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+_BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}
+
+
+class ExecStatus(str, enum.Enum):
+    """How a sandboxed run ended."""
+
+    OK = "ok"  # exit code 0
+    ERROR = "error"  # non-zero exit code (an exception, a failed test)
+    TIMEOUT = "timeout"  # wall-clock timeout or CPU-time limit
+    MEMORY = "memory"  # ran out of its memory limit
+    OUTPUT_LIMIT = "output_limit"  # wrote more than max_output_bytes; killed
+    KILLED = "killed"  # ended by a signal for another reason (or the sandbox could not start)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one sandboxed run (a session shares one set over its lifetime)."""
+
+    cpu_seconds: int = 10  # RLIMIT_CPU; in a session, CPU time of the whole session
+    memory_bytes: int = 1 << 30  # RLIMIT_AS, address space
+    max_processes: int = 32  # RLIMIT_NPROC, processes and threads
+    file_size_bytes: int = 16 << 20  # RLIMIT_FSIZE, largest file the program may write
+    tmp_bytes: int = 64 << 20  # size of the private /tmp (bwrap) or tmpfs (Docker)
+    max_output_bytes: int = 64 << 10  # stdout + stderr kept; more kills the run
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"Limits.{f.name} must be a positive int, got {value!r}")
+
+    def apply(self) -> None:
+        """Set these limits on the current process (called in the child between fork and exec)."""
+        resource.setrlimit(resource.RLIMIT_CPU, (self.cpu_seconds, self.cpu_seconds + 1))
+        resource.setrlimit(resource.RLIMIT_AS, (self.memory_bytes, self.memory_bytes))
+        resource.setrlimit(resource.RLIMIT_NPROC, (self.max_processes, self.max_processes))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.file_size_bytes, self.file_size_bytes))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """What a sandboxed run did. `duration` is wall-clock seconds; `message` explains a non-ok status."""
+
+    stdout: str
+    stderr: str
+    exit_code: int | None  # None when the run was killed before it exited on its own
+    timed_out: bool
+    status: ExecStatus
+    duration: float
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status is ExecStatus.OK
+
+    def render(self, max_chars: int = 4000) -> str:
+        """The result as text for an agent: status line, then stdout and stderr (each cut to `max_chars`).
+
+        Deterministic for a deterministic program (no timings), so equal runs give equal observations.
+        """
+        head = f"[{self.status.value}, exit code {self.exit_code}]"
+        parts = [head + (f" {self.message}" if self.message else "")]
+        for name, text in (("stdout", self.stdout), ("stderr", self.stderr)):
+            if text:
+                more = len(text) - max_chars
+                cut = text if more <= 0 else text[:max_chars] + f"\n... ({more} more characters)"
+                parts.append(f"{name}:\n{cut.rstrip()}")
+        if len(parts) == 1:
+            parts.append("(no output)")
+        return "\n".join(parts)
+
+
+class SandboxProcess:
+    """A started sandboxed process: `popen` with piped stdin/stdout/stderr, and `kill()`, which ends
+    it with everything it started and releases what the sandbox set up for it (idempotent)."""
+
+    def __init__(self, popen: subprocess.Popen, cleanup: Callable[[], None] | None = None):
+        self.popen = popen
+        self._cleanup = cleanup
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)  # the process group of bwrap or the program
+        except ProcessLookupError:
+            pass
+        self.popen.wait()
+        for pipe in (self.popen.stdin, self.popen.stdout, self.popen.stderr):
+            if pipe is not None:
+                pipe.close()
+        if self._cleanup is not None:
+            cleanup, self._cleanup = self._cleanup, None
+            cleanup()
+
+
+def check_files(files: Mapping[str, str | bytes] | None) -> dict[str, bytes]:
+    """`files` as name -> bytes; raises ValueError on a name that is not a plain file name."""
+    checked = {}
+    for name, content in (files or {}).items():
+        if not isinstance(name, str) or not _FILE_NAME.match(name):
+            raise ValueError(f"file name {name!r} must be a plain name like 'main.py' (letters, digits, _ . -)")
+        if not isinstance(content, (str, bytes)):
+            raise TypeError(f"content of file {name!r} must be str or bytes, got {type(content).__name__}")
+        checked[name] = content.encode("utf-8") if isinstance(content, str) else content
+    return checked
+
+
+class Sandbox(ABC):
+    """Runs programs in isolation. Subclasses implement `spawn`; `run` is built on it.
+
+    `python` is the interpreter `run(code=...)` uses inside the sandbox; `limits`
+    are the defaults that a call's `limits` replace.
+    """
+
+    name: str = "sandbox"
+
+    def __init__(self, limits: Limits | None = None, python: str | None = None):
+        self.limits = limits or Limits()
+        self.python = python or default_python()
+
+    @abstractmethod
+    def spawn(self, argv: Sequence[str], *, files: Mapping[str, str | bytes] | None = None,
+              limits: Limits | None = None, env: Mapping[str, str] | None = None) -> SandboxProcess:
+        """Start `argv` in the sandbox with `files` in its working directory; pipes on stdin/stdout/stderr."""
+
+    def python_argv(self, script: str, *args: str) -> list[str]:
+        """The command line that runs `script` (a file in the working directory) with the sandbox's Python."""
+        return [self.python, *PYTHON_FLAGS, script, *args]
+
+    def prepare(self, argv: Sequence[str] | None, code: str | None, files: Mapping[str, str | bytes] | None,
+                timeout: float) -> tuple[list[str], dict[str, str | bytes]]:
+        """Check `run`'s arguments; `code` becomes main.py and the argv that runs it."""
+        if (argv is None) == (code is None):
+            raise ValueError("pass exactly one of argv (a command line) or code (a Python program)")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+        files = dict(files or {})
+        if code is not None:
+            if not isinstance(code, str):
+                raise TypeError(f"code must be str, got {type(code).__name__}")
+            files["main.py"] = code
+            argv = self.python_argv("main.py")
+        elif isinstance(argv, str) or not all(isinstance(a, str) for a in argv):
+            raise TypeError(f"argv must be a sequence of str such as ['ls', '-l'], got {argv!r}")
+        return list(argv), files
+
+    def run(self, argv: Sequence[str] | None = None, *, code: str | None = None, stdin: str | bytes = b"",
+            files: Mapping[str, str | bytes] | None = None, timeout: float = 10.0,
+            limits: Limits | None = None, env: Mapping[str, str] | None = None) -> ExecResult:
+        """Run `argv`, or the Python program `code` (as main.py), to completion or `timeout` seconds.
+
+        Never raises for what the program does; raises ValueError/TypeError for bad arguments.
+        """
+        argv, files = self.prepare(argv, code, files, timeout)
+        limits = limits or self.limits
+        start = time.monotonic()
+        try:
+            proc = self.spawn(argv, files=files, limits=limits, env=env)
+        except OSError as exc:
+            return ExecResult("", f"{type(exc).__name__}: {exc}", None, False, ExecStatus.KILLED,
+                              time.monotonic() - start, f"the {self.name} sandbox could not start the program")
+        stdin_bytes = stdin.encode("utf-8") if isinstance(stdin, str) else stdin
+        return collect(proc, stdin_bytes, timeout, limits.max_output_bytes, start)
+
+    def close(self) -> None:
+        """Release anything the sandbox holds across calls (a no-op unless a backend pools resources)."""
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def collect(proc: SandboxProcess, stdin: bytes, timeout: float, max_output: int, start: float) -> ExecResult:
+    """Feed `stdin`, read stdout/stderr until both close, the deadline, or `max_output` bytes; then kill
+    whatever is left of the process and classify how it ended."""
+    popen = proc.popen
+    out = {popen.stdout.fileno(): bytearray(), popen.stderr.fileno(): bytearray()}
+    selector = selectors.DefaultSelector()
+    for fd in out:
+        selector.register(fd, selectors.EVENT_READ)
+    if stdin:
+        os.set_blocking(popen.stdin.fileno(), False)
+        selector.register(popen.stdin.fileno(), selectors.EVENT_WRITE)
+    else:
+        popen.stdin.close()
+    pending = memoryview(stdin)
+    deadline = start + timeout
+    timed_out = flooded = False
+    exited_at = None
+    while selector.get_map():
+        now = time.monotonic()
+        if now >= deadline:
+            timed_out = True
+            break
+        if exited_at is None and popen.poll() is not None:
+            exited_at = now
+        if exited_at is not None and now - exited_at > 0.2:
+            break  # the program exited; pipes still open belong to leftovers that kill() ends
+        for key, _ in selector.select(min(deadline - now, 0.05)):  # wake up to notice the exit
+            if key.events & selectors.EVENT_WRITE:
+                try:
+                    written = os.write(key.fd, pending[:65536])
+                except BrokenPipeError:
+                    written = len(pending)
+                pending = pending[written:]
+                if not pending:
+                    selector.unregister(key.fd)
+                    popen.stdin.close()
+                continue
+            chunk = os.read(key.fd, 65536)
+            if not chunk:
+                selector.unregister(key.fd)
+                continue
+            out[key.fd] += chunk
+            if sum(len(b) for b in out.values()) > max_output:
+                flooded = True
+                break
+        if flooded:
+            break
+    selector.close()
+    if not timed_out and not flooded:
+        try:
+            popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+    exit_code = popen.poll()
+    proc.kill()
+    stdout, stderr = (_decode(b, max_output) for b in out.values())
+    return classify(stdout, stderr, exit_code, timed_out, flooded, time.monotonic() - start, timeout, max_output)
+
+
+def _decode(data: bytes, limit: int) -> str:
+    return bytes(data[:limit]).decode("utf-8", errors="replace")
+
+
+def _signal_of(exit_code: int) -> int | None:
+    """The signal that ended a process: Popen reports -N; bwrap's init reports 128+N."""
+    if exit_code < 0:
+        return -exit_code
+    if 128 < exit_code < 128 + 65:
+        return exit_code - 128
+    return None
+
+
+def classify(stdout: str, stderr: str, exit_code: int | None, timed_out: bool, flooded: bool,
+             duration: float, timeout: float, max_output: int) -> ExecResult:
+    """The `ExecResult` of a run that ended with `exit_code` (None: still running when killed)."""
+    def result(status: ExecStatus, message: str = "", code: int | None = exit_code, late: bool = timed_out):
+        return ExecResult(stdout, stderr, code, late, status, duration, message)
+
+    if flooded:
+        return result(ExecStatus.OUTPUT_LIMIT, f"output exceeded {max_output} bytes; the rest was dropped")
+    if timed_out:
+        return result(ExecStatus.TIMEOUT, f"killed: wall-clock timeout of {timeout:g} s", code=None)
+    signum = _signal_of(exit_code)
+    if signum == signal.SIGXCPU:
+        return result(ExecStatus.TIMEOUT, "killed: CPU time limit reached", late=True)
+    tail = stderr[-2000:]
+    if "MemoryError" in tail or "Cannot allocate memory" in tail or "std::bad_alloc" in tail:
+        return result(ExecStatus.MEMORY, "ran out of memory (the sandbox's memory limit)")
+    if signum is not None:
+        return result(ExecStatus.KILLED, f"killed by signal {signal.Signals(signum).name}"
+                      if signum in signal.valid_signals() else f"killed by signal {signum}")
+    if exit_code == 0:
+        return result(ExecStatus.OK)
+    return result(ExecStatus.ERROR, f"exited with code {exit_code}")
+
+
+@functools.cache
+def default_python() -> str:
+    """The system's /usr/bin/python3 (needs no host paths in the sandbox), else this interpreter."""
+    return "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+
+
+def _popen(argv: Sequence[str], *, cwd: str | None, limits: Limits, env: Mapping[str, str] | None,
+           pass_fds: Sequence[int] = ()) -> subprocess.Popen:
+    return subprocess.Popen(
+        list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
+        env={**_BASE_ENV, **(env or {})}, start_new_session=True, preexec_fn=limits.apply,
+        pass_fds=tuple(pass_fds), close_fds=True,
+    )
+
+
+class SubprocessSandbox(Sandbox):
+    """A plain child process with rlimits, a timeout and an output cap, in a fresh temporary directory.
+
+    It does NOT isolate: the program can read, write and connect to whatever
+    the caller can, and a child that calls setsid survives. Use it only where
+    neither bubblewrap nor Docker exists, for trusted code.
+    """
+
+    name = "subprocess"
+    _warned = False
+
+    def __init__(self, limits: Limits | None = None, python: str | None = None):
+        super().__init__(limits, python or sys.executable)
+        if not SubprocessSandbox._warned:
+            SubprocessSandbox._warned = True
+            warnings.warn("the subprocess sandbox does not isolate programs (no filesystem, network or "
+                          "process isolation); install bubblewrap or Docker for untrusted code", stacklevel=2)
+
+    def spawn(self, argv, *, files=None, limits=None, env=None) -> SandboxProcess:
+        workdir = tempfile.mkdtemp(prefix="envgym-sandbox-")
+        for name, content in check_files(files).items():
+            with open(os.path.join(workdir, name), "wb") as f:
+                f.write(content)
+        try:
+            popen = _popen(argv, cwd=workdir, limits=limits or self.limits, env={"HOME": workdir, **(env or {})})
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        return SandboxProcess(popen, lambda: shutil.rmtree(workdir, ignore_errors=True))
+
+
+_SECRET_FILES = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-")
+_uid_counter = itertools.count()
+
+
+@functools.cache
+def _python_prefixes(python: str) -> tuple[str, ...]:
+    """The directories `python` needs besides /usr: its prefix and base prefix (a venv and its base)."""
+    real = os.path.realpath(python)
+    if real.startswith("/usr/"):
+        return ()
+    out = subprocess.run([python, "-E", "-s", "-c", "import sys; print(sys.prefix); print(sys.base_prefix)"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout.split()
+    return tuple(dict.fromkeys(os.path.realpath(p) for p in out if not os.path.realpath(p).startswith("/usr/")))
+
+
+@functools.cache
+def bwrap_usable() -> str | None:
+    """None when bubblewrap can build a sandbox here; otherwise why not."""
+    if shutil.which("bwrap") is None:
+        return "bwrap is not installed (Debian/Ubuntu: apt-get install bubblewrap)"
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        return "bwrap as root needs setpriv (util-linux) to drop to an unprivileged uid"
+    probe = subprocess.run(
+        ["bwrap", "--ro-bind", "/", "/", "--unshare-pid", "--unshare-net", "--proc", "/proc", "true"],
+        capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        return f"bwrap cannot create namespaces here: {probe.stderr.strip()}"
+    return None
+
+
+class BwrapSandbox(Sandbox):
+    """Bubblewrap: namespaces for filesystem, network, PIDs, IPC and UTS; rlimits; a private /tmp.
+
+    `ro_binds` are extra host paths made visible read-only at the same place.
+    See the module docstring for what enforces what.
+    """
+
+    name = "bwrap"
+
+    def __init__(self, limits: Limits | None = None, python: str | None = None, ro_binds: Sequence[str] = ()):
+        problem = bwrap_usable()
+        if problem:
+            raise RuntimeError(f"bubblewrap sandbox unavailable: {problem}")
+        super().__init__(limits, python)
+        self.as_root = os.geteuid() == 0
+        binds = ["/usr", "/etc", *_python_prefixes(self.python), *ro_binds]
+        missing = [p for p in binds if not os.path.exists(p)]
+        if missing:
+            raise ValueError(f"ro_binds must exist on the host; missing: {missing}")
+        self._mount_args = self._mounts(list(dict.fromkeys(os.path.realpath(p) for p in binds)))
+
+    @staticmethod
+    def _mounts(binds: list[str]) -> list[str]:
+        args = ["--dev", "/dev", "--proc", "/proc"]
+        for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+            if os.path.islink(top):
+                args += ["--symlink", os.readlink(top), top]
+            elif os.path.isdir(top):
+                args += ["--ro-bind", top, top]
+        made = set()
+        for path in binds:
+            for parent in _ancestors(path):  # bwrap would make them 0700, hiding what is under them
+                if parent not in made:
+                    made.add(parent)
+                    args += ["--perms", "0755", "--dir", parent]
+            args += ["--ro-bind", path, path]
+        for secret in _SECRET_FILES:
+            if os.path.exists(secret):
+                args += ["--ro-bind", "/dev/null", secret]
+        return args
+
+    def spawn(self, argv, *, files=None, limits=None, env=None) -> SandboxProcess:
+        limits = limits or self.limits
+        fds, file_args = [], []
+        try:
+            for name, content in check_files(files).items():
+                fd = os.memfd_create(name)
+                fds.append(fd)
+                os.write(fd, content)
+                os.lseek(fd, 0, os.SEEK_SET)
+                file_args += ["--perms", "0444", "--ro-bind-data", str(fd), f"/tmp/{name}"]
+            cmd = ["bwrap", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+                   "--die-with-parent", "--new-session", *self._mount_args,
+                   "--size", str(limits.tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp", *file_args, "--chdir", "/tmp"]
+            if self.as_root:
+                uid = str(1_000_000 + (os.getpid() % 1000) * 1000 + next(_uid_counter) % 1000)
+                cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP", "--",
+                        "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
+                        "--bounding-set=-all", "--no-new-privs"]
+            cmd += ["--", *argv]
+            popen = _popen(cmd, cwd="/", limits=limits, env=env, pass_fds=fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return SandboxProcess(popen)
+
+
+def _ancestors(path: str) -> list[str]:
+    """'/a/b/c' -> ['/a', '/a/b']."""
+    parts = path.strip("/").split("/")[:-1]
+    return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+SANDBOX_KINDS = ("auto", "bwrap", "docker", "subprocess")
+
+
+def make_sandbox(kind: str = "auto", **kwargs) -> Sandbox:
+    """A sandbox of `kind`: "bwrap", "docker", "subprocess", or "auto" (bwrap where usable, else a
+    Docker engine that answers, else subprocess, which warns). `kwargs` go to the backend's constructor."""
+    if kind == "bwrap" or (kind == "auto" and bwrap_usable() is None):
+        return BwrapSandbox(**kwargs)
+    if kind in ("docker", "auto"):
+        from envgym.tools.docker_sandbox import DockerSandbox, docker_problem
+
+        if kind == "docker" or docker_problem() is None:
+            return DockerSandbox(**kwargs)
+    if kind in ("subprocess", "auto"):
+        return SubprocessSandbox(**kwargs)
+    raise ValueError(f"unknown sandbox kind {kind!r}; choose one of {SANDBOX_KINDS}")
