@@ -96,7 +96,8 @@ class Env(gymnasium.Env[str, str]):
     instructions: str = ""
     #: One line saying what a valid action looks like.
     action_format: str = ""
-    #: Constructor arguments that change difficulty, with one line each.
+    #: Constructor arguments that change difficulty, with one line each; the env keeps each
+    #: knob's value in an attribute of the same name (`envgym info` shows it).
     knobs: ClassVar[Mapping[str, str]] = {}
     #: Extra `options` keys a subclass's `reset` understands besides split and task.
     reset_options: ClassVar[tuple[str, ...]] = ()

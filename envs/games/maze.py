@@ -16,8 +16,15 @@ import numpy as np
 from envgym.core import Env, split_of, task_seed
 
 MOVES = {"north": (-1, 0), "south": (1, 0), "west": (0, -1), "east": (0, 1)}
-_ALIASES = {"up": "north", "down": "south", "left": "west", "right": "east", "n": "north", "s": "south",
+MOVE_ALIASES = {"up": "north", "down": "south", "left": "west", "right": "east", "n": "north", "s": "south",
             "w": "west", "e": "east"}
+
+
+def parse_move(action: str) -> str | None:
+    """The compass direction an action names ("North.", "up", "e"), or None if it names none."""
+    word = action.strip().strip(".!'\"").lower()
+    move = MOVE_ALIASES.get(word, word)
+    return move if move in MOVES else None
 
 
 def carve_maze(size: int, loops: float, rng: np.random.Generator) -> np.ndarray:
@@ -139,9 +146,8 @@ class Maze(Env):
 
     def step(self, action: str):
         action = self.check_action(action)
-        word = action.strip().strip(".!'\"").lower()
-        move = _ALIASES.get(word, word)
-        if move not in MOVES:
+        move = parse_move(action)
+        if move is None:
             obs = f"Unknown move {action[:40]!r}. Reply with north, south, east or west.\n{self._render()}"
             return obs, 0.0, False, False, self._info(invalid_action=True)
         if move not in self._open_moves():
