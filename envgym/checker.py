@@ -154,7 +154,7 @@ def _transcript_in_subprocess(env_id: str, make_kwargs: dict[str, Any], seed: in
     out = subprocess.run([sys.executable, "-c", prelude + code], input=payload, capture_output=True, text=True,
                          timeout=300, env=environ)
     if out.returncode != 0:
-        raise CheckFailure(f"replaying in a second process failed: {out.stderr.strip().splitlines()[-1:]}")
+        raise CheckFailure(f"replaying in a second process failed (exit {out.returncode}): {out.stderr.strip()[-800:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

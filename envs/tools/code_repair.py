@@ -136,6 +136,17 @@ def too_slow(*_):
     raise TimeoutError(f"test took longer than {job['seconds_per_test']} s")
 signal.signal(signal.SIGALRM, too_slow)
 
+def line_budget(limit):
+    """A tracer that stops a test after `limit` executed lines: a cost that does not depend on machine load."""
+    count = [0]
+    def tracer(frame, event, arg):
+        if event == "line":
+            count[0] += 1
+            if count[0] > limit:
+                raise TimeoutError(f"test ran more than {limit} lines")
+        return tracer
+    return tracer
+
 def run_source(name, source, cases):
     namespace, outputs, timed_out = {}, [], False
     try:
@@ -148,6 +159,8 @@ def run_source(name, source, cases):
             outputs.append({"error": "not run: an earlier test timed out"})
             continue
         signal.setitimer(signal.ITIMER_REAL, job["seconds_per_test"])
+        if job["max_lines"]:
+            sys.settrace(line_budget(job["max_lines"]))
         try:
             outputs.append({"value": json.loads(json.dumps(func(*args)))})
         except TimeoutError as exc:
@@ -156,6 +169,7 @@ def run_source(name, source, cases):
         except BaseException as exc:
             outputs.append({"error": f"{type(exc).__name__}: {exc}"[:300]})
         finally:
+            sys.settrace(None)
             signal.setitimer(signal.ITIMER_REAL, 0)
     return {"outputs": outputs}
 
@@ -174,12 +188,13 @@ class Suite:
 
 
 def run_tests(sandbox: Sandbox, suites: list[Suite], timeout: float,
-              seconds_per_test: float = 1.0) -> list[list[dict]] | str:
+              seconds_per_test: float = 1.0, max_lines: int | None = None) -> list[list[dict]] | str:
     """For each suite, for each source: {"outputs": [{"value"} or {"error"} per case]} or {"error"} (the
     source did not define the function). Runs in one sandbox call; a str says why the run failed.
 
-    A test slower than `seconds_per_test` fails, and so do that source's later tests (not run)."""
-    job = json.dumps({"seconds_per_test": seconds_per_test,
+    A test slower than `seconds_per_test`, or running more than `max_lines` lines, fails, and so do that
+    source's later tests (not run)."""
+    job = json.dumps({"seconds_per_test": seconds_per_test, "max_lines": max_lines,
                       "suites": [{"name": s.name, "sources": list(s.sources), "cases": [list(c) for c in s.cases]}
                                  for s in suites]})
     result = sandbox.run(code=_HARNESS, files={"job.json": job}, timeout=timeout,
@@ -211,7 +226,8 @@ def build_tasks(sandbox_kind: str) -> tuple[RepairTask, ...]:
         operators[name], sources = zip(*mutants(original))
         suites.append(Suite(name, sources, tuple(cases)))
     with make_sandbox(sandbox_kind) as sandbox:
-        report = run_tests(sandbox, suites, timeout=120, seconds_per_test=0.05)  # originals take microseconds
+        # A line budget, not a wall-clock one, decides which mutants loop, so the task list never depends on load.
+        report = run_tests(sandbox, suites, timeout=120, seconds_per_test=30.0, max_lines=100_000)
     if isinstance(report, str):
         raise RuntimeError(f"could not test the code-repair mutants: {report}")
     tasks = []
