@@ -1,0 +1,124 @@
+"""Rollout throughput: env steps per second of the sync and process EnvPools, and hf generation tokens/s.
+
+Env steps: `--workers` slots play random admissible actions (resetting with
+the slot's seed when an episode ends) for `--seconds` each, on games/Maze-v0
+and on a TextWorld game (skipped, with the reason, when no textworld/ id is
+registered). Generation: the hf policy on a tiny random Llama and on SmolLM2,
+the whole batch in one `generate` call against one prompt at a time.
+
+    .venv/bin/python benchmarks/rollout.py [--workers 2] [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def steps_per_second(env_id: str, backend: str, workers: int, seconds: float) -> float:
+    import numpy as np
+
+    from envgym.pool import EnvPool
+
+    rng = np.random.default_rng(0)
+    with EnvPool(env_id, workers, backend=backend, step_timeout=120) as pool:
+        requests = {slot: (slot, {"split": "test"}) for slot in range(workers)}
+        infos = {slot: r.info for slot, r in pool.reset(requests).items()}  # warm-up: game generation, caches
+        steps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            actions = {slot: str(rng.choice(info.get("admissible_actions") or ["look"]))
+                       for slot, info in infos.items()}
+            results = pool.step(actions)
+            steps += len(results)
+            finished = {slot: requests[slot] for slot, r in results.items() if r.done or r.error}
+            infos.update({slot: r.info for slot, r in results.items()})
+            infos.update({slot: r.info for slot, r in pool.reset(finished).items()})
+        return steps / (time.perf_counter() - start)
+
+
+def _spin(iterations: int) -> int:
+    total = 0
+    for i in range(iterations):
+        total += i * i % 7
+    return total
+
+
+def parallel_ceiling(workers: int, iterations: int = 3_000_000) -> float:
+    """How much faster `workers` processes finish `workers` equal CPU-bound jobs than one process, right now.
+
+    On an idle machine with >= `workers` cores this is ~`workers`; other load on the machine lowers it, and
+    the process pool cannot beat it.
+    """
+    import multiprocessing
+
+    start = time.perf_counter()
+    for _ in range(workers):
+        _spin(iterations)
+    sequential = time.perf_counter() - start
+    with multiprocessing.get_context("forkserver").Pool(workers) as pool:
+        pool.map(_spin, [1000] * workers)  # start-up outside the timing
+        start = time.perf_counter()
+        pool.map(_spin, [iterations] * workers)
+        parallel = time.perf_counter() - start
+    return sequential / parallel
+
+
+def tokens_per_second(policy, prompts, new_tokens: int, batched: bool) -> float:
+    from envgym.policies import SamplingParams
+
+    params = SamplingParams(max_new_tokens=new_tokens)
+    policy.generate(prompts[:1], SamplingParams(max_new_tokens=2))  # warm-up
+    start = time.perf_counter()
+    calls = [prompts] if batched else [[p] for p in prompts]
+    generated = sum(len(c.token_ids) for batch in calls for c in policy.generate(batch, params))
+    return generated / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--skip-smollm2", action="store_true")
+    args = parser.parse_args()
+
+    import torch
+
+    import envgym
+
+    torch.set_num_threads(1)
+    textworld = sorted(i for i in envgym.list_envs() if i.startswith("textworld/") and "Custom" not in i)
+    print(f"env steps/s, {args.workers} slots, random admissible actions, {args.seconds:g}s per measurement; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"  parallel ceiling now ({args.workers} CPU-bound processes vs 1): {parallel_ceiling(args.workers):.2f}x")
+    for env_id in ["games/Maze-v0", *textworld[:1]]:
+        sync = steps_per_second(env_id, "sync", args.workers, args.seconds)
+        process = steps_per_second(env_id, "process", args.workers, args.seconds)
+        print(f"  {env_id:<28} sync {sync:9.1f}   process {process:9.1f}   process/sync {process / sync:5.2f}x")
+    if not textworld:
+        print("  TextWorld: skipped, no textworld/ env id is registered")
+
+    from envgym.models import load_default_model, tiny_model, word_level_tokenizer
+    from envgym.policies import HFPolicy
+
+    print("hf generation tokens/s (1 torch thread), batched = one generate call for the batch")
+    tokenizer = word_level_tokenizer([str(i) for i in range(100)])
+    models = [("tiny Llama (0.1M)", HFPolicy(tiny_model(tokenizer), tokenizer), 16, 64, 32)]
+    if not args.skip_smollm2:
+        model, smol_tokenizer = load_default_model()
+        models.append(("SmolLM2-135M", HFPolicy(model, smol_tokenizer), 4, 64, 16))
+    for name, policy, batch, prompt_len, new_tokens in models:
+        generator = torch.Generator().manual_seed(0)
+        vocab = min(len(policy.tokenizer), 1000)
+        prompts = [torch.randint(10, vocab, (prompt_len,), generator=generator).tolist() for _ in range(batch)]
+        one = tokens_per_second(policy, prompts, new_tokens, batched=False)
+        many = tokens_per_second(policy, prompts, new_tokens, batched=True)
+        print(f"  {name:<20} batch {batch:>2} x {prompt_len} prompt tokens, {new_tokens} new: "
+              f"one at a time {one:8.1f}   batched {many:8.1f}   batched/one {many / one:5.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Policies behind two protocols: `TokenPolicy` (hf, vllm) and `TextPolicy` (scripted, random, openai).
+
+    policy = load_policy("hf:default")          # the embedded SmolLM2-135M-Instruct
+    policy = load_policy("hf:/path/to/checkpoint")
+    policy = load_policy("vllm:/path/to/checkpoint")   # needs envgym[vllm] and a GPU
+    policy = load_policy("openai:http://127.0.0.1:8000/v1#my-model")
+    policy = load_policy("scripted")            # the env's oracle
+    policy = load_policy("random")              # a random admissible action
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envgym.policies.base import (Completion, Message, Policy, PolicyError, SamplingParams, TextPolicy,
+                                  TextRequest, TokenPolicy)
+from envgym.policies.baselines import RandomPolicy, ScriptedPolicy
+from envgym.policies.hf import HFPolicy
+
+__all__ = ["POLICY_SPECS", "Completion", "HFPolicy", "Message", "Policy", "PolicyError", "RandomPolicy",
+           "SamplingParams", "ScriptedPolicy", "TextPolicy", "TextRequest", "TokenPolicy", "load_policy"]
+
+POLICY_SPECS = ("hf:PATH", "hf:default", "vllm:PATH", "openai:URL#MODEL", "scripted", "random")
+
+
+def load_policy(spec: str, **kwargs: Any) -> Policy:
+    """Build the policy a spec string names (see POLICY_SPECS); `kwargs` go to its constructor."""
+    kind, _, target = spec.partition(":")
+    if kind == "scripted" and not target:
+        return ScriptedPolicy(**kwargs)
+    if kind == "random" and not target:
+        return RandomPolicy(**kwargs)
+    if kind == "hf" and target:
+        return HFPolicy.from_pretrained(target, **kwargs)
+    if kind == "vllm" and target:
+        from envgym.policies.vllm import VLLMPolicy
+
+        return VLLMPolicy.from_pretrained(target, **kwargs)
+    if kind == "openai" and target:
+        from envgym.policies.openai_chat import OpenAIChatPolicy
+
+        return OpenAIChatPolicy.from_spec(target, **kwargs)
+    raise ValueError(f"unknown policy spec {spec!r}; expected one of {', '.join(POLICY_SPECS)}")

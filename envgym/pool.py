@@ -1,0 +1,443 @@
+"""`EnvPool`: N envs stepped concurrently, in-process, in worker processes or in Ray actors.
+
+Every call on an env goes through `EnvHost`, which checks what the env
+returns (a `str` observation, a real-number reward, bool flags, an info dict
+with a `str` `state_key`) and turns any exception or malformed result into an
+`EnvResult` with `error` set, naming the cause. A slot whose env failed is
+rebuilt (a fresh env; a fresh worker if the old one died or hung) on its next
+`reset`. Backends:
+
+- ``"sync"``: the envs live in this process and step one after another. A
+  step that runs past `step_timeout` is reported as failed once it returns
+  (a hung env cannot be interrupted in-process: use another backend).
+- ``"process"``: one worker process per slot (multiprocessing, pipes); steps
+  run concurrently, a step past `step_timeout` kills and restarts its worker,
+  and a crashed worker is restarted the same way.
+- ``"ray"``: one Ray actor per slot (optional extra `envgym[ray]`), with the
+  same timeout and restart behaviour.
+
+`episode_timeout` bounds the seconds from the end of `reset` to the end of
+an episode's last step in every backend (worker start-up does not count).
+Close the pool (or use it as a context manager): every env is closed.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import multiprocessing.connection
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import gymnasium
+
+Backend = Literal["sync", "process", "ray"]
+EnvFactory = Callable[[], gymnasium.Env]
+
+
+@dataclass(frozen=True)
+class EnvResult:
+    """What one `reset` or `step` of a slot produced.
+
+    After `reset`, `reward` is 0, `instructions` holds the env's system
+    prompt and `task` the task index it drew. `seconds` is the env's own time. When `error` is set the other
+    fields are meaningless and the slot must be reset before it is stepped again.
+    """
+
+    observation: str = ""
+    reward: float = 0.0
+    terminated: bool = False
+    truncated: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    instructions: str = ""
+    task: int | None = None
+    error: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.terminated or self.truncated
+
+
+def _describe(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def _check_info(info: Any) -> str | None:
+    if not isinstance(info, dict):
+        return f"info must be a dict, got {type(info).__name__}"
+    if not isinstance(info.get("state_key"), str):
+        return f"info['state_key'] must be a str, got {type(info.get('state_key')).__name__}"
+    return None
+
+
+class EnvHost:
+    """One env and checked calls on it; lives wherever the env lives (this process, a worker, an actor)."""
+
+    def __init__(self, make_env: str | EnvFactory, make_kwargs: Mapping[str, Any] | None = None,
+                 spec: Any = None):
+        self.make_env, self.make_kwargs, self.spec = make_env, dict(make_kwargs or {}), spec
+        self.env: gymnasium.Env | None = None
+        self.broken = True
+
+    def build(self) -> None:
+        """Make a fresh env (closing the old one)."""
+        self.close()
+        if isinstance(self.make_env, str):
+            import envgym
+
+            if self.spec is not None:  # an id registered only in the parent process (a test, a notebook)
+                try:
+                    envgym.spec(self.make_env)
+                except KeyError:
+                    envgym.register(self.spec.id, self.spec.entry_point, max_turns=self.spec.max_turns,
+                                    kwargs=self.spec.kwargs, description=self.spec.description)
+            self.env = envgym.make(self.make_env, **self.make_kwargs)
+        else:
+            self.env = self.make_env()
+        self.broken = False
+
+    def reset(self, seed: int | None, options: Mapping[str, Any] | None) -> EnvResult:
+        start = time.perf_counter()
+        try:
+            if self.broken:
+                self.build()
+            obs, info = self.env.reset(seed=seed, options=dict(options or {}))
+            problem = (f"reset must return a str observation, got {type(obs).__name__}"
+                       if not isinstance(obs, str) else _check_info(info))
+            instructions = getattr(self.env.unwrapped, "instructions", "")
+            task = getattr(self.env.unwrapped, "task", None)
+        except Exception as exc:  # an env bug must fail its episode, not the run
+            problem = f"reset raised {_describe(exc)}"
+        if problem:
+            self.broken = True
+            return EnvResult(error=problem, seconds=time.perf_counter() - start)
+        return EnvResult(obs, 0.0, False, False, info, time.perf_counter() - start, instructions, task)
+
+    def step(self, action: str) -> EnvResult:
+        start = time.perf_counter()
+        try:
+            if self.broken:
+                raise RuntimeError("the env failed earlier in this episode; reset it first")
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            problem = self._check_step(obs, reward, terminated, truncated, info)
+        except Exception as exc:
+            problem = f"step({action[:40]!r}) raised {_describe(exc)}"
+        if problem:
+            self.broken = True
+            return EnvResult(error=problem, seconds=time.perf_counter() - start)
+        return EnvResult(obs, float(reward), bool(terminated), bool(truncated), info, time.perf_counter() - start)
+
+    @staticmethod
+    def _check_step(obs: Any, reward: Any, terminated: Any, truncated: Any, info: Any) -> str | None:
+        if not isinstance(obs, str):
+            return f"step must return a str observation, got {type(obs).__name__}"
+        if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(float(reward)):
+            return f"step must return a finite real reward, got {reward!r}"
+        if not all(isinstance(flag, bool) for flag in (terminated, truncated)):
+            return f"terminated and truncated must be bool, got {type(terminated).__name__}, {type(truncated).__name__}"
+        return _check_info(info)
+
+    def oracle_action(self) -> str:
+        return self.env.unwrapped.oracle_action()
+
+    def close(self) -> None:
+        if self.env is not None:
+            try:
+                self.env.close()
+            finally:
+                self.env = None
+
+
+def _worker_main(conn: multiprocessing.connection.Connection, make_env: Any, make_kwargs: Any, spec: Any,
+                 environ: dict[str, str]) -> None:
+    """Serve one EnvHost over a pipe: ("reset", seed, options) | ("step", action) | ("oracle",) | ("close",)."""
+    # A forkserver child inherits the server's environment, not the pool owner's: use the owner's, as it is now.
+    os.environ.clear()
+    os.environ.update(environ)
+    host = EnvHost(make_env, make_kwargs, spec)
+    try:
+        try:
+            host.build()  # imports and construction do not count against the first reset's timeout
+        except Exception:  # the first reset rebuilds and reports the cause
+            pass
+        conn.send("ready")
+        while True:
+            command, *args = conn.recv()
+            if command == "close":
+                break
+            try:
+                reply = getattr(host, {"oracle": "oracle_action"}.get(command, command))(*args)
+            except Exception as exc:  # oracle_action may raise; send the cause back
+                reply = RuntimeError(f"{command} raised {_describe(exc)}")
+            conn.send(reply)
+    except (EOFError, KeyboardInterrupt):
+        pass
+    finally:
+        host.close()
+        conn.close()
+
+
+class EnvPool:
+    """`num_envs` env slots of one env id (or factory), stepped concurrently."""
+
+    def __init__(self, make_env: str | EnvFactory, num_envs: int, *, backend: Backend = "sync",
+                 step_timeout: float = 60.0, episode_timeout: float | None = None,
+                 make_kwargs: Mapping[str, Any] | None = None, start_method: str = "forkserver",
+                 startup_timeout: float = 120.0):
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if backend not in ("sync", "process", "ray"):
+            raise ValueError(f"backend must be 'sync', 'process' or 'ray', got {backend!r}")
+        if step_timeout <= 0 or (episode_timeout is not None and episode_timeout <= 0):
+            raise ValueError("step_timeout and episode_timeout must be positive seconds")
+        self.make_env, self.make_kwargs = make_env, dict(make_kwargs or {})
+        self.num_envs, self.backend = num_envs, backend
+        self.step_timeout, self.episode_timeout = float(step_timeout), episode_timeout
+        self.startup_timeout = float(startup_timeout)
+        self._spec = None
+        if isinstance(make_env, str):
+            import envgym
+
+            self._spec = envgym.spec(make_env)  # fails fast on an unknown id
+        self._episode_start = [0.0] * num_envs
+        self._closed = False
+        self.restarts = 0
+        if backend == "process":
+            self._context = multiprocessing.get_context(start_method)
+            self._workers: list[Any] = [None] * num_envs
+            for slot in range(num_envs):
+                self._start_worker(slot)
+            for slot in range(num_envs):
+                self._wait_until_ready(slot)
+        elif backend == "ray":
+            self._ray = _import_ray()
+            self._actor_class = self._ray.remote(num_cpus=0)(EnvHost)
+            self._actors: list[Any] = [self._actor_class.remote(make_env, self.make_kwargs, self._spec)
+                                       for _ in range(num_envs)]
+        else:
+            self._hosts = [EnvHost(make_env, self.make_kwargs, self._spec) for _ in range(num_envs)]
+
+    # -- public -------------------------------------------------------------------------------------
+
+    def reset(self, requests: Mapping[int, tuple[int | None, Mapping[str, Any] | None]]) -> dict[int, EnvResult]:
+        """Reset each slot `i` of `requests` with `(seed, options)`; a failed slot is rebuilt first."""
+        results = self._call({slot: ("reset", seed, options) for slot, (seed, options) in requests.items()},
+                             dict.fromkeys(requests, self.step_timeout))
+        now = time.monotonic()
+        for slot in requests:
+            self._episode_start[slot] = now
+        return results
+
+    def step(self, actions: Mapping[int, str]) -> dict[int, EnvResult]:
+        """Step each slot `i` of `actions` with its action, concurrently where the backend allows."""
+        now = time.monotonic()
+        results: dict[int, EnvResult] = {}
+        calls, timeouts = {}, {}
+        for slot, action in actions.items():
+            timeouts[slot] = self.step_timeout
+            if self.episode_timeout is not None:
+                left = self.episode_timeout - (now - self._episode_start[slot])
+                if left <= 0:
+                    results[slot] = EnvResult(error=f"episode ran past its timeout of {self.episode_timeout:g}s")
+                    self._mark_broken(slot)
+                    continue
+                timeouts[slot] = min(self.step_timeout, left)
+            calls[slot] = ("step", action)
+        results.update(self._call(calls, timeouts))
+        return results
+
+    def oracle_action(self, slot: int) -> str:
+        """`env.unwrapped.oracle_action()` of slot `slot`, computed where the env lives."""
+        if self.backend == "sync":
+            return self._hosts[slot].oracle_action()
+        if self.backend == "ray":
+            return self._ray.get(self._actors[slot].oracle_action.remote(), timeout=self.step_timeout)
+        conn = self._workers[slot][1]
+        conn.send(("oracle",))
+        if not conn.poll(self.step_timeout):
+            self._restart_worker(slot)
+            raise TimeoutError(f"oracle_action of slot {slot} took longer than {self.step_timeout:g}s")
+        reply = conn.recv()
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def close(self) -> None:
+        """Close every env and stop every worker (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.backend == "sync":
+            for host in self._hosts:
+                host.close()
+        elif self.backend == "process":
+            for slot in range(self.num_envs):
+                self._stop_worker(slot)
+        else:
+            for actor in self._actors:
+                try:
+                    self._ray.get(actor.close.remote(), timeout=5)
+                except Exception:  # a dead actor has nothing left to close
+                    pass
+                self._ray.kill(actor)
+
+    def __enter__(self) -> EnvPool:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            self.close()
+
+    # -- backends -----------------------------------------------------------------------------------
+
+    def _call(self, calls: Mapping[int, tuple], timeouts: Mapping[int, float]) -> dict[int, EnvResult]:
+        """Run `calls[slot]` = (method, *args) on each slot, each within `timeouts[slot]` seconds."""
+        if self._closed:
+            raise RuntimeError("the EnvPool is closed")
+        if not calls:
+            return {}
+        if self.backend == "sync":
+            return {slot: self._call_sync(slot, call, timeouts[slot]) for slot, call in calls.items()}
+        if self.backend == "ray":
+            return self._call_ray(calls, timeouts)
+        return self._call_process(calls, timeouts)
+
+    def _call_sync(self, slot: int, call: tuple, timeout: float) -> EnvResult:
+        command, *args = call
+        result = getattr(self._hosts[slot], command)(*args)
+        if result.error is None and result.seconds > timeout:
+            self._hosts[slot].broken = True
+            return EnvResult(error=f"{command} took {result.seconds:.2f}s, past the timeout of {timeout:g}s",
+                             seconds=result.seconds)
+        return result
+
+    def _call_process(self, calls: Mapping[int, tuple], timeouts: Mapping[int, float]) -> dict[int, EnvResult]:
+        results: dict[int, EnvResult] = {}
+        waiting: dict[Any, int] = {}
+        start = time.monotonic()
+        for slot, call in calls.items():
+            process, conn = self._workers[slot]
+            try:
+                conn.send(call)
+                waiting[conn] = slot
+            except (BrokenPipeError, OSError):
+                results[slot] = self._worker_died(slot, call[0])
+        while waiting:
+            next_deadline = start + min(timeouts[slot] for slot in waiting.values())
+            ready = multiprocessing.connection.wait(list(waiting), timeout=max(0.0, next_deadline - time.monotonic()))
+            for conn in ready:
+                slot = waiting.pop(conn)
+                try:
+                    results[slot] = conn.recv()
+                except (EOFError, OSError):
+                    results[slot] = self._worker_died(slot, calls[slot][0])
+            now = time.monotonic()
+            for conn, slot in [(c, s) for c, s in waiting.items() if now >= start + timeouts[s]]:
+                del waiting[conn]
+                self._restart_worker(slot)
+                results[slot] = EnvResult(error=f"{calls[slot][0]} timed out after {timeouts[slot]:g}s; "
+                                                "the worker was killed and restarted", seconds=timeouts[slot])
+        return results
+
+    def _call_ray(self, calls: Mapping[int, tuple], timeouts: Mapping[int, float]) -> dict[int, EnvResult]:
+        ray = self._ray
+        refs = {getattr(self._actors[slot], call[0]).remote(*call[1:]): slot for slot, call in calls.items()}
+        ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=max(timeouts.values()))
+        results: dict[int, EnvResult] = {}
+        for ref in ready:
+            slot = refs[ref]
+            try:
+                results[slot] = ray.get(ref)
+            except ray.exceptions.RayActorError as exc:
+                self._restart_actor(slot)
+                results[slot] = EnvResult(error=f"env actor died during {calls[slot][0]}: {exc}; restarted")
+        for ref in pending:
+            slot = refs[ref]
+            self._restart_actor(slot)
+            results[slot] = EnvResult(error=f"{calls[slot][0]} timed out after {timeouts[slot]:g}s; "
+                                            "the actor was killed and restarted", seconds=timeouts[slot])
+        return results
+
+    def _mark_broken(self, slot: int) -> None:
+        """Make the slot's next reset start from a fresh env."""
+        if self.backend == "sync":
+            self._hosts[slot].broken = True
+        elif self.backend == "process":
+            self._restart_worker(slot)
+        else:
+            self._restart_actor(slot)
+
+    def _start_worker(self, slot: int) -> None:
+        parent, child = self._context.Pipe()
+        process = self._context.Process(
+            target=_worker_main, args=(child, self.make_env, self.make_kwargs, self._spec, dict(os.environ)),
+            daemon=True, name=f"envgym-env-{slot}")
+        process.start()
+        child.close()
+        self._workers[slot] = (process, parent)
+
+    def _wait_until_ready(self, slot: int) -> None:
+        process, conn = self._workers[slot]
+        try:
+            if conn.poll(self.startup_timeout) and conn.recv() == "ready":
+                return
+        except (EOFError, OSError):
+            pass
+        raise RuntimeError(f"env worker {slot} did not start within {self.startup_timeout:g}s "
+                           f"(exit code {process.exitcode}); is the env importable in a fresh process?")
+
+    def _stop_worker(self, slot: int) -> None:
+        process, conn = self._workers[slot]
+        try:
+            conn.send(("close",))
+        except (BrokenPipeError, OSError):
+            pass
+        process.join(timeout=2)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=2)
+        conn.close()
+
+    def _restart_worker(self, slot: int) -> None:
+        process, conn = self._workers[slot]
+        process.kill()
+        process.join(timeout=5)
+        conn.close()
+        self._start_worker(slot)
+        self._wait_until_ready(slot)
+        self.restarts += 1
+
+    def _worker_died(self, slot: int, command: str) -> EnvResult:
+        process, _ = self._workers[slot]
+        process.join(timeout=5)
+        code = process.exitcode
+        self._restart_worker(slot)
+        return EnvResult(error=f"the worker process died during {command} (exit code {code}); restarted")
+
+    def _restart_actor(self, slot: int) -> None:
+        self._ray.kill(self._actors[slot])
+        self._actors[slot] = self._actor_class.remote(self.make_env, self.make_kwargs, self._spec)
+        self.restarts += 1
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as exc:
+        raise ImportError("the 'ray' EnvPool backend needs Ray: pip install 'envgym[ray]'") from exc
+    if not ray.is_initialized():
+        # Actors import env classes the way this process does (a script's folder, a test folder).
+        ray.init(include_dashboard=False, ignore_reinit_error=True, log_to_driver=False, configure_logging=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}})
+    return ray

@@ -1,0 +1,115 @@
+"""Chat rendering: incremental full-history rows equal a fresh rendering; rewriting templates fall back."""
+
+import pytest
+
+from envgym.chat import EpisodeChat, encode, render
+from envgym.models import CHATML_TEMPLATE, word_level_tokenizer
+
+WORDS = ["you", "see", "a", "door", "open", "it", "north", "the", "is", "locked", "<", ">", "/", "think",
+         "maybe", "go", "rules", "play", "well", "SmolLM", "default", "prompt"]
+
+# Like Qwen3: reasoning in <think>...</think> is dropped from assistant messages before the last user message.
+THINK_DROPPING_TEMPLATE = (
+    "{%- set ns = namespace(last_user=-1) -%}"
+    "{%- for m in messages %}{% if m['role'] == 'user' %}{% set ns.last_user = loop.index0 %}{% endif %}{% endfor -%}"
+    "{%- for m in messages -%}{%- set content = m['content'] -%}"
+    "{%- if m['role'] == 'assistant' and loop.index0 < ns.last_user and '</think>' in content -%}"
+    "{%- set content = content.split('</think>')[-1] -%}{%- endif -%}"
+    "{{ '<|im_start|>' + m['role'] + '\n' + content + '<|im_end|>\n' }}{%- endfor -%}"
+    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif -%}"
+)
+# Like SmolLM2: a default system prompt when the chat has none.
+DEFAULT_SYSTEM_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nSmolLM default prompt<|im_end|>\n' }}{% endif %}" + CHATML_TEMPLATE[len(
+        "{% for message in messages %}"):]
+)
+
+ACTIONS = ["open the door", "go north", "<think>maybe north</think>go north", "open it"]
+OBSERVATIONS = ["you see a door", "the door is locked", "you see a door", "it is open", "you see the door"]
+
+
+def play(chat, tokenizer, cut_off=()):
+    """Roll a scripted episode through `chat`; returns the token rows it built."""
+    rows = []
+    ids, new_row = chat.start(OBSERVATIONS[0])
+    rows.append(list(ids))
+    for t, (action, obs) in enumerate(zip(ACTIONS, OBSERVATIONS[1:])):
+        sampled = encode(tokenizer, action) + ([] if t in cut_off else [tokenizer.eos_token_id])
+        rows[-1] += sampled
+        ids, new_row = chat.advance(sampled, action, obs)
+        if new_row:
+            rows.append(list(ids))
+        else:
+            rows[-1] += ids
+    return rows
+
+
+@pytest.mark.parametrize("template,instructions", [(CHATML_TEMPLATE, "play well"), (DEFAULT_SYSTEM_TEMPLATE, ""),
+                                                   (DEFAULT_SYSTEM_TEMPLATE, "rules")])
+def test_incremental_full_history_equals_fresh_rendering(template, instructions):
+    tokenizer = word_level_tokenizer(WORDS, chat_template=template)
+    chat = EpisodeChat(tokenizer, instructions)
+    rows = play(chat, tokenizer)
+    assert len(rows) == 1 and not chat.rewrote_history
+    expected = encode(tokenizer, render(tokenizer, chat.messages, True))
+    assert rows[0] == expected
+    assert tokenizer.decode(rows[0]).count("default prompt") == (0 if instructions else 1)
+
+
+def test_cut_off_action_gets_closed_by_the_template():
+    tokenizer = word_level_tokenizer(WORDS)
+    chat = EpisodeChat(tokenizer, "rules")
+    rows = play(chat, tokenizer, cut_off={1})
+    assert rows == [encode(tokenizer, render(tokenizer, chat.messages, True))]
+
+
+def test_template_that_drops_reasoning_falls_back_to_one_row_per_turn():
+    tokenizer = word_level_tokenizer(WORDS, chat_template=THINK_DROPPING_TEMPLATE)
+    chat = EpisodeChat(tokenizer, "rules")
+    rows = play(chat, tokenizer)
+    assert chat.rewrote_history
+    # turns 0-2 share a row; after the <think> action of turn 2, turns 3 and 4 get fresh rows
+    assert len(rows) == 3
+    assert rows[-1] == encode(tokenizer, render(tokenizer, chat.messages, True))
+    assert "maybe" not in tokenizer.decode(rows[-1])
+
+
+def test_window_keeps_the_last_k_turns():
+    tokenizer = word_level_tokenizer(WORDS)
+    chat = EpisodeChat(tokenizer, "rules", context="window", window=1)
+    rows = play(chat, tokenizer)
+    assert len(rows) == len(ACTIONS) + 1
+    last = tokenizer.decode(rows[-1])
+    assert "open it" in last and "go north" not in last and "rules" in last
+
+
+@pytest.mark.slow  # the first call converts the GGUF (~20 s); later ones load the cached tokenizer
+def test_smollm2_tokenizer_from_gguf_renders_incrementally():
+    from envgym.models import load_default_tokenizer
+
+    tokenizer = load_default_tokenizer()
+    chat = EpisodeChat(tokenizer, "")  # SmolLM2's template then adds its default system prompt
+    rows = play(chat, tokenizer)
+    assert len(rows) == 1 and rows[0] == encode(tokenizer, render(tokenizer, chat.messages, True))
+
+
+def test_missing_chat_template_is_a_clear_error():
+    tokenizer = word_level_tokenizer(WORDS)
+    tokenizer.chat_template = None
+    with pytest.raises(ValueError, match="chat_template"):
+        EpisodeChat(tokenizer, "rules").start("hi")
+
+
+def test_special_tokens_sampled_inside_an_action_stay_verbatim_without_fallback():
+    tokenizer = word_level_tokenizer(WORDS)
+    chat = EpisodeChat(tokenizer, "rules")
+    first, _ = chat.start("you see a door")
+    start = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    sampled = encode(tokenizer, "open") + [start] + encode(tokenizer, " it") + [tokenizer.eos_token_id]
+    text = tokenizer.decode(sampled, skip_special_tokens=True)
+    ids, new_row = chat.advance(sampled, text, "it is open")
+    assert not new_row and not chat.rewrote_history
+    row = first + sampled + ids
+    assert tokenizer.decode(row).endswith("open<|im_start|> it<|im_end|>\n<|im_start|>user\nit is open<|im_end|>\n"
+                                          "<|im_start|>assistant\n")

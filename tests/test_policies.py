@@ -1,0 +1,226 @@
+"""Policies: HF sampling and scoring agree, baselines, spec parsing, and an OpenAI endpoint that misbehaves."""
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+
+from envgym.models import tiny_model, word_level_tokenizer
+from envgym.policies import (HFPolicy, PolicyError, RandomPolicy, SamplingParams, ScriptedPolicy, TextRequest,
+                             load_policy)
+from envgym.policies.openai_chat import OpenAIChatPolicy
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tokenizer = word_level_tokenizer(["a", "b", "c", "d", "e"])
+    return HFPolicy(tiny_model(tokenizer), tokenizer)
+
+
+def test_generated_logprobs_equal_teacher_forced_scores_despite_padding(tiny):
+    torch.manual_seed(0)
+    prompts = [[1, 6, 4, 10, 11], [1, 6, 4, 10, 11, 12, 13, 12, 2, 4, 1, 7, 4]]  # left padding on the first
+    completions = tiny.generate(prompts, SamplingParams(max_new_tokens=6))
+    scores = tiny.score(prompts, [c.token_ids for c in completions])
+    for completion, score in zip(completions, scores):
+        assert len(completion.logprobs) == len(completion.token_ids) > 0
+        assert completion.logprobs == pytest.approx(score, abs=1e-4)
+    alone = tiny.score(prompts[:1], [completions[0].token_ids])[0]
+    assert alone == pytest.approx(scores[0], abs=1e-4)
+
+
+def test_greedy_is_deterministic_and_length_is_reported(tiny):
+    params = SamplingParams(temperature=0, max_new_tokens=4)
+    first = tiny.generate([[1, 6, 4]], params)[0]
+    assert tiny.generate([[1, 6, 4]], params)[0] == first
+    if tiny.tokenizer.eos_token_id not in first.token_ids:
+        assert first.finish_reason == "length" and len(first.token_ids) == 4
+
+
+def test_checkpoint_generation_defaults_do_not_change_the_sampling_distribution(tiny):
+    tiny.model.generation_config.top_k = 1  # as a generation_config.json could set; must not make sampling greedy
+    try:
+        torch.manual_seed(0)
+        params = SamplingParams(temperature=1.0, max_new_tokens=8)
+        greedy = tiny.generate([[1, 6, 4]], SamplingParams(temperature=0, max_new_tokens=8))[0].token_ids
+        samples = [c.token_ids for c in tiny.generate([[1, 6, 4]] * 8, params)]
+    finally:
+        tiny.model.generation_config.top_k = None
+    assert any(s != greedy for s in samples)
+
+
+def test_eos_ends_a_completion_with_reason_stop(tiny):
+    # bias the model so that the end token is (almost) certain
+    lm_head_bias = torch.zeros(len(tiny.tokenizer))
+    lm_head_bias[tiny.tokenizer.eos_token_id] = 100.0
+    handle = tiny.model.lm_head.register_forward_hook(lambda module, inputs, output: output + lm_head_bias)
+    try:
+        completion = tiny.generate([[1, 6, 4]], SamplingParams(max_new_tokens=5))[0]
+    finally:
+        handle.remove()
+    assert completion.token_ids == [tiny.tokenizer.eos_token_id] and completion.finish_reason == "stop"
+    assert completion.text == ""
+
+
+def test_sampling_params_refuse_nonsense():
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingParams(temperature=-1)
+    with pytest.raises(TypeError, match="tuple of strings"):
+        SamplingParams(stop="\n")
+
+
+def request(info=None, oracle=lambda: "north", messages=()):
+    return TextRequest(messages, info or {}, oracle)
+
+
+def test_random_policy_picks_admissible_actions_and_scripted_asks_the_oracle():
+    policy = RandomPolicy(seed=1)
+    actions = policy.act([request({"admissible_actions": ["east", "west"]}) for _ in range(50)])
+    assert set(actions) == {"east", "west"}
+    free = policy.act([request()])[0]
+    assert isinstance(free, str) and 1 <= len(free) <= 8
+    assert ScriptedPolicy().act([request()]) == ["north"]
+
+    def broken():
+        raise NotImplementedError("no oracle here")
+
+    assert isinstance(ScriptedPolicy().act([request(oracle=broken)])[0], PolicyError)
+
+
+def test_load_policy_specs():
+    assert isinstance(load_policy("random"), RandomPolicy)
+    assert isinstance(load_policy("scripted"), ScriptedPolicy)
+    with pytest.raises(ValueError, match="unknown policy spec 'gpt'"):
+        load_policy("gpt")
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        load_policy("hf:/nonexistent/model")
+    with pytest.raises(ValueError, match="needs a model after '#'"):
+        load_policy("openai:http://127.0.0.1:1/v1")
+
+
+def test_hf_checkpoint_directory_round_trip(tmp_path, tiny):
+    tiny.model.save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    loaded = load_policy(f"hf:{tmp_path}")
+    prompt, params = [[1, 6, 4]], SamplingParams(temperature=0, max_new_tokens=3)
+    assert loaded.generate(prompt, params) == tiny.generate(prompt, params)
+
+
+def test_vllm_policy_names_the_extra_when_vllm_is_missing():
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=r"envgym\[vllm\]"):
+            load_policy("vllm:/some/model")
+    else:
+        pytest.skip("vllm is installed; the GPU test covers it")
+
+
+@pytest.mark.gpu
+def test_vllm_policy_agrees_with_hf_and_takes_new_weights(tmp_path, tiny):
+    pytest.importorskip("vllm", reason="needs envgym[vllm]")
+    tiny.model.save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    policy = load_policy(f"vllm:{tmp_path}", gpu_memory_utilization=0.2, enforce_eager=True)
+    prompts = [[1, 6, 4, 10], [1, 6, 4, 10, 11, 12]]
+    completions = policy.generate(prompts, SamplingParams(max_new_tokens=4))
+    continuations = [c.token_ids for c in completions]
+    hf_scores = tiny.score(prompts, continuations)
+    for completion, hf in zip(completions, hf_scores):
+        assert completion.logprobs == pytest.approx(hf, abs=2e-2)
+    assert policy.score(prompts, continuations)[0] == pytest.approx(hf_scores[0], abs=2e-2)
+    with torch.no_grad():
+        for parameter in tiny.model.parameters():
+            parameter.mul_(1.5)
+    policy.load_weights(tiny.model.state_dict().items())
+    assert policy.score(prompts, continuations)[0] == pytest.approx(tiny.score(prompts, continuations)[0], abs=2e-2)
+
+
+# ------------------------------------------------------------------ OpenAI-compatible endpoint
+
+class FakeEndpoint(BaseHTTPRequestHandler):
+    """Behaviour by model name: ok, flaky (503 then ok), refuse (400), down (500), slow (sleeps), junk."""
+
+    calls: dict = {}
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        model = body["model"]
+        FakeEndpoint.calls[model] = FakeEndpoint.calls.get(model, 0) + 1
+        if model == "refuse" or (model == "flaky" and FakeEndpoint.calls[model] == 1) or model == "down":
+            code = {"refuse": 400, "flaky": 503, "down": 500}[model]
+            return self._send(code, {"error": {"message": f"{model} says no"}})
+        if model == "slow":
+            time.sleep(1.0)
+        if model == "junk":
+            return self._send(200, {"choices": []})
+        last = body["messages"][-1]["content"]
+        self._send(200, {"choices": [{"message": {"role": "assistant", "content": f"echo {last}"},
+                                      "finish_reason": "stop"}]})
+
+    def _send(self, code, payload):
+        data = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        try:
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client timed out first, as the timeout test wants
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeEndpoint)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def chat(text):
+    return request(messages=({"role": "system", "content": "rules"}, {"role": "user", "content": text}))
+
+
+def test_openai_policy_answers_and_retries_transient_errors(endpoint):
+    FakeEndpoint.calls.clear()
+    policy = load_policy(f"openai:{endpoint}#ok")
+    assert policy.act([chat("a"), chat("b")]) == ["echo a", "echo b"]
+    flaky = OpenAIChatPolicy(endpoint, "flaky", backoff=0.01)
+    assert flaky.act([chat("c")]) == ["echo c"] and FakeEndpoint.calls["flaky"] == 2
+
+
+def test_openai_policy_refusals_and_timeouts_become_policy_errors(endpoint):
+    FakeEndpoint.calls.clear()
+    refused = OpenAIChatPolicy(endpoint, "refuse", backoff=0.01).act([chat("x")])[0]
+    assert isinstance(refused, PolicyError) and "HTTP 400" in str(refused) and "refuse says no" in str(refused)
+    assert FakeEndpoint.calls["refuse"] == 1  # a 400 is not retried
+    down = OpenAIChatPolicy(endpoint, "down", backoff=0.01, max_retries=2).act([chat("x")])[0]
+    assert "HTTP 500" in str(down) and "after 3 attempts" in str(down) and FakeEndpoint.calls["down"] == 3
+    slow = OpenAIChatPolicy(endpoint, "slow", timeout=0.2, backoff=0.01, max_retries=1).act([chat("x")])[0]
+    assert isinstance(slow, PolicyError) and "timeout 0.2s" in str(slow)
+    junk = OpenAIChatPolicy(endpoint, "junk").act([chat("x")])[0]
+    assert isinstance(junk, PolicyError) and "malformed answer" in str(junk)
+    closed = OpenAIChatPolicy("http://127.0.0.1:9/v1", "ok", backoff=0.01, max_retries=0).act([chat("x")])[0]
+    assert isinstance(closed, PolicyError) and "no answer" in str(closed)
+
+
+def test_openai_policy_in_a_rollout(endpoint):
+    from envgym.rollout import collect_groups
+
+    result = collect_groups("games/GuessNumber-v0", load_policy(f"openai:{endpoint}#ok"), n_groups=1, group_size=2,
+                            max_turns=2)
+    episode = result.groups[0].episodes[0]
+    assert episode.turns[0].action == "echo Guess the secret integer between 1 and 100."  # the env reads "1"
+    assert (episode.turns[1].observation if len(episode.turns) > 1 else episode.final_observation).startswith("1 is")
+    refused = collect_groups("games/GuessNumber-v0", OpenAIChatPolicy(endpoint, "refuse"), n_groups=1, group_size=1,
+                             retries=1)
+    assert refused.groups == [] and "HTTP 400" in refused.failures[0].cause

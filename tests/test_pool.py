@@ -1,0 +1,144 @@
+"""EnvPool: concurrent stepping, checked results, timeouts and crash recovery in every backend."""
+
+import time
+
+import pytest
+
+import envgym
+from envgym.pool import EnvPool
+
+FAULTS = {
+    "Raises": "RaisesOnStep", "Hangs": "HangsOnStep", "Slow": "SlowStep", "Crashes": "CrashesOnStep",
+    "NonStr": "NonStrObservation", "NoStateKey": "MissingStateKey", "NoOracle": "NoOracle",
+}
+for name, cls in FAULTS.items():
+    envgym.register(f"faulty/{name}-v0", f"faulty_envs:{cls}", max_turns=10)
+
+RESET = {"split": "test", "task": 0}
+
+
+@pytest.fixture(params=["sync", "process"])
+def backend(request):
+    return request.param
+
+
+def test_pool_steps_envs_like_the_env_itself(backend):
+    with EnvPool("games/GuessNumber-v0", 2, backend=backend) as pool:
+        first = pool.reset({0: (1, RESET), 1: (1, {"split": "test", "task": 1})})
+        assert first[0].error is None and first[0].instructions.startswith("I am thinking")
+        assert first[0].info["state_key"] == "1-100" and first[0].task == 0
+        stepped = pool.step({0: "50", 1: "nonsense"})
+        env = envgym.make("games/GuessNumber-v0")
+        env.reset(seed=1, options=RESET)
+        obs, reward, *_ = env.step("50")
+        assert stepped[0].observation == obs and stepped[0].reward == reward
+        assert stepped[1].info["invalid_action"] is True
+        secret = int(env.unwrapped.secret)
+        assert pool.oracle_action(0) == env.unwrapped.oracle_action()
+        done = pool.step({0: str(secret)})[0]
+        assert done.terminated and done.reward == 1.0
+
+
+@pytest.mark.parametrize("env_id,cause", [
+    ("faulty/Raises-v0", "RuntimeError: the simulator exploded"),
+    ("faulty/NonStr-v0", "str observation, got dict"),
+])
+def test_faulty_step_is_reported_with_its_cause_and_the_slot_recovers(backend, env_id, cause):
+    with EnvPool(env_id, 1, backend=backend) as pool:
+        assert pool.reset({0: (0, RESET)})[0].error is None
+        result = pool.step({0: "50"})[0]
+        assert result.error is not None and cause in result.error
+        again = pool.step({0: "50"})[0]
+        assert "reset it first" in again.error
+        assert pool.reset({0: (0, RESET)})[0].error is None  # a fresh env
+
+
+def test_missing_state_key_fails_reset(backend):
+    with EnvPool("faulty/NoStateKey-v0", 1, backend=backend) as pool:
+        assert "state_key" in pool.reset({0: (0, RESET)})[0].error
+
+
+def test_process_backend_kills_a_hung_step_and_restarts_the_worker():
+    with EnvPool("faulty/Hangs-v0", 2, backend="process", step_timeout=0.5) as pool:
+        pool.reset({0: (0, RESET), 1: (0, RESET)})
+        start = time.monotonic()
+        results = pool.step({0: "50", 1: "50"})
+        assert time.monotonic() - start < 5
+        assert all("timed out after 0.5s" in r.error for r in results.values()), results
+        assert pool.restarts == 2
+        assert pool.reset({0: (0, RESET)})[0].error is None
+
+
+def test_process_backend_restarts_a_crashed_worker():
+    with EnvPool("faulty/Crashes-v0", 1, backend="process") as pool:
+        pool.reset({0: (0, RESET)})
+        result = pool.step({0: "50"})[0]
+        assert "died during step (exit code 3)" in result.error
+        assert pool.reset({0: (0, RESET)})[0].error is None
+
+
+def test_sync_backend_reports_a_step_past_its_timeout():
+    with EnvPool("faulty/Slow-v0", 1, backend="sync", step_timeout=0.05) as pool:
+        pool.reset({0: (0, RESET)})
+        assert "past the timeout of 0.05s" in pool.step({0: "50"})[0].error
+
+
+def test_episode_timeout_fails_the_next_step(backend):
+    with EnvPool("games/GuessNumber-v0", 1, backend=backend, episode_timeout=0.2) as pool:
+        pool.reset({0: (0, RESET)})
+        assert pool.step({0: "50"})[0].error is None
+        time.sleep(0.3)
+        assert "past its timeout of 0.2s" in pool.step({0: "50"})[0].error
+
+
+def test_oracle_errors_reach_the_caller(backend):
+    with EnvPool("faulty/NoOracle-v0", 1, backend=backend) as pool:
+        pool.reset({0: (0, RESET)})
+        with pytest.raises(Exception, match="no oracle"):
+            pool.oracle_action(0)
+
+
+def test_close_closes_every_env_and_is_idempotent():
+    closed = []
+
+    class Tracked(envgym.envs.games.guess.GuessNumber):
+        def close(self):
+            closed.append(self)
+
+    pool = EnvPool(Tracked, 3)
+    pool.reset({i: (0, RESET) for i in range(3)})
+    pool.close()
+    pool.close()
+    assert len(closed) == 3
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.step({0: "1"})
+
+
+def test_bad_arguments_are_clear_errors():
+    with pytest.raises(KeyError, match="unknown env id"):
+        EnvPool("games/Maze-v9", 1)
+    with pytest.raises(ValueError, match="backend"):
+        EnvPool("games/Maze-v0", 1, backend="threads")
+
+
+@pytest.mark.slow
+def test_ray_backend_steps_and_survives_a_crash():
+    pytest.importorskip("ray")
+    with EnvPool("faulty/Crashes-v0", 1, backend="ray", step_timeout=20) as pool:
+        assert pool.reset({0: (0, RESET)})[0].error is None
+        assert "died" in pool.step({0: "50"})[0].error
+        assert pool.reset({0: (0, RESET)})[0].error is None
+    with EnvPool("games/GuessNumber-v0", 2, backend="ray") as pool:
+        pool.reset({0: (0, RESET), 1: (0, RESET)})
+        results = pool.step({0: "50", 1: "50"})
+        assert results[0].observation == results[1].observation and results[0].error is None
+
+
+def test_a_slot_near_its_episode_timeout_does_not_cut_the_others_short():
+    with EnvPool("faulty/Slow-v0", 2, backend="process", step_timeout=5, episode_timeout=0.5) as pool:
+        pool.reset({0: (0, RESET)})
+        time.sleep(0.35)
+        pool.reset({1: (0, RESET)})  # slot 1 starts later: it has ~0.5 s left, slot 0 only ~0.15 s
+        results = pool.step({0: "50", 1: "50"})  # each step takes 0.2 s
+        assert "timed out" in results[0].error or "past its timeout" in results[0].error
+        assert results[1].error is None

@@ -1,0 +1,163 @@
+"""collect_groups: groups share task and seed, one batched policy call per turn, and the failure policy."""
+
+import pytest
+
+import envgym
+from envgym.chat import encode
+from envgym.models import tiny_model, word_level_tokenizer
+from envgym.policies import Completion, HFPolicy, PolicyError, SamplingParams, load_policy
+from envgym.rollout import collect_groups, group_seed
+from envgym.trajectory import EpisodeEnd, FinishReason
+from test_chat import THINK_DROPPING_TEMPLATE
+
+for name, cls in {"FailOnSeed": "FailOnSeed", "FailOnce": "FailOnce", "Hangs": "HangsOnStep",
+                  "Crashes": "CrashesOnStep", "NoOracle": "NoOracle"}.items():
+    envgym.register(f"faulty/Rollout{name}-v0", f"faulty_envs:{cls}", max_turns=10)
+
+WORDS = ["Guess", "the", "secret", "integer", "between", "and", "1", "100", "50", "25", "is", "too", "low", "high",
+         "correct", "<", ">", "/", "think", "maybe"]
+
+
+class FixedTokenPolicy:
+    """A TokenPolicy stub that answers every prompt with the same text, recording every call."""
+
+    def __init__(self, tokenizer, text, eos=True, finish="stop"):
+        self.tokenizer, self.calls = tokenizer, []
+        self.ids = encode(tokenizer, text) + ([tokenizer.eos_token_id] if eos else [])
+        self.text, self.finish = text, finish
+
+    def generate(self, prompts, params):
+        self.calls.append([list(p) for p in prompts])
+        return [Completion(list(self.ids), [-0.5] * len(self.ids), self.text, self.finish) for _ in prompts]
+
+    def score(self, prompts, continuations):
+        return [[-0.5] * len(c) for c in continuations]
+
+
+def test_scripted_groups_share_task_and_seed_and_win():
+    result = collect_groups("games/Maze-v0", load_policy("scripted"), n_groups=3, group_size=2, split="test", seed=7)
+    assert len(result.groups) == 3 and result.metrics["episodes"] == 6
+    for g, group in enumerate(result.groups):
+        assert group.seed == group_seed(7, g)
+        assert {e.task for e in group.episodes} == {group.task}
+        assert len({e.turns[0].observation for e in group.episodes}) == 1
+        assert all(e.won and e.end is EpisodeEnd.TERMINATED for e in group.episodes)
+    assert result.metrics["retries"] == result.metrics["dropped_groups"] == 0
+
+
+@pytest.mark.slow  # building and warming up a transformers model takes ~5 s here
+def test_hf_policy_sees_exactly_the_tokens_that_are_recorded():
+    tokenizer = word_level_tokenizer(WORDS)
+    policy = HFPolicy(tiny_model(tokenizer), tokenizer)
+    prompts_seen = []
+    generate = policy.generate
+    policy.generate = lambda prompts, params: (prompts_seen.append([list(p) for p in prompts]),
+                                               generate(prompts, params))[1]
+    result = collect_groups("games/GuessNumber-v0", policy, n_groups=2, group_size=2, split="test",
+                            sampling=SamplingParams(max_new_tokens=3), max_turns=3)
+    episodes = [e for g in result.groups for e in g.episodes]
+    assert len(prompts_seen) == max(len(e.turns) for e in episodes)  # one batched call per turn step
+    assert len(prompts_seen[0]) == 4
+    for t, batch in enumerate(prompts_seen):
+        live = [e for e in episodes if len(e.turns) > t]
+        assert len(batch) == len(live)
+        for episode, prompt in zip(live, batch):
+            assert prompt == episode.row_ids(len(episode.row_starts) - 1 if t >= episode.row_starts[-1] else 0, t)
+    turn = episodes[0].turns[0]
+    assert len(turn.action_ids) == len(turn.logprobs) > 0 and all(lp <= 0 for lp in turn.logprobs)
+    assert result.metrics["generated_tokens"] == sum(e.num_generated_tokens for e in episodes)
+
+
+def test_empty_and_cut_off_actions_reach_the_env_and_are_recorded():
+    tokenizer = word_level_tokenizer(WORDS)
+    cut_off = FixedTokenPolicy(tokenizer, "the secret", eos=False, finish="length")
+    for policy, finish in [(FixedTokenPolicy(tokenizer, ""), FinishReason.EMPTY), (cut_off, FinishReason.LENGTH)]:
+        result = collect_groups("games/GuessNumber-v0", policy, n_groups=1, group_size=2, max_turns=2)
+        turns = [t for e in result.groups[0].episodes for t in e.turns]
+        assert len(turns) == 4 and all(t.finish is finish and t.invalid_action for t in turns)
+        assert result.metrics["empty_actions" if finish is FinishReason.EMPTY else "cut_off_actions"] == 4
+        assert result.metrics["invalid_actions"] == 4
+
+
+def test_history_rewriting_template_falls_back_to_rows_per_turn_and_is_counted():
+    tokenizer = word_level_tokenizer(WORDS, chat_template=THINK_DROPPING_TEMPLATE)
+    policy = FixedTokenPolicy(tokenizer, "<think>maybe</think>50")
+    result = collect_groups("games/GuessNumber-v0", policy, n_groups=1, group_size=2, max_turns=3)
+    assert result.metrics["template_fallbacks"] == 2
+    assert all(e.row_starts == (0, 1, 2) for e in result.groups[0].episodes)
+    plain = collect_groups("games/GuessNumber-v0", FixedTokenPolicy(word_level_tokenizer(WORDS), "50"),
+                           n_groups=1, group_size=2, max_turns=3)
+    assert plain.metrics["template_fallbacks"] == 0 and plain.groups[0].episodes[0].row_starts == (0,)
+
+
+def test_window_context_gives_one_row_per_turn():
+    tokenizer = word_level_tokenizer(WORDS)
+    result = collect_groups("games/GuessNumber-v0", FixedTokenPolicy(tokenizer, "50"), n_groups=1, group_size=1,
+                            max_turns=3, context="window", window=1)
+    assert result.groups[0].episodes[0].row_starts == (0, 1, 2)
+
+
+def test_persistent_failures_drop_the_group_and_never_become_episodes():
+    result = collect_groups("faulty/RolloutFailOnSeed-v0", load_policy("random"), n_groups=6, group_size=2,
+                            retries=1)
+    odd = [g for g in range(6) if group_seed(0, g) % 2 == 1]
+    assert 0 < len(odd) < 6
+    assert result.metrics["dropped_groups"] == len(odd) and len(result.groups) == 6 - len(odd)
+    assert all(group.seed % 2 == 0 for group in result.groups)
+    assert all(len(group.episodes) == 2 for group in result.groups)
+    assert result.failures and all("cannot start from seed" in f.cause for f in result.failures)
+    # both members of a bad group fail in the same reset batch: each is retried once, then the group is dropped
+    assert result.metrics["retries"] == 2 * len(odd)
+
+
+def test_transient_failure_is_retried_with_a_fresh_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENVGYM_TEST_FAIL_ONCE_MARKER", str(tmp_path / "failed-once"))
+    for backend in ("sync", "process"):
+        (tmp_path / "failed-once").unlink(missing_ok=True)
+        result = collect_groups("faulty/RolloutFailOnce-v0", load_policy("scripted"), n_groups=2, group_size=2,
+                                backend=backend, num_envs=2)
+        assert result.metrics["retries"] == 1 and result.metrics["dropped_groups"] == 0
+        assert len(result.groups) == 2 and all(e.won for g in result.groups for e in g.episodes)
+        assert "transient failure" in result.failures[0].cause
+
+
+def test_process_pool_crashes_and_hangs_drop_groups_with_their_cause():
+    from envgym.pool import EnvPool
+
+    with EnvPool("faulty/RolloutHangs-v0", 2, backend="process", step_timeout=0.3) as pool:
+        hung = collect_groups("faulty/RolloutHangs-v0", load_policy("random"), n_groups=1, group_size=2, pool=pool,
+                              retries=0)
+    assert hung.groups == [] and "timed out" in hung.failures[0].cause
+    crashed = collect_groups("faulty/RolloutCrashes-v0", load_policy("random"), n_groups=1, group_size=1,
+                             backend="process", retries=1)
+    assert crashed.groups == [] and crashed.metrics["retries"] == 1
+    assert all("exit code 3" in f.cause for f in crashed.failures)
+
+
+def test_policy_errors_fail_the_episode():
+    class Refuses:
+        def act(self, requests):
+            return [PolicyError("endpoint said 503")] * len(requests)
+
+    result = collect_groups("games/Maze-v0", Refuses(), n_groups=2, group_size=2, retries=1)
+    assert result.groups == [] and result.metrics["dropped_groups"] == 2
+    assert "endpoint said 503" in result.failures[0].cause
+    no_oracle = collect_groups("faulty/RolloutNoOracle-v0", load_policy("scripted"), n_groups=1, group_size=1,
+                               retries=0, backend="process")
+    assert no_oracle.groups == [] and "has no oracle" in no_oracle.failures[0].cause
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="neither a TokenPolicy"):
+        collect_groups("games/Maze-v0", object(), n_groups=1, group_size=1)
+    with pytest.raises(ValueError, match="tasks"):
+        collect_groups("games/Maze-v0", load_policy("random"), n_groups=2, group_size=1, tasks=[1])
+
+
+def test_episodes_name_the_env_of_a_factory():
+    import functools
+
+    factory = functools.partial(envgym.make, "games/GuessNumber-v0", high=10)
+    result = collect_groups(factory, load_policy("scripted"), n_groups=1, group_size=1)
+    episode = result.groups[0].episodes[0]
+    assert episode.env_id == "games/GuessNumber-v0" and episode.won and len(episode.turns) <= 4
