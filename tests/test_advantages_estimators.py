@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from envgym.trainers.advantages import TurnBatch, compute_advantages, similar_state_keys
+from envgym.trainers.advantages import Segments, TurnBatch, anchor_buckets, compute_advantages, similar_state_keys
 
 EPS = 1e-6
 BACKENDS = ["torch", "reference"]
@@ -159,6 +159,32 @@ def test_similar_state_keys_is_greedy_with_the_first_representative():
     keys = similar_state_keys(["abcd", "wxyz", "abyz", "abyz"], [0, 0, 0, 1], threshold=0.5)
     assert keys.tolist()[:3] == [0, 1, 0]
     assert keys[3] not in keys[:3]  # another group never shares a bucket
+
+
+def dict_buckets(group, state):
+    """Reference bucket ids: one per distinct (group, state), numbered in order of first appearance."""
+    ids: dict[tuple[int, int], int] = {}
+    return [ids.setdefault(key, len(ids)) for key in zip(group, state)], len(ids)
+
+
+@pytest.mark.parametrize("case", ["random", "colliding", "empty"])
+def test_anchor_buckets_partition_rows_by_group_and_state(case):
+    generator = torch.Generator().manual_seed(3)
+    n = {"random": 5000, "colliding": 600, "empty": 0}[case]
+    group = torch.randint(-4, 60, (n,), generator=generator) * 2**40  # one-turn episodes, groups interleaved
+    if case == "colliding":
+        # (k << 32) | k folds to k << 32, whose low bits are 0: every key of a group hashes to the
+        # group's one slot, so the rows of all keys but one per group take the sorted path.
+        k = torch.randint(0, 40, (n,), generator=generator)
+        state = (k << 32) | k
+    else:
+        pool = torch.randint(-(2**63), 2**63 - 1, (300,), generator=generator)
+        state = pool[torch.randint(0, 300, (n,), generator=generator)]
+    batch = TurnBatch.from_lists(group=group, episode=torch.arange(n), reward=torch.zeros(n), state=state)
+    ids, num = anchor_buckets(Segments.of(batch), state)
+    expected, expected_num = dict_buckets(group.tolist(), state.tolist())
+    assert num == expected_num and sorted(set(ids.tolist())) == list(range(num))
+    assert len(set(zip(ids.tolist(), expected))) == num  # the same partition, up to renaming the ids
 
 
 # Group 0. Episode 0: intrinsic [0.2, 0.3, 99] rewards [0, 0, 1]; episode 1: intrinsic [0.1, 99] rewards [0, 0].

@@ -47,25 +47,50 @@ def gigpo(batch: TurnBatch, ops: Ops, *, mode: Literal["mean_std_norm", "mean_no
 
 
 def anchor_buckets(seg: Segments, state: Tensor) -> tuple[Tensor, int]:
-    """([N] dense id of each row's (group, state) bucket, number of buckets).
+    """([N] dense id of each row's (group, state) bucket, number of buckets); ids follow no particular order.
 
-    One N-row sort: the rows are laid out group by group (an E-row sort of the episodes),
-    then stably sorted by state, which leaves equal states in group order; a bucket
-    starts wherever the state or the group changes.
+    Hash, then verify, in O(N) rather than an O(N log N) sort of every row: each row hashes
+    its key (group, state) into a table of about 4N slots, and one row per slot (whichever
+    write lands last) owns it. A row whose key equals its slot owner's joins the owner's
+    bucket; that holds for every row of the owner's key, since equal keys share a slot.
+    The rows of keys that lost their slot to another key (a few percent) are sorted by key.
     """
     n = state.shape[0]
     if n == 0:
         return state.clone(), 0
-    episode_order = torch.argsort(seg.episode_group, stable=True)
-    length = seg.episode_length.index_select(0, episode_order)
-    shift = seg.episode_start.index_select(0, episode_order) - (torch.cumsum(length, 0) - length)
-    by_group = torch.arange(n, device=state.device) + torch.repeat_interleave(shift, length, output_size=n)
-    order = by_group.index_select(0, torch.argsort(state.index_select(0, by_group), stable=True))
-    sorted_state, sorted_group = state.index_select(0, order), seg.group_of_turn.index_select(0, order)
-    starts = torch.ones(n, dtype=torch.int64, device=state.device)
+    group = seg.group_of_turn
+    rows = torch.arange(n, device=state.device)
+    table_bits = (4 * n - 1).bit_length()
+    slot = _anchor_slot(group, state, table_bits)
+    # owner[i]: the row owning row i's slot (the table's unwritten slots are never read)
+    owner = state.new_empty(1 << table_bits).scatter_(0, slot, rows).index_select(0, slot)
+    owned_id = torch.cumsum(owner == rows, 0) - 1  # numbers the owners, one per bucket found by hashing
+    num_owned = int(owned_id[-1]) + 1
+    bucket = owned_id.index_select(0, owner)
+    mismatch = (state.index_select(0, owner) != state) | (group.index_select(0, owner) != group)
+    lost = torch.nonzero(mismatch).flatten()
+    if lost.numel() == 0:
+        return bucket, num_owned
+    lost_bucket, num_lost = _sorted_key_runs(group.index_select(0, lost), state.index_select(0, lost))
+    return bucket.index_put_((lost,), num_owned + lost_bucket), num_owned + num_lost
+
+
+def _anchor_slot(group: Tensor, state: Tensor, bits: int) -> Tensor:
+    """[N] slot in 0..2^bits-1 of each row's (dense group, state) key; equal keys get equal slots."""
+    # Fold the high half of the 64-bit state into the low bits the mask keeps; an odd multiplier
+    # maps distinct groups (< 2^bits) to distinct offsets, and group * it stays far below 2^63.
+    return (state ^ (state >> 32) ^ (group * 0x9E3779B1)) & ((1 << bits) - 1)
+
+
+def _sorted_key_runs(group: Tensor, state: Tensor) -> tuple[Tensor, int]:
+    """([M] dense id 0..K-1 of each row's (group, state) key, K), by a stable sort on state then on group."""
+    order = torch.argsort(state, stable=True)
+    order = order.index_select(0, torch.argsort(group.index_select(0, order), stable=True))
+    sorted_state, sorted_group = state.index_select(0, order), group.index_select(0, order)
+    starts = torch.ones_like(order)
     starts[1:] = (sorted_state[1:] != sorted_state[:-1]) | (sorted_group[1:] != sorted_group[:-1])
-    bucket = torch.cumsum(starts, 0) - 1
-    return torch.empty_like(bucket).scatter_(0, order, bucket), int(bucket[-1]) + 1
+    key_id = torch.cumsum(starts, 0) - 1
+    return torch.empty_like(order).scatter_(0, order, key_id), int(key_id[-1]) + 1
 
 
 def similar_state_keys(texts: Sequence[str], group_of_turn: Sequence[int], threshold: float = 0.95) -> Tensor:
