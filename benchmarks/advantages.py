@@ -5,9 +5,14 @@
 
 Batches: groups of 8 episodes of 1 to 50 turns, about a third of the turns revisiting a
 state seen earlier in the group, the outcome (0 or 1) on the last turn, 10% invalid
-turns, Gaussian intrinsic rewards. Single-threaded CPU (torch.set_num_threads(1));
-each time is the best of several runs. Peak memory of the vectorised path is the peak of
-the CPU allocator's "Total Allocated" counter recorded by the torch profiler during one
+turns, Gaussian intrinsic rewards. Single-threaded CPU (torch.set_num_threads(1)).
+Times are minima over repeated runs: a ratio's two sides (plain loop and vectorised;
+torch and Triton on GPU) run interleaved, the same number of timed calls each, one per
+round, each right after an untimed warm-up call of the same function; so load from other
+processes on a shared machine hits both sides alike, and the minimum (the least disturbed
+run) of one side is compared with the minimum of the other. Peak memory of the vectorised
+path is the peak of the CPU allocator's "Total Allocated" counter recorded by the torch
+profiler during one
 call (tensors only; the batch itself is allocated before and not counted).
 """
 
@@ -19,6 +24,7 @@ import os
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -98,17 +104,28 @@ def verl_agent_style_gigpo(batch: TurnBatch, gamma: float = 0.95, invalid_penalt
     return advantages.to(torch.float32)
 
 
-def best_time(fn, budget_s: float = 0.5, max_runs: int = 100, sync=lambda: None) -> float:
-    """Best wall time of repeated calls, repeating until `budget_s` is spent (at least twice)."""
-    times, spent = [], 0.0
-    while len(times) < 2 or (spent < budget_s and len(times) < max_runs):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-        spent += times[-1]
-    return min(times)
+def min_times(fns: dict[str, Callable[[], object]], budget_s: float = 2.0, min_rounds: int = 5,
+              max_rounds: int = 50, sync: Callable[[], None] = lambda: None) -> dict[str, float]:
+    """Minimum wall time of each function over interleaved rounds (each function in turn, once per round).
+
+    Each timed call follows an untimed call of the same function, so every side is timed warm
+    (its caches and allocator as in repeated calls), not cooled by the other side's run just
+    before. Rounds repeat until `budget_s` of wall time is spent (at least `min_rounds`, at
+    most `max_rounds`); every function gets the same number of timed calls, so neither side's
+    minimum gets more chances.
+    """
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    started, rounds = time.perf_counter(), 0
+    while rounds < min_rounds or (time.perf_counter() - started < budget_s and rounds < max_rounds):
+        for name, fn in fns.items():
+            fn()
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+        rounds += 1
+    return {name: min(t) for name, t in times.items()}
 
 
 def peak_bytes(fn) -> int:
@@ -139,6 +156,9 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     started = time.perf_counter()
     print(f"torch {torch.__version__}, 1 CPU thread; CUDA: {torch.cuda.get_device_name() if cuda else 'none'}")
+    print("times: minimum over 5-50 interleaved rounds (plain loop with vectorised, torch with Triton on GPU; "
+          "each round times one call of each, right after an untimed warm-up call of the same), so machine load "
+          "hits both sides of a ratio alike; verl-agent style: one timed call after a warm-up")
     if not cuda:
         print("Triton: skipped, no CUDA device (on CPU it runs only under TRITON_INTERPRET=1, far too slow to time)")
     print("verl-agent-style GiGPO: run at " + ", ".join(f"{s // 1000}k" for s in sorted(verl_sizes))
@@ -154,21 +174,21 @@ def main() -> None:
               f"{'torch (GPU)':>13} {'loop/vec':>9} {'verl/vec':>9} {'peak MiB':>9} {'B/turn':>7}")
         for name in ESTIMATORS:
             row: dict[str, float | None] = {"turns": n}
-            row["vectorised"] = best_time(lambda: compute_advantages(batch, name))
-            row["loop"] = best_time(lambda: compute_advantages(batch, name, backend="reference"), budget_s=1.0,
-                                    max_runs=5)
+            row.update(min_times({"vectorised": lambda: compute_advantages(batch, name),
+                                  "loop": lambda: compute_advantages(batch, name, backend="reference")}))
             row["verl"] = None
             if name == "gigpo" and size in verl_sizes:
                 if size == min(verl_sizes):
                     diff = (verl_agent_style_gigpo(batch) - compute_advantages(batch, "gigpo")).abs().max()
                     print(f"(check: verl-agent-style GiGPO matches the vectorised path to {float(diff):.1e})")
-                row["verl"] = best_time(lambda: verl_agent_style_gigpo(batch), budget_s=0.0)
+                row["verl"] = min_times({"verl": lambda: verl_agent_style_gigpo(batch)}, budget_s=0.0,
+                                        min_rounds=1)["verl"]
             row["triton"] = row["torch_gpu"] = None
             if cuda:
                 gpu_batch = batch.to("cuda")
-                row["triton"] = best_time(lambda: compute_advantages(gpu_batch, name, backend="triton"),
-                                          sync=torch.cuda.synchronize)
-                row["torch_gpu"] = best_time(lambda: compute_advantages(gpu_batch, name), sync=torch.cuda.synchronize)
+                row.update(min_times({"triton": lambda: compute_advantages(gpu_batch, name, backend="triton"),
+                                      "torch_gpu": lambda: compute_advantages(gpu_batch, name)},
+                                     budget_s=0.5, max_rounds=100, sync=torch.cuda.synchronize))
             row["peak"] = peak_bytes(lambda: compute_advantages(batch, name))
             results[(name, size)] = row
             verl_ratio = f"{row['verl'] / row['vectorised']:8.0f}x" if row["verl"] else f"{'-':>9}"

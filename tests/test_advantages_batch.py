@@ -104,6 +104,22 @@ def test_unknown_estimator_option_choice_and_backend_are_named():
         compute_advantages(batch, "gigpo", grouping="similarity")
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_standardize_episode_hint_gives_the_same_statistics(weighted):
+    # interleaved groups of whole episodes: the hint sums per episode first, the plain path per row
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 41, (60,), generator=gen).tolist()
+    groups = torch.randint(0, 25, (60,), generator=gen).tolist()
+    batch = TurnBatch.from_episodes([torch.randn(k, generator=gen).tolist() for k in lengths], group=groups)
+    seg = adv.Segments.of(batch)
+    x = batch.reward.double()
+    weight = torch.rand(batch.num_turns, generator=gen, dtype=torch.float64) * 3 if weighted else None
+    options = dict(weight=weight, std="sample", singleton="raw")
+    plain = standardize(adv.ops.TORCH_OPS, x, seg.group_of_turn, seg.num_groups, **options)
+    hinted = standardize(adv.ops.TORCH_OPS, x, seg.group_of_turn, seg.num_groups, episodes=seg, **options)
+    torch.testing.assert_close(hinted, plain, rtol=1e-12, atol=1e-12)
+
+
 def test_every_builtin_estimator_has_a_reference_with_the_same_options():
     assert set(ESTIMATORS) == {"grpo", "drgrpo", "rloo", "reinforce_pp", "turn_grpo", "gigpo", "igpo", "prime"}
     for spec in ESTIMATORS.values():

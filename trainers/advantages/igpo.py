@@ -34,15 +34,16 @@ def igpo(batch: TurnBatch, ops: Ops, *, alpha: float = 1.0, gamma: float = 1.0,
         raise ValueError("igpo: normalize='separate' z-scores gains and outcomes as rewards, before the "
                          "discount; use order='normalize_then_discount' or normalize='joint'")
     seg = Segments.of(batch)
-    outcome = seg.per_turn(episode_returns(ops, batch, seg))
-    reward = torch.where(seg.is_last, alpha * outcome, batch.intrinsic.to(torch.float64))
-    if normalize == "joint":
-        kind, num_kinds = seg.group_of_turn, seg.num_groups
+    # The outcome overwrites only the E last-turn rows of a float64 copy (no [N] gather and select)
+    reward = batch.intrinsic.to(torch.float64, copy=True).index_copy_(0, seg.episode_end,
+                                                                      alpha * episode_returns(ops, batch, seg))
+    if normalize == "joint":  # a group is a union of whole episodes
+        kind, num_kinds, episodes = seg.group_of_turn, seg.num_groups, seg
     else:
-        kind, num_kinds = 2 * seg.group_of_turn + seg.is_last, 2 * seg.num_groups
+        kind, num_kinds, episodes = 2 * seg.group_of_turn + seg.is_last, 2 * seg.num_groups, None
 
     def normalized(x: Tensor) -> Tensor:
-        return standardize(ops, x, kind, num_kinds, std=std, eps=eps, singleton=singleton)
+        return standardize(ops, x, kind, num_kinds, std=std, eps=eps, singleton=singleton, episodes=episodes)
 
     if order == "normalize_then_discount":
         return ops.reverse_scan(normalized(reward), seg, gamma, "sum")

@@ -16,7 +16,7 @@ from .segment import EpisodeStats, Segments, Singleton, Std, leave_one_out, stan
 
 def episode_returns(ops: Ops, batch: TurnBatch, seg: Segments) -> Tensor:
     """[E] R_i = sum_t r_{i,t}, float64."""
-    return ops.segment_sum(batch.reward.to(torch.float64), seg.episode_of_turn, seg.num_episodes)
+    return ops.episode_sum(batch.reward.to(torch.float64), seg)
 
 
 def episode_adv(ops: Ops, batch: TurnBatch, seg: Segments, *, scale: bool, episode_stats: EpisodeStats,

@@ -25,21 +25,25 @@ def reverse_scan(x: Tensor, segments: Segments, gamma: float, op: ScanOp) -> Ten
     n = x.shape[0]
     if n == 0:
         return x.to(torch.float64, copy=True)
-    # Buffers carry L_max zero rows past the end, so row t + d always exists (with reach 0).
-    out, spare, reach, spare_reach = (torch.zeros(n + segments.longest, dtype=torch.float64, device=x.device)
-                                      for _ in range(4))
-    out[:n] = x
-    reach[:n] = ~segments.is_last
-    d = 1
+    # A current and a next buffer of values and of reach, each with L_max zero rows past the end,
+    # so row t + d always exists (with reach 0); separate tensors, so the result keeps only its own alive.
+    values_full = [torch.zeros(n + segments.longest, dtype=torch.float64, device=x.device) for _ in range(2)]
+    reach_full = [torch.zeros_like(values_full[0]) for _ in range(2)]
+    values_head, reach_head = [v[:n] for v in values_full], [r[:n] for r in reach_full]
+    values_head[0].copy_(x)
+    torch.logical_not(segments.is_last, out=reach_head[0])
+    now, d = 0, 1
     while d < segments.longest:
+        shifted = values_full[now][d:n + d]
         if op == "sum":
-            torch.addcmul(out[:n], out[d:n + d], reach[:n], value=gamma**d, out=spare[:n])
+            torch.addcmul(values_head[now], shifted, reach_head[now], value=gamma**d, out=values_head[1 - now])
         else:
-            torch.where(reach[:n] > 0, torch.minimum(out[:n], out[d:n + d]), out[:n], out=spare[:n])
-        torch.mul(reach[:n], reach[d:n + d], out=spare_reach[:n])
-        out, spare, reach, spare_reach = spare, out, spare_reach, reach
-        d *= 2
-    return out[:n]
+            torch.where(reach_head[now] > 0, torch.minimum(values_head[now], shifted), values_head[now],
+                        out=values_head[1 - now])
+        if 2 * d < segments.longest:  # the last step's reach would never be read
+            torch.mul(reach_head[now], reach_full[now][d:n + d], out=reach_head[1 - now])
+        now, d = 1 - now, 2 * d
+    return values_head[now]
 
 
 def discounted_returns(values: Tensor, episode: Tensor, gamma: float) -> Tensor:

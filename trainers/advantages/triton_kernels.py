@@ -137,7 +137,13 @@ def _segment_count(seg: Tensor, num_seg: int) -> Tensor:
     return _segment_totals(None, seg, num_seg, None, want_total=True, want_sum=False)[0]
 
 
-def _segment_moments(x: Tensor, seg: Tensor, num_seg: int, weight: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+def _episode_sum(x: Tensor, segments: Segments) -> Tensor:
+    return _segment_sum(x, segments.episode_of_turn, segments.num_episodes)
+
+
+def _segment_moments(x: Tensor, seg: Tensor, num_seg: int, weight: Tensor | None,
+                     episodes: Segments | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    del episodes  # a hint for the torch path; the atomics need no episode layout
     total, weighted_sum = _segment_totals(x, seg, num_seg, weight, want_total=True, want_sum=True)
     mean = weighted_sum / torch.where(total > 0, total, 1.0)
     sq_dev = torch.zeros_like(total)
@@ -180,7 +186,8 @@ def _gather_tokens(values: Tensor, token_turn: Tensor, loss_mask: Tensor) -> Ten
     return out
 
 
-TRITON_OPS = Ops("triton", _segment_sum, _segment_count, _segment_moments, _affine, _reverse_scan, _gather_tokens)
+TRITON_OPS = Ops("triton", _segment_sum, _segment_count, _episode_sum, _segment_moments, _affine, _reverse_scan,
+                 _gather_tokens)
 
 
 def interpreting() -> bool:

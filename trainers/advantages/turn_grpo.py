@@ -27,7 +27,7 @@ def turn_grpo(batch: TurnBatch, ops: Ops, *, gamma: float = 1.0, order: Order = 
 
     def normalized(x: Tensor) -> Tensor:
         return standardize(ops, x, seg.group_of_turn, seg.num_groups, scale=scale == "std", std=std, eps=eps,
-                           singleton=singleton)
+                           singleton=singleton, episodes=seg)
 
     reward = batch.reward.to(torch.float64)
     if order == "normalize_then_discount":
