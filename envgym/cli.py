@@ -58,7 +58,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if s.description:
         console.print(s.description)
     console.print(f"\n[bold]max turns[/bold]: {s.max_turns or 'none'}")
-    console.print(f"[bold]splits[/bold]: " + ", ".join(f"{k} ({v} tasks)" for k, v in base.num_tasks.items()))
+    console.print("[bold]splits[/bold]: " + ", ".join(f"{k} ({v} tasks)" for k, v in base.num_tasks.items()))
     console.print(f"[bold]action format[/bold]: {base.action_format}")
     console.print(f"[bold]instructions[/bold]:\n{base.instructions}")
     if base.knobs:

@@ -20,13 +20,15 @@ content so the checker can prove it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
-from typing import Any, ClassVar
+import itertools
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, TypeVar
 
 import gymnasium
 import numpy as np
 
 SPLITS = ("train", "test")
+T = TypeVar("T")
 
 
 class TextSpace(gymnasium.spaces.Space[str]):
@@ -74,13 +76,15 @@ def stable_hash(key: str) -> int:
     return int.from_bytes(digest, "little", signed=True)
 
 
-def task_seed(env_name: str, split: str, index: int) -> int:
+def task_seed(env_name: str, split: str, index: int, attempt: int = 0) -> int:
     """A 63-bit seed that names task `index` of `split` for the env family `env_name`.
 
     Procedural envs generate task k of a split from this seed, so a task is a pure
-    function of (family, split, index) and never depends on the episode seed.
+    function of (family, split, index) and never depends on the episode seed;
+    `attempt` numbers the redraws of `draw_task`.
     """
-    return stable_hash(f"{env_name}|{split}|{index}") & 0x7FFF_FFFF_FFFF_FFFF
+    name = f"{env_name}|{split}|{index}" + (f"|{attempt}" if attempt else "")
+    return stable_hash(name) & 0x7FFF_FFFF_FFFF_FFFF
 
 
 class Env(gymnasium.Env[str, str]):
@@ -163,3 +167,19 @@ def split_of(key: str, test_fraction: float = 0.1) -> str:
     train and test are disjoint by construction and stable across processes."""
     bucket = (stable_hash("split|" + key) & 0xFFFF_FFFF) / 2**32
     return "test" if bucket < test_fraction else "train"
+
+
+def draw_task(family: str, split: str, index: int, make: Callable[[int], T | None], key: Callable[[T], str], *,
+              accept: Callable[[T], bool] | None = None, test_fraction: float = 0.1) -> T:
+    """Task `index` of `split` of a procedural family: the first `make(seed)` that is not None,
+    whose content `key` falls in `split` (`split_of`) and that `accept` takes, over the seeds
+    `task_seed(family, split, index, attempt)` for attempt = 0, 1, ...
+
+    Train and test never share content, and a task is a pure function of the arguments.
+    `accept` runs after the split test, so an expensive filter (a solver) runs on few draws.
+    """
+    for attempt in itertools.count():
+        task = make(task_seed(family, split, index, attempt))
+        if task is not None and split_of(key(task), test_fraction) == split and (accept is None or accept(task)):
+            return task
+    raise AssertionError("unreachable")

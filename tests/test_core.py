@@ -76,3 +76,21 @@ def test_non_str_actions_raise_type_error_naming_the_type():
         env.step(42)
     with pytest.raises(TypeError, match="got bytes"):
         env.step(b"42")
+
+
+def test_draw_task_is_pure_keeps_splits_apart_and_applies_accept():
+    from envgym.core import draw_task
+
+    def make(seed):
+        return None if seed % 3 == 0 else seed % 1000  # some draws fail outright
+
+    def key(task):
+        return f"number|{task}"
+
+    train = [draw_task("numbers", "train", k, make, key) for k in range(200)]
+    test = [draw_task("numbers", "test", k, make, key) for k in range(200)]
+    assert train == [draw_task("numbers", "train", k, make, key) for k in range(200)]
+    assert all(split_of(key(t)) == "train" for t in train) and all(split_of(key(t)) == "test" for t in test)
+    assert not set(train) & set(test)
+    even = [draw_task("numbers", "train", k, make, key, accept=lambda t: t % 2 == 0) for k in range(50)]
+    assert all(t % 2 == 0 for t in even)

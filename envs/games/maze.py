@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from envgym.core import Env, split_of, task_seed
+from envgym.core import Env, draw_task
 
 MOVES = {"north": (-1, 0), "south": (1, 0), "west": (0, -1), "east": (0, 1)}
 MOVE_ALIASES = {"up": "north", "down": "south", "left": "west", "right": "east", "n": "north", "s": "south",
@@ -103,20 +103,20 @@ class Maze(Env):
         """Task `index` of `split`: (grid, start, goal). Draws layouts until one falls in `split`."""
         key = (split, index)
         if key not in self._cache:
-            attempt = 0
-            while True:
-                rng = np.random.default_rng(task_seed(f"maze-{self.size}-{self.loops}", split, index * 1000 + attempt))
-                grid = carve_maze(self.size, self.loops, rng)
-                cells = [(r, c) for r in range(self.size) for c in range(self.size)]
-                start, goal = (cells[i] for i in rng.choice(len(cells), size=2, replace=False))
-                far_enough = len(shortest_path_moves(grid, start, goal)) >= self.min_distance
-                if far_enough and split_of(self._content_key(grid, start, goal)) == split:
-                    break
-                attempt += 1
             if len(self._cache) > 4096:
                 self._cache.clear()
-            self._cache[key] = (grid, start, goal)
+            self._cache[key] = draw_task(f"maze-{self.size}-{self.loops}", split, index, self._layout,
+                                         lambda task: self._content_key(*task),
+                                         accept=lambda task: len(shortest_path_moves(*task)) >= self.min_distance)
         return self._cache[key]
+
+    def _layout(self, seed: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+        """A maze carved from `seed`, with a start and a goal cell."""
+        rng = np.random.default_rng(seed)
+        grid = carve_maze(self.size, self.loops, rng)
+        cells = [(r, c) for r in range(self.size) for c in range(self.size)]
+        start, goal = (cells[i] for i in rng.choice(len(cells), size=2, replace=False))
+        return grid, start, goal
 
     @staticmethod
     def _content_key(grid: np.ndarray, start: tuple[int, int], goal: tuple[int, int]) -> str:

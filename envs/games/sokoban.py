@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from envgym.core import Env, split_of, task_seed
+from envgym.core import Env, draw_task
 from envgym.envs.games.maze import MOVES, parse_move
 
 State = tuple[int, tuple[int, ...]]  # (player cell, sorted box cells); cells are flat indices r * width + c
@@ -156,24 +156,23 @@ class Sokoban(Env):
         self._plan: dict[State, str] = {}
 
     def _task(self, split: str, index: int) -> Level:
-        """Task `index` of `split`; draws levels until one falls in `split` and needs `min_moves` moves."""
+        """Task `index` of `split`: a generated level in `split` that is worth playing."""
         key = (split, index)
         if key not in self._cache:
-            attempt = 0
-            while True:
-                seed = task_seed(f"sokoban-{self.size}-{self.num_boxes}-{self.min_moves}", split,
-                                 index * 1000 + attempt)
-                level = generate_level(self.size, self.num_boxes, np.random.default_rng(seed))
-                attempt += 1
-                if level is None or split_of(level.content_key()) != split:
-                    continue
-                solution = level.solve(level.start)
-                if solution is not None and len(solution) >= self.min_moves:
-                    break
             if len(self._cache) > 4096:
                 self._cache.clear()
-            self._cache[key] = level
+            self._cache[key] = draw_task(
+                f"sokoban-{self.size}-{self.num_boxes}-{self.min_moves}", split, index,
+                lambda seed: generate_level(self.size, self.num_boxes, np.random.default_rng(seed)),
+                Level.content_key, accept=self._worth_playing)
         return self._cache[key]
+
+    def _worth_playing(self, level: Level) -> bool:
+        """No box starts on a goal, and the shortest solution takes at least `min_moves` moves."""
+        if any(box in level.goals for box in level.start[1]):
+            return False
+        solution = level.solve(level.start)
+        return solution is not None and len(solution) >= self.min_moves
 
     def task_key(self, split: str, index: int) -> str:
         return self._task(split, index).content_key()

@@ -1,4 +1,4 @@
-"""What the tool envs share: one turn = tool calls or a final answer, and tasks split by content.
+"""What the tool envs share: one turn = tool calls or a final answer.
 
 An action is either a final answer, ``<answer>...</answer>`` (scored, ends the
 episode), or one or more tool calls (`envgym.tools.calls` formats), whose
@@ -11,27 +11,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-import numpy as np
 
-from envgym.core import Env, split_of, stable_hash, task_seed
+from envgym.core import Env, stable_hash
 from envgym.tools import ToolCall, ToolSet
 
-T = TypeVar("T")
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-
-
-def generate_task(family: str, split: str, index: int, make: Callable[[np.random.Generator], T],
-                  key: Callable[[T], str], test_fraction: float = 0.1) -> T:
-    """Task `index` of `split`: the first draw of `make` (seeded from family, split, index and an
-    attempt counter) whose content `key` hashes into `split`, so train and test never share content."""
-    for attempt in range(10_000):
-        task = make(np.random.default_rng(task_seed(family, split, index * 10_000 + attempt)))
-        if split_of(key(task), test_fraction) == split:
-            return task
-    raise RuntimeError(f"no {split} task found for {family} index {index} in 10000 draws")
 
 
 class ToolEnv(Env):

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from envgym.envs.tools.base import ToolEnv, answer_tag, generate_task
+from envgym.core import draw_task
+from envgym.envs.tools.base import ToolEnv, answer_tag
 from envgym.tools import PythonExecutor, PythonSession, ToolSet, make_sandbox, python_tool
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -134,10 +135,11 @@ class MathPython(ToolEnv):
                               "</tool_call> or a ```python block), or <answer>42</answer>")
 
     def _task(self, split: str, index: int) -> MathTask:
-        def make(rng: np.random.Generator) -> MathTask:
+        def make(seed: int) -> MathTask:
+            rng = np.random.default_rng(seed)
             return KINDS[self.kinds[int(rng.integers(len(self.kinds)))]](rng)
 
-        return generate_task("tools/math-python", split, index, make, lambda t: t.question)
+        return draw_task("tools/math-python", split, index, make, lambda t: t.question)
 
     def task_key(self, split: str, index: int) -> str:
         return self._task(split, index).question

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import gymnasium
 import numpy as np
 
-from envgym.core import Env, split_of, task_seed
+from envgym.core import Env, draw_task
 
 
 def value_iteration(P: Mapping[int, Mapping[int, list]], gamma: float = 0.99, tol: float = 1e-9) -> np.ndarray:
@@ -115,14 +115,10 @@ class ToyText(Env):
         """The reset seed of task `index` of `split`: the first candidate whose start hashes into `split`."""
         key = (split, index)
         if key not in self._seeds:
-            attempt = 0
-            while True:
-                seed = task_seed(f"toytext-{type(self).__name__}-{sorted(self.gym_kwargs.items())}", split,
-                                 index * 1000 + attempt) % 2**31
-                if split_of(self._content_key(self._start_task(seed)), self.test_fraction) == split:
-                    break
-                attempt += 1
-            self._seeds[key] = seed
+            self._seeds[key] = draw_task(
+                f"toytext-{type(self).__name__}-{sorted(self.gym_kwargs.items())}", split, index,
+                lambda seed: seed % 2**31, lambda seed: self._content_key(self._start_task(seed)),
+                test_fraction=self.test_fraction)
         return self._seeds[key]
 
     def _content_key(self, first_text: str) -> str:
