@@ -1,0 +1,83 @@
+"""The PPO-clip and KL math of envgym.trainers.losses against hand-computed values."""
+
+import math
+
+import pytest
+import torch
+
+from envgym.trainers.losses import kl_penalty, ppo_clip_loss, token_entropy, token_logprobs, turn_mean
+
+
+def test_token_logprobs_match_log_softmax_gather():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7)
+    targets = torch.randint(0, 7, (2, 5))
+    expected = torch.log_softmax(logits, -1).gather(-1, targets[..., None])[..., 0]
+    torch.testing.assert_close(token_logprobs(logits, targets), expected)
+
+
+def test_entropy_of_uniform_is_log_vocab():
+    assert token_entropy(torch.zeros(3, 10)).tolist() == pytest.approx([math.log(10)] * 3)
+
+
+def test_ppo_clip_by_hand():
+    old = torch.zeros(4)
+    # ratios e^0.5=1.65 (clipped above for A>0), e^-0.5=0.61 (clipped below for A<0), 1.0, and a masked token
+    new = torch.tensor([0.5, -0.5, 0.0, 3.0])
+    adv = torch.tensor([1.0, -2.0, 0.5, 100.0])
+    mask = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    loss, stats = ppo_clip_loss(new, old, adv, mask, num_tokens=3, clip_low=0.2, clip_high=0.3)
+    expected = -(1.3 * 1.0 + 0.8 * -2.0 + 1.0 * 0.5) / 3
+    assert loss.item() == pytest.approx(expected)
+    assert stats.clipped == 2
+
+
+def test_ppo_gradient_is_zero_on_clipped_tokens_and_advantage_elsewhere():
+    new = torch.tensor([0.5, 0.0], requires_grad=True)
+    loss, _ = ppo_clip_loss(new, torch.zeros(2), torch.tensor([1.0, 2.0]), torch.ones(2), num_tokens=2)
+    loss.backward()
+    # d/dlogp of -(r*A)/2 at r=1 is -A/2; the clipped token gets no gradient
+    assert new.grad.tolist() == pytest.approx([0.0, -1.0])
+
+
+def test_micro_batches_accumulate_to_the_full_batch_loss():
+    torch.manual_seed(1)
+    new, old, adv = torch.randn(10) * 0.1, torch.randn(10) * 0.1, torch.randn(10)
+    mask = (torch.rand(10) > 0.3).float()
+    n = int(mask.sum())
+    full, _ = ppo_clip_loss(new, old, adv, mask, n)
+    parts = sum(ppo_clip_loss(new[s], old[s], adv[s], mask[s], n)[0] for s in (slice(0, 4), slice(4, 10)))
+    assert parts.item() == pytest.approx(full.item(), abs=1e-6)
+
+
+def test_turn_ratio_is_the_geometric_mean_of_the_turn():
+    log_ratio = torch.tensor([0.1, 0.3, -0.2, 0.0])
+    token_turn = torch.tensor([7, 7, 9, -1])
+    mask = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    torch.testing.assert_close(turn_mean(log_ratio, token_turn, mask)[:3], torch.tensor([0.2, 0.2, -0.2]))
+    adv = torch.ones(4)
+    loss, _ = ppo_clip_loss(log_ratio, torch.zeros(4), adv, mask, 3, clip_high=0.5, token_turn=token_turn)
+    expected = -(2 * math.exp(0.2) + math.exp(-0.2)) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_kl_estimators():
+    logp = torch.tensor([-1.0, -2.0])
+    ref = torch.tensor([-1.5, -1.0])
+    assert kl_penalty(logp, ref, "k1").tolist() == pytest.approx([0.5, -1.0])
+    k3 = kl_penalty(logp, ref, "k3")
+    assert k3.tolist() == pytest.approx([math.exp(-0.5) + 0.5 - 1, math.exp(1.0) - 1.0 - 1])
+    assert (k3 >= 0).all()
+    assert kl_penalty(logp, logp, "k3").abs().max() == 0
+    with pytest.raises(ValueError, match="k1"):
+        kl_penalty(logp, ref, "k2")
+
+
+def test_k1_and_k3_estimate_the_same_kl():
+    torch.manual_seed(0)
+    p = torch.distributions.Categorical(logits=torch.randn(6))
+    q = torch.distributions.Categorical(logits=torch.randn(6))
+    x = p.sample((200_000,))
+    exact = torch.distributions.kl_divergence(p, q).item()
+    for estimator in ("k1", "k3"):
+        assert kl_penalty(p.log_prob(x), q.log_prob(x), estimator).mean().item() == pytest.approx(exact, rel=0.05)

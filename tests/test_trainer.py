@@ -1,0 +1,103 @@
+"""The training loop end to end on a micro config: it runs, logs, checkpoints, and fails early on bad input."""
+
+import json
+
+import pytest
+import torch
+
+from envgym.trainers import ConfigError, Trainer, config_from_dict
+from envgym.trainers.checkpoint import CheckpointMismatch, latest_checkpoint
+
+MICRO = {"iterations": 2, "threads": 1,
+         "env": {"id": "games/Maze-v0", "kwargs": {"size": 3}, "max_turns": 3, "show_admissible": True},
+         "rollout": {"n_groups": 2, "group_size": 2, "max_new_tokens": 2, "context": "window", "window": 0},
+         "optim": {"epochs": 1, "micro_batch_tokens": 1024}, "eval": {"every": 2, "episodes": 4},
+         "checkpoint": {"every": 1}}
+
+
+def micro(tmp_path, overrides=()):
+    return config_from_dict({**MICRO, "out_dir": str(tmp_path / "run")}, overrides)
+
+
+def test_fit_logs_metrics_curve_tensorboard_and_checkpoints(tmp_path):
+    history = Trainer(micro(tmp_path)).fit()
+    run = tmp_path / "run"
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["phase"] for m in lines] == ["init", "rl", "rl"] and lines == history
+    for key in ("train/success", "train/return", "train/turns", "train/invalid_rate", "adv/mean", "adv/std",
+                "loss/kl", "loss/entropy", "loss/clip_fraction", "perf/update_tokens_per_s", "time/env",
+                "time/model"):
+        assert key in lines[1], key
+    assert "eval/success" in lines[2]
+    assert (run / "learning_curve.png").stat().st_size > 1000
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert latest_checkpoint(run).name == "iter_000002"
+
+
+def test_first_update_recomputes_the_rollout_logprobs(tmp_path):
+    """Ratio 1 before the first step: the update sees exactly the tokens and logprobs the rollout sampled."""
+    trainer = Trainer(micro(tmp_path, ["optim.lr=0.0"]))
+    metrics = trainer.train_iteration()
+    assert metrics["loss/ratio"] == pytest.approx(1.0, abs=1e-4)
+    assert metrics["loss/clip_fraction"] == 0.0
+
+
+def test_kl_to_reference_and_lora(tmp_path):
+    trainer = Trainer(micro(tmp_path, ["loss.kl_coef=0.1", "loss.entropy_coef=0.1", "model.lora.r=4", "optim.lr=1e-2",
+                                    "optim.epochs=2"]))
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    assert 0 < trainable < sum(p.numel() for p in trainer.model.parameters()) / 5
+    metrics = trainer.train_iteration()
+    assert metrics["loss/kl"] > 0  # the second epoch has moved away from the reference (the LoRA base)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("env.id=games/Mazee-v0", "did you mean 'games/Maze-v0'"),
+    ("env.kwargs={size: 1}", "size must be >= 2"),
+    ("optim.micro_batch_tokens=20", "set optim.micro_batch_tokens >= "),
+    ("model.name=no/such/dir", "expected one of tiny-maze, tiny-guess"),
+])
+def test_bad_configs_fail_before_training(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        Trainer(micro(tmp_path, [override]))
+
+
+def test_nan_loss_stops_the_run_and_saves_the_batch(tmp_path, monkeypatch):
+    import envgym.trainers.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "compute_advantages",
+                        lambda batch, *a, **k: torch.full((batch.num_turns,), float("nan")))
+    trainer = Trainer(micro(tmp_path))
+    with pytest.raises(FloatingPointError, match="iteration 0: loss is nan"):
+        trainer.train_iteration()
+    saved = torch.load(tmp_path / "run" / "nan_batch_iter000000.pt", weights_only=False)
+    assert saved["iteration"] == 0 and saved["batch"].input_ids.numel() > 0
+
+
+def test_resume_from_a_checkpoint_of_another_config_fails(tmp_path):
+    Trainer(micro(tmp_path, ["iterations=1"])).fit()
+    with pytest.raises(CheckpointMismatch, match="rollout.group_size: checkpoint has 2, this config has 3"):
+        Trainer(micro(tmp_path, ["rollout.group_size=3"]), resume=True)
+
+
+@pytest.mark.parametrize("overrides", [
+    # "before": the PRM is updated on this batch first, so its rewards already differ between episodes
+    ["algorithm.estimator=prime", "algorithm.options={}", "turn_reward.kind=implicit_prm", "turn_reward.prm_update=before"],
+    ["algorithm.estimator=igpo", "algorithm.options={}", "turn_reward.kind=info_gain", "model.name=tiny-guess",
+     "env.id=games/GuessNumber-v0", "env.kwargs={high: 16}", "env.show_admissible=false", "rollout.context=full"],
+])
+def test_turn_reward_models_feed_the_estimator(tmp_path, overrides):
+    metrics = Trainer(micro(tmp_path, overrides)).train_iteration()
+    assert ("prm/loss" in metrics) or ("info_gain/answer_prob_first" in metrics)
+    assert metrics["adv/std"] > 0
+
+
+def test_kl_reference_is_the_warm_started_policy_also_after_resume(tmp_path):
+    overrides = ["iterations=1", "sft.steps=3", "sft.episodes=4", "loss.kl_coef=0.1", "eval.episodes=2"]
+    first = Trainer(micro(tmp_path, overrides))
+    initial = [p.clone() for p in first.model.parameters()]
+    first.fit()
+    reference = list(first.reference.parameters())
+    assert not all(torch.equal(a, b) for a, b in zip(initial, reference))  # not the pre-SFT model
+    resumed = Trainer(micro(tmp_path, overrides), resume=True)
+    assert all(torch.equal(a, b) for a, b in zip(reference, resumed.reference.parameters()))

@@ -1,0 +1,107 @@
+"""The policy-update losses, written as the papers write them.
+
+All functions take flat per-token tensors of one micro-batch, with `mask` 1 on
+the tokens that train (sampled action tokens) and 0 elsewhere. Losses are
+summed over masked tokens and divided by `num_tokens`, the number of trained
+tokens in the whole batch, so micro-batches accumulate to exactly the token
+mean of the batch (gradient accumulation changes nothing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log pi(target) for each position: logits [..., V], targets [...] -> [...] (float32)."""
+    logits = logits.float()
+    return torch.gather(logits, -1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the next-token distribution at each position, in nats: [..., V] -> [...]."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def turn_mean(values: torch.Tensor, token_turn: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each token's value replaced by the mean of the masked values of its turn (segment mean by `token_turn`)."""
+    turn_ids, inverse = torch.unique(torch.where(mask.bool(), token_turn, -1), return_inverse=True)
+    weights = mask.to(values.dtype)
+    sums = torch.zeros(len(turn_ids), dtype=values.dtype, device=values.device).index_add(0, inverse, values * weights)
+    counts = torch.zeros(len(turn_ids), dtype=values.dtype, device=values.device).index_add(0, inverse, weights)
+    return (sums / counts.clamp_min(1))[inverse]
+
+
+@dataclass
+class PolicyLossStats:
+    """Diagnostics of one micro-batch, as sums over its masked tokens (divide by the token count to average)."""
+
+    clipped: float  # tokens whose objective took the clipped branch
+    ratio: float
+    log_ratio_sq: float
+
+
+def ppo_clip_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    num_tokens: int,
+    *,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    token_turn: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, PolicyLossStats]:
+    """PPO-clip: L = -sum_t min(r_t A_t, clip(r_t, 1-clip_low, 1+clip_high) A_t) / num_tokens.
+
+    r_t = exp(log pi(y_t) - log pi_old(y_t)) per token; with `token_turn` given,
+    every token of a turn uses the turn's geometric-mean ratio
+    exp(mean_{t in turn} log r_t) instead (one ratio per turn, as GSPO does per
+    sequence), so long turns are not clipped token by token.
+    """
+    log_ratio = (logprobs - old_logprobs) * mask
+    if token_turn is not None:
+        log_ratio = turn_mean(log_ratio, token_turn, mask)
+    ratio = torch.exp(log_ratio)
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * advantages
+    objective = torch.minimum(unclipped, clipped)
+    loss = -(objective * mask).sum() / num_tokens
+    with torch.no_grad():
+        took_clip = ((clipped < unclipped) & mask.bool()).sum().item()
+        stats = PolicyLossStats(clipped=float(took_clip), ratio=float((ratio * mask).sum()),
+                                log_ratio_sq=float((log_ratio.square() * mask).sum()))
+    return loss, stats
+
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from samples of pi (Schulman's k1 and k3).
+
+    k1 = log pi - log pi_ref (unbiased, high variance, can be negative);
+    k3 = exp(log pi_ref - log pi) - (log pi_ref - log pi) - 1 (unbiased, >= 0, low variance).
+    """
+    if estimator == "k1":
+        return logprobs - ref_logprobs
+    if estimator == "k3":
+        delta = (ref_logprobs - logprobs).clamp(-20.0, 20.0)  # exp() of a huge gap would overflow
+        return torch.exp(delta) - delta - 1.0
+    raise ValueError(f"KL estimator must be 'k1' or 'k3', got {estimator!r}")
+
+
+
+def sampled_logprobs(model: torch.nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(y) and the entropy of pi at each trained token of `batch` (a `TokenBatch`), flat, row-major.
+
+    Token j is predicted from position j-1, so the trained positions are
+    `batch.loss_mask[:, 1:]`. Only those hidden states go through the output
+    head: with a 49k vocabulary most of the logits a full forward makes would
+    belong to prompt tokens and be thrown away.
+    """
+    hidden = model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    positions = batch.loss_mask[:, 1:]
+    logits = model.get_output_embeddings()(hidden[:, :-1][positions])
+    return token_logprobs(logits, batch.input_ids[:, 1:][positions]), token_entropy(logits)

@@ -1,0 +1,116 @@
+"""PRIME's implicit process reward model (ALGORITHMS.md, "PRIME").
+
+The PRM pi_phi starts as a copy of the policy; pi_ref is a frozen copy.
+Token reward q_j = beta * (log pi_phi(y_j) - log pi_ref(y_j)) on each sampled
+token; a turn's reward is the sum over its tokens. Each iteration pi_phi is
+trained on the outcome labels only:
+
+- `prm_loss: ce`:  L = BCE(sigmoid(sum_{j in episode} q_j), won);
+- `prm_loss: dpo` (OPRL): L = -log sigmoid(r_w - r_l) over every (won, lost)
+  pair of episodes in a group, r = sum_j q_j.
+
+`prm_update: after` scores with the PRM, then updates it; `before` updates first, then scores.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from envgym.trainers.config import TurnRewardOptions
+from envgym.trainers.losses import sampled_logprobs
+from envgym.trainers.token_rows import to_device
+from envgym.trajectory import Group, TokenRows
+
+MICRO_BATCH_TOKENS = 8192
+
+
+class ImplicitPRM:
+    """An implicit PRM initialised from `model` (copied twice: the trained PRM and the frozen reference)."""
+
+    def __init__(self, model: torch.nn.Module, options: TurnRewardOptions):
+        self.prm = copy.deepcopy(model)
+        self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+        self.options = options
+        self.optimizer = torch.optim.AdamW([p for p in self.prm.parameters() if p.requires_grad], lr=options.prm_lr)
+
+    def turn_rewards(self, groups: list[Group], rows: TokenRows) -> tuple[list[float], dict[str, float]]:
+        labels, episode_group, turn_episode = _episode_layout(groups)
+        metrics: dict[str, float] = {}
+        if self.options.prm_update == "before":
+            metrics = self.update(rows, labels, episode_group, turn_episode)
+        turn_reward = self._turn_rewards(rows, len(turn_episode))
+        if self.options.prm_update == "after":
+            metrics = self.update(rows, labels, episode_group, turn_episode)
+        return turn_reward.tolist(), {**metrics, "prm/turn_reward_mean": float(turn_reward.mean())}
+
+    def _token_rewards(self, micro: Any, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """q_j for the sampled tokens of `micro` (flat) and their global turn indices."""
+        device = next(self.prm.parameters()).device
+        micro = to_device(micro, device)
+        with torch.no_grad():
+            ref_logp, _ = sampled_logprobs(self.reference, micro)
+        with torch.set_grad_enabled(grad):
+            logp, _ = sampled_logprobs(self.prm, micro)
+        token_turn = micro.token_turn[:, 1:][micro.loss_mask[:, 1:]]
+        return self.options.prm_beta * (logp - ref_logp), token_turn
+
+    def _turn_rewards(self, rows: TokenRows, num_turns: int) -> torch.Tensor:
+        self.prm.eval()
+        total = torch.zeros(num_turns, dtype=torch.float64)
+        for micro in rows.batches(MICRO_BATCH_TOKENS):
+            q, token_turn = self._token_rewards(micro, grad=False)
+            total.index_add_(0, token_turn.cpu(), q.double().cpu())
+        return total
+
+    def update(self, rows: TokenRows, labels: torch.Tensor, episode_group: torch.Tensor,
+               turn_episode: torch.Tensor) -> dict[str, float]:
+        """One optimizer step of the PRM on the outcome labels of this iteration's episodes."""
+        self.prm.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        # The episode sums couple tokens across micro-batches: accumulate r_i with grad, then one backward.
+        episode_reward = torch.zeros(len(labels), dtype=torch.float32)
+        for micro in rows.batches(MICRO_BATCH_TOKENS):
+            q, token_turn = self._token_rewards(micro, grad=True)
+            episode_reward = episode_reward.index_add(0, turn_episode[token_turn.cpu()], q.float().cpu())
+        loss = self._loss(episode_reward, labels, episode_group)
+        if loss.requires_grad:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.prm.parameters(), 1.0)
+            self.optimizer.step()
+        self.prm.eval()
+        accuracy = float(((episode_reward.detach() > 0) == labels.bool()).float().mean())
+        return {"prm/loss": float(loss.detach()), "prm/accuracy": accuracy}
+
+    def _loss(self, episode_reward: torch.Tensor, labels: torch.Tensor, episode_group: torch.Tensor) -> torch.Tensor:
+        if self.options.prm_loss == "ce":
+            return F.binary_cross_entropy_with_logits(episode_reward, labels)
+        same_group = episode_group[:, None] == episode_group[None, :]
+        pairs = same_group & (labels[:, None] > 0.5) & (labels[None, :] < 0.5)  # (winner, loser)
+        if not bool(pairs.any()):
+            return episode_reward.sum() * 0.0  # no group with both outcomes: nothing to prefer
+        margins = episode_reward[:, None] - episode_reward[None, :]
+        return -F.logsigmoid(margins[pairs]).mean()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"prm": self.prm.state_dict(), "reference": self.reference.state_dict(),
+                "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.prm.load_state_dict(state["prm"])
+        self.reference.load_state_dict(state["reference"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def _episode_layout(groups: list[Group]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Outcome label and group of each episode, and the episode of each turn, in packed order."""
+    labels, episode_group, turn_episode = [], [], []
+    for g, group in enumerate(groups):
+        for episode in group.episodes:
+            turn_episode += [len(labels)] * len(episode.turns)
+            labels.append(float(episode.won))
+            episode_group.append(g)
+    return torch.tensor(labels), torch.tensor(episode_group), torch.tensor(turn_episode)

@@ -1,0 +1,59 @@
+"""The embedded tiny policies: 0.5M-parameter Llamas with the word-level vocabulary of one env each.
+
+SmolLM2-135M is far too slow to RL-train on a 2-core CPU in ten minutes, so the
+quickstart trains one of these instead: a real `LlamaForCausalLM` built from a
+`LlamaConfig` (random init, fixed seed) and a real `tokenizers` word-level
+tokenizer (`envgym.models.word_level_tokenizer`) whose pre-tokenizer also
+splits map characters (`#`, `.`, `A`, `G`) and commas into tokens of their
+own. `tiny-maze` reads maze maps; `tiny-guess` reads guess-the-number (the
+numbers 0-100 are words). The chat template is ChatML without the system
+message: the model cannot read English, so the env's instructions would only
+cost tokens. Both save and load with `save_pretrained` / `from_pretrained`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+VOCABULARIES = {
+    "tiny-maze": ("#", ".", "A", "G", "north", "south", "east", "west", "Valid", "actions:", ",", "You", "bump",
+                  "into", "a", "wall", "going", "reach", "the", "goal!", "Unknown", "move"),
+    "tiny-guess": (*map(str, range(101)), "is", "too", "low", "high", "correct!", "higher", "lower", "The",
+                   "secret", "Invalid", "guess:"),
+}
+
+#: ChatML (as SmolLM2 uses it) that leaves out system messages.
+CHATML_WITHOUT_SYSTEM = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def tiny_tokenizer(name: str = "tiny-maze") -> PreTrainedTokenizerBase:
+    """The word-level tokenizer of tiny model `name` (a key of VOCABULARIES)."""
+    from tokenizers import Regex, pre_tokenizers
+
+    from envgym.models import word_level_tokenizer
+
+    tokenizer = word_level_tokenizer(VOCABULARIES[name], chat_template=CHATML_WITHOUT_SYSTEM)
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\n"), behavior="isolated"),
+        pre_tokenizers.Split(Regex(r"[#.AG,]"), behavior="isolated"),  # one token per map cell
+        pre_tokenizers.Split(Regex(r"[ \t\r]+"), behavior="removed"),  # WhitespaceSplit would drop the newlines
+    ])
+    return tokenizer
+
+
+def tiny_policy_model(name: str = "tiny-maze", seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Tiny model `name`, random-init from `seed`: 2 layers, width 128, 4 heads."""
+    from envgym.models import tiny_model
+
+    tokenizer = tiny_tokenizer(name)
+    # eager attention: on CPU, SDPA forward+backward at this width is ~8x slower
+    model = tiny_model(tokenizer, hidden_size=128, num_layers=2, num_heads=4, max_positions=4096, seed=seed,
+                       attn_implementation="eager")
+    return model, tokenizer

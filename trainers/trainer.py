@@ -1,0 +1,419 @@
+"""`Trainer(config).fit()`: turn-level RL on any registered env, top to bottom in one place.
+
+One iteration:
+
+1. collect `n_groups` groups of `group_size` episodes with the current policy
+   (`envgym.rollout.collect_groups`);
+2. pack them into the turn layout (`to_turn_batch`) and, if configured, add
+   per-turn rewards of a turn-reward model (information gain, implicit PRM);
+3. compute one advantage per turn (`compute_advantages`: GRPO, GiGPO, ...);
+4. update the policy with PPO-clip on the sampled tokens, `epochs` passes of
+   `minibatches` optimizer steps, each accumulated over micro-batches that fit
+   `micro_batch_tokens`; optional KL to a frozen reference;
+5. log, evaluate on held-out tasks every `eval.every` iterations, checkpoint
+   every `checkpoint.every`.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import envgym
+from envgym.policies import HFPolicy, SamplingParams
+from envgym.rollout import collect_groups
+from envgym.trajectory import Group, TokenBatch, TokenRows, to_token_rows, to_turn_batch
+from envgym.trainers import checkpoint as ckpt
+from envgym.trainers.advantages import compute_advantages
+from envgym.trainers.config import ConfigError, EnvOptions, ModelOptions, TrainConfig
+from envgym.trainers.losses import kl_penalty, ppo_clip_loss, sampled_logprobs
+from envgym.trainers.run_log import RunLog
+from envgym.trainers.tiny_model import VOCABULARIES, tiny_policy_model
+from envgym.trainers.token_rows import subset, to_device
+from envgym.wrappers import ObservationFormat
+
+log = logging.getLogger(__name__)
+
+EVAL_SEED = 12345  # held-out evaluation always plays the same tasks with the same seeds
+
+
+# ---------------------------------------------------------------------------------------------- building blocks
+
+def make_env(options: EnvOptions) -> Any:
+    """The training env of `options` (picklable through functools.partial, for process pools)."""
+    env = envgym.make(options.id, **options.kwargs)
+    return ObservationFormat(env) if options.show_admissible else env
+
+
+def check_env_options(options: EnvOptions) -> None:
+    """Fail with ConfigError if the env id is unknown or its kwargs are not accepted."""
+    try:
+        envgym.spec(options.id)
+    except KeyError as exc:
+        raise ConfigError(f"env.id: {exc.args[0]}") from None
+    try:
+        make_env(options).close()
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"env.kwargs {options.kwargs} are not accepted by {options.id!r}: {exc}") from None
+
+
+def pick_dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+def load_model(options: ModelOptions, seed: int) -> tuple[Any, Any]:
+    """The policy model (LoRA-wrapped when `lora.r > 0`) and its tokenizer, as `options` say."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = options.init_from or options.name
+    if source in VOCABULARIES:
+        model, tokenizer = tiny_policy_model(source, seed)
+    elif source == "default":
+        from envgym.models import load_default_model
+
+        model, tokenizer = load_default_model()
+    elif Path(source).is_dir():
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source)
+    else:
+        raise ConfigError(f"model.{'init_from' if options.init_from else 'name'} is {source!r}: expected one of "
+                          f"{', '.join(VOCABULARIES)}, 'default' (SmolLM2-135M-Instruct) or a directory written by save_pretrained")
+    model = model.to(device=_device(), dtype=pick_dtype(options.dtype))
+    if options.lora.r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        lora = options.lora
+        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                 target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+    return model, tokenizer
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def episode_metrics(groups: list[Group], prefix: str) -> dict[str, float]:
+    """Success, return, turns and invalid-action rate over the episodes of `groups`."""
+    episodes = [e for g in groups for e in g.episodes]
+    turns = [t for e in episodes for t in e.turns]
+    if not episodes:
+        return {}
+    return {f"{prefix}/success": float(np.mean([e.won for e in episodes])),
+            f"{prefix}/return": float(np.mean([e.total_return for e in episodes])),
+            f"{prefix}/turns": float(np.mean([len(e.turns) for e in episodes])),
+            f"{prefix}/invalid_rate": float(np.mean([t.invalid_action for t in turns]))}
+
+
+# ---------------------------------------------------------------------------------------------- the trainer
+
+class Trainer:
+    """Trains `config.model` on `config.env` with the configured estimator; see the module docstring.
+
+    Everything that can be checked without training is checked in the
+    constructor (env id, kwargs, token budget, checkpoint compatibility), so a
+    bad config fails in seconds with a message saying what to change.
+    """
+
+    def __init__(self, config: TrainConfig, *, resume: bool = False):
+        self.config = config.validate()
+        self.out_dir = Path(config.out_dir)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        seed_everything(config.seed)
+        check_env_options(config.env)
+        self.env_factory = functools.partial(make_env, config.env)
+        self.model, self.tokenizer = load_model(config.model, config.seed)
+        self._check_token_budget()
+        self.policy = self._rollout_policy()
+        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad],
+                                           lr=config.optim.lr, weight_decay=config.optim.weight_decay,
+                                           betas=(config.optim.beta1, config.optim.beta2))
+        self.reference = self._frozen_reference() if config.loss.kl_coef > 0 else None
+        self.turn_reward = self._turn_reward_model()
+        self.iteration = 0
+        self.history: list[dict[str, Any]] = []
+        if resume:
+            self._resume()
+
+    # -- setup ----------------------------------------------------------------------------------------
+
+    def _check_token_budget(self) -> None:
+        """The first prompt plus one action must fit a micro-batch, or no row could ever be trained."""
+        from envgym.chat import EpisodeChat
+
+        env = self.env_factory()
+        try:
+            obs, _ = env.reset(seed=0)
+            prompt, _ = EpisodeChat(self.tokenizer, env.unwrapped.instructions, context=self.config.rollout.context,
+                                    window=self.config.rollout.window).start(obs)
+        finally:
+            env.close()
+        need = len(prompt) + self.config.rollout.max_new_tokens
+        if need > self.config.optim.micro_batch_tokens:
+            raise ConfigError(f"optim.micro_batch_tokens is {self.config.optim.micro_batch_tokens}, but the first "
+                              f"prompt of {self.config.env.id} is {len(prompt)} tokens plus up to "
+                              f"{self.config.rollout.max_new_tokens} sampled; set optim.micro_batch_tokens >= {need} "
+                              "(rows of later turns are longer with rollout.context: full)")
+
+    def _rollout_policy(self) -> Any:
+        """HFPolicy over the live model, or a vLLM engine that is sent the new weights after each update."""
+        cfg = self.config
+        if cfg.rollout.backend == "hf":
+            return HFPolicy(self.model, self.tokenizer)
+        if cfg.model.lora.r > 0 or not Path(cfg.model.init_from or cfg.model.name).is_dir():
+            raise ConfigError("rollout.backend: vllm needs full fine-tuning (model.lora.r: 0) of a model saved in a "
+                              "local directory (model.name or model.init_from)")
+        from envgym.policies.vllm import VLLMPolicy
+
+        return VLLMPolicy.from_pretrained(cfg.model.init_from or cfg.model.name, gpu_memory_utilization=0.35)
+
+    def _frozen_reference(self) -> Any:
+        """The KL reference: the LoRA base (adapters switched off at use) or a frozen copy of the initial model."""
+        if self.config.model.lora.r > 0:
+            return None
+        reference = copy.deepcopy(self.model).eval()
+        reference.requires_grad_(False)
+        return reference
+
+    def _turn_reward_model(self) -> Any:
+        kind = self.config.turn_reward.kind
+        if kind == "info_gain":
+            from envgym.trainers.rewards import InfoGainReward
+
+            return InfoGainReward(self.policy, self.config.turn_reward)
+        if kind == "implicit_prm":
+            from envgym.trainers.rewards import ImplicitPRM
+
+            return ImplicitPRM(self.model, self.config.turn_reward)
+        return None
+
+    def _resume(self) -> None:
+        latest = ckpt.latest_checkpoint(self.out_dir)
+        if latest is None:
+            log.warning("--resume: no checkpoint in %s; starting from iteration 0", self.out_dir)
+            return
+        ckpt.check_config_matches(latest, ckpt.config_dict(self.config))
+        state = ckpt.load_state(latest)
+        self._load_weights(latest)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.turn_reward is not None and "turn_reward" in state:
+            self.turn_reward.load_state_dict(state["turn_reward"])
+        start = ckpt.checkpoints_dir(self.out_dir) / ckpt.RL_START
+        if self.reference is not None and (start / ckpt.STATE_FILE).exists():
+            self._load_weights(start, into=self.reference)  # the policy RL started from (after any warm start)
+        self.iteration = state["iteration"]
+        self.history = state["history"]
+        ckpt.restore_rng_states(state["rng"])
+        log.info("resumed from %s at iteration %d", latest, self.iteration)
+
+    def _load_weights(self, directory: Path, into: Any = None) -> None:
+        """Load the weights (or LoRA adapter) saved in checkpoint `directory` into `into` (default: the policy)."""
+        from safetensors.torch import load_file
+
+        model = self.model if into is None else into
+        if self.config.model.lora.r > 0:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(model, load_file(directory / "adapter_model.safetensors"))
+        else:
+            saved = load_file(directory / "model.safetensors")
+            missing, unexpected = model.load_state_dict(saved, strict=False)
+            tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+            if set(missing) - tied or unexpected:
+                raise ckpt.CheckpointMismatch(f"{directory} does not hold this model's weights "
+                                              f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+
+    # -- the loop -------------------------------------------------------------------------------------
+
+    def fit(self) -> list[dict[str, Any]]:
+        """Train until `config.iterations`; returns one metrics dict per logged step.
+
+        A fresh run first evaluates the initial policy (phase "init") and, with
+        `sft.steps > 0`, warm-starts it on oracle demonstrations and evaluates
+        again (phase "sft"); every RL iteration is phase "rl".
+        """
+        cfg = self.config
+        with RunLog(self.out_dir, start=self.iteration, total=cfg.iterations, history=self.history) as run_log:
+            if not self.history:
+                self.history.append({"iteration": 0, "phase": "init", **self.evaluate()})
+                run_log.log(self.history[-1], step=0, advance=False)
+                if cfg.sft.steps > 0:
+                    self.history.append({"iteration": 0, "phase": "sft", **self.warm_start(), **self.evaluate()})
+                    # RL starts from the warm-started policy: the KL reference and the PRM copy it
+                    self.reference = self._frozen_reference() if cfg.loss.kl_coef > 0 else None
+                    self.turn_reward = self._turn_reward_model()
+                    self.save_checkpoint()
+                    run_log.log(self.history[-1], step=0, advance=False)
+            while self.iteration < cfg.iterations:
+                metrics = self.train_iteration()
+                self.iteration += 1
+                if self.iteration % cfg.eval.every == 0 or self.iteration == cfg.iterations:
+                    metrics |= self.evaluate()
+                self.history.append({"iteration": self.iteration, "phase": "rl", **metrics})
+                if self.iteration % cfg.checkpoint.every == 0 or self.iteration == cfg.iterations:
+                    self.save_checkpoint()  # before logging: a logged iteration is never lost to a kill
+                run_log.log(self.history[-1], step=self.iteration)
+            run_log.plot_curve()
+        return self.history
+
+    def warm_start(self) -> dict[str, float]:
+        """`sft.steps` supervised steps on oracle demonstrations (see `envgym.trainers.sft`)."""
+        from envgym.trainers.sft import demonstration_rows, supervised_steps
+
+        cfg = self.config
+        rows = demonstration_rows(cfg, self.env_factory, self.tokenizer)
+        return supervised_steps(self.model, rows, steps=cfg.sft.steps, lr=cfg.sft.lr,
+                                batch_tokens=cfg.sft.batch_tokens, seed=cfg.seed)
+
+    def train_iteration(self) -> dict[str, float]:
+        """Collect, score, estimate advantages and update once; returns this iteration's metrics."""
+        cfg = self.config
+        started = time.perf_counter()
+        self.model.eval()
+        rollout = collect_groups(
+            self.env_factory, self.policy, n_groups=cfg.rollout.n_groups, group_size=cfg.rollout.group_size,
+            split="train", seed=cfg.seed * 1_000_003 + self.iteration,
+            sampling=SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                                    max_new_tokens=cfg.rollout.max_new_tokens),
+            context=cfg.rollout.context, window=cfg.rollout.window, max_turns=cfg.env.max_turns)
+        if not rollout.groups:
+            raise RuntimeError(f"iteration {self.iteration}: every group failed; causes: "
+                               f"{[f.cause for f in rollout.failures[:3]]}")
+        rollout_time = time.perf_counter() - started
+
+        rows = to_token_rows(rollout.groups, pad_token_id=self.policy.pad_token_id)
+        intrinsic, reward_metrics = None, {}
+        if self.turn_reward is not None:
+            intrinsic, reward_metrics = self.turn_reward.turn_rewards(rollout.groups, rows)
+        batch = to_turn_batch(rollout.groups, intrinsic=intrinsic, with_tokens=False)
+        advantages = compute_advantages(batch, cfg.algorithm.estimator, **cfg.algorithm.options)
+
+        update_started = time.perf_counter()
+        update_metrics = self.update(rows, advantages)
+        if cfg.rollout.backend == "vllm":
+            self.policy.load_weights(self.model.state_dict().items())
+        update_time = time.perf_counter() - update_started
+        return {**episode_metrics(rollout.groups, "train"), **reward_metrics, **update_metrics,
+                "adv/mean": float(advantages.mean()), "adv/std": float(advantages.std()) if len(advantages) > 1 else 0.0,
+                "adv/abs_max": float(advantages.abs().max()),
+                "time/env": rollout.metrics["env_time"], "time/model": rollout.metrics["model_time"],
+                "time/rollout": rollout_time, "time/update": update_time,
+                "time/iteration": time.perf_counter() - started,
+                "perf/generated_tokens_per_s": rollout.metrics["generated_tokens"] / max(rollout_time, 1e-9),
+                "perf/update_tokens_per_s": rows.num_tokens * cfg.optim.epochs / max(update_time, 1e-9),
+                "rollout/dropped_groups": rollout.metrics["dropped_groups"]}
+
+    def update(self, rows: TokenRows, advantages: torch.Tensor) -> dict[str, float]:
+        """PPO-clip on the sampled tokens of `rows`: `epochs` x `minibatches` optimizer steps."""
+        cfg = self.config
+        self.model.train()
+        totals = dict.fromkeys(("loss", "kl", "entropy", "clipped", "ratio", "tokens", "grad_norm", "steps"), 0.0)
+        generator = torch.Generator().manual_seed(cfg.seed * 7919 + self.iteration)
+        for _ in range(cfg.optim.epochs):
+            order = torch.randperm(len(rows), generator=generator).tolist()
+            for chunk in np.array_split(np.array(order), cfg.optim.minibatches):
+                indices = sorted(chunk.tolist(), key=lambda i: len(rows.input_ids[i]))  # less padding
+                minibatch = subset(rows, indices)
+                num_tokens = sum(sum(m) for m in minibatch.loss_mask)
+                self.optimizer.zero_grad(set_to_none=True)
+                for micro in minibatch.batches(cfg.optim.micro_batch_tokens):
+                    stats = self._accumulate(micro, advantages, num_tokens)
+                    for key, value in stats.items():
+                        totals[key] += value
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+                if not torch.isfinite(grad_norm):
+                    self._stop_on_nan(minibatch, advantages, f"gradient norm is {float(grad_norm)}")
+                self.optimizer.step()
+                totals["grad_norm"] += float(grad_norm)
+                totals["steps"] += 1
+        tokens = max(totals["tokens"], 1.0)
+        return {"loss/policy": totals["loss"] / totals["steps"], "loss/kl": totals["kl"] / tokens,
+                "loss/entropy": totals["entropy"] / tokens, "loss/clip_fraction": totals["clipped"] / tokens,
+                "loss/ratio": totals["ratio"] / tokens, "loss/grad_norm": totals["grad_norm"] / totals["steps"]}
+
+    def _accumulate(self, micro: TokenBatch, advantages: torch.Tensor, num_tokens: int) -> dict[str, float]:
+        """Forward and backward one micro-batch; the loss is scaled so micro-batches sum to the minibatch mean."""
+        cfg = self.config
+        micro = to_device(micro, _device())
+        logprobs, entropy = sampled_logprobs(self.model, micro)
+        mask = micro.loss_mask[:, 1:]
+        old = micro.old_logprobs[:, 1:][mask]
+        token_turn = micro.token_turn[:, 1:][mask]
+        token_adv = advantages.to(logprobs.device)[token_turn]
+        ones = torch.ones_like(logprobs)
+        loss, stats = ppo_clip_loss(logprobs, old, token_adv, ones, num_tokens, clip_low=cfg.loss.clip_low,
+                                    clip_high=cfg.loss.clip_high,
+                                    token_turn=token_turn if cfg.loss.ratio == "turn" else None)
+        kl_sum = 0.0
+        if cfg.loss.kl_coef > 0:
+            kl = kl_penalty(logprobs, self._reference_logprobs(micro), cfg.loss.kl_estimator)
+            loss = loss + cfg.loss.kl_coef * kl.sum() / num_tokens
+            kl_sum = float(kl.detach().sum())
+        if cfg.loss.entropy_coef > 0:
+            loss = loss - cfg.loss.entropy_coef * entropy.sum() / num_tokens
+        if not torch.isfinite(loss):
+            self._stop_on_nan(micro, advantages, f"loss is {float(loss.detach())}")
+        loss.backward()
+        return {"loss": float(loss.detach()), "kl": kl_sum, "entropy": float(entropy.detach().sum()),
+                "clipped": stats.clipped, "ratio": stats.ratio, "tokens": float(len(logprobs))}
+
+    def _reference_logprobs(self, micro: TokenBatch) -> torch.Tensor:
+        with torch.no_grad():
+            if self.reference is not None:
+                return sampled_logprobs(self.reference, micro)[0]
+            with self.model.disable_adapter():
+                return sampled_logprobs(self.model, micro)[0]
+
+    def _stop_on_nan(self, batch: Any, advantages: torch.Tensor, what: str) -> None:
+        path = self.out_dir / f"nan_batch_iter{self.iteration:06d}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"iteration": self.iteration, "batch": batch, "advantages": advantages}, path)
+        raise FloatingPointError(f"iteration {self.iteration}: {what}; the offending batch is saved in {path}. "
+                                 "Lower optim.lr, keep optim.grad_clip > 0, or check the rewards for NaN")
+
+    # -- evaluation and checkpoints -------------------------------------------------------------------
+
+    def evaluate(self) -> dict[str, float]:
+        """Success on `eval.episodes` fixed tasks of `eval.split` (greedy at temperature 0)."""
+        cfg = self.config
+        self.model.eval()
+        num_tasks = self.env_factory().unwrapped.num_tasks[cfg.eval.split]
+        episodes = min(cfg.eval.episodes, num_tasks)
+        result = collect_groups(
+            self.env_factory, self.policy, n_groups=episodes, group_size=1, split=cfg.eval.split, seed=EVAL_SEED,
+            sampling=SamplingParams(temperature=cfg.eval.temperature, max_new_tokens=cfg.rollout.max_new_tokens),
+            context=cfg.rollout.context, window=cfg.rollout.window, max_turns=cfg.env.max_turns,
+            tasks=list(range(episodes)))
+        return episode_metrics(result.groups, "eval")
+
+    def save_checkpoint(self) -> Path:
+        state = {"optimizer": self.optimizer.state_dict(), "history": self.history}
+        if self.turn_reward is not None:
+            state["turn_reward"] = self.turn_reward.state_dict()
+        return ckpt.save_checkpoint(self.out_dir, self.iteration, model=self.model, tokenizer=self.tokenizer,
+                                    config=ckpt.config_dict(self.config), state=state, keep=self.config.checkpoint.keep)
+
+
+def final_success(history: list[dict[str, Any]]) -> float | None:
+    """The last evaluated success rate of a run, or None."""
+    scores = [m["eval/success"] for m in history if "eval/success" in m]
+    return scores[-1] if scores else None
+
