@@ -162,6 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         console.print(f"[red]envgym {args.command}: {message}[/red]", highlight=False)
         return EXIT_USAGE
+    except FloatingPointError as exc:  # a training run stopped on a NaN (its batch is saved)
+        console.print(f"[red]envgym {args.command}: {exc}[/red]", highlight=False)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

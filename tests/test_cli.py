@@ -85,3 +85,14 @@ def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "envgym.cli", "--help"], capture_output=True, text=True, check=True)
     for command in ("list", "info", "check", "play"):
         assert command in out.stdout
+
+
+def test_a_run_stopped_on_nan_exits_one_with_its_message(monkeypatch, capsys):
+    import envgym.cli as cli
+
+    def stops_on_nan(args):
+        raise FloatingPointError("iteration 3: loss is nan; the offending batch is saved in runs/x")
+
+    monkeypatch.setattr(cli, "cmd_list", stops_on_nan)
+    assert main(["list"]) == EXIT_FAILED
+    assert "iteration 3: loss is nan" in capsys.readouterr().out
