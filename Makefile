@@ -15,9 +15,7 @@ test: setup
 	$(PY) -m pytest -q
 
 quickstart: setup
-	$(VENV)/bin/envgym eval --env games/Maze-v0 --policy scripted --policy random --episodes 20 --out reports/quickstart
-	$(VENV)/bin/envgym eval --env games/Maze-v0 --policy hf:default --episodes 2 --max-turns 3 --context window \
-		--window 1 --max-new-tokens 8 --out reports/quickstart-smollm2
+	$(VENV)/bin/envgym train trainers/recipes/quickstart.yaml
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs reports
