@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 import gymnasium
@@ -167,6 +167,15 @@ def split_of(key: str, test_fraction: float = 0.1) -> str:
     train and test are disjoint by construction and stable across processes."""
     bucket = (stable_hash("split|" + key) & 0xFFFF_FFFF) / 2**32
     return "test" if bucket < test_fraction else "train"
+
+
+def partition_tasks(items: Iterable[T], key: Callable[[T], str], test_fraction: float = 0.1) -> dict[str, list[T]]:
+    """A fixed list of tasks split by content: `{"train": [...], "test": [...]}`, each item placed by
+    `split_of(key(item), test_fraction)`, order kept."""
+    tasks: dict[str, list[T]] = {split: [] for split in SPLITS}
+    for item in items:
+        tasks[split_of(key(item), test_fraction)].append(item)
+    return tasks
 
 
 def draw_task(family: str, split: str, index: int, make: Callable[[int], T | None], key: Callable[[T], str], *,

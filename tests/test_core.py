@@ -94,3 +94,13 @@ def test_draw_task_is_pure_keeps_splits_apart_and_applies_accept():
     assert not set(train) & set(test)
     even = [draw_task("numbers", "train", k, make, key, accept=lambda t: t % 2 == 0) for k in range(50)]
     assert all(t % 2 == 0 for t in even)
+
+
+def test_partition_tasks_places_each_item_by_its_content_key():
+    from envgym.core import partition_tasks
+
+    items = list(range(500))
+    tasks = partition_tasks(items, lambda n: f"n|{n}", 0.2)
+    assert sorted(tasks["train"] + tasks["test"]) == items
+    assert all(split_of(f"n|{n}", 0.2) == split for split in tasks for n in tasks[split])
+    assert tasks["test"] == sorted(tasks["test"]) and 50 < len(tasks["test"]) < 150

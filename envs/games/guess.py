@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from envgym.core import Env, split_of
+from envgym.core import Env, partition_tasks
 
 _INTEGER = re.compile(r"-?\d+")
 
@@ -26,7 +26,7 @@ class GuessNumber(Env):
             raise ValueError(f"high must be > low, got low={low}, high={high}")
         self.low, self.high = int(low), int(high)
         secrets = range(self.low, self.high + 1)
-        self._secrets = {s: [n for n in secrets if split_of(f"guess|{n}", 0.2) == s] for s in ("train", "test")}
+        self._secrets = partition_tasks(secrets, lambda n: f"guess|{n}", 0.2)
         self.num_tasks = {s: len(v) for s, v in self._secrets.items()}
         self.instructions = (
             f"I am thinking of a secret integer between {self.low} and {self.high} inclusive. "

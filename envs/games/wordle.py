@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from envgym.core import Env, split_of
+from envgym.core import Env, partition_tasks
 
 WORDS_FILE = Path(__file__).parent / "data" / "wordle_words.txt"
 WORD_LENGTH = 5
@@ -78,7 +78,7 @@ class Wordle(Env):
         self.max_guesses = int(max_guesses)
         words = load_words()
         self._vocabulary = frozenset(words)
-        self._answers = {s: [w for w in words if split_of(f"wordle|{w}", 0.2) == s] for s in ("train", "test")}
+        self._answers = partition_tasks(words, lambda w: f"wordle|{w}", 0.2)
         self.num_tasks = {s: len(v) for s, v in self._answers.items()}
         self.instructions = (
             f"Find the hidden five-letter English word in at most {self.max_guesses} guesses. "

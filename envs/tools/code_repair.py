@@ -22,7 +22,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from envgym.core import split_of
+from envgym.core import partition_tasks
 from envgym.envs.tools.base import ToolEnv
 from envgym.tools import Limits, Sandbox, Tool, ToolSet, make_sandbox
 
@@ -258,7 +258,7 @@ class CodeRepair(ToolEnv):
         self.attempts, self.timeout = int(attempts), float(timeout)
         self.sandbox = make_sandbox(sandbox)
         tasks = build_tasks(sandbox)
-        self._tasks = {s: [t for t in tasks if split_of(t.buggy, 0.2) == s] for s in ("train", "test")}
+        self._tasks = partition_tasks(tasks, lambda t: t.buggy, 0.2)
         self.num_tasks = {s: len(ts) for s, ts in self._tasks.items()}
         self.tools = ToolSet([Tool(
             "submit", "Submit the complete fixed function; all its unit tests run and you see the results.",

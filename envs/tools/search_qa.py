@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from envgym.core import split_of
+from envgym.core import partition_tasks
 from envgym.envs.tools.base import ToolEnv, answer_tag, tool_call
 from envgym.tools import Tool, ToolSet
 from envgym.tools.search import Document, SearchIndex
@@ -167,8 +167,7 @@ class SearchQA(ToolEnv):
             raise ValueError(f"reward must be 'f1' or 'em', got {reward!r}")
         self.world_seed, self.reward, self.k = int(world_seed), reward, int(k)
         self.world, self.index = _world_and_index(self.world_seed)
-        self._questions = {s: [q for q in self.world.questions if split_of(self._key(q), 0.15) == s]
-                           for s in ("train", "test")}
+        self._questions = partition_tasks(self.world.questions, self._key, 0.15)
         self.num_tasks = {s: len(qs) for s, qs in self._questions.items()}
         self.tools = ToolSet([
             Tool("search", "Search the encyclopedia; returns document ids, titles and snippets.",
