@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import functools
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,8 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # the interval always holds p; clamping keeps rounding (p = 1, n = 6) from putting p outside it
+    return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -149,6 +151,7 @@ def evaluate(
     env_ids: str | Sequence[str],
     policy: str | Policy | Sequence[str | Policy],
     *,
+    env_kwargs: Mapping[str, Any] | None = None,
     split: str = "test",
     episodes: int = 16,
     samples: int = 1,
@@ -163,6 +166,7 @@ def evaluate(
 ) -> EvalReport:
     """Play `episodes` tasks of `split` per env, `samples` times each, with each policy; one row per pair.
 
+    Every env is made with `env_kwargs` (its knobs, e.g. ``{"size": 4}``).
     Policies are spec strings (see `envgym.policies.POLICY_SPECS`, loaded once)
     or policy objects. Token policies sample with `sampling` (default:
     temperature 1, 64 new tokens).
@@ -173,8 +177,11 @@ def evaluate(
         raise ValueError(f"episodes and samples must be >= 1, got {episodes} and {samples}")
     import envgym
 
+    env_kwargs = dict(env_kwargs or {})
     for env_id in env_ids:
-        envgym.spec(env_id)  # an unknown id fails before any model loads
+        envgym.spec(env_id)  # an unknown id or knob fails before any model loads
+        if env_kwargs:
+            envgym.make(env_id, **env_kwargs).close()
     named = [(p, p) if isinstance(p, str) else (type(p).__name__, p) for p in policies]
     rows = []
     with _progress_bar(progress) as bar:
@@ -184,11 +191,11 @@ def evaluate(
             for env_id in env_ids:
                 task = bar.add_task(f"{env_id} · {name}", total=episodes * samples) if bar else None
                 result = collect_groups(
-                    env_id, loaded, n_groups=episodes, group_size=samples, split=split, seed=seed, sampling=sampling,
+                    functools.partial(envgym.make, env_id, **env_kwargs) if env_kwargs else env_id, loaded, n_groups=episodes, group_size=samples, split=split, seed=seed, sampling=sampling,
                     context=context, window=window, max_turns=max_turns, backend=backend, num_envs=num_envs,
                     on_episode=(lambda done, total, t=task: bar.update(t, completed=done)) if bar else None)
                 rows.append(summarize(env_id, name, result, samples))
-    settings = {"split": split, "episodes": episodes, "samples": samples, "seed": seed, "context": context,
+    settings = {"env_kwargs": env_kwargs, "split": split, "episodes": episodes, "samples": samples, "seed": seed, "context": context,
                 "window": window, "max_turns": max_turns, "sampling": asdict(sampling or SamplingParams()),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     return EvalReport(rows, settings)
@@ -213,7 +220,9 @@ def _progress_bar(enabled: bool):
 def cmd_eval(args: argparse.Namespace) -> int:
     """`envgym eval`: print the Markdown table; write report.json/.md/.png under --out."""
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
-    report = evaluate(args.env, args.policy, split=args.split, episodes=args.episodes, samples=args.samples,
+    from envgym.cli import parse_kwargs
+
+    report = evaluate(args.env, args.policy, env_kwargs=parse_kwargs(args.env_kwarg), split=args.split, episodes=args.episodes, samples=args.samples,
                       seed=args.seed, sampling=sampling, context=args.context, window=args.window,
                       max_turns=args.max_turns, backend=args.backend, progress=True)
     print(report.to_markdown(), end="")  # plain print: a console would wrap the table's rows
@@ -232,6 +241,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--env", action="append", required=True, metavar="ID", help="env id (repeatable)")
     p.add_argument("--policy", action="append", required=True, metavar="SPEC",
                    help=f"policy (repeatable): {' | '.join(POLICY_SPECS)}")
+    p.add_argument("--env-kwarg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a knob of every env, e.g. size=4 (repeatable; see `envgym info ID`)")
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--episodes", type=int, default=16, help="tasks per env (default 16)")
     p.add_argument("--samples", type=int, default=1, help="episodes per task, for pass@k (default 1)")

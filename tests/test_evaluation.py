@@ -13,6 +13,10 @@ def test_wilson_interval_known_values():
     assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
     assert wilson_interval(0, 0) == (0.0, 1.0)
+    for n in range(1, 200):  # the interval holds the rate exactly, rounding included
+        for k in (0, 1, n // 2, n - 1, n):
+            lo, hi = wilson_interval(k, n)
+            assert 0.0 <= lo <= k / n <= hi <= 1.0
 
 
 def test_pass_at_k_is_the_unbiased_estimator():
@@ -45,6 +49,22 @@ def test_eval_command(tmp_path, capsys):
     assert code == 0
     assert "games/GuessNumber-v0 | scripted | 3 | 100.0%" in capsys.readouterr().out
     assert {p.name for p in tmp_path.iterdir()} == {"report.json", "report.md", "report.png"}
+
+
+def test_eval_command_passes_env_knobs_and_rejects_unknown_ones(tmp_path, capsys):
+    import json
+
+    from envgym.cli import main
+
+    for kwargs, out in (([], tmp_path / "default"), (["--env-kwarg", "size=2"], tmp_path / "small")):
+        assert main(["eval", "--env", "games/Maze-v0", *kwargs, "--policy", "scripted", "--episodes", "6",
+                     "--out", str(out)]) == 0
+    default, small = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("default", "small"))
+    assert small["settings"]["env_kwargs"] == {"size": 2}
+    assert small["results"][0]["mean_turns"] <= 3 < 5 <= default["results"][0]["mean_turns"]  # oracle paths: 2x2 vs 5x5
+    capsys.readouterr()
+    assert main(["eval", "--env", "games/Maze-v0", "--env-kwarg", "colour=red", "--policy", "scripted"]) == 2
+    assert "colour" in capsys.readouterr().out
 
 
 def test_eval_help_renders(capsys):

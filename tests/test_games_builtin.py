@@ -70,3 +70,28 @@ def test_maze_knobs_change_the_layout_and_the_observation_shows_the_map():
     assert obs.count("\n") == 6 and "A" in obs and "G" in obs
     with pytest.raises(ValueError, match="loops must be in"):
         envgym.make("games/Maze-v0", loops=2.0)
+
+
+def test_maze_local_view_shows_exits_and_the_goal_bearing_not_the_map():
+    full = envgym.make("games/Maze-v0", size=4, loops=0.5)
+    local = envgym.make("games/Maze-v0", size=4, loops=0.5, view="local")
+    for task in range(20):  # same task, same layout, two views
+        _, info = full.reset(options={"split": "test", "task": task})
+        obs, local_info = local.reset(options={"split": "test", "task": task})
+        assert local_info["state_key"] == info["state_key"] and "#" not in obs
+        maze = local.unwrapped
+        rows, cols = maze.goal[0] - maze.position[0], maze.goal[1] - maze.position[1]
+        bearing = obs.split(". Exits: ")[0]
+        assert (f"{abs(rows)} {'south' if rows > 0 else 'north'}" in bearing) == (rows != 0)
+        assert (f"{abs(cols)} {'east' if cols > 0 else 'west'}" in bearing) == (cols != 0)
+        assert obs.split(". Exits: ")[1].split(", ") == info["admissible_actions"]
+    assert "only see the exits" in maze.instructions
+    with pytest.raises(ValueError, match="view must be 'map' or 'local'"):
+        envgym.make("games/Maze-v0", view="top-down")
+
+
+def test_maze_local_view_passes_the_checker():
+    from envgym.checker import check_env
+
+    report = check_env("games/Maze-v0", size=4, view="local")
+    assert report.ok, report.render()

@@ -3,9 +3,10 @@
 SmolLM2-135M is far too slow to RL-train on a 2-core CPU in ten minutes, so the
 quickstart trains one of these instead: a real `LlamaForCausalLM` built from a
 `LlamaConfig` (random init, fixed seed) and a real `tokenizers` word-level
-tokenizer (`envgym.models.word_level_tokenizer`) whose pre-tokenizer also
-splits map characters (`#`, `.`, `A`, `G`) and commas into tokens of their
-own. `tiny-maze` reads maze maps; `tiny-guess` reads guess-the-number (the
+tokenizer (`envgym.models.word_level_tokenizer`) whose pre-tokenizer keeps
+words of two or more letters whole and splits single map characters (`#`,
+`.`, `A`, `G`) and commas into tokens of their own. `tiny-maze` reads maze
+maps and the maze's local view; `tiny-guess` reads guess-the-number (the
 numbers 0-100 are words). The chat template is ChatML without the system
 message: the model cannot read English, so the env's instructions would only
 cost tokens. Both save and load with `save_pretrained` / `from_pretrained`.
@@ -20,7 +21,8 @@ if TYPE_CHECKING:
 
 VOCABULARIES = {
     "tiny-maze": ("#", ".", "A", "G", "north", "south", "east", "west", "Valid", "actions:", ",", "You", "bump",
-                  "into", "a", "wall", "going", "reach", "the", "goal!", "Unknown", "move"),
+                  "into", "a", "wall", "going", "reach", "the", "goal!", "Unknown", "move", "Goal:", "Exits:", "here",
+                  *map(str, range(1, 10))),
     "tiny-guess": (*map(str, range(101)), "is", "too", "low", "high", "correct!", "higher", "lower", "The",
                    "secret", "Invalid", "guess:"),
 }
@@ -42,7 +44,8 @@ def tiny_tokenizer(name: str = "tiny-maze") -> PreTrainedTokenizerBase:
     tokenizer = word_level_tokenizer(VOCABULARIES[name], chat_template=CHATML_WITHOUT_SYSTEM)
     tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(r"\n"), behavior="isolated"),
-        pre_tokenizers.Split(Regex(r"[#.AG,]"), behavior="isolated"),  # one token per map cell
+        # words whole, then one token per map cell (a map row like "#A.G#" has no two-letter word)
+        pre_tokenizers.Split(Regex(r"[A-Za-z:!']{2,}|[#.AG,]"), behavior="isolated"),
         pre_tokenizers.Split(Regex(r"[ \t\r]+"), behavior="removed"),  # WhitespaceSplit would drop the newlines
     ])
     return tokenizer

@@ -2,8 +2,11 @@
 
 Each task is a maze carved by a randomised depth-first search from the task's
 seed, with some extra walls knocked out so that different routes can reach the
-same cell (anchor states recur). The agent sees the whole map and moves one
-cell per turn; walking into a wall is an invalid action that costs a turn.
+same cell (anchor states recur). The agent moves one cell per turn; walking
+into a wall is an invalid action that costs a turn. With ``view="map"`` it sees
+the whole map; with ``view="local"`` it sees only what it could see standing in
+its cell: the open directions and the bearing of the goal (a partially observed
+maze, where dead ends must be learned from experience rather than read).
 """
 
 from __future__ import annotations
@@ -81,21 +84,26 @@ class Maze(Env):
         "size": "cells per side (default 5); the shortest path grows with it",
         "loops": "fraction of inner walls removed after carving (default 0.1); more loops, more routes",
         "min_distance": "least number of moves from start to goal (default size)",
+        "view": "'map' (default): the whole map; 'local': only the open directions and the goal's bearing",
     }
     action_format = "one direction: north, south, east or west"
 
-    def __init__(self, size: int = 5, loops: float = 0.1, min_distance: int | None = None):
+    def __init__(self, size: int = 5, loops: float = 0.1, min_distance: int | None = None, view: str = "map"):
+        if view not in ("map", "local"):
+            raise ValueError(f"view must be 'map' or 'local', got {view!r}")
         if size < 2:
             raise ValueError(f"size must be >= 2, got {size}")
         if not 0.0 <= loops <= 1.0:
             raise ValueError(f"loops must be in [0, 1], got {loops}")
         self.size, self.loops = int(size), float(loops)
         self.min_distance = self.size if min_distance is None else int(min_distance)
+        self.view = view
         self.num_tasks = {"train": 100_000, "test": 1_000}
+        seen = ("drawn as a map: '#' is a wall, '.' is floor, 'A' is you and 'G' is the goal" if view == "map" else
+                "but you only see the exits of your cell and how many cells away the goal is in each direction")
         self.instructions = (
-            f"You are in a {self.size}x{self.size} maze drawn as a map: '#' is a wall, '.' is floor, "
-            "'A' is you and 'G' is the goal. Reach the goal. Each turn, move one cell by replying with "
-            "one direction: north (up), south (down), east (right) or west (left)."
+            f"You are in a {self.size}x{self.size} maze, {seen}. Reach the goal. Each turn, move one cell by "
+            "replying with one direction: north (up), south (down), east (right) or west (left)."
         )
         self._cache: dict[tuple[str, int], tuple[np.ndarray, tuple[int, int], tuple[int, int]]] = {}
 
@@ -130,6 +138,12 @@ class Maze(Env):
         return [name for name, (dr, dc) in MOVES.items() if self.grid[2 * r + 1 + dr, 2 * c + 1 + dc] == "."]
 
     def _render(self) -> str:
+        """What the agent sees: the whole map, or (view "local") e.g. "Goal: 1 south, 2 east. Exits: north, east"."""
+        if self.view == "local":
+            rows, cols = self.goal[0] - self.position[0], self.goal[1] - self.position[1]
+            bearing = [f"{abs(d)} {name}" for d, name in ((rows, "south" if rows > 0 else "north"),
+                                                           (cols, "east" if cols > 0 else "west")) if d]
+            return f"Goal: {', '.join(bearing) or 'here'}. Exits: {', '.join(self._open_moves())}"
         picture = self.grid.copy()
         picture[2 * self.goal[0] + 1, 2 * self.goal[1] + 1] = "G"
         picture[2 * self.position[0] + 1, 2 * self.position[1] + 1] = "A"
