@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+import envgym
 from envgym.trainers import ConfigError, Trainer, config_from_dict
 from envgym.trainers.checkpoint import CheckpointMismatch, latest_checkpoint
 
@@ -101,3 +102,28 @@ def test_kl_reference_is_the_warm_started_policy_also_after_resume(tmp_path):
     assert not all(torch.equal(a, b) for a, b in zip(initial, reference))  # not the pre-SFT model
     resumed = Trainer(micro(tmp_path, overrides), resume=True)
     assert all(torch.equal(a, b) for a, b in zip(reference, resumed.reference.parameters()))
+
+
+def test_gigpo_learns_the_local_view_maze_beyond_its_warm_start(tmp_path):
+    """The quickstart in miniature (3x3 mazes, 12 iterations): RL must beat the checkpoint it started from."""
+    config = config_from_dict({
+        "iterations": 12, "threads": 1, "out_dir": str(tmp_path / "run"),
+        "env": {"id": "games/Maze-v0", "kwargs": {"size": 3, "loops": 0.5, "view": "local"}, "max_turns": 8},
+        "rollout": {"n_groups": 8, "group_size": 8, "max_new_tokens": 2, "context": "window", "window": 0},
+        "algorithm": {"estimator": "gigpo", "options": {"gamma": 0.95, "invalid_penalty": 0.1}},
+        "optim": {"lr": 3e-4, "epochs": 2, "minibatches": 4},
+        "sft": {"steps": 10, "episodes": 128, "batch_tokens": 2048},
+        "eval": {"every": 12, "episodes": 200, "temperature": 1.0}, "checkpoint": {"every": 12}})
+    history = Trainer(config).fit()
+    warm = next(m["eval/success"] for m in history if m["phase"] == "sft")
+    final = history[-1]["eval/success"]
+    assert final >= warm + 0.15, (warm, final)
+
+
+def test_eval_plays_a_small_split_several_times_when_sampling(tmp_path):
+    overrides = ["env.id=games/GuessNumber-v0", "env.kwargs={low: 1, high: 16}", "env.show_admissible=false",
+                 "model.name=tiny-guess", "eval.episodes=7"]
+    sampled = Trainer(micro(tmp_path, [*overrides, "eval.temperature=1.0"])).evaluate()
+    greedy = Trainer(micro(tmp_path, [*overrides, "eval.temperature=0.0"])).evaluate()
+    assert envgym.make("games/GuessNumber-v0", low=1, high=16).unwrapped.num_tasks["test"] == 2
+    assert sampled["eval/episodes"] == 8 and greedy["eval/episodes"] == 2  # 2 tasks x ceil(7 / 2), 2 tasks x 1

@@ -143,7 +143,10 @@ class SFTOptions:
 
 @dataclass
 class EvalOptions:
-    """Held-out evaluation: `episodes` tasks of `split`, greedy when temperature is 0."""
+    """Held-out evaluation: `episodes` episodes on fixed tasks of `split`, greedy when temperature is 0.
+
+    A split with fewer tasks than `episodes` has each task played several times when sampling.
+    """
 
     every: int = 5
     episodes: int = 200

@@ -111,12 +111,13 @@ def seed_everything(seed: int) -> None:
 
 
 def episode_metrics(groups: list[Group], prefix: str) -> dict[str, float]:
-    """Success, return, turns and invalid-action rate over the episodes of `groups`."""
+    """Episodes played, and success, return, turns and invalid-action rate over them, for the episodes of `groups`."""
     episodes = [e for g in groups for e in g.episodes]
     turns = [t for e in episodes for t in e.turns]
     if not episodes:
         return {}
-    return {f"{prefix}/success": float(np.mean([e.won for e in episodes])),
+    return {f"{prefix}/episodes": float(len(episodes)),
+            f"{prefix}/success": float(np.mean([e.won for e in episodes])),
             f"{prefix}/return": float(np.mean([e.total_return for e in episodes])),
             f"{prefix}/turns": float(np.mean([len(e.turns) for e in episodes])),
             f"{prefix}/invalid_rate": float(np.mean([t.invalid_action for t in turns]))}
@@ -392,16 +393,20 @@ class Trainer:
     # -- evaluation and checkpoints -------------------------------------------------------------------
 
     def evaluate(self) -> dict[str, float]:
-        """Success on `eval.episodes` fixed tasks of `eval.split` (greedy at temperature 0)."""
+        """Success over `eval.episodes` episodes on the first tasks of `eval.split` (greedy at temperature 0).
+
+        A split with fewer tasks than `eval.episodes` plays each of its tasks
+        ceil(episodes / tasks) times when sampling (temperature > 0), once when greedy.
+        """
         cfg = self.config
         self.model.eval()
-        num_tasks = self.env_factory().unwrapped.num_tasks[cfg.eval.split]
-        episodes = min(cfg.eval.episodes, num_tasks)
+        num_tasks = min(cfg.eval.episodes, self.env_factory().unwrapped.num_tasks[cfg.eval.split])
+        repeats = -(-cfg.eval.episodes // num_tasks) if cfg.eval.temperature > 0 else 1
         result = collect_groups(
-            self.env_factory, self.policy, n_groups=episodes, group_size=1, split=cfg.eval.split, seed=EVAL_SEED,
+            self.env_factory, self.policy, n_groups=num_tasks, group_size=repeats, split=cfg.eval.split, seed=EVAL_SEED,
             sampling=SamplingParams(temperature=cfg.eval.temperature, max_new_tokens=cfg.rollout.max_new_tokens),
             context=cfg.rollout.context, window=cfg.rollout.window, max_turns=cfg.env.max_turns,
-            tasks=list(range(episodes)))
+            tasks=list(range(num_tasks)))
         return episode_metrics(result.groups, "eval")
 
     def save_checkpoint(self) -> Path:
