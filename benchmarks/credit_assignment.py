@@ -2,31 +2,33 @@
 
     python benchmarks/credit_assignment.py                         # maze: GRPO vs GiGPO vs PRIME, 3 seeds
     python benchmarks/credit_assignment.py --suite guess           # GuessNumber: GRPO vs IGPO
-    python benchmarks/credit_assignment.py --iterations 20 --seeds 0 1 2 3
+    python benchmarks/credit_assignment.py --iterations 20 --seeds 0 1 2 3 --jobs 1
 
 Every run starts from the quickstart recipe (tiny model, oracle warm start) with
 the suite's env, then changes only the estimator (and the turn-reward model it
-needs). Runs are single-threaded and sequential; each prints its curve, and the
-table at the end gives mean and spread (min-max) of held-out success over seeds
+needs). Runs are single-threaded, `--jobs` at a time (default 2, one per core
+here); each prints its curve, and the table at the end gives mean and spread (min-max) of held-out success over seeds
 at every evaluated iteration.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 SUITES = {
     "maze": {
-        "overrides": ["env.kwargs={size: 3}", "env.max_turns=8"],
+        "overrides": [],  # the quickstart's own: 4x4 mazes, local view
         "estimators": {"grpo": [], "gigpo": [],
-                       "prime": ["turn_reward.kind=implicit_prm", "algorithm.options={}", "turn_reward.prm_lr=1e-4"]},
+                       "prime": ["turn_reward.kind=implicit_prm", "algorithm.options={}", "turn_reward.prm_lr=1e-5"]},
     },
-    "guess": {
-        "overrides": ["model.name=tiny-guess", "env.id=games/GuessNumber-v0", "env.kwargs={low: 1, high: 16}",
-                      "env.max_turns=6", "env.show_admissible=false", "rollout.context=full",
+    "guess": {  # 1-50: 40 train and 10 test secrets, each test secret played 20 times (sampled)
+        "overrides": ["model.name=tiny-guess", "env.id=games/GuessNumber-v0", "env.kwargs={low: 1, high: 50}",
+                      "env.max_turns=7", "env.show_admissible=false", "rollout.context=full",
                       "rollout.max_new_tokens=2", "sft.steps=60"],
         "estimators": {"grpo": [], "igpo": ["turn_reward.kind=info_gain", "algorithm.options={}"]},
     },
@@ -34,6 +36,9 @@ SUITES = {
 
 
 def run(suite: str, estimator: str, seed: int, iterations: int, out_root: str) -> dict[int, float]:
+    """Held-out success by iteration of one run (iteration 0: after the warm start)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
     from envgym.trainers import Trainer, load_config
     from envgym.trainers.config import recipes_dir
 
@@ -44,7 +49,9 @@ def run(suite: str, estimator: str, seed: int, iterations: int, out_root: str) -
     if estimator == "grpo":
         overrides.append("algorithm.options={}")
     history = Trainer(load_config(recipes_dir() / "quickstart.yaml", overrides)).fit()
-    return {int(m["iteration"]): m["eval/success"] for m in history if m.get("phase") != "init" and "eval/success" in m}
+    curve = {int(m["iteration"]): m["eval/success"] for m in history if m.get("phase") != "init" and "eval/success" in m}
+    print(f"{estimator} seed {seed}: {curve} ({time.perf_counter() - started:.0f} s)", flush=True)
+    return curve
 
 
 def main() -> None:
@@ -52,18 +59,15 @@ def main() -> None:
     parser.add_argument("--suite", choices=sorted(SUITES), default="maze")
     parser.add_argument("--estimators", nargs="*", help="a subset of the suite's estimators")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
-    parser.add_argument("--iterations", type=int, default=30)
+    parser.add_argument("--iterations", type=int, default=40)
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
     parser.add_argument("--out", default="runs/credit_assignment")
     args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     estimators = args.estimators or list(SUITES[args.suite]["estimators"])
-    curves: dict[str, list[dict[int, float]]] = {}
-    for estimator in estimators:
-        for seed in args.seeds:
-            started = time.perf_counter()
-            curves.setdefault(estimator, []).append(run(args.suite, estimator, seed, args.iterations, args.out))
-            print(f"{estimator} seed {seed}: {curves[estimator][-1]} ({time.perf_counter() - started:.0f} s)",
-                  flush=True)
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {estimator: [pool.submit(run, args.suite, estimator, seed, args.iterations, args.out)
+                               for seed in args.seeds] for estimator in estimators}
+        curves = {estimator: [f.result() for f in runs] for estimator, runs in futures.items()}
     iterations = sorted(set.intersection(*(set(c) for runs in curves.values() for c in runs)))
     print(f"\nheld-out success, suite {args.suite}, seeds {args.seeds}: mean [min-max]; iteration 0 = after warm start")
     print(f"{'iteration':>9}" + "".join(f"{e:>22}" for e in estimators))
