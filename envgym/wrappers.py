@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -99,6 +100,53 @@ class ObservationFormat(gymnasium.Wrapper):
     def step(self, action: str) -> StepResult:
         obs, reward, terminated, truncated, info = self.env.step(action)
         return self._format(obs, info), reward, terminated, truncated, info
+
+
+class ActionExtraction(gymnasium.Wrapper):
+    """Find the action inside a free-form reply before the env sees it (for models that talk around it).
+
+    - ``"tag"``: the content of the last ``<tag>...</tag>`` in the reply (verl-agent's
+      ``<action>`` convention);
+    - ``"admissible"``: the one admissible action (``info["admissible_actions"]`` of the
+      current state) that the reply names as a whole phrase, e.g. "so go north." -> ``go north``.
+    A reply in which nothing, or (``"admissible"``) more than one action, is found goes to the
+    env unchanged, which judges it (usually invalid). `info["extracted_action"]` holds what the
+    env received; the reply itself, not the extraction, is what a policy is trained on.
+    """
+
+    def __init__(self, env: gymnasium.Env, mode: Literal["tag", "admissible"] = "admissible", tag: str = "action"):
+        if mode not in ("tag", "admissible"):
+            raise ValueError(f"mode must be 'tag' or 'admissible', got {mode!r}")
+        super().__init__(env)
+        self.mode = mode
+        self._tag = re.compile(rf"<{re.escape(tag)}>(.*?)</{re.escape(tag)}>", re.DOTALL | re.IGNORECASE)
+        self._admissible: list[str] = []
+
+    def extract(self, reply: str) -> str:
+        """The action `reply` names (see the class docstring), or `reply` itself when none or several."""
+        if self.mode == "tag":
+            found = self._tag.findall(reply)
+            return found[-1].strip() if found else reply
+        text = " ".join(reply.lower().split())
+        named = {a for a in self._admissible if re.search(rf"(?<!\w){re.escape(' '.join(a.lower().split()))}(?!\w)", text)}
+        # "take the key" also names "take the key from the box": keep only maximal phrases
+        named = {a for a in named if not any(a != b and a.lower() in b.lower() for b in named)}
+        return named.pop() if len(named) == 1 else reply
+
+    def _remember(self, info: dict[str, Any]) -> None:
+        self._admissible = list(info.get("admissible_actions") or [])
+
+    def reset(self, **kwargs: Any) -> tuple[str, dict[str, Any]]:
+        obs, info = self.env.reset(**kwargs)
+        self._remember(info)
+        return obs, info
+
+    def step(self, action: str) -> StepResult:
+        extracted = self.extract(action) if isinstance(action, str) else action
+        obs, reward, terminated, truncated, info = self.env.step(extracted)
+        info["extracted_action"] = extracted
+        self._remember(info)
+        return obs, reward, terminated, truncated, info
 
 
 def _jsonable(value: Any) -> Any:

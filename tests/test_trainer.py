@@ -127,3 +127,15 @@ def test_eval_plays_a_small_split_several_times_when_sampling(tmp_path):
     greedy = Trainer(micro(tmp_path, [*overrides, "eval.temperature=0.0"])).evaluate()
     assert envgym.make("games/GuessNumber-v0", low=1, high=16).unwrapped.num_tasks["test"] == 2
     assert sampled["eval/episodes"] == 8 and greedy["eval/episodes"] == 2  # 2 tasks x ceil(7 / 2), 2 tasks x 1
+
+
+def test_env_extract_action_wraps_the_training_env(tmp_path):
+    from envgym.trainers.config import EnvOptions
+    from envgym.trainers.trainer import make_env
+
+    env = make_env(EnvOptions(id="games/Maze-v0", kwargs={"size": 3}, extract_action="admissible"))
+    _, info = env.reset(seed=0, options={"split": "test", "task": 0})
+    _, _, _, _, info = env.step(f"Let's head {info['admissible_actions'][0]} now.")
+    assert not info["invalid_action"]
+    with pytest.raises(ConfigError, match="env.extract_action"):
+        micro(tmp_path, ["env.extract_action=regex"])

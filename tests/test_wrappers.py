@@ -5,7 +5,7 @@ import json
 import pytest
 
 import envgym
-from envgym.wrappers import EpisodeRecorder, InvalidActionPolicy, ObservationFormat, TurnLimit
+from envgym.wrappers import ActionExtraction, EpisodeRecorder, InvalidActionPolicy, ObservationFormat, TurnLimit
 
 
 def guess(**kwargs):
@@ -65,3 +65,30 @@ def test_episode_recorder_writes_one_jsonl_line_per_finished_episode(tmp_path):
     assert lines[0]["env_id"] == "games/GuessNumber-v0"
     assert lines[0]["turns"][-1]["reward"] == 1.0 and lines[0]["turns"][-1]["terminated"]
     assert lines[0]["turns"][-1]["info"]["won"] is True
+
+
+def test_action_extraction_finds_the_one_admissible_action_a_reply_names():
+    env = ActionExtraction(envgym.make("textworld/CoinCollector-v0"))
+    obs, info = env.reset(seed=0, options={"split": "test", "task": 0})
+    move = env.unwrapped.oracle_action()  # e.g. "go east"
+    other = next(a for a in info["admissible_actions"] if a != move)
+    assert env.extract(f"Hmm. To reach the coin I would   {move.upper()}, I think.") == move
+    assert env.extract(f"Either {move} or {other}?") == f"Either {move} or {other}?"  # ambiguous: unchanged
+    assert env.extract(f"{move}ward") == f"{move}ward"  # a phrase, not a substring of a word
+    _, _, _, _, info = env.step(f"I'll {move}.")
+    assert not info["invalid_action"] and info["extracted_action"] == move
+    _, _, _, _, info = env.step("Let me think about the room first.")
+    assert info["invalid_action"] and info["extracted_action"] == "Let me think about the room first."
+
+
+def test_action_extraction_by_tag_takes_the_last_tag():
+    env = ActionExtraction(envgym.make("games/Maze-v0"), mode="tag")
+    _, info = env.reset(seed=0, options={"split": "test", "task": 0})
+    move = info["admissible_actions"][0]
+    reply = f"<action>jump</action> no, better: <ACTION> {move} </ACTION>"
+    _, _, _, _, info = env.step(reply)
+    assert info["extracted_action"] == move and not info["invalid_action"]
+    _, _, _, _, info = env.step(move)  # no tag: the reply goes to the env as it is
+    assert info["extracted_action"] == move
+    with pytest.raises(ValueError, match="mode must be 'tag' or 'admissible'"):
+        ActionExtraction(envgym.make("games/Maze-v0"), mode="regex")

@@ -61,6 +61,9 @@ class EnvOptions:
     kwargs: dict[str, Any] = field(default_factory=dict)
     max_turns: int | None = None  # None: the registered TurnLimit
     show_admissible: bool = False  # append "Valid actions: ..." to each observation
+    # find the action inside free-form replies: "tag" (<action>...</action>) or "admissible"
+    # (the one admissible action the reply names); see envgym.wrappers.ActionExtraction
+    extract_action: Literal["none", "tag", "admissible"] = "none"
 
 
 @dataclass

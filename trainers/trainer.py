@@ -39,7 +39,7 @@ from envgym.trainers.losses import kl_penalty, ppo_clip_loss, sampled_logprobs
 from envgym.trainers.run_log import RunLog
 from envgym.trainers.tiny_model import VOCABULARIES, tiny_policy_model
 from envgym.trainers.token_rows import subset, to_device
-from envgym.wrappers import ObservationFormat
+from envgym.wrappers import ActionExtraction, ObservationFormat
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ EVAL_SEED = 12345  # held-out evaluation always plays the same tasks with the sa
 def make_env(options: EnvOptions) -> Any:
     """The training env of `options` (picklable through functools.partial, for process pools)."""
     env = envgym.make(options.id, **options.kwargs)
+    if options.extract_action != "none":
+        env = ActionExtraction(env, mode=options.extract_action)
     return ObservationFormat(env) if options.show_admissible else env
 
 
