@@ -7,8 +7,8 @@
 Every run starts from the quickstart recipe (tiny model, oracle warm start) with
 the suite's env, then changes only the estimator (and the turn-reward model it
 needs). Runs are single-threaded, `--jobs` at a time (default 2, one per core
-here); each prints its curve, and the table at the end gives mean and spread (min-max) of held-out success over seeds
-at every evaluated iteration.
+here); each prints its curve, and the table at the end gives mean and spread
+(min-max) of held-out success over seeds at every evaluated iteration.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def run(suite: str, estimator: str, seed: int, iterations: int, out_root: str) -
     if estimator == "grpo":
         overrides.append("algorithm.options={}")
     history = Trainer(load_config(recipes_dir() / "quickstart.yaml", overrides)).fit()
-    curve = {int(m["iteration"]): m["eval/success"] for m in history if m.get("phase") != "init" and "eval/success" in m}
+    curve = {int(m["iteration"]): m["eval/success"] for m in history
+             if m.get("phase") != "init" and "eval/success" in m}
     print(f"{estimator} seed {seed}: {curve} ({time.perf_counter() - started:.0f} s)", flush=True)
     return curve
 

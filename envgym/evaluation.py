@@ -10,8 +10,8 @@ report.png.
 from __future__ import annotations
 
 import argparse
-import json
 import functools
+import json
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -190,14 +190,15 @@ def evaluate(
                       load_policy(spec, **({"sampling": sampling} if spec.startswith("openai:") and sampling else {})))
             for env_id in env_ids:
                 task = bar.add_task(f"{env_id} · {name}", total=episodes * samples) if bar else None
+                env = functools.partial(envgym.make, env_id, **env_kwargs) if env_kwargs else env_id
                 result = collect_groups(
-                    functools.partial(envgym.make, env_id, **env_kwargs) if env_kwargs else env_id, loaded, n_groups=episodes, group_size=samples, split=split, seed=seed, sampling=sampling,
+                    env, loaded, n_groups=episodes, group_size=samples, split=split, seed=seed, sampling=sampling,
                     context=context, window=window, max_turns=max_turns, backend=backend, num_envs=num_envs,
                     on_episode=(lambda done, total, t=task: bar.update(t, completed=done)) if bar else None)
                 rows.append(summarize(env_id, name, result, samples))
-    settings = {"env_kwargs": env_kwargs, "split": split, "episodes": episodes, "samples": samples, "seed": seed, "context": context,
-                "window": window, "max_turns": max_turns, "sampling": asdict(sampling or SamplingParams()),
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    settings = {"env_kwargs": env_kwargs, "split": split, "episodes": episodes, "samples": samples, "seed": seed,
+                "context": context, "window": window, "max_turns": max_turns,
+                "sampling": asdict(sampling or SamplingParams()), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     return EvalReport(rows, settings)
 
 
@@ -219,12 +220,13 @@ def _progress_bar(enabled: bool):
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """`envgym eval`: print the Markdown table; write report.json/.md/.png under --out."""
-    sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
-    from envgym.cli import parse_kwargs
+    from envgym.cli import parse_kwargs  # here: envgym.cli imports this module to register the subcommand
 
-    report = evaluate(args.env, args.policy, env_kwargs=parse_kwargs(args.env_kwarg), split=args.split, episodes=args.episodes, samples=args.samples,
-                      seed=args.seed, sampling=sampling, context=args.context, window=args.window,
-                      max_turns=args.max_turns, backend=args.backend, progress=True)
+    sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
+    report = evaluate(args.env, args.policy, env_kwargs=parse_kwargs(args.env_kwarg), split=args.split,
+                      episodes=args.episodes, samples=args.samples, seed=args.seed, sampling=sampling,
+                      context=args.context, window=args.window, max_turns=args.max_turns, backend=args.backend,
+                      progress=True)
     print(report.to_markdown(), end="")  # plain print: a console would wrap the table's rows
     if args.out:
         paths = report.save(args.out)

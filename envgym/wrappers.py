@@ -120,21 +120,21 @@ class ActionExtraction(gymnasium.Wrapper):
         super().__init__(env)
         self.mode = mode
         self._tag = re.compile(rf"<{re.escape(tag)}>(.*?)</{re.escape(tag)}>", re.DOTALL | re.IGNORECASE)
-        self._admissible: list[str] = []
+        self._phrases: dict[str, str] = {}  # admissible action, lower-cased with single spaces -> as the env wrote it
 
     def extract(self, reply: str) -> str:
         """The action `reply` names (see the class docstring), or `reply` itself when none or several."""
         if self.mode == "tag":
             found = self._tag.findall(reply)
             return found[-1].strip() if found else reply
-        text = " ".join(reply.lower().split())
-        named = {a for a in self._admissible if re.search(rf"(?<!\w){re.escape(' '.join(a.lower().split()))}(?!\w)", text)}
+        text = _normalize(reply)
+        named = [p for p in self._phrases if re.search(rf"(?<!\w){re.escape(p)}(?!\w)", text)]
         # "take the key" also names "take the key from the box": keep only maximal phrases
-        named = {a for a in named if not any(a != b and a.lower() in b.lower() for b in named)}
-        return named.pop() if len(named) == 1 else reply
+        named = [p for p in named if not any(p != q and p in q for q in named)]
+        return self._phrases[named[0]] if len(named) == 1 else reply
 
     def _remember(self, info: dict[str, Any]) -> None:
-        self._admissible = list(info.get("admissible_actions") or [])
+        self._phrases = {_normalize(a): a for a in info.get("admissible_actions") or []}
 
     def reset(self, **kwargs: Any) -> tuple[str, dict[str, Any]]:
         obs, info = self.env.reset(**kwargs)
@@ -147,6 +147,11 @@ class ActionExtraction(gymnasium.Wrapper):
         info["extracted_action"] = extracted
         self._remember(info)
         return obs, reward, terminated, truncated, info
+
+
+def _normalize(text: str) -> str:
+    """`text` lower-cased, with runs of whitespace as single spaces."""
+    return " ".join(text.lower().split())
 
 
 def _jsonable(value: Any) -> Any:

@@ -30,6 +30,11 @@ def parse_move(action: str) -> str | None:
     return move if move in MOVES else None
 
 
+def unknown_move(action: str) -> str:
+    """The feedback for an action that names no direction."""
+    return f"Unknown move {action[:40]!r}. Reply with north, south, east or west."
+
+
 def carve_maze(size: int, loops: float, rng: np.random.Generator) -> np.ndarray:
     """A (2*size+1)^2 char grid of '#' walls and '.' floor: a DFS maze plus `loops` of the remaining walls removed."""
     grid = np.full((2 * size + 1, 2 * size + 1), "#")
@@ -162,7 +167,7 @@ class Maze(Env):
         action = self.check_action(action)
         move = parse_move(action)
         if move is None:
-            obs = f"Unknown move {action[:40]!r}. Reply with north, south, east or west.\n{self._render()}"
+            obs = f"{unknown_move(action)}\n{self._render()}"
             return obs, 0.0, False, False, self._info(invalid_action=True)
         if move not in self._open_moves():
             return f"You bump into a wall going {move}.\n{self._render()}", 0.0, False, False, \

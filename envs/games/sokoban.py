@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from envgym.core import Env, draw_task
-from envgym.envs.games.maze import MOVES, parse_move
+from envgym.envs.games.maze import MOVES, parse_move, unknown_move
 
 State = tuple[int, tuple[int, ...]]  # (player cell, sorted box cells); cells are flat indices r * width + c
 
@@ -192,7 +192,7 @@ class Sokoban(Env):
         action = self.check_action(action)
         move = parse_move(action)
         if move is None:
-            obs = f"Unknown move {action[:40]!r}. Reply with north, south, east or west.\n{self.level.render(self.state)}"
+            obs = f"{unknown_move(action)}\n{self.level.render(self.state)}"
             return obs, 0.0, False, False, self._info(invalid_action=True)
         nxt = self.level.move(self.state, move)
         if nxt is None:
