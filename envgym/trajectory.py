@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,7 +54,10 @@ class Turn:
     state of GiGPO). `env_time` is the seconds the env took to produce the
     observation this turn acted on (reset for turn 0, the previous step
     otherwise) plus this step; `model_time` is this turn's share of the
-    batched generation time.
+    batched generation time. `annotations` holds values computed after the
+    rollout and stored with the turn for inspection (a trainer writes
+    `advantage`, `intrinsic`, `anchor_size`, `new_logprobs`, `tokens`; an
+    evaluation writes what it measured); the rollout never reads them.
     """
 
     observation: str
@@ -68,6 +71,7 @@ class Turn:
     logprobs: tuple[float, ...] = ()
     env_time: float = 0.0
     model_time: float = 0.0
+    annotations: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.logprobs) != len(self.action_ids):
@@ -161,11 +165,12 @@ def _turn_dict(t: Turn) -> dict[str, Any]:
     return {"observation": t.observation, "action": t.action, "reward": t.reward, "state_key": t.state_key,
             "invalid_action": t.invalid_action, "finish": t.finish.value, "obs_ids": list(t.obs_ids),
             "action_ids": list(t.action_ids), "logprobs": list(t.logprobs), "env_time": t.env_time,
-            "model_time": t.model_time}
+            "model_time": t.model_time, "annotations": t.annotations}
 
 
 def _turn_from_dict(d: dict[str, Any]) -> Turn:
-    return Turn(**{**d, "finish": FinishReason(d["finish"]), **{k: tuple(d[k]) for k in _TURN_SEQUENCES}})
+    return Turn(**{**d, "finish": FinishReason(d["finish"]), "annotations": d.get("annotations") or {},
+                   **{k: tuple(d[k]) for k in _TURN_SEQUENCES}})
 
 
 # ---------------------------------------------------------------------------------------------- storage
@@ -221,7 +226,8 @@ def _save_parquet(path: Path, groups: list[Group]) -> None:
                 rows.append({"group": g_index, "episode": e_index, "turn": t_index,
                              "row_start": t_index in episode.row_starts,
                              **{k: getattr(group, k) for k in _GROUP_COLUMNS},
-                             **{k: episode_fields[k] for k in _EPISODE_COLUMNS}, **_turn_dict(turn)})
+                             **{k: episode_fields[k] for k in _EPISODE_COLUMNS}, **_turn_dict(turn),
+                             "annotations": json.dumps(turn.annotations)})
     schema = pa.schema([
         ("group", pa.int64()), ("episode", pa.int64()), ("turn", pa.int64()), ("row_start", pa.bool_()),
         ("env_id", pa.string()), ("split", pa.string()), ("task", pa.int64()), ("seed", pa.int64()),
@@ -230,6 +236,7 @@ def _save_parquet(path: Path, groups: list[Group]) -> None:
         ("state_key", pa.string()), ("invalid_action", pa.bool_()), ("finish", pa.string()),
         ("obs_ids", pa.list_(pa.int64())), ("action_ids", pa.list_(pa.int64())),
         ("logprobs", pa.list_(pa.float64())), ("env_time", pa.float64()), ("model_time", pa.float64()),
+        ("annotations", pa.string()),  # JSON: its values vary by writer
     ])
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
 
@@ -245,7 +252,7 @@ def _load_parquet(path: Path) -> list[Group]:
             row["episode"], {k: row[k] for k in (*_GROUP_COLUMNS, *_EPISODE_COLUMNS)} | {"turns": [], "row_starts": []})
         if row["row_start"]:
             episode["row_starts"].append(row["turn"])
-        episode["turns"].append({k: row[k] for k in turn_keys})
+        episode["turns"].append({k: row[k] for k in turn_keys} | {"annotations": json.loads(row["annotations"])})
     return [Group.from_dict({**g, "episodes": [g["episodes"][i] for i in sorted(g["episodes"])]})
             for _, g in sorted(groups.items())]
 

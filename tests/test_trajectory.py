@@ -1,5 +1,7 @@
 """Trajectory types: packing into TurnBatch and token rows, and lossless JSONL / Parquet round trips."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -19,7 +21,9 @@ def turn(obs_ids, action_ids, reward=0.0, state="s", invalid=False, finish=Finis
 
 
 def groups():
-    full = Episode("games/Maze-v0", "test", 3, 11, (turn([1, 2, 3], [7, 8]), turn([4], [9], 1.0, "t")),
+    annotated = dataclasses.replace(turn([1, 2, 3], [7, 8]), annotations={
+        "advantage": AWKWARD[0], "anchor_size": 3, "new_logprobs": AWKWARD[1:3], "tokens": ["go", " north"]})
+    full = Episode("games/Maze-v0", "test", 3, 11, (annotated, turn([4], [9], 1.0, "t")),
                    EpisodeEnd.TERMINATED, won=True, row_starts=(0,), answer="42")
     per_turn = Episode("games/Maze-v0", "test", 3, 11, (turn([1, 2, 3], [7]), turn([1, 2, 3, 7, 5], [6] * 5, 0.5, "u",
                                                                                    True, FinishReason.LENGTH)),
@@ -83,6 +87,7 @@ def test_save_and_load_round_trip_exactly(tmp_path, suffix):
     assert loaded == original
     logprobs = [lp for g in loaded for e in g.episodes for t in e.turns for lp in t.logprobs]
     assert any(str(lp) == "-0.0" for lp in logprobs) and -5e-324 in logprobs
+    assert loaded[0].episodes[0].turns[0].annotations["new_logprobs"] == AWKWARD[1:3]
 
 
 def test_invalid_values_are_refused_with_a_reason(tmp_path):
