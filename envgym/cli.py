@@ -1,4 +1,4 @@
-"""The `envgym` command: list, info, check, play, and (where installed) eval, train, sft.
+"""The `envgym` command: list, info, check, play, eval, view, diagnose, and (where installed) train, sft.
 
 Exit codes: 0 success, 1 a check or run failed, 2 bad usage (unknown id, bad option).
 """
@@ -16,11 +16,12 @@ from rich.console import Console
 from rich.table import Table
 
 import envgym
+from envgym.diagnose import add_diagnose_options
 from envgym.registration import spec as env_spec
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 #: Modules that add subcommands through `register_cli(subparsers)`; a missing one is skipped.
-SUBCOMMAND_MODULES = ("envgym.evaluation", "envgym.trainers.cli")
+SUBCOMMAND_MODULES = ("envgym.evaluation", "envgym.trainers.cli", "envgym.viewer", "envgym.diagnose")
 
 console = Console()
 
@@ -85,6 +86,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         style = "green" if report.ok else "red"
         console.print(f"[{style}]{report.render()}[/{style}]", highlight=False)
         failed += not report.ok
+        if args.diagnose:  # warnings only: a finding does not fail the check
+            from envgym.diagnose import diagnose
+
+            diagnosis = diagnose(env_id, env_kwargs=parse_kwargs(args.kwargs), groups=args.groups,
+                                 group_size=args.group_size, probe_tasks=args.probe_tasks, max_turns=args.max_turns)
+            console.print(diagnosis.render(), style="yellow" if diagnosis.warnings else None, highlight=False,
+                          markup=False)
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -137,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="*", metavar="ID", help="env ids to check")
     p.add_argument("--all", action="store_true", help="check every registered env")
     p.add_argument("--kwargs", nargs="*", default=[], metavar="KEY=VALUE", help="constructor overrides")
+    p.add_argument("--diagnose", action="store_true",
+                   help="also run `envgym diagnose` (anchor hit rate, reward range, reward-hacking probes)")
+    add_diagnose_options(p)
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("play", help="play an env in the terminal")

@@ -3,8 +3,8 @@
 Per env and policy it reports the success rate with a 95% Wilson interval,
 mean return, mean turns, pass@k (the unbiased estimator of Chen et al. 2021
 over the `samples` episodes played per task), the invalid-action rate and the
-tokens generated; `EvalReport.save(dir)` writes report.json, report.md and
-report.png.
+tokens generated; `EvalReport.save(dir)` writes report.json, report.md,
+report.png and every episode played (episodes/, for `envgym view`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import argparse
 import functools
 import json
 import math
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,7 @@ from envgym.chat import ContextMode
 from envgym.policies import POLICY_SPECS, Policy, SamplingParams, load_policy
 from envgym.pool import Backend
 from envgym.rollout import RolloutResult, collect_groups
+from envgym.trajectory import save_groups
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -71,9 +73,12 @@ class EvalReport:
 
     rows: list[EvalRow]
     settings: dict[str, Any] = field(default_factory=dict)
+    rollouts: list[RolloutResult] = field(default_factory=list, repr=False)  # per row: its episodes and failures
 
-    def to_json(self) -> str:
-        return json.dumps({"settings": self.settings, "results": [asdict(r) for r in self.rows]}, indent=2)
+    def to_json(self, stored: Sequence[dict[str, Any]] = ()) -> str:
+        """The report as JSON; `stored` (one dict per row, from `save`) says where each row's episodes are."""
+        results = [asdict(r) | (stored[i] if i < len(stored) else {}) for i, r in enumerate(self.rows)]
+        return json.dumps({"settings": self.settings, "results": results}, indent=2)
 
     def to_markdown(self) -> str:
         ks = sorted({k for r in self.rows for k in r.pass_at_k})
@@ -118,12 +123,23 @@ class EvalReport:
         return path
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write report.json, report.md and report.png into `out_dir`; returns their paths."""
+        """Write report.json, report.md, report.png and episodes/ into `out_dir`; returns their paths.
+
+        Each row's episodes go to `episodes/NN_ENV_POLICY.jsonl` (`save_groups`); report.json names
+        that file and lists the row's failed episode attempts with their causes.
+        """
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "report.json").write_text(self.to_json(), encoding="utf-8")
+        stored = []
+        for index, (row, rollout) in enumerate(zip(self.rows, self.rollouts)):
+            name = re.sub(r"[^A-Za-z0-9.-]+", "_", f"{row.env_id}_{row.policy}")[:80]
+            path = save_groups(out / "episodes" / f"{index:02d}_{name}.jsonl", rollout.groups)
+            stored.append({"episodes_file": path.relative_to(out).as_posix(),
+                           "failures": [asdict(f) for f in rollout.failures]})
+        (out / "report.json").write_text(self.to_json(stored), encoding="utf-8")
         (out / "report.md").write_text(self.to_markdown(), encoding="utf-8")
-        return {"json": out / "report.json", "markdown": out / "report.md", "chart": self.plot(out / "report.png")}
+        paths = {"json": out / "report.json", "markdown": out / "report.md", "chart": self.plot(out / "report.png")}
+        return paths | ({"episodes": out / "episodes"} if stored else {})
 
 
 def summarize(env_id: str, policy_name: str, result: RolloutResult, samples: int) -> EvalRow:
@@ -183,7 +199,7 @@ def evaluate(
         if env_kwargs:
             envgym.make(env_id, **env_kwargs).close()
     named = [(p, p) if isinstance(p, str) else (type(p).__name__, p) for p in policies]
-    rows = []
+    rows, rollouts = [], []
     with _progress_bar(progress) as bar:
         for name, spec in named:
             loaded = (spec if not isinstance(spec, str) else  # an endpoint samples with the same settings
@@ -196,10 +212,11 @@ def evaluate(
                     context=context, window=window, max_turns=max_turns, backend=backend, num_envs=num_envs,
                     on_episode=(lambda done, total, t=task: bar.update(t, completed=done)) if bar else None)
                 rows.append(summarize(env_id, name, result, samples))
+                rollouts.append(result)
     settings = {"env_kwargs": env_kwargs, "split": split, "episodes": episodes, "samples": samples, "seed": seed,
                 "context": context, "window": window, "max_turns": max_turns,
                 "sampling": asdict(sampling or SamplingParams()), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    return EvalReport(rows, settings)
+    return EvalReport(rows, settings, rollouts)
 
 
 class _NoBar:

@@ -16,6 +16,7 @@ empty; their episodes evaluate but carry nothing to train on.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -56,8 +57,9 @@ class Turn:
     otherwise) plus this step; `model_time` is this turn's share of the
     batched generation time. `annotations` holds values computed after the
     rollout and stored with the turn for inspection (a trainer writes
-    `advantage`, `intrinsic`, `anchor_size`, `new_logprobs`, `tokens`; an
-    evaluation writes what it measured); the rollout never reads them.
+    `advantage`, `intrinsic`, `anchor_size`, `new_logprobs`, `obs_tokens` and
+    `action_tokens`: see `envgym.trainers.episode_log`); the rollout never
+    reads them.
     """
 
     observation: str
@@ -135,6 +137,15 @@ class Group:
     task: int
     seed: int
     episodes: tuple[Episode, ...]
+
+    def anchor_sizes(self) -> list[list[int]]:
+        """Per episode, per turn: how many turns of this group act from the same `state_key` (itself included).
+
+        This is the size of the turn's GiGPO anchor bucket with exact keys (loops within an episode count);
+        1 means the state occurs nowhere else in the group, so GiGPO's step-level advantage is 0 there.
+        """
+        counts = Counter(t.state_key for e in self.episodes for t in e.turns)
+        return [[counts[t.state_key] for t in e.turns] for e in self.episodes]
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; `Group.from_dict` inverts it exactly."""

