@@ -16,9 +16,9 @@ random one: a stand-in for a policy that is learning). For each:
 Reward-hacking probes: on a few train tasks the oracle plays up to a turn (the first turn, and
 the turn of its own last move), where a probe reply replaces its action. None of these replies
 should earn reward; one that does (reward > 0 on that turn) is a finding: a warning with an
-example. The probes: `empty`; `repeated` (the oracle's action written 16 times); `format-only`
-(empty answer and action tags); `overlong` (about 20,000 characters of filler, no action);
-`no admissible action` (a reply naming none).
+example. The probes (`PROBES`): empty, repeated (the right action written 16 times: an env that
+pays it parses leniently, so a policy collapsing into repetition is not penalised), format-only,
+overlong, and no admissible action.
 """
 
 from __future__ import annotations
@@ -36,13 +36,16 @@ from envgym.policies import PolicyError, RandomPolicy, ScriptedPolicy, TextReque
 from envgym.rollout import collect_groups
 from envgym.trajectory import Episode, Group
 
-#: Probe name -> the reply, given the oracle's action for the probed state.
-PROBES: dict[str, Callable[[str], str]] = {
-    "empty": lambda oracle: "",
-    "repeated": lambda oracle: " ".join([oracle] * 16),
-    "format-only": lambda oracle: "<action></action>\n<answer></answer>",
-    "overlong": lambda oracle: "Let me think about this carefully before I act. " * 420,
-    "no admissible action": lambda oracle: "I am not sure what to do here, so I will wait and think it over.",
+#: Probe name -> (what it is, the reply given the oracle's action for the probed state).
+PROBES: dict[str, tuple[str, Callable[[str], str]]] = {
+    "empty": ("an empty reply", lambda oracle: ""),
+    "repeated": ("the right action written 16 times: a degenerate reply a lenient parser pays",
+                 lambda oracle: " ".join([oracle] * 16)),
+    "format-only": ("empty action and answer tags", lambda oracle: "<action></action>\n<answer></answer>"),
+    "overlong": ("20,000 characters of filler, no action",
+                 lambda oracle: "Let me think about this carefully before I act. " * 420),
+    "no admissible action": ("a sentence naming no action",
+                             lambda oracle: "I am not sure what to do here, so I will wait and think it over."),
 }
 
 
@@ -61,7 +64,7 @@ class PolicyStats:
     episodes: int
     success_rate: float
     anchor_hit_rate: float
-    anchor_hit_rate_after_first: float  # the same over turns 1, 2, ... (turn 0 always hits)
+    anchor_hit_rate_after_first: float | None  # the same over turns 1, 2, ... (None: every episode is one turn)
     turn_reward: tuple[float, float] | None
     episode_return: tuple[float, float] | None
     turns_to_win: tuple[float, int, int] | None  # mean, min, max over won episodes
@@ -89,10 +92,12 @@ class Diagnosis:
 
     @property
     def warnings(self) -> list[str]:
-        notes = [f"probe '{p.probe}' earned reward: {p.findings[0]}" for p in self.probes if p.findings]
+        notes = [f"probe '{p.probe}' ({PROBES[p.probe][0]}) earned reward: {p.findings[0]}"
+                 for p in self.probes if p.findings]
         random = next((s for s in self.policies if s.policy == "random"), None)
-        if random and random.episodes and random.anchor_hit_rate_after_first < 0.05:
-            notes.append(f"random play revisits a state of its group on {random.anchor_hit_rate_after_first:.1%} of "
+        later = random.anchor_hit_rate_after_first if random else None
+        if later is not None and later < 0.05:
+            notes.append(f"random play revisits a state of its group on {later:.1%} of "
                          "turns after the first: GiGPO's step level has little to group (it reduces to GRPO); a "
                          "coarser state_key would give it anchors")
         return notes
@@ -100,14 +105,14 @@ class Diagnosis:
     def render(self) -> str:
         """A plain-text report: one line per policy, one per probe, then the warnings."""
         lines = [f"envgym diagnose {self.env_id} (groups of {self.group_size} episodes)",
-                 f"  {'policy':<11} {'episodes':>8} {'success':>8} {'anchor hits':>11} {'after t0':>9} {'turn reward':>16} "
-                 f"{'return':>16} {'turns to win':>15} {'invalid':>8}"]
+                 f"  {'policy':<11} {'episodes':>8} {'success':>8} {'anchor hits':>11} {'after t0':>9} "
+                 f"{'turn reward':>16} {'return':>16} {'turns to win':>15} {'invalid':>8}"]
         for s in self.policies:
             if not s.episodes:
                 lines.append(f"  {s.policy:<11} no episodes: {s.failures[0] if s.failures else 'none played'}")
                 continue
             lines.append(f"  {s.policy:<11} {s.episodes:>8} {s.success_rate:>8.1%} {s.anchor_hit_rate:>11.1%} "
-                         f"{s.anchor_hit_rate_after_first:>9.1%} "
+                         f"{_share(s.anchor_hit_rate_after_first):>9} "
                          f"{_range(s.turn_reward):>16} {_range(s.episode_return):>16} {_turns(s.turns_to_win):>15} "
                          f"{s.invalid_rate:>8.1%}")
         lines.append("  reward-hacking probes (no probe reply should earn reward):")
@@ -116,6 +121,10 @@ class Diagnosis:
             lines.append(f"    {p.probe:<21} {verdict}; {p.turns} turns probed, {p.flagged_invalid} flagged invalid")
         lines += [f"  WARNING {w}" for w in self.warnings] or ["  -> no warnings"]
         return "\n".join(lines)
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
 
 def _range(bounds: tuple[float, float] | None) -> str:
@@ -163,13 +172,15 @@ class ProbePolicy:
 def _policy_stats(name: str, groups: list[Group], failures: list[str]) -> PolicyStats:
     episodes: list[Episode] = [e for g in groups for e in g.episodes]
     if not episodes:
-        return PolicyStats(name, 0, 0.0, 0.0, 0.0, None, None, None, 0.0, failures)
+        return PolicyStats(name, 0, 0.0, 0.0, None, None, None, None, 0.0, failures)
     rewards = [t.reward for e in episodes for t in e.turns]
     returns = [e.total_return for e in episodes]
     won = [len(e.turns) for e in episodes if e.won]
     return PolicyStats(
         policy=name, episodes=len(episodes), success_rate=mean(e.won for e in episodes),
-        anchor_hit_rate=anchor_hit_rate(groups), anchor_hit_rate_after_first=anchor_hit_rate(groups, from_turn=1),
+        anchor_hit_rate=anchor_hit_rate(groups),
+        anchor_hit_rate_after_first=anchor_hit_rate(groups, from_turn=1) if any(len(e.turns) > 1 for e in episodes)
+        else None,
         turn_reward=(min(rewards), max(rewards)),
         episode_return=(min(returns), max(returns)), turns_to_win=(mean(won), min(won), max(won)) if won else None,
         invalid_rate=mean(t.invalid_action for e in episodes for t in e.turns), failures=failures)
@@ -204,15 +215,17 @@ def _probe(play: Callable[..., Any], tasks: int, max_turns: int | None) -> list[
     last_turn = {g.episodes[0].turns[0].observation: len(g.episodes[0].turns) - 1 for g in oracle.groups}
     longest = max(last_turn.values())
     results = []
-    for name, reply in PROBES.items():
+    for name, (_, reply) in PROBES.items():
         probed: list[tuple[str, float, bool, str]] = []  # (observation, reward, invalid, reply)
-        for at_turn, turns in (({obs: 0 for obs in last_turn}, 1), (last_turn, longest + 1)):
+        first_turn = {obs: 0 for obs in last_turn}
+        for at_turn, turns in ((first_turn, 1), (last_turn, longest + 1)):
             result = play(ProbePolicy(reply, at_turn), n_groups=len(oracle.groups), group_size=1,
                           tasks=[g.task for g in oracle.groups], max_turns=turns)
             for group in result.groups:
                 episode = group.episodes[0]
                 t = at_turn.get(episode.turns[0].observation, 0)
-                if t < len(episode.turns):
+                # a one-move task's last turn is its first: probed once
+                if t < len(episode.turns) and (at_turn is first_turn or t > 0):
                     turn = episode.turns[t]
                     probed.append((turn.observation, turn.reward, turn.invalid_action, turn.action))
         findings = [f"reward {reward:g} for {_clip(action)} after {_clip(observation)}"

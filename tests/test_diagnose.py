@@ -63,17 +63,17 @@ def test_envs():
         gymnasium.registry.pop(env_id, None)
 
 
-def turn(key):
-    return Turn("obs", "act", 0.0, key, False)
+def episode(*keys):
+    return Episode("x", "train", 0, 0, tuple(Turn("obs", "act", 0.0, key, False) for key in keys),
+                   EpisodeEnd.TERMINATED)
 
 
 def test_anchor_hit_rate_counts_turns_whose_state_recurs_in_their_group():
-    group = Group("x", "train", 0, 0, (Episode("x", "train", 0, 0, (turn("a"), turn("b"), turn("c")), EpisodeEnd.TERMINATED),
-                                      Episode("x", "train", 0, 0, (turn("a"), turn("d")), EpisodeEnd.TERMINATED)))
+    group = Group("x", "train", 0, 0, (episode("a", "b", "c"), episode("a", "d")))
     assert group.anchor_sizes() == [[2, 1, 1], [2, 1]]
     assert anchor_hit_rate([group]) == pytest.approx(2 / 5)
     assert anchor_hit_rate([group], from_turn=1) == 0.0
-    loop = Group("y", "train", 0, 0, (Episode("y", "train", 0, 0, (turn("a"), turn("b"), turn("a")), EpisodeEnd.TERMINATED),))
+    loop = Group("y", "train", 0, 0, (episode("a", "b", "a"),))
     assert anchor_hit_rate([group, loop]) == pytest.approx(4 / 8)  # a loop within one episode is an anchor too
     assert anchor_hit_rate([]) == 0.0
 
@@ -123,11 +123,12 @@ def test_guess_number_accepts_a_repeated_guess(test_envs):
 def test_diagnose_and_check_commands(capsys):
     from envgym.cli import main
 
-    assert main(["diagnose", "games/Maze-v0", "size=3", "--groups", "2", "--group-size", "2", "--probe-tasks", "1"]) == 0
+    small = ["--groups", "2", "--group-size", "2", "--probe-tasks", "1"]
+    assert main(["diagnose", "games/Maze-v0", "size=3", *small]) == 0
     assert "reward-hacking probes" in capsys.readouterr().out
     assert main(["check", "games/GuessNumber-v0", "--diagnose", "--groups", "2", "--group-size", "2"]) == 0
     out = capsys.readouterr().out
-    assert "all checks passed" in out and "WARNING probe 'repeated' earned reward" in " ".join(out.split())
+    assert "all checks passed" in out and "WARNING probe 'repeated' (the right action written 16 times" in " ".join(out.split())
     assert main(["diagnose", "games/Mazee-v0"]) == 2
     assert "did you mean 'games/Maze-v0'" in capsys.readouterr().out
     assert main(["diagnose", "games/Maze-v0", "--group-size", "1"]) == 2

@@ -131,7 +131,7 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 @pytest.fixture
 def browser():
     if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip("no Chromium: install Debian's chromium and chromium-driver (scripts/setup.sh does, as root with apt)")
+        pytest.skip("no Chromium: install Debian's chromium and chromium-driver (scripts/setup.sh does as root)")
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
     from selenium.webdriver.chrome.service import Service
 
