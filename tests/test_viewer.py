@@ -20,13 +20,17 @@ RUN = {"iterations": 3, "threads": 1,
        "env": {"id": "games/Maze-v0", "kwargs": {"size": 3}, "max_turns": 4, "show_admissible": True},
        "rollout": {"n_groups": 3, "group_size": 3, "max_new_tokens": 2, "context": "window", "window": 0},
        "optim": {"epochs": 1, "micro_batch_tokens": 1024}, "eval": {"every": 2, "episodes": 4},
-       "checkpoint": {"every": 3}, "log_episodes": {"every": 1, "groups": 2}}
+       "checkpoint": {"every": 3}, "log_episodes": {"every": 1, "groups": 2},
+       "sft": {"steps": 30, "episodes": 64, "batch_tokens": 2048}}  # valid moves, some wins: advantages differ
 HOSTILE = "</script><script>document.title='pwned'</script><img src=x onerror=alert(1)> & \u2603"
 
 
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
-    """A real 3-iteration training run of the tiny model on 3x3 mazes (seconds), episodes stored every iteration."""
+    """A real 3-iteration training run of the tiny model on 3x3 mazes (seconds), episodes stored every iteration.
+
+    A short warm start first, so that episodes differ and their advantages are far from 0.
+    """
     out = tmp_path_factory.mktemp("viewer") / "run"
     Trainer(config_from_dict({**RUN, "out_dir": str(out)})).fit()
     return out
@@ -57,7 +61,7 @@ def test_run_data_holds_every_stored_turn_losslessly_enough(small_run):
     samples = read_samples(small_run)
     assert data["turn_fields"] == list(TURN_FIELDS) and data["eval"] is None
     assert [s["iteration"] for s in data["run"]["samples"]] == [1, 2, 3]
-    assert [m["iteration"] for m in data["run"]["metrics"]] == [0, 1, 2, 3]
+    assert [m["iteration"] for m in data["run"]["metrics"]] == [0, 0, 1, 2, 3]  # init, sft, 3 iterations
     assert data["run"]["config"]["env"]["id"] == "games/Maze-v0"
     strings, seqs, vocab = data["strings"], data["id_seqs"], data["vocab"]
     for stored, shown in zip(samples, data["run"]["samples"]):
@@ -170,10 +174,10 @@ def test_browser_click_through_run(browser, small_run, tmp_path):
     by_css = lambda selector: browser.find_elements("css selector", selector)  # noqa: E731
     metrics = [json.loads(line) for line in (small_run / "metrics.jsonl").read_text().splitlines()]
     rows = by_css("#iteration-table tbody tr")
-    assert len(rows) == len(metrics) == 4
+    assert len(rows) == len(metrics) == 5
     headers = [th.text for th in by_css("#iteration-table thead th")]
-    entropy = rows[2].find_elements("tag name", "td")[headers.index("entropy")].text
-    assert number(entropy) == pytest.approx(metrics[2]["loss/entropy"], abs=1e-3)
+    entropy = rows[3].find_elements("tag name", "td")[headers.index("entropy")].text
+    assert number(entropy) == pytest.approx(metrics[3]["loss/entropy"], abs=1e-3)
     assert len(by_css("#curve svg circle.point")) >= 3  # held-out and train success points
 
     # the turn with the largest |advantage| of iteration 2: open its group, then its token view
@@ -181,6 +185,7 @@ def test_browser_click_through_run(browser, small_run, tmp_path):
     g, e, k, turn = max(((g, e, k, t) for g, group in enumerate(sample.groups)
                          for e, episode in enumerate(group.episodes) for k, t in enumerate(episode.turns)),
                         key=lambda x: abs(x[3].annotations["advantage"]))
+    assert abs(turn.annotations["advantage"]) > 0.1  # else a wrong number could pass the checks below
     by_css("#iteration-table tr.clickable[data-iteration='2']")[0].click()
     assert by_css("#sample option:checked")[0].text == "iteration 2"
     assert len(by_css("#group-table tr.group-row")) == len(sample.groups)

@@ -107,10 +107,13 @@ function curveSeries(metric) {
   const rl = RUN.metrics.filter(m => m.phase === "rl" || m.phase === undefined);
   const points = key => rl.filter(m => isNum(m[key])).map(m => [m.iteration, m[key]]);
   if (metric !== "success") return [{name: metric, points: points(metric), colour: "#2f6fdf", line: true, dots: true}];
+  const before = RUN.metrics.filter(m => m.phase !== "rl" && m.phase !== undefined && isNum(m["eval/success"]));
+  const start = before.slice(-1).map(m => [m.iteration, m["eval/success"]]);  // the held-out line starts where RL did
   const series = [{name: "train (sampled)", points: points("train/success"), colour: "#7d8597", line: true, dots: false},
-                  {name: "held-out", points: points("eval/success"), colour: "#2f6fdf", line: true, dots: true}];
+                  {name: "held-out", points: [...start, ...points("eval/success")], colour: "#2f6fdf", line: true,
+                   dots: true}];
   for (const [phase, colour] of [["init", "#222"], ["sft", "#e07b00"]]) {
-    const at = RUN.metrics.filter(m => m.phase === phase && isNum(m["eval/success"]));
+    const at = before.filter(m => m.phase === phase);
     if (at.length) series.push({name: `held-out (${phase})`, points: at.map(m => [m.iteration, m["eval/success"]]),
                                 colour, line: false, dots: true});
   }
