@@ -39,8 +39,7 @@ from envgym.trajectory import Episode, Group
 #: Probe name -> (what it is, the reply given the oracle's action for the probed state).
 PROBES: dict[str, tuple[str, Callable[[str], str]]] = {
     "empty": ("an empty reply", lambda oracle: ""),
-    "repeated": ("the right action written 16 times: a degenerate reply a lenient parser pays",
-                 lambda oracle: " ".join([oracle] * 16)),
+    "repeated": ("the right action written 16 times", lambda oracle: " ".join([oracle] * 16)),
     "format-only": ("empty action and answer tags", lambda oracle: "<action></action>\n<answer></answer>"),
     "overlong": ("20,000 characters of filler, no action",
                  lambda oracle: "Let me think about this carefully before I act. " * 420),
@@ -85,6 +84,8 @@ class ProbeResult:
 
 @dataclass
 class Diagnosis:
+    """The result of `diagnose`: per-policy statistics and probe results; `warnings` says what to look at."""
+
     env_id: str
     group_size: int
     policies: list[PolicyStats]
@@ -155,11 +156,12 @@ class ProbePolicy:
 
     def __init__(self, reply: Callable[[str], str], at_turn: Mapping[str, int]):
         self.reply, self.at_turn = reply, at_turn
+        self.oracle = ScriptedPolicy()
 
     def act(self, requests: Sequence[TextRequest]) -> list[str | PolicyError]:
         answers: list[str | PolicyError] = []
         for request in requests:
-            oracle = ScriptedPolicy().act([request])[0]
+            oracle = self.oracle.act([request])[0]
             if isinstance(oracle, PolicyError):
                 answers.append(oracle)
                 continue

@@ -1,5 +1,6 @@
 """`envgym view`: the page's data, its self-containment, the CLI, and the page itself in headless Chromium."""
 
+import dataclasses
 import json
 import math
 import re
@@ -12,7 +13,7 @@ import pytest
 from envgym.evaluation import EvalReport, evaluate, summarize
 from envgym.rollout import RolloutResult
 from envgym.trainers import Trainer, config_from_dict
-from envgym.trainers.episode_log import read_samples
+from envgym.trainers.episode_log import read_samples, write_sample
 from envgym.trajectory import Episode, EpisodeEnd, Group, Turn
 from envgym.viewer import TURN_FIELDS, build_view_data, render_page, write_view
 
@@ -50,6 +51,10 @@ def eval_report(tmp_path_factory):
     report.rollouts.append(rollout)
     report.save(out)
     return out
+
+
+def not_json(constant):
+    raise ValueError(f"{constant} is not JSON")
 
 
 def turn_dict(data, row):
@@ -91,15 +96,28 @@ def test_page_is_self_contained(small_run, eval_report):
         assert "<link" not in page and page.count("</script>") == 2  # only the two script elements end
 
 
-def test_nan_metrics_are_kept_visible(tmp_path, small_run):
+def test_nan_metrics_and_logprobs_are_kept_visible(tmp_path, small_run):
+    """A run that blew up still gets a page (JSON has no NaN: they travel as strings the page shows)."""
     run = tmp_path / "run"
     shutil.copytree(small_run, run)
     lines = (run / "metrics.jsonl").read_text().splitlines()
     row = json.loads(lines[-1]) | {"loss/policy": float("nan"), "loss/grad_norm": float("inf")}
     (run / "metrics.jsonl").write_text("\n".join([*lines[:-1], json.dumps(row)]) + "\n")
-    last = build_view_data(run)["run"]["metrics"][-1]
+    sample = read_samples(run)[-1]
+    group = sample.groups[0]
+    first = group.episodes[0].turns[0]
+    broken = dataclasses.replace(first, annotations={**first.annotations,
+                                                     "new_logprobs": [float("nan")] * len(first.action_ids)})
+    episode = dataclasses.replace(group.episodes[0], turns=(broken, *group.episodes[0].turns[1:]))
+    groups = [dataclasses.replace(group, episodes=(episode, *group.episodes[1:])), *sample.groups[1:]]
+    write_sample(run, sample.iteration, groups, failures=[], groups_collected=sample.groups_collected)
+    data = build_view_data(run)
+    last = data["run"]["metrics"][-1]
     assert last["loss/policy"] == "nan" and last["loss/grad_norm"] == "inf"
-    json.loads(render_page(build_view_data(run)).split('id="envgym-data">')[1].split("</script>")[0])
+    shown = data["run"]["samples"][-1]["groups"][0]["episodes"][0]["turns"][0]
+    assert turn_dict(data, shown)["new_logprobs"][0] == "nan"
+    payload = render_page(data).split('id="envgym-data">')[1].split("</script>")[0]
+    json.loads(payload, parse_constant=not_json)  # JSON.parse in the browser rejects NaN and Infinity
 
 
 def test_eval_report_data(eval_report):

@@ -22,10 +22,10 @@ from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
+from envgym.trainers.run_log import METRICS_FILE
 from envgym.trajectory import Group, load_groups
 
 PAGE_FILE = "view.html"
-METRICS_FILE = "metrics.jsonl"  # as written by envgym.trainers.run_log
 REPORT_FILE = "report.json"  # as written by envgym.evaluation.EvalReport.save
 #: One stored turn in the page: a list in this order (strings and id sequences as table indices).
 TURN_FIELDS = ("observation", "action", "reward", "state", "invalid", "finish", "advantage", "intrinsic",
@@ -41,6 +41,11 @@ def _num(x: Any) -> Any:
     if not math.isfinite(x):
         return str(x)
     return float(f"{x:.4g}")
+
+
+def _logprobs(values: Sequence[float]) -> list[Any]:
+    """Logprobs to 4 decimals (ratios stay exact to 0.01%); NaN and infinities as strings, as in `_num`."""
+    return [round(x, 4) if math.isfinite(x) else str(x) for x in values]
 
 
 class _Tables:
@@ -85,8 +90,7 @@ def _group_json(group: Group, tables: _Tables) -> dict[str, Any]:
                 _num(notes.get("advantage")), _num(notes.get("intrinsic")), anchor,
                 tables.ids(turn.obs_ids, notes.get("obs_tokens")),
                 tables.ids(turn.action_ids, notes.get("action_tokens")),
-                [round(x, 4) for x in turn.logprobs],
-                [round(x, 4) for x in notes["new_logprobs"]] if "new_logprobs" in notes else None])
+                _logprobs(turn.logprobs), _logprobs(notes["new_logprobs"]) if "new_logprobs" in notes else None])
         episodes.append({"won": episode.won, "end": episode.end.value, "return": _num(episode.total_return),
                          "final": tables.string(episode.final_observation), "answer": episode.answer,
                          "turns": turns})
