@@ -2,6 +2,8 @@
 
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -48,29 +50,39 @@ def test_check_exits_zero_on_a_good_env_and_one_on_a_broken_env(capsys):
 
 
 def test_play_in_a_terminal_until_the_game_is_won():
-    # A person (here, a pipe) plays the guessing game by bisection and wins.
+    # A person (here, a pipe) plays the guessing game by bisection and wins. The answer to each guess is read
+    # after a pause, as a reader on a loaded machine would: the game has then written its reply, and after the
+    # winning guess also its last line, into the pipe at once. Everything is read through one buffered reader:
+    # communicate() would read the pipe itself and miss what readline() had already buffered (once seen as
+    # `assert 'episode won' in ''` under load).
     proc = subprocess.Popen([sys.executable, "-m", "envgym.cli", "play", "games/GuessNumber-v0", "--seed", "3",
                              "--split", "test", "--task", "0"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lo, hi = 1, 100
-    guesses = []
-    lines = []
-    for _ in range(8):
-        guess = (lo + hi) // 2
-        guesses.append(guess)
-        proc.stdin.write(f"{guess}\n")
-        proc.stdin.flush()
-        line = ""
-        while "too low" not in line and "too high" not in line and "correct" not in line:
-            line = proc.stdout.readline()
-            assert line, proc.stderr.read()
-            lines.append(line)
-        if "correct" in line:
-            break
-        lo, hi = (guess + 1, hi) if "too low" in line else (lo, guess - 1)
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
-    assert "episode won" in out
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    watchdog = threading.Timer(120, proc.kill)  # a hung game fails the test instead of hanging it
+    watchdog.start()
+    try:
+        lo, hi = 1, 100
+        lines = []
+        for _ in range(8):
+            guess = (lo + hi) // 2
+            proc.stdin.write(f"{guess}\n")
+            proc.stdin.flush()
+            time.sleep(0.2)
+            line = ""
+            while "too low" not in line and "too high" not in line and "correct" not in line:
+                line = proc.stdout.readline()
+                assert line, f"the game ended before answering {guess}: {''.join(lines)}"
+                lines.append(line)
+            if "correct" in line:
+                break
+            lo, hi = (guess + 1, hi) if "too low" in line else (lo, guess - 1)
+        proc.stdin.close()
+        rest = proc.stdout.read()
+        returncode = proc.wait()
+    finally:
+        watchdog.cancel()
+    assert returncode == 0, "".join(lines) + rest
+    assert "episode won" in rest
     assert "turn" in "".join(lines)
 
 
