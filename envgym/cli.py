@@ -1,6 +1,8 @@
 """The `envgym` command: list, info, check, play, and (where installed) eval, train, sft.
 
-Exit codes: 0 success, 1 a check or run failed, 2 bad usage (unknown id, bad option).
+Exit codes: 0 success, 1 a check or run failed (or a file, disk or network error
+stopped it), 2 bad usage (unknown id, bad option or config value), 130 interrupted.
+Expected errors print one line naming what is wrong; only a bug prints a traceback.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from rich.table import Table
 import envgym
 from envgym.registration import spec as env_spec
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 #: Modules that add subcommands through `register_cli(subparsers)`; a missing one is skipped.
 SUBCOMMAND_MODULES = ("envgym.evaluation", "envgym.trainers.cli")
 
@@ -159,12 +161,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (KeyError, ValueError, TypeError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        console.print(f"[red]envgym {args.command}: {message}[/red]", highlight=False)
-        return EXIT_USAGE
-    except FloatingPointError as exc:  # a training run stopped on a NaN (its batch is saved)
-        console.print(f"[red]envgym {args.command}: {exc}[/red]", highlight=False)
-        return EXIT_FAILED
+        return _error(args.command, exc.args[0] if isinstance(exc, KeyError) and exc.args else exc, EXIT_USAGE)
+    except (FloatingPointError, OSError) as exc:  # a run stopped on a NaN (its batch is saved), disk, file, network
+        return _error(args.command, exc, EXIT_FAILED)
+    except KeyboardInterrupt:
+        return _error(args.command, "interrupted", EXIT_INTERRUPTED)
+
+
+def _error(command: str, message: object, code: int) -> int:
+    """Print `envgym COMMAND: MESSAGE` on one line (never wrapped, never read as markup); return `code`."""
+    console.print(f"envgym {command}: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
+    return code
 
 
 if __name__ == "__main__":

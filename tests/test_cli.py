@@ -108,3 +108,72 @@ def test_a_run_stopped_on_nan_exits_one_with_its_message(monkeypatch, capsys):
     monkeypatch.setattr(cli, "cmd_list", stops_on_nan)
     assert main(["list"]) == EXIT_FAILED
     assert "iteration 3: loss is nan" in capsys.readouterr().out
+
+
+def test_a_knob_of_the_wrong_type_names_the_knob(capsys):
+    assert main(["info", "games/Maze-v0", "size=banana"]) == EXIT_USAGE
+    assert "games/Maze-v0: size must be an integer, got 'banana'" in capsys.readouterr().out
+
+
+def _bad_yaml(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("iterations: 3\noptim:\n  lr: 1e-3\n   bad: 1\n")
+    return str(path)
+
+
+def _list_yaml(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    return str(path)
+
+
+QUICKSTART = "trainers/recipes/quickstart.yaml"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["info", "games/Maze-v0", "size=banana"], "size must be an integer, got 'banana'"),
+    (["check", "games/Maze-v0", "--kwargs", "size=banana"], "size must be an integer, got 'banana'"),
+    (["play", "games/Maze-v0", "size=banana"], "size must be an integer, got 'banana'"),
+    (["train", "{bad_yaml}"], "bad.yaml:4:7: invalid YAML: mapping values are not allowed here"),
+    (["train", "{list_yaml}"], "list.yaml: a config must be a mapping"),
+    (["train", QUICKSTART, "optim.lr=-1"], "optim.lr must be in [0, 1], got -1.0"),
+    (["train", QUICKSTART, "out_dir={tmp}/run", "env.kwargs={{size: banana}}"],
+     "size must be an integer, got 'banana'"),
+    (["train", "{tmp}/missing.yaml"], "does not exist"),
+    (["sft", QUICKSTART, "sft.steps=0"], "sft.steps is 0"),
+    (["eval", "--env", "games/Maze-v0", "--policy", "hf:/nonexistent"], "there is no directory '/nonexistent'"),
+    (["eval", "--env", "games/Maze-v0", "--policy", "scripted", "--env-kwarg", "size=banana"],
+     "size must be an integer"),
+    (["eval", "--env", "games/Maze-v0", "--policy", "scripted", "--out", "/proc/envgym"],
+     "--out /proc/envgym: cannot write there"),
+])
+def test_expected_errors_are_one_line_and_exit_two(tmp_path, capsys, argv, message):
+    argv = [a.format(bad_yaml=_bad_yaml(tmp_path), list_yaml=_list_yaml(tmp_path), tmp=tmp_path) for a in argv]
+    assert main(argv) == EXIT_USAGE
+    captured = capsys.readouterr()
+    assert captured.out.count("\n") == 1 and message in captured.out, captured.out  # nothing ran before it
+    assert "Traceback" not in captured.err
+
+
+def test_an_unwritable_out_fails_before_the_eval_runs(capsys):
+    assert main(["eval", "--env", "games/Maze-v0", "--policy", "scripted", "--episodes", "500",
+                 "--out", "/proc/envgym"]) == EXIT_USAGE
+    assert "| env |" not in capsys.readouterr().out
+
+
+def test_max_turns_zero_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--env", "games/Maze-v0", "--policy", "scripted", "--max-turns", "0"])
+    assert exit_info.value.code == EXIT_USAGE
+    assert "argument --max-turns: must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_an_interrupted_command_exits_130_without_a_traceback(monkeypatch, capsys):
+    import envgym.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_list", interrupted)
+    assert main(["list"]) == 130
+    assert capsys.readouterr().out == "envgym list: interrupted\n"
