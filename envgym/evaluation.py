@@ -13,16 +13,27 @@ import argparse
 import functools
 import json
 import math
+import os
+import tempfile
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from envgym.chat import ContextMode
+from envgym.option_types import Range
 from envgym.policies import POLICY_SPECS, Policy, SamplingParams, load_policy
-from envgym.pool import Backend
+from envgym.pool import Backend, EnvPool
 from envgym.rollout import RolloutResult, collect_groups
+
+#: Allowed values of `evaluate`'s numeric arguments; `envgym eval` checks its options of the same names against them.
+ARGUMENT_RANGES = {"episodes": Range(ge=1), "samples": Range(ge=1), "window": Range(ge=0), "max_turns": Range(ge=1),
+                   "num_envs": Range(ge=1), "retries": Range(ge=0), "step_timeout": Range(gt=0),
+                   "request_timeout": Range(gt=0)}
+#: Env worker processes (or Ray actors) per core by default: workers mostly wait for the policy.
+WORKERS_PER_CORE = 4
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -63,6 +74,7 @@ class EvalRow:
     dropped_groups: int
     retries: int
     wall_time: float
+    failures: tuple[str, ...] = ()  # the cause of each episode that still failed after its last retry
 
 
 @dataclass
@@ -126,8 +138,8 @@ class EvalReport:
         return {"json": out / "report.json", "markdown": out / "report.md", "chart": self.plot(out / "report.png")}
 
 
-def summarize(env_id: str, policy_name: str, result: RolloutResult, samples: int) -> EvalRow:
-    """One report row from the groups of a rollout (dropped groups count in `dropped_groups` only)."""
+def summarize(env_id: str, policy_name: str, result: RolloutResult, samples: int, retries: int) -> EvalRow:
+    """One report row from the groups of a rollout (dropped groups count in `dropped_groups` and `failures` only)."""
     episodes = [e for g in result.groups for e in g.episodes]
     wins = sum(e.won for e in episodes)
     turns = sum(len(e.turns) for e in episodes)
@@ -144,7 +156,8 @@ def summarize(env_id: str, policy_name: str, result: RolloutResult, samples: int
         invalid_action_rate=invalid / turns if turns else 0.0,
         generated_tokens=sum(e.num_generated_tokens for e in episodes),
         dropped_groups=int(result.metrics["dropped_groups"]), retries=int(result.metrics["retries"]),
-        wall_time=result.metrics["wall_time"])
+        wall_time=result.metrics["wall_time"],
+        failures=tuple(f.cause for f in result.failures if f.attempt >= retries))
 
 
 def evaluate(
@@ -162,6 +175,9 @@ def evaluate(
     max_turns: int | None = None,
     backend: Backend = "sync",
     num_envs: int | None = None,
+    step_timeout: float = 60.0,
+    retries: int = 2,
+    request_timeout: float | None = None,
     progress: bool = False,
 ) -> EvalReport:
     """Play `episodes` tasks of `split` per env, `samples` times each, with each policy; one row per pair.
@@ -169,12 +185,22 @@ def evaluate(
     Every env is made with `env_kwargs` (its knobs, e.g. ``{"size": 4}``).
     Policies are spec strings (see `envgym.policies.POLICY_SPECS`, loaded once)
     or policy objects. Token policies sample with `sampling` (default:
-    temperature 1, 64 new tokens).
+    temperature 1, 64 new tokens). Envs run in an `EnvPool` of `num_envs`
+    slots (default `default_num_envs`) whose steps time out after
+    `step_timeout` seconds; a failed episode is retried `retries` times with a
+    fresh env, then its group is dropped and the cause kept in the row's
+    `failures`. `request_timeout` bounds each HTTP request of `openai:` policies.
+    Arguments are checked against ARGUMENT_RANGES, and policy paths and env
+    ids and knobs are checked, before any model loads.
     """
     env_ids = [env_ids] if isinstance(env_ids, str) else list(env_ids)
     policies = [policy] if isinstance(policy, str) or not isinstance(policy, Sequence) else list(policy)
-    if episodes < 1 or samples < 1:
-        raise ValueError(f"episodes and samples must be >= 1, got {episodes} and {samples}")
+    arguments = {"episodes": episodes, "samples": samples, "window": window, "max_turns": max_turns,
+                 "num_envs": num_envs, "retries": retries, "step_timeout": step_timeout,
+                 "request_timeout": request_timeout}
+    for key, value in arguments.items():
+        if value is not None:
+            ARGUMENT_RANGES[key].check(key, value)
     import envgym
 
     env_kwargs = dict(env_kwargs or {})
@@ -182,24 +208,54 @@ def evaluate(
         envgym.spec(env_id)  # an unknown id or knob fails before any model loads
         if env_kwargs:
             envgym.make(env_id, **env_kwargs).close()
+    for spec in policies:
+        if isinstance(spec, str):
+            check_policy_spec(spec)
     named = [(p, p) if isinstance(p, str) else (type(p).__name__, p) for p in policies]
+    slots = min(num_envs or default_num_envs(backend, episodes * samples), episodes * samples)
     rows = []
     with _progress_bar(progress) as bar:
         for name, spec in named:
-            loaded = (spec if not isinstance(spec, str) else  # an endpoint samples with the same settings
-                      load_policy(spec, **({"sampling": sampling} if spec.startswith("openai:") and sampling else {})))
+            loaded = spec if not isinstance(spec, str) else load_policy(spec, **_endpoint_options(
+                spec, sampling=sampling, timeout=request_timeout))
             for env_id in env_ids:
                 task = bar.add_task(f"{env_id} · {name}", total=episodes * samples) if bar else None
                 env = functools.partial(envgym.make, env_id, **env_kwargs) if env_kwargs else env_id
-                result = collect_groups(
-                    env, loaded, n_groups=episodes, group_size=samples, split=split, seed=seed, sampling=sampling,
-                    context=context, window=window, max_turns=max_turns, backend=backend, num_envs=num_envs,
-                    on_episode=(lambda done, total, t=task: bar.update(t, completed=done)) if bar else None)
-                rows.append(summarize(env_id, name, result, samples))
+                with EnvPool(env, slots, backend=backend, step_timeout=step_timeout) as pool:
+                    result = collect_groups(
+                        env, loaded, n_groups=episodes, group_size=samples, split=split, seed=seed, sampling=sampling,
+                        context=context, window=window, max_turns=max_turns, pool=pool, retries=retries,
+                        on_episode=(lambda done, total, t=task: bar.update(t, completed=done)) if bar else None)
+                rows.append(summarize(env_id, name, result, samples, retries))
     settings = {"env_kwargs": env_kwargs, "split": split, "episodes": episodes, "samples": samples, "seed": seed,
-                "context": context, "window": window, "max_turns": max_turns,
+                "context": context, "window": window, "max_turns": max_turns, "backend": backend, "num_envs": slots,
+                "step_timeout": step_timeout, "retries": retries, "request_timeout": request_timeout,
                 "sampling": asdict(sampling or SamplingParams()), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     return EvalReport(rows, settings)
+
+
+def default_num_envs(backend: Backend, episodes: int) -> int:
+    """Env slots for `episodes` episodes: one each in-process ("sync": they cost only memory, and a token policy
+    batches them all), else WORKERS_PER_CORE worker processes or actors per usable core, at most one per episode."""
+    if backend == "sync":
+        return episodes
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(episodes, WORKERS_PER_CORE * cores))
+
+
+def check_policy_spec(spec: str) -> None:
+    """Fail with ValueError, before anything loads, if `spec` names a local checkpoint directory that is not there."""
+    kind, _, target = spec.partition(":")
+    if kind in ("hf", "vllm") and target and target != "default" and not os.path.isdir(target):
+        raise ValueError(f"policy {spec}: there is no directory {target!r}; expected a checkpoint written by "
+                         "save_pretrained" + (", or hf:default for the embedded SmolLM2" if kind == "hf" else ""))
+
+
+def _endpoint_options(spec: str, *, sampling: SamplingParams | None, timeout: float | None) -> dict[str, Any]:
+    """Constructor options of an `openai:` policy (an endpoint samples with the same settings); none for others."""
+    if not spec.startswith("openai:"):
+        return {}
+    return {**({"sampling": sampling} if sampling else {}), **({"timeout": timeout} if timeout else {})}
 
 
 class _NoBar:
@@ -219,42 +275,101 @@ def _progress_bar(enabled: bool):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """`envgym eval`: print the Markdown table; write report.json/.md/.png under --out."""
-    from envgym.cli import parse_kwargs  # here: envgym.cli imports this module to register the subcommand
+    """`envgym eval`: print the Markdown table; write report.json/.md/.png under --out.
 
+    Exits 1 when an episode failed past its retries or a pair played no episode:
+    a crashed env or a dead endpoint must not read as a 0% policy.
+    """
+    from envgym.cli import EXIT_FAILED, EXIT_OK, console, parse_kwargs  # envgym.cli imports this module
+
+    out = _writable_directory(args.out) if args.out else None  # before the eval, not after it
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
     report = evaluate(args.env, args.policy, env_kwargs=parse_kwargs(args.env_kwarg), split=args.split,
                       episodes=args.episodes, samples=args.samples, seed=args.seed, sampling=sampling,
                       context=args.context, window=args.window, max_turns=args.max_turns, backend=args.backend,
-                      progress=True)
+                      num_envs=args.num_envs, step_timeout=args.step_timeout, retries=args.retries,
+                      request_timeout=args.request_timeout, progress=True)
     print(report.to_markdown(), end="")  # plain print: a console would wrap the table's rows
-    if args.out:
-        paths = report.save(args.out)
+    if out is not None:
+        paths = report.save(out)
         print(f"wrote {', '.join(str(p) for p in paths.values())}")
-    return 0
+    problems = failure_summary(report)
+    for line in problems:
+        console.print(line, style="red", markup=False, highlight=False, soft_wrap=True)
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+def failure_summary(report: EvalReport, most_common: int = 3) -> list[str]:
+    """One line per row with failed episodes or none played: how many, and the most common causes."""
+    lines = []
+    for row in report.rows:
+        if not row.failures and row.episodes:
+            continue
+        retries = report.settings.get("retries", "?")
+        line = (f"{row.env_id} · {row.policy}: {len(row.failures)} episode(s) failed after {retries} retries, "
+                f"{row.dropped_groups} group(s) dropped; {row.episodes} of "
+                f"{report.settings.get('episodes', 0) * report.settings.get('samples', 1)} episodes played")
+        if row.failures:
+            causes = Counter(_first_line(c) for c in row.failures).most_common(most_common)
+            line += "; causes: " + "; ".join(f"{n}x {cause}" for cause, n in causes)
+        lines.append(line)
+    return lines
+
+
+def _first_line(cause: str, limit: int = 200) -> str:
+    line = cause.strip().splitlines()[0] if cause.strip() else "(no cause given)"
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+def _writable_directory(path: str) -> Path:
+    """`path`, created if needed, after proving a file can be written there; ValueError naming --out if not."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise ValueError(f"--out {path}: cannot write there ({exc.strerror or exc})") from None
+    return out
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     """Add the `eval` subcommand to envgym's CLI."""
+    def checked(name: str, kind: type) -> Any:
+        return ARGUMENT_RANGES[name].parser(kind)
+
     p = subparsers.add_parser("eval", help="evaluate policies on envs: success with 95%% CI, return, pass@k, ...",
                               description="Evaluate policies on envs with the rollout code training uses: success "
                                           "rate with a 95% Wilson interval, mean return and turns, pass@k, "
-                                          "invalid-action rate and tokens generated, per env and policy.")
+                                          "invalid-action rate and tokens generated, per env and policy. Exits 1 "
+                                          "when an episode failed after its retries or no episode was played.")
     p.add_argument("--env", action="append", required=True, metavar="ID", help="env id (repeatable)")
     p.add_argument("--policy", action="append", required=True, metavar="SPEC",
                    help=f"policy (repeatable): {' | '.join(POLICY_SPECS)}")
     p.add_argument("--env-kwarg", action="append", default=[], metavar="KEY=VALUE",
                    help="a knob of every env, e.g. size=4 (repeatable; see `envgym info ID`)")
     p.add_argument("--split", default="test", choices=["train", "test"])
-    p.add_argument("--episodes", type=int, default=16, help="tasks per env (default 16)")
-    p.add_argument("--samples", type=int, default=1, help="episodes per task, for pass@k (default 1)")
+    p.add_argument("--episodes", type=checked("episodes", int), default=16, help="tasks per env (default 16)")
+    p.add_argument("--samples", type=checked("samples", int), default=1,
+                   help="episodes per task, for pass@k (default 1)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-turns", type=int, default=None, help="cap on turns per episode (default: the env's)")
+    p.add_argument("--max-turns", type=checked("max_turns", int), default=None,
+                   help="cap on turns per episode (default: the env's)")
     p.add_argument("--context", default="full", choices=["full", "window"], help="chat context of token policies")
-    p.add_argument("--window", type=int, default=4, help="turns kept with --context window (default 4)")
+    p.add_argument("--window", type=checked("window", int), default=4,
+                   help="turns kept with --context window (default 4)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--backend", default="sync", choices=["sync", "process", "ray"], help="EnvPool backend")
+    p.add_argument("--num-envs", type=checked("num_envs", int), default=None, metavar="N",
+                   help=f"env slots (default: one per episode with sync, else {WORKERS_PER_CORE} worker processes "
+                        "per core, at most one per episode)")
+    p.add_argument("--step-timeout", type=checked("step_timeout", float), default=60.0, metavar="SECONDS",
+                   help="a reset or step taking longer fails the episode (default 60)")
+    p.add_argument("--retries", type=checked("retries", int), default=2,
+                   help="times a failed episode is replayed with a fresh env before its group is dropped (default 2)")
+    p.add_argument("--request-timeout", type=checked("request_timeout", float), default=None, metavar="SECONDS",
+                   help="timeout of each HTTP request of openai: policies (default: the policy's, 60)")
     p.add_argument("--out", default=None, metavar="DIR", help="write report.json, report.md and report.png here")
     p.set_defaults(func=cmd_eval)

@@ -2,10 +2,15 @@
 
 import json
 import math
+import os
+import re
+import socket
+import time
 
 import pytest
 
-from envgym.evaluation import evaluate, pass_at_k, wilson_interval
+import envgym
+from envgym.evaluation import WORKERS_PER_CORE, default_num_envs, evaluate, pass_at_k, wilson_interval
 
 
 def test_wilson_interval_known_values():
@@ -89,3 +94,85 @@ def test_evaluate_a_token_policy_object_counts_generated_tokens():
                       sampling=SamplingParams(max_new_tokens=3), context="window", window=1)
     row = report.rows[0]
     assert row.policy == "HFPolicy" and row.episodes == 2 and 2 <= row.generated_tokens <= 2 * 2 * 3
+
+
+# -- failures are failures ---------------------------------------------------------------------------------
+
+for _name, _cls in {"Raises": "RaisesOnStep", "Hangs": "HangsOnStep", "FailOnSeed": "FailOnSeed"}.items():
+    envgym.register(f"faulty/Eval{_name}-v0", f"faulty_envs:{_cls}", max_turns=10)
+
+
+def test_eval_exits_one_when_every_episode_failed_and_says_why(capsys):
+    from envgym.cli import EXIT_FAILED, main
+
+    code = main(["eval", "--env", "faulty/EvalRaises-v0", "--policy", "scripted", "--episodes", "3",
+                 "--retries", "1"])
+    out = capsys.readouterr().out
+    assert code == EXIT_FAILED, out
+    assert ("faulty/EvalRaises-v0 · scripted: 3 episode(s) failed after 1 retries, 3 group(s) dropped; "
+            "0 of 3 episodes played; causes: 3x step 0: step('50') raised RuntimeError: the simulator exploded") in out
+
+
+def test_eval_exits_one_when_some_episodes_failed(capsys):
+    from envgym.cli import EXIT_FAILED, main
+
+    code = main(["eval", "--env", "faulty/EvalFailOnSeed-v0", "--policy", "scripted", "--episodes", "8"])
+    out = capsys.readouterr().out
+    report = evaluate("faulty/EvalFailOnSeed-v0", "scripted", episodes=8)
+    failed = report.rows[0].dropped_groups
+    assert 0 < failed < 8 and report.rows[0].episodes == 8 - failed  # the seeds of some groups are odd
+    assert code == EXIT_FAILED
+    assert f"{failed} episode(s) failed after 2 retries, {failed} group(s) dropped; {8 - failed} of 8 " in out
+    assert "ValueError: cannot start from seed" in out
+
+
+def test_a_dead_endpoint_fails_fast_with_the_timeouts_given(capsys):
+    from envgym.cli import EXIT_FAILED, main
+
+    silent = socket.socket()  # accepts connections (the backlog) and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+    started = time.monotonic()
+    try:
+        code = main(["eval", "--env", "games/GuessNumber-v0", "--policy", f"openai:{url}#m", "--episodes", "2",
+                     "--request-timeout", "0.3", "--retries", "0"])
+    finally:
+        silent.close()
+    out = capsys.readouterr().out
+    assert code == EXIT_FAILED
+    assert "2 episode(s) failed after 0 retries" in out and "0 of 2 episodes played" in out
+    assert f"no answer from {url}/chat/completions" in out and "timeout 0.3s" in out
+    assert time.monotonic() - started < 30  # 4 tries x 0.3 s + backoff, not 4 x 60 s x 3 attempts
+
+
+@pytest.mark.slow
+def test_step_timeout_and_num_envs_reach_the_pool(capsys):
+    from envgym.cli import EXIT_FAILED, main
+
+    started = time.monotonic()
+    code = main(["eval", "--env", "faulty/EvalHangs-v0", "--policy", "scripted", "--episodes", "2",
+                 "--backend", "process", "--num-envs", "1", "--step-timeout", "0.5", "--retries", "0"])
+    out = capsys.readouterr().out
+    assert code == EXIT_FAILED
+    assert "2x step 0: step timed out after 0.5s; the worker was killed and restarted" in out
+    assert time.monotonic() - started < 40  # a hung step costs 0.5 s, not the default 60
+
+
+def test_process_workers_are_a_small_multiple_of_the_cores_not_one_per_episode():
+    cores = len(os.sched_getaffinity(0))
+    assert default_num_envs("process", 10_000) == WORKERS_PER_CORE * cores
+    assert default_num_envs("process", 3) == min(3, WORKERS_PER_CORE * cores)
+    assert default_num_envs("sync", 200) == 200  # in-process envs: one per episode, batched by the policy
+    report = evaluate("games/GuessNumber-v0", "scripted", episodes=5, backend="process", num_envs=2)
+    assert report.settings["num_envs"] == 2 and report.rows[0].episodes == 5
+
+
+@pytest.mark.parametrize("argument, value, message", [
+    ("episodes", 0, "episodes must be >= 1, got 0"), ("max_turns", 0, "max_turns must be >= 1, got 0"),
+    ("step_timeout", 0, "step_timeout must be > 0, got 0"), ("retries", -1, "retries must be >= 0, got -1"),
+    ("num_envs", 0, "num_envs must be >= 1, got 0"), ("request_timeout", -1.0, "request_timeout must be > 0"),
+])
+def test_evaluate_checks_its_arguments_first(argument, value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        evaluate("games/GuessNumber-v0", "hf:/not/loaded", **{argument: value})
