@@ -36,6 +36,7 @@ from envgym.trainers import checkpoint as ckpt
 from envgym.trainers.advantages import compute_advantages
 from envgym.trainers.config import ConfigError, EnvOptions, ModelOptions, TrainConfig
 from envgym.trainers.losses import kl_penalty, ppo_clip_loss, sampled_logprobs
+from envgym.trainers.run_dir import RunDirectory
 from envgym.trainers.run_log import RunLog
 from envgym.trainers.tiny_model import VOCABULARIES, tiny_policy_model
 from envgym.trainers.token_rows import subset, to_device
@@ -133,11 +134,26 @@ class Trainer:
     Everything that can be checked without training is checked in the
     constructor (env id, kwargs, token budget, checkpoint compatibility), so a
     bad config fails in seconds with a message saying what to change.
+
+    The trainer owns `out_dir` from construction until `fit` ends (or `close`):
+    see `RunDirectory`. A directory holding another run is refused unless
+    `resume` (continue it from its newest intact checkpoint) or `overwrite`
+    (delete it, once this run's set-up has succeeded).
     """
 
-    def __init__(self, config: TrainConfig, *, resume: bool = False):
+    def __init__(self, config: TrainConfig, *, resume: bool = False, overwrite: bool = False):
         self.config = config.validate()
         self.out_dir = Path(config.out_dir)
+        # claimed first: a second run into out_dir is refused before any model loads
+        self.run_dir = RunDirectory.claim(self.out_dir, resume=resume, overwrite=overwrite)
+        try:
+            self._set_up(resume=resume, overwrite=overwrite)
+        except BaseException:
+            self.run_dir.release()
+            raise
+
+    def _set_up(self, *, resume: bool, overwrite: bool) -> None:
+        config = self.config
         if config.threads:
             torch.set_num_threads(config.threads)
         seed_everything(config.seed)
@@ -152,9 +168,12 @@ class Trainer:
         self.reference = self._frozen_reference() if config.loss.kl_coef > 0 else None
         self.turn_reward = self._turn_reward_model()
         self.iteration = 0
+        self.run_id = ckpt.new_run_id()
         self.history: list[dict[str, Any]] = []
         if resume:
             self._resume()
+        elif overwrite:
+            self.run_dir.clear_run()
 
     # -- setup ----------------------------------------------------------------------------------------
 
@@ -209,19 +228,20 @@ class Trainer:
         return None
 
     def _resume(self) -> None:
-        latest = ckpt.latest_checkpoint(self.out_dir)
+        latest = ckpt.checkpoint_to_resume(self.out_dir)
         if latest is None:
             log.warning("--resume: no checkpoint in %s; starting from iteration 0", self.out_dir)
             return
         ckpt.check_config_matches(latest, ckpt.config_dict(self.config))
+        self.run_id = ckpt.run_id_of(latest)
         state = ckpt.load_state(latest)
         self._load_weights(latest)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.turn_reward is not None and "turn_reward" in state:
             self.turn_reward.load_state_dict(state["turn_reward"])
         start = ckpt.checkpoints_dir(self.out_dir) / ckpt.RL_START
-        if self.reference is not None and (start / ckpt.STATE_FILE).exists():
-            self._load_weights(start, into=self.reference)  # the policy RL started from (after any warm start)
+        if self.reference is not None and start.exists():  # the policy RL started from (after any warm start)
+            self._load_weights(ckpt.verified(start), into=self.reference)
         self.iteration = state["iteration"]
         self.history = state["history"]
         ckpt.restore_rng_states(state["rng"])
@@ -254,7 +274,8 @@ class Trainer:
         again (phase "sft"); every RL iteration is phase "rl".
         """
         cfg = self.config
-        with RunLog(self.out_dir, start=self.iteration, total=cfg.iterations, history=self.history) as run_log:
+        with self.run_dir, RunLog(self.out_dir, start=self.iteration, total=cfg.iterations,
+                                  history=self.history) as run_log:
             if not self.history:
                 self.history.append({"iteration": 0, "phase": "init", **self.evaluate()})
                 run_log.log(self.history[-1], step=0, advance=False)
@@ -416,7 +437,18 @@ class Trainer:
         if self.turn_reward is not None:
             state["turn_reward"] = self.turn_reward.state_dict()
         return ckpt.save_checkpoint(self.out_dir, self.iteration, model=self.model, tokenizer=self.tokenizer,
-                                    config=ckpt.config_dict(self.config), state=state, keep=self.config.checkpoint.keep)
+                                    config=ckpt.config_dict(self.config), state=state, keep=self.config.checkpoint.keep,
+                                    run_id=self.run_id)
+
+    def close(self) -> None:
+        """Give up `out_dir` (`fit` does when it ends); for a trainer used without `fit`."""
+        self.run_dir.release()
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def final_success(history: list[dict[str, Any]]) -> float | None:
