@@ -10,19 +10,24 @@ report.png.
 from __future__ import annotations
 
 import argparse
-import functools
+import contextlib
 import json
 import math
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from envgym.chat import ContextMode
 from envgym.policies import POLICY_SPECS, Policy, SamplingParams, load_policy
-from envgym.pool import Backend
+from envgym.pool import Backend, EnvPool
 from envgym.rollout import RolloutResult, collect_groups
+from envgym.wrappers import EnvMaker
+
+#: The seed of every evaluation unless asked otherwise: training's held-out evaluation and `envgym eval` alike.
+EVAL_SEED = 0
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -47,12 +52,20 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 @dataclass(frozen=True)
 class EvalRow:
-    """The results of one policy on one env."""
+    """The results of one policy on one env.
+
+    `tasks` x samples episodes were planned; `episodes` were played and
+    `dropped_episodes` failed past their retries (their causes are in
+    `failures`). A dropped episode counts as a loss in `success_rate`, its
+    interval and pass@k, so the rate always covers the same fixed set;
+    return, turns and the invalid-action rate are over the played episodes.
+    """
 
     env_id: str
     policy: str
     tasks: int
     episodes: int
+    dropped_episodes: int
     success_rate: float
     success_ci95: tuple[float, float]
     mean_return: float
@@ -60,9 +73,9 @@ class EvalRow:
     pass_at_k: dict[int, float]
     invalid_action_rate: float
     generated_tokens: int
-    dropped_groups: int
     retries: int
     wall_time: float
+    failures: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -78,14 +91,14 @@ class EvalReport:
     def to_markdown(self) -> str:
         ks = sorted({k for r in self.rows for k in r.pass_at_k})
         head = ["env", "policy", "episodes", "success (95% CI)", "mean return", "mean turns",
-                *[f"pass@{k}" for k in ks], "invalid actions", "tokens", "dropped groups"]
+                *[f"pass@{k}" for k in ks], "invalid actions", "tokens", "dropped episodes"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in self.rows:
             lo, hi = r.success_ci95
             cells = [r.env_id, r.policy, str(r.episodes), f"{r.success_rate:.1%} ({lo:.1%}-{hi:.1%})",
                      f"{r.mean_return:.3f}", f"{r.mean_turns:.1f}",
                      *[f"{r.pass_at_k[k]:.1%}" if k in r.pass_at_k else "" for k in ks],
-                     f"{r.invalid_action_rate:.1%}", str(r.generated_tokens), str(r.dropped_groups)]
+                     f"{r.invalid_action_rate:.1%}", str(r.generated_tokens), str(r.dropped_episodes)]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 
@@ -126,25 +139,76 @@ class EvalReport:
         return {"json": out / "report.json", "markdown": out / "report.md", "chart": self.plot(out / "report.png")}
 
 
-def summarize(env_id: str, policy_name: str, result: RolloutResult, samples: int) -> EvalRow:
-    """One report row from the groups of a rollout (dropped groups count in `dropped_groups` only)."""
+def summarize(env_id: str, policy_name: str, result: RolloutResult, *, tasks: int, samples: int) -> EvalRow:
+    """One report row from the rollout of `tasks` tasks played `samples` times each (see `EvalRow`)."""
     episodes = [e for g in result.groups for e in g.episodes]
+    planned = tasks * samples
     wins = sum(e.won for e in episodes)
     turns = sum(len(e.turns) for e in episodes)
     invalid = sum(t.invalid_action for e in episodes for t in e.turns)
     ks = sorted({1, samples})
-    pass_k = {k: sum(pass_at_k(len(g.episodes), sum(e.won for e in g.episodes), k) for g in result.groups)
-              / len(result.groups) for k in ks} if result.groups else {}
+    pass_k = {k: sum(pass_at_k(len(g.episodes), sum(e.won for e in g.episodes), k) for g in result.groups) / tasks
+              for k in ks} if tasks else {}
     n = len(episodes)
     return EvalRow(
-        env_id=env_id, policy=policy_name, tasks=len(result.groups), episodes=n,
-        success_rate=wins / n if n else 0.0, success_ci95=wilson_interval(wins, n),
+        env_id=env_id, policy=policy_name, tasks=tasks, episodes=n, dropped_episodes=planned - n,
+        success_rate=wins / planned if planned else 0.0, success_ci95=wilson_interval(wins, planned),
         mean_return=sum(e.total_return for e in episodes) / n if n else 0.0,
         mean_turns=turns / n if n else 0.0, pass_at_k=pass_k,
         invalid_action_rate=invalid / turns if turns else 0.0,
         generated_tokens=sum(e.num_generated_tokens for e in episodes),
-        dropped_groups=int(result.metrics["dropped_groups"]), retries=int(result.metrics["retries"]),
-        wall_time=result.metrics["wall_time"])
+        retries=int(result.metrics["retries"]), wall_time=result.metrics["wall_time"],
+        failures=[f"group {f.group} episode {f.member} attempt {f.attempt + 1}: {f.cause}" for f in result.failures])
+
+
+def plan_split(split_tasks: int, episodes: int, samples: int, greedy: bool) -> tuple[int, int]:
+    """(tasks, samples per task) of an evaluation of `episodes` episodes on a split of `split_tasks` tasks.
+
+    The tasks are always the first ones of the split, so two evaluations of one
+    policy play the same episodes. A split smaller than `episodes` has each task
+    played several times when sampling (once when greedy: repeats would be equal).
+    """
+    if episodes < 1 or samples < 1:
+        raise ValueError(f"episodes and samples must be >= 1, got {episodes} and {samples}")
+    tasks = min(episodes, split_tasks)
+    return tasks, samples * (1 if greedy else -(-episodes // tasks))
+
+
+def evaluate_policy(env: EnvMaker, policy: Policy, *, policy_name: str, split: str = "test", episodes: int = 16,
+                    samples: int = 1, seed: int = EVAL_SEED, sampling: SamplingParams | None = None,
+                    context: ContextMode = "full", window: int = 4, max_turns: int | None = None,
+                    pool: EnvPool | None = None, backend: Backend = "sync", num_envs: int | None = None,
+                    retries: int = 2, on_episode: Callable[[int, int], None] | None = None
+                    ) -> tuple[EvalRow, RolloutResult]:
+    """Play the fixed evaluation set of `split` (see `plan_split`) with `policy`; the one evaluation path.
+
+    Training (`Trainer.evaluate`) and `envgym eval` both call this, so one
+    checkpoint gets one number either way. Task k is reset with seed
+    `group_seed(seed, k)`; a token policy samples from torch's generator seeded
+    with `seed` (the caller's generator is left as it was).
+    """
+    sampling = sampling or SamplingParams()
+    with env() as probe:
+        split_tasks = probe.unwrapped.num_tasks[split]
+    tasks, per_task = plan_split(split_tasks, episodes, samples, sampling.temperature == 0)
+    with _seeded_torch(seed):
+        result = collect_groups(env, policy, n_groups=tasks, group_size=per_task, split=split, seed=seed,
+                                sampling=sampling, context=context, window=window, max_turns=max_turns, pool=pool,
+                                backend=backend, num_envs=num_envs, retries=retries, tasks=list(range(tasks)),
+                                on_episode=on_episode)
+    return summarize(env.env_id, policy_name, result, tasks=tasks, samples=per_task), result
+
+
+@contextlib.contextmanager
+def _seeded_torch(seed: int):
+    """Torch's generators seeded with `seed` inside, restored after (no-op where torch was never imported)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield
 
 
 def evaluate(
@@ -152,10 +216,12 @@ def evaluate(
     policy: str | Policy | Sequence[str | Policy],
     *,
     env_kwargs: Mapping[str, Any] | None = None,
+    extract_action: Literal["none", "tag", "admissible"] = "none",
+    show_admissible: bool = False,
     split: str = "test",
     episodes: int = 16,
     samples: int = 1,
-    seed: int = 0,
+    seed: int = EVAL_SEED,
     sampling: SamplingParams | None = None,
     context: ContextMode = "full",
     window: int = 4,
@@ -164,40 +230,41 @@ def evaluate(
     num_envs: int | None = None,
     progress: bool = False,
 ) -> EvalReport:
-    """Play `episodes` tasks of `split` per env, `samples` times each, with each policy; one row per pair.
+    """Evaluate each policy on each env with `evaluate_policy`; one row per pair.
 
-    Every env is made with `env_kwargs` (its knobs, e.g. ``{"size": 4}``).
-    Policies are spec strings (see `envgym.policies.POLICY_SPECS`, loaded once)
-    or policy objects. Token policies sample with `sampling` (default:
-    temperature 1, 64 new tokens).
+    Every env is made by `EnvMaker(env_id, env_kwargs, extract_action,
+    show_admissible)`. Policies are spec strings (see
+    `envgym.policies.POLICY_SPECS`, loaded once) or policy objects. Token
+    policies sample with `sampling` (default: temperature 1, 64 new tokens).
     """
     env_ids = [env_ids] if isinstance(env_ids, str) else list(env_ids)
     policies = [policy] if isinstance(policy, str) or not isinstance(policy, Sequence) else list(policy)
-    if episodes < 1 or samples < 1:
-        raise ValueError(f"episodes and samples must be >= 1, got {episodes} and {samples}")
+    plan_split(1, episodes, samples, greedy=True)  # bad counts fail before anything loads
     import envgym
 
-    env_kwargs = dict(env_kwargs or {})
+    makers = []
     for env_id in env_ids:
         envgym.spec(env_id)  # an unknown id or knob fails before any model loads
-        if env_kwargs:
-            envgym.make(env_id, **env_kwargs).close()
+        maker = EnvMaker(env_id, dict(env_kwargs or {}), extract_action, show_admissible)
+        maker().close()
+        makers.append(maker)
     named = [(p, p) if isinstance(p, str) else (type(p).__name__, p) for p in policies]
     rows = []
     with _progress_bar(progress) as bar:
         for name, spec in named:
             loaded = (spec if not isinstance(spec, str) else  # an endpoint samples with the same settings
                       load_policy(spec, **({"sampling": sampling} if spec.startswith("openai:") and sampling else {})))
-            for env_id in env_ids:
-                task = bar.add_task(f"{env_id} · {name}", total=episodes * samples) if bar else None
-                env = functools.partial(envgym.make, env_id, **env_kwargs) if env_kwargs else env_id
-                result = collect_groups(
-                    env, loaded, n_groups=episodes, group_size=samples, split=split, seed=seed, sampling=sampling,
-                    context=context, window=window, max_turns=max_turns, backend=backend, num_envs=num_envs,
-                    on_episode=(lambda done, total, t=task: bar.update(t, completed=done)) if bar else None)
-                rows.append(summarize(env_id, name, result, samples))
-    settings = {"env_kwargs": env_kwargs, "split": split, "episodes": episodes, "samples": samples, "seed": seed,
-                "context": context, "window": window, "max_turns": max_turns,
+            for maker in makers:
+                task = bar.add_task(f"{maker.env_id} · {name}", total=None) if bar else None
+                row, _ = evaluate_policy(
+                    maker, loaded, policy_name=name, split=split, episodes=episodes, samples=samples, seed=seed,
+                    sampling=sampling, context=context, window=window, max_turns=max_turns, backend=backend,
+                    num_envs=num_envs,
+                    on_episode=(lambda done, total, t=task: bar.update(t, completed=done, total=total)) if bar else None)
+                rows.append(row)
+    settings = {"env_kwargs": dict(env_kwargs or {}), "extract_action": extract_action,
+                "show_admissible": show_admissible, "split": split, "episodes": episodes, "samples": samples,
+                "seed": seed, "context": context, "window": window, "max_turns": max_turns,
                 "sampling": asdict(sampling or SamplingParams()), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     return EvalReport(rows, settings)
 

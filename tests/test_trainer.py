@@ -131,9 +131,9 @@ def test_eval_plays_a_small_split_several_times_when_sampling(tmp_path):
 
 def test_env_extract_action_wraps_the_training_env(tmp_path):
     from envgym.trainers.config import EnvOptions
-    from envgym.trainers.trainer import make_env
+    from envgym.trainers.trainer import env_maker
 
-    env = make_env(EnvOptions(id="games/Maze-v0", kwargs={"size": 3}, extract_action="admissible"))
+    env = env_maker(EnvOptions(id="games/Maze-v0", kwargs={"size": 3}, extract_action="admissible"))()
     _, info = env.reset(seed=0, options={"split": "test", "task": 0})
     _, _, _, _, info = env.step(f"Let's head {info['admissible_actions'][0]} now.")
     assert not info["invalid_action"]

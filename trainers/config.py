@@ -68,7 +68,17 @@ class EnvOptions:
 
 @dataclass
 class RolloutOptions:
-    """How episodes are collected each iteration (see `envgym.rollout.collect_groups`)."""
+    """How episodes are collected each iteration (see `envgym.rollout.collect_groups`).
+
+    Envs are stepped through one `envgym.pool.EnvPool` that the run keeps for
+    rollouts, the warm start and evaluation alike: `pool` is its backend ("sync":
+    in this process; "process" or "ray": one worker per slot, so an env that hangs,
+    crashes or runs out of memory fails only its episode). `num_envs` slots (0: one
+    per episode of an iteration in-process, 4 per CPU core in workers); a step past
+    `step_timeout` seconds or an episode past `episode_timeout` (0: no limit) fails its
+    episode, which is retried from the start up to `retries` times before its group is
+    dropped; `env_memory_mb` caps each worker's address space (0: no cap).
+    """
 
     n_groups: int = 16
     group_size: int = 8
@@ -78,6 +88,12 @@ class RolloutOptions:
     context: Literal["full", "window"] = "full"
     window: int = 1
     backend: Literal["hf", "vllm"] = "hf"
+    pool: Literal["sync", "process", "ray"] = "sync"
+    num_envs: int = 0
+    step_timeout: float = 60.0
+    episode_timeout: float = 0.0
+    retries: int = 2
+    env_memory_mb: int = 0
 
 
 @dataclass
@@ -85,10 +101,13 @@ class AlgorithmOptions:
     """The advantage estimator and its options, passed to `envgym.trainers.advantages.compute_advantages`.
 
     `options` are the estimator's own keyword options (e.g. gigpo: gamma, omega,
-    mode, invalid_penalty); unknown names fail at validation, listing the valid ones.
+    mode, invalid_penalty), on top of a named `preset` of the estimator (gigpo:
+    "verl-agent"); the estimator checks them, and runs once on a tiny batch, when
+    the config is validated. See docs/algorithms.md.
     """
 
     estimator: Literal["grpo", "drgrpo", "rloo", "reinforce_pp", "turn_grpo", "gigpo", "igpo", "prime"] = "gigpo"
+    preset: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -106,7 +125,17 @@ class LossOptions:
 
 @dataclass
 class OptimOptions:
+    """AdamW and its learning-rate schedule.
+
+    The rate rises linearly from 0 over `warmup_steps` optimizer steps, then stays
+    at `lr` (`schedule: constant`) or follows a cosine down to `min_lr_ratio * lr` at
+    the run's last step (`schedule: cosine`).
+    """
+
     lr: float = 3e-4
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
     weight_decay: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.999
@@ -203,6 +232,15 @@ class TrainConfig:
         if not 0 <= self.loss.clip_low < 1 or self.loss.clip_high < 0:
             raise ConfigError(f"loss.clip_low must be in [0, 1) and loss.clip_high >= 0, got "
                               f"{self.loss.clip_low}, {self.loss.clip_high}")
+        if self.rollout.num_envs < 0 or self.rollout.retries < 0 or self.rollout.env_memory_mb < 0:
+            raise ConfigError(f"rollout.num_envs, rollout.retries and rollout.env_memory_mb must be >= 0, got "
+                              f"{self.rollout.num_envs}, {self.rollout.retries}, {self.rollout.env_memory_mb}")
+        if self.rollout.step_timeout <= 0 or self.rollout.episode_timeout < 0:
+            raise ConfigError(f"rollout.step_timeout must be > 0 seconds and rollout.episode_timeout >= 0 (0: no "
+                              f"limit), got {self.rollout.step_timeout}, {self.rollout.episode_timeout}")
+        if self.optim.warmup_steps < 0 or not 0.0 <= self.optim.min_lr_ratio <= 1.0:
+            raise ConfigError(f"optim.warmup_steps must be >= 0 and optim.min_lr_ratio in [0, 1], got "
+                              f"{self.optim.warmup_steps}, {self.optim.min_lr_ratio}")
         if self.rollout.temperature <= 0:
             raise ConfigError(f"rollout.temperature must be > 0 (RL samples), got {self.rollout.temperature}")
         if self.algorithm.estimator == "igpo" and self.turn_reward.kind != "info_gain":
@@ -215,17 +253,13 @@ class TrainConfig:
         return self
 
     def _validate_estimator_options(self) -> None:
-        from envgym.trainers.advantages import ESTIMATORS
+        """The estimator checks its own options and runs once on a tiny synthetic batch."""
+        from envgym.trainers.advantages import check_estimator
 
-        spec = ESTIMATORS[self.algorithm.estimator]
-        for key, value in self.algorithm.options.items():
-            if key not in spec.defaults:
-                close = difflib.get_close_matches(key, spec.defaults, n=1)
-                hint = f"did you mean {close[0]!r}? " if close else ""
-                raise ConfigError(f"unknown option algorithm.options.{key} for estimator {spec.name!r}; {hint}"
-                                  f"valid options: {', '.join(sorted(spec.defaults))}")
-            if key in spec.choices and value not in spec.choices[key]:
-                raise ConfigError(f"algorithm.options.{key} must be one of {list(spec.choices[key])}, got {value!r}")
+        try:
+            check_estimator(self.algorithm.estimator, self.algorithm.options, self.algorithm.preset)
+        except ValueError as exc:
+            raise ConfigError(f"algorithm: {exc}") from None
 
 
 def _type_name(tp: Any) -> str:

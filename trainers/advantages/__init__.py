@@ -12,7 +12,7 @@ from . import gigpo, igpo, outcome, prime, turn_grpo  # noqa: F401  (registers t
 from .batch import TurnBatch
 from .gigpo import anchor_buckets, similar_state_keys
 from .ops import Ops
-from .registry import ESTIMATORS, broadcast_to_tokens, compute_advantages, register_estimator
+from .registry import ESTIMATORS, broadcast_to_tokens, check_estimator, compute_advantages, register_estimator
 from .scan import discounted_returns, min_returns
 from .segment import Segments, leave_one_out, standardize, whiten
 
@@ -23,6 +23,7 @@ __all__ = [
     "TurnBatch",
     "anchor_buckets",
     "broadcast_to_tokens",
+    "check_estimator",
     "compute_advantages",
     "discounted_returns",
     "leave_one_out",
