@@ -20,7 +20,7 @@ from envgym.registration import spec as env_spec
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 #: Modules that add subcommands through `register_cli(subparsers)`; a missing one is skipped.
-SUBCOMMAND_MODULES = ("envgym.evaluation", "envgym.trainers.cli")
+SUBCOMMAND_MODULES = ("envgym.trainers.cli",)
 
 console = Console()
 
@@ -119,6 +119,97 @@ def cmd_play(args: argparse.Namespace) -> int:
             return EXIT_OK
 
 
+#: `envgym eval` settings a training config supplies with --config: option name -> (section, key) in the config.
+EVAL_FROM_CONFIG = {"split": ("eval", "split"), "episodes": ("eval", "episodes"), "temperature": ("eval", "temperature"),
+                    "max_turns": ("env", "max_turns"), "context": ("rollout", "context"), "window": ("rollout", "window"),
+                    "max_new_tokens": ("rollout", "max_new_tokens"), "extract_action": ("env", "extract_action"),
+                    "show_admissible": ("env", "show_admissible"), "backend": ("rollout", "pool"),
+                    "num_envs": ("rollout", "num_envs"), "retries": ("rollout", "retries")}
+#: Their values when neither the command line nor a config gives one.
+EVAL_DEFAULTS = {"split": "test", "episodes": 16, "temperature": 1.0, "max_turns": None, "context": "full",
+                 "window": 4, "max_new_tokens": 64, "extract_action": "none", "show_admissible": False,
+                 "backend": "sync", "num_envs": 0, "retries": 2}
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """`envgym eval`: print the Markdown table; write report.json/.md/.png under --out.
+
+    With --config, the env (id, knobs, wrappers, turn limit), the rollout layout and the
+    evaluation settings come from a training config, so a checkpoint is evaluated exactly
+    as its run evaluated it; options given on the command line still win.
+    """
+    from envgym.evaluation import evaluate
+    from envgym.policies import SamplingParams
+
+    settings = dict(EVAL_DEFAULTS)
+    env_ids, env_kwargs = args.env, parse_kwargs(args.env_kwarg)
+    if args.config:
+        from envgym.trainers.config import load_config
+
+        config = load_config(args.config)
+        settings.update({name: getattr(getattr(config, section), key)
+                         for name, (section, key) in EVAL_FROM_CONFIG.items()})
+        env_ids = env_ids or [config.env.id]
+        env_kwargs = {**config.env.kwargs, **env_kwargs}
+    settings.update({name: value for name in EVAL_DEFAULTS if (value := getattr(args, name)) is not None})
+    if not env_ids:
+        raise ValueError("name an env with --env ID, or give a training config with --config RUN.yaml")
+    sampling = SamplingParams(temperature=settings["temperature"], top_p=args.top_p,
+                              max_new_tokens=settings["max_new_tokens"])
+    report = evaluate(env_ids, args.policy, env_kwargs=env_kwargs, extract_action=settings["extract_action"],
+                      show_admissible=settings["show_admissible"], split=settings["split"],
+                      episodes=settings["episodes"], samples=args.samples, seed=args.seed, sampling=sampling,
+                      context=settings["context"], window=settings["window"], max_turns=settings["max_turns"],
+                      backend=settings["backend"], num_envs=settings["num_envs"] or None,
+                      retries=settings["retries"], progress=True)
+    print(report.to_markdown(), end="")  # plain print: a console would wrap the table's rows
+    if args.out:
+        paths = report.save(args.out)
+        print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return EXIT_OK
+
+
+def add_eval_parser(sub: argparse._SubParsersAction) -> None:
+    from envgym.evaluation import EVAL_SEED
+    from envgym.policies import POLICY_SPECS
+
+    p = sub.add_parser("eval", help="evaluate policies on envs: success with 95%% CI, return, pass@k, ...",
+                       description="Evaluate policies on envs with the rollout code training uses: success rate with a "
+                                   "95% Wilson interval, mean return and turns, pass@k, invalid-action rate and "
+                                   "tokens generated, per env and policy. Every evaluation plays the first tasks of "
+                                   "the split with fixed seeds.")
+    p.add_argument("--env", action="append", default=[], metavar="ID", help="env id (repeatable)")
+    p.add_argument("--policy", action="append", required=True, metavar="SPEC",
+                   help=f"policy (repeatable): {' | '.join(POLICY_SPECS)}")
+    p.add_argument("--config", default=None, metavar="RUN.yaml",
+                   help="take the env, its wrappers and the evaluation settings from a training config "
+                        "(a recipe, or a checkpoint's config.yaml); options given here override it")
+    p.add_argument("--env-kwarg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a knob of every env, e.g. size=4 (repeatable; see `envgym info ID`)")
+    p.add_argument("--extract-action", default=None, choices=["none", "tag", "admissible"],
+                   help="find the action in chatty replies (the ActionExtraction wrapper; default none)")
+    p.add_argument("--show-admissible", default=None, action=argparse.BooleanOptionalAction,
+                   help="append the valid actions to each observation (default: no)")
+    p.add_argument("--split", default=None, choices=["train", "test"], help="default test")
+    p.add_argument("--episodes", type=int, default=None,
+                   help="episodes per env (default 16): the first tasks of the split, each played several times "
+                        "when the split is smaller and the policy samples")
+    p.add_argument("--samples", type=int, default=1, help="episodes per task, for pass@k (default 1)")
+    p.add_argument("--seed", type=int, default=EVAL_SEED, help=f"default {EVAL_SEED}, as in training")
+    p.add_argument("--max-turns", type=int, default=None, help="cap on turns per episode (default: the env's)")
+    p.add_argument("--context", default=None, choices=["full", "window"],
+                   help="chat context of token policies (default full)")
+    p.add_argument("--window", type=int, default=None, help="turns kept with --context window (default 4)")
+    p.add_argument("--temperature", type=float, default=None, help="default 1.0 (0: greedy)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default 64")
+    p.add_argument("--backend", default=None, choices=["sync", "process", "ray"], help="EnvPool backend (default sync)")
+    p.add_argument("--num-envs", type=int, default=None, help="EnvPool slots (default: see envgym.pool.default_num_envs)")
+    p.add_argument("--retries", type=int, default=None, help="attempts after a failed episode (default 2)")
+    p.add_argument("--out", default=None, metavar="DIR", help="write report.json, report.md and report.png here")
+    p.set_defaults(func=cmd_eval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="envgym", description="Multi-turn text and tool environments for LLM agents, with turn-level RL.")
@@ -147,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.set_defaults(func=cmd_play)
 
+    add_eval_parser(sub)
     for module_name in SUBCOMMAND_MODULES:
         if importlib.util.find_spec(module_name) is not None:
             importlib.import_module(module_name).register_cli(sub)

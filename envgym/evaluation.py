@@ -1,4 +1,4 @@
-"""Evaluate policies on envs with the training rollout code (`collect_groups`), and the `envgym eval` command.
+"""Evaluate policies on envs with the training rollout code (`collect_groups`); `envgym eval` calls `evaluate`.
 
 Per env and policy it reports the success rate with a 95% Wilson interval,
 mean return, mean turns, pass@k (the unbiased estimator of Chen et al. 2021
@@ -9,7 +9,6 @@ report.png.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from envgym.chat import ContextMode
-from envgym.policies import POLICY_SPECS, Policy, SamplingParams, load_policy
+from envgym.policies import Policy, SamplingParams, load_policy
 from envgym.pool import Backend, EnvPool
 from envgym.rollout import RolloutResult, collect_groups
 from envgym.wrappers import EnvMaker
@@ -228,6 +227,7 @@ def evaluate(
     max_turns: int | None = None,
     backend: Backend = "sync",
     num_envs: int | None = None,
+    retries: int = 2,
     progress: bool = False,
 ) -> EvalReport:
     """Evaluate each policy on each env with `evaluate_policy`; one row per pair.
@@ -259,12 +259,12 @@ def evaluate(
                 row, _ = evaluate_policy(
                     maker, loaded, policy_name=name, split=split, episodes=episodes, samples=samples, seed=seed,
                     sampling=sampling, context=context, window=window, max_turns=max_turns, backend=backend,
-                    num_envs=num_envs,
+                    num_envs=num_envs, retries=retries,
                     on_episode=(lambda done, total, t=task: bar.update(t, completed=done, total=total)) if bar else None)
                 rows.append(row)
     settings = {"env_kwargs": dict(env_kwargs or {}), "extract_action": extract_action,
                 "show_admissible": show_admissible, "split": split, "episodes": episodes, "samples": samples,
-                "seed": seed, "context": context, "window": window, "max_turns": max_turns,
+                "seed": seed, "context": context, "window": window, "max_turns": max_turns, "retries": retries,
                 "sampling": asdict(sampling or SamplingParams()), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     return EvalReport(rows, settings)
 
@@ -283,45 +283,3 @@ def _progress_bar(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    """`envgym eval`: print the Markdown table; write report.json/.md/.png under --out."""
-    from envgym.cli import parse_kwargs  # here: envgym.cli imports this module to register the subcommand
-
-    sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
-    report = evaluate(args.env, args.policy, env_kwargs=parse_kwargs(args.env_kwarg), split=args.split,
-                      episodes=args.episodes, samples=args.samples, seed=args.seed, sampling=sampling,
-                      context=args.context, window=args.window, max_turns=args.max_turns, backend=args.backend,
-                      progress=True)
-    print(report.to_markdown(), end="")  # plain print: a console would wrap the table's rows
-    if args.out:
-        paths = report.save(args.out)
-        print(f"wrote {', '.join(str(p) for p in paths.values())}")
-    return 0
-
-
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `eval` subcommand to envgym's CLI."""
-    p = subparsers.add_parser("eval", help="evaluate policies on envs: success with 95%% CI, return, pass@k, ...",
-                              description="Evaluate policies on envs with the rollout code training uses: success "
-                                          "rate with a 95% Wilson interval, mean return and turns, pass@k, "
-                                          "invalid-action rate and tokens generated, per env and policy.")
-    p.add_argument("--env", action="append", required=True, metavar="ID", help="env id (repeatable)")
-    p.add_argument("--policy", action="append", required=True, metavar="SPEC",
-                   help=f"policy (repeatable): {' | '.join(POLICY_SPECS)}")
-    p.add_argument("--env-kwarg", action="append", default=[], metavar="KEY=VALUE",
-                   help="a knob of every env, e.g. size=4 (repeatable; see `envgym info ID`)")
-    p.add_argument("--split", default="test", choices=["train", "test"])
-    p.add_argument("--episodes", type=int, default=16, help="tasks per env (default 16)")
-    p.add_argument("--samples", type=int, default=1, help="episodes per task, for pass@k (default 1)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-turns", type=int, default=None, help="cap on turns per episode (default: the env's)")
-    p.add_argument("--context", default="full", choices=["full", "window"], help="chat context of token policies")
-    p.add_argument("--window", type=int, default=4, help="turns kept with --context window (default 4)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--backend", default="sync", choices=["sync", "process", "ray"], help="EnvPool backend")
-    p.add_argument("--out", default=None, metavar="DIR", help="write report.json, report.md and report.png here")
-    p.set_defaults(func=cmd_eval)

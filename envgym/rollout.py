@@ -141,7 +141,7 @@ class _Collector:
                 self._fail(g, m, attempt, slot, f"reset: {result.error}")
                 continue
             chat = EpisodeChat(self.tokenizer, result.instructions, context=self.context, window=self.window,
-                               observation_role=self.observation_role)
+                               observation_role=self.observation_role, tools=result.info.get("tools"))
             ids, starts_row = chat.start(result.observation)
             answer = result.info.get("answer")
             self.live[slot] = _Live(g, m, attempt, slot, chat, result.info, result.observation, ids, starts_row,

@@ -89,3 +89,30 @@ def test_evaluate_a_token_policy_object_counts_generated_tokens():
                       sampling=SamplingParams(max_new_tokens=3), context="window", window=1)
     row = report.rows[0]
     assert row.policy == "HFPolicy" and row.episodes == 2 and 2 <= row.generated_tokens <= 2 * 2 * 3
+
+
+def test_a_checkpoint_gets_the_same_number_in_training_and_from_envgym_eval(tmp_path, capsys):
+    """One evaluation path: `envgym eval --config` replays the run's held-out evaluation exactly (sampling too)."""
+    from envgym.cli import main
+    from envgym.trainers import Trainer, config_from_dict
+
+    config = config_from_dict({
+        "iterations": 2, "threads": 1, "out_dir": str(tmp_path / "run"),
+        "env": {"id": "games/Maze-v0", "kwargs": {"size": 3, "view": "local"}, "max_turns": 6,
+                "extract_action": "admissible"},
+        "rollout": {"n_groups": 2, "group_size": 2, "max_new_tokens": 2, "context": "window", "window": 0},
+        "optim": {"epochs": 1}, "sft": {"steps": 20, "episodes": 128, "batch_tokens": 2048},
+        "eval": {"every": 2, "episodes": 24, "temperature": 1.0}, "checkpoint": {"every": 2}})
+    trainer = Trainer(config)
+    in_run = trainer.fit()[-1]
+    checkpoint = tmp_path / "run" / "checkpoints" / "iter_000002"
+    assert main(["eval", "--config", str(checkpoint / "config.yaml"), "--policy", f"hf:{checkpoint}",
+                 "--out", str(tmp_path / "eval")]) == 0
+    row = json.loads((tmp_path / "eval" / "report.json").read_text())["results"][0]
+    settings = json.loads((tmp_path / "eval" / "report.json").read_text())["settings"]
+    assert settings["extract_action"] == "admissible" and settings["sampling"]["temperature"] == 1.0
+    assert row["episodes"] == in_run["eval/episodes"] == 24
+    assert 0.0 < row["success_rate"] < 1.0  # the warm-started policy wins some sampled episodes, not all
+    assert row["success_rate"] == in_run["eval/success"]
+    assert row["mean_return"] == pytest.approx(in_run["eval/return"], abs=1e-12)
+    assert row["invalid_action_rate"] == pytest.approx(in_run["eval/invalid_rate"], abs=1e-12)

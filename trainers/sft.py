@@ -11,7 +11,7 @@ tokens plus end-of-sequence), and only those tokens carry loss.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -26,12 +26,14 @@ from envgym.trainers.losses import sampled_logprobs
 from envgym.trajectory import Episode, Group, Turn
 
 
-def tokenize_episode(episode: Episode, tokenizer: Any, instructions: str, *, context: str, window: int) -> Episode:
+def tokenize_episode(episode: Episode, tokenizer: Any, instructions: str, *, context: str, window: int,
+                     tools: Sequence[Mapping[str, Any]] | None = None) -> Episode:
     """`episode` (played by a text policy) with the token fields a token policy would have recorded.
 
-    The logprobs are placeholders (0.0): demonstrations train by likelihood, not by ratio.
+    `tools` are the env's tool schemas (rendered as the rollout renders them). The logprobs
+    are placeholders (0.0): demonstrations train by likelihood, not by ratio.
     """
-    chat = EpisodeChat(tokenizer, instructions, context=context, window=window)
+    chat = EpisodeChat(tokenizer, instructions, context=context, window=window, tools=tools)
     pending, starts_row = chat.start(episode.turns[0].observation)
     turns, row_starts = [], []
     for t, turn in enumerate(episode.turns):
@@ -61,9 +63,10 @@ def demonstration_batch(config: TrainConfig, env_factory: Callable[[], Any], tok
         raise ValueError(f"no oracle demonstrations of {config.env.id}: {causes}")
     with env_factory() as env:
         instructions = env.unwrapped.instructions
+        tools = env.reset(seed=0)[1].get("tools")
     groups = [Group(g.env_id, g.split, g.task, g.seed,
                     tuple(tokenize_episode(e, tokenizer, instructions, context=config.rollout.context,
-                                           window=config.rollout.window) for e in g.episodes))
+                                           window=config.rollout.window, tools=tools) for e in g.episodes))
               for g in result.groups]
     return RolloutBatch.from_groups(groups, pad_token_id=tokenizer.pad_token_id or 0)
 
