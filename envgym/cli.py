@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 import envgym
+from envgym.core import RunFailed
 from envgym.registration import spec as env_spec
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -254,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         console.print(f"[red]envgym {args.command}: {message}[/red]", highlight=False)
         return EXIT_USAGE
-    except FloatingPointError as exc:  # a training run stopped on a NaN (its batch is saved)
+    except (FloatingPointError, RunFailed) as exc:  # a run stopped: a NaN (its batch is saved), no groups left
         console.print(f"[red]envgym {args.command}: {exc}[/red]", highlight=False)
         return EXIT_FAILED
 

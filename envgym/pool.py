@@ -99,16 +99,16 @@ class EnvHost:
 
     def build(self) -> None:
         """Make a fresh env (closing the old one)."""
-        self.close()
-        if isinstance(self.make_env, str):
-            import envgym
+        import envgym
 
-            if self.spec is not None:  # an id registered only in the parent process (a test, a notebook)
-                try:
-                    envgym.spec(self.make_env)
-                except KeyError:
-                    envgym.register(self.spec.id, self.spec.entry_point, max_turns=self.spec.max_turns,
-                                    kwargs=self.spec.kwargs, description=self.spec.description)
+        self.close()
+        if self.spec is not None:  # an id registered only in the pool owner's process (a test, a notebook)
+            try:
+                envgym.spec(self.spec.id)
+            except KeyError:
+                envgym.register(self.spec.id, self.spec.entry_point, max_turns=self.spec.max_turns,
+                                kwargs=self.spec.kwargs, description=self.spec.description)
+        if isinstance(self.make_env, str):
             self.env = envgym.make(self.make_env, **self.make_kwargs)
         else:
             self.env = self.make_env()
@@ -253,10 +253,11 @@ class EnvPool:
         self.memory_limit_mb = memory_limit_mb
         self._oom_kills_at_start = _oom_kills()
         self._spec = None
-        if isinstance(make_env, str):
+        env_id = make_env if isinstance(make_env, str) else getattr(make_env, "env_id", None)
+        if isinstance(env_id, str):  # an id, or a factory of one (EnvMaker): its spec travels to the workers
             import envgym
 
-            self._spec = envgym.spec(make_env)  # fails fast on an unknown id
+            self._spec = envgym.spec(env_id)  # fails fast on an unknown id
         self._episode_start = [0.0] * num_envs
         self._closed = False
         self.restarts = 0

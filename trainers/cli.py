@@ -34,7 +34,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from envgym.trainers import Trainer, load_config
 
     config = load_config(args.config, args.overrides)
-    history = Trainer(config, resume=args.resume).fit()
+    trainer = Trainer(config, resume=args.resume)
+    try:
+        history = trainer.fit()
+    finally:
+        trainer.close()
     console.print(f"held-out success ({config.eval.split} split): {_summary(history)}")
     console.print(f"metrics: {config.out_dir}/metrics.jsonl, curve: {config.out_dir}/learning_curve.png, "
                   f"TensorBoard: tensorboard --logdir {config.out_dir}/tensorboard")
@@ -49,9 +53,12 @@ def cmd_sft(args: argparse.Namespace) -> int:
     if config.sft.steps < 1:
         raise ConfigError("sft.steps is 0; pass e.g. sft.steps=200 to run a supervised warm start")
     trainer = Trainer(config)
-    before = trainer.evaluate()
-    stats = trainer.warm_start()
-    after = trainer.evaluate()
+    try:
+        before = trainer.evaluate()
+        stats = trainer.warm_start()
+        after = trainer.evaluate()
+    finally:
+        trainer.close()
     target = os.path.join(config.out_dir, "sft")
     trainer.model.save_pretrained(target)
     trainer.tokenizer.save_pretrained(target)

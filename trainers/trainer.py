@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 import envgym
+from envgym.core import RunFailed
 from envgym.evaluation import EVAL_SEED, evaluate_policy, plan_split
 from envgym.policies import HFPolicy, SamplingParams
 from envgym.pool import EnvPool, default_num_envs
@@ -47,7 +48,7 @@ from envgym.wrappers import EnvMaker
 log = logging.getLogger(__name__)
 
 
-class RolloutFailed(RuntimeError):
+class RolloutFailed(RunFailed):
     """Every group of an iteration failed: there is nothing to train on. The message lists the causes."""
 
 
@@ -377,7 +378,7 @@ class Trainer:
         cfg = self.config
         self.model.train()
         totals = dict.fromkeys(("loss", "kl", "entropy", "clipped", "ratio", "log_ratio_sq", "tokens", "grad_norm",
-                                "steps"), 0.0)
+                                "steps", "lr"), 0.0)
         generator = torch.Generator().manual_seed(cfg.seed * 7919 + self.iteration)
         for _ in range(cfg.optim.epochs):
             order = torch.randperm(batch.num_rows, generator=generator).tolist()
@@ -392,6 +393,7 @@ class Trainer:
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
                 if not torch.isfinite(grad_norm):
                     self._stop_on_nan(batch, advantages, f"gradient norm is {float(grad_norm)}")
+                totals["lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
                 self.optimizer.step()
                 self.scheduler.step()
                 totals["grad_norm"] += float(grad_norm)
@@ -400,8 +402,7 @@ class Trainer:
         return {"loss/policy": totals["loss"] / totals["steps"], "loss/kl": totals["kl"] / tokens,
                 "loss/entropy": totals["entropy"] / tokens, "loss/clip_fraction": totals["clipped"] / tokens,
                 "loss/ratio": totals["ratio"] / tokens, "loss/approx_kl": 0.5 * totals["log_ratio_sq"] / tokens,
-                "loss/grad_norm": totals["grad_norm"] / totals["steps"],
-                "optim/lr": self.scheduler.get_last_lr()[0]}
+                "loss/grad_norm": totals["grad_norm"] / totals["steps"], "optim/lr": totals["lr"]}
 
     def _accumulate(self, micro: TokenBatch, advantages: torch.Tensor, num_tokens: int) -> dict[str, float]:
         """Forward and backward one micro-batch; the loss is scaled so micro-batches sum to the minibatch mean."""
