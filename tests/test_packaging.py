@@ -1,5 +1,6 @@
 """A wheel installs: every data file ships, and the installed package runs without the source tree."""
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -12,8 +13,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_wheel_installs_into_a_fresh_venv_with_its_data_files(tmp_path):
+    source = tmp_path / "source"  # setuptools builds in the tree it is given: keep the checkout clean
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "build", "runs", "reports", "*.egg-info",
+                                                                "__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path / "dist"), str(ROOT)], check=True, timeout=300)
+                    str(tmp_path / "dist"), str(source)], check=True, timeout=300)
     wheel = next((tmp_path / "dist").glob("envgym-*.whl"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)

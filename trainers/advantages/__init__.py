@@ -1,4 +1,4 @@
-"""Advantage estimators for turn-level credit assignment (ALGORITHMS.md).
+"""Advantage estimators for turn-level credit assignment (docs/algorithms.md).
 
     batch = TurnBatch.from_episodes([[0, 0, 1], [0, 1]], group=[0, 0], states=[[1, 2, 3], [1, 3]])
     adv = compute_advantages(batch, "gigpo", gamma=0.95)  # [N] float32, one per turn

@@ -1,4 +1,4 @@
-"""TurnBatch: the packed turn layout every advantage estimator reads (ALGORITHMS.md, "The packed turn layout")."""
+"""TurnBatch: the packed turn layout every advantage estimator reads (docs/algorithms.md, "The batch every estimator reads")."""
 
 from __future__ import annotations
 
