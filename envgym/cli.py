@@ -12,17 +12,19 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 import envgym
+from envgym.core import RunFailed
 from envgym.registration import spec as env_spec
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 #: Modules that add subcommands through `register_cli(subparsers)`; a missing one is skipped.
-SUBCOMMAND_MODULES = ("envgym.evaluation", "envgym.trainers.cli")
+SUBCOMMAND_MODULES = ("envgym.trainers.cli",)
 
 console = Console()
 
@@ -121,6 +123,127 @@ def cmd_play(args: argparse.Namespace) -> int:
             return EXIT_OK
 
 
+#: `envgym eval` settings a training config supplies with --config: option name -> (section, key) in the config.
+EVAL_FROM_CONFIG = {"split": ("eval", "split"), "episodes": ("eval", "episodes"), "temperature": ("eval", "temperature"),
+                    "max_turns": ("env", "max_turns"), "context": ("rollout", "context"), "window": ("rollout", "window"),
+                    "max_new_tokens": ("rollout", "max_new_tokens"), "extract_action": ("env", "extract_action"),
+                    "show_admissible": ("env", "show_admissible"), "backend": ("rollout", "pool"),
+                    "num_envs": ("rollout", "num_envs"), "retries": ("rollout", "retries"),
+                    "step_timeout": ("rollout", "step_timeout")}
+#: Their values when neither the command line nor a config gives one.
+EVAL_DEFAULTS = {"split": "test", "episodes": 16, "temperature": 1.0, "max_turns": None, "context": "full",
+                 "window": 4, "max_new_tokens": 64, "extract_action": "none", "show_admissible": False,
+                 "backend": "sync", "num_envs": 0, "retries": 2, "step_timeout": 60.0}
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """`envgym eval`: print the Markdown table; write report.json/.md/.png under --out.
+
+    With --config, the env (id, knobs, wrappers, turn limit), the rollout layout and the
+    evaluation settings come from a training config, so a checkpoint is evaluated exactly
+    as its run evaluated it; options given on the command line still win.
+    """
+    from envgym.evaluation import evaluate, failure_summary
+    from envgym.policies import SamplingParams
+
+    out = _writable_directory(args.out) if args.out else None  # before the evaluation, not after it
+    settings = dict(EVAL_DEFAULTS)
+    env_ids, env_kwargs = args.env, parse_kwargs(args.env_kwarg)
+    if args.config:
+        from envgym.trainers.config import load_config
+
+        config = load_config(args.config)
+        settings.update({name: getattr(getattr(config, section), key)
+                         for name, (section, key) in EVAL_FROM_CONFIG.items()})
+        env_ids = env_ids or [config.env.id]
+        env_kwargs = {**config.env.kwargs, **env_kwargs}
+    settings.update({name: value for name in EVAL_DEFAULTS if (value := getattr(args, name)) is not None})
+    if not env_ids:
+        raise ValueError("name an env with --env ID, or give a training config with --config RUN.yaml")
+    sampling = SamplingParams(temperature=settings["temperature"], top_p=args.top_p,
+                              max_new_tokens=settings["max_new_tokens"])
+    report = evaluate(env_ids, args.policy, env_kwargs=env_kwargs, extract_action=settings["extract_action"],
+                      show_admissible=settings["show_admissible"], split=settings["split"],
+                      episodes=settings["episodes"], samples=args.samples, seed=args.seed, sampling=sampling,
+                      context=settings["context"], window=settings["window"], max_turns=settings["max_turns"],
+                      backend=settings["backend"], num_envs=settings["num_envs"] or None,
+                      step_timeout=settings["step_timeout"], retries=settings["retries"],
+                      request_timeout=args.request_timeout, progress=True)
+    print(report.to_markdown(), end="")  # plain print: a console would wrap the table's rows
+    if out is not None:
+        paths = report.save(out)
+        print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    problems = failure_summary(report)  # a crashed env or a dead endpoint must not read as a 0% policy
+    for line in problems:
+        console.print(line, style="red", markup=False, highlight=False, soft_wrap=True)
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+def _writable_directory(path: str) -> Path:
+    """`path`, created if needed, after proving a file can be written there; ValueError naming --out if not."""
+    import tempfile
+
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise ValueError(f"--out {path}: cannot write there ({exc.strerror or exc})") from None
+    return out
+
+
+def add_eval_parser(sub: argparse._SubParsersAction) -> None:
+    from envgym.evaluation import ARGUMENT_RANGES, EVAL_SEED
+    from envgym.policies import POLICY_SPECS
+
+    def checked(name: str, kind: type) -> Any:  # an argparse type: `kind`, within the range `evaluate` accepts
+        return ARGUMENT_RANGES[name].parser(kind)
+
+    p = sub.add_parser("eval", help="evaluate policies on envs: success with 95%% CI, return, pass@k, ...",
+                       description="Evaluate policies on envs with the rollout code training uses: success rate with a "
+                                   "95% Wilson interval, mean return and turns, pass@k, invalid-action rate and "
+                                   "tokens generated, per env and policy. Every evaluation plays the first tasks of "
+                                   "the split with fixed seeds. Exits 1 when an episode failed past its retries "
+                                   "or none was played.")
+    p.add_argument("--env", action="append", default=[], metavar="ID", help="env id (repeatable)")
+    p.add_argument("--policy", action="append", required=True, metavar="SPEC",
+                   help=f"policy (repeatable): {' | '.join(POLICY_SPECS)}")
+    p.add_argument("--config", default=None, metavar="RUN.yaml",
+                   help="take the env, its wrappers and the evaluation settings from a training config "
+                        "(a recipe, or a checkpoint's config.yaml); options given here override it")
+    p.add_argument("--env-kwarg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a knob of every env, e.g. size=4 (repeatable; see `envgym info ID`)")
+    p.add_argument("--extract-action", default=None, choices=["none", "tag", "admissible"],
+                   help="find the action in chatty replies (the ActionExtraction wrapper; default none)")
+    p.add_argument("--show-admissible", default=None, action=argparse.BooleanOptionalAction,
+                   help="append the valid actions to each observation (default: no)")
+    p.add_argument("--split", default=None, choices=["train", "test"], help="default test")
+    p.add_argument("--episodes", type=checked("episodes", int), default=None,
+                   help="episodes per env (default 16): the first tasks of the split, each played several times "
+                        "when the split is smaller and the policy samples")
+    p.add_argument("--samples", type=checked("samples", int), default=1, help="episodes per task, for pass@k (default 1)")
+    p.add_argument("--seed", type=int, default=EVAL_SEED, help=f"default {EVAL_SEED}, as in training")
+    p.add_argument("--max-turns", type=checked("max_turns", int), default=None, help="cap on turns per episode (default: the env's)")
+    p.add_argument("--context", default=None, choices=["full", "window"],
+                   help="chat context of token policies (default full)")
+    p.add_argument("--window", type=checked("window", int), default=None, help="turns kept with --context window (default 4)")
+    p.add_argument("--temperature", type=float, default=None, help="default 1.0 (0: greedy)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default 64")
+    p.add_argument("--backend", default=None, choices=["sync", "process", "ray"], help="EnvPool backend (default sync)")
+    p.add_argument("--num-envs", type=checked("num_envs", int), default=None, metavar="N",
+                   help="EnvPool slots (default: one per episode with sync, else 4 worker processes per core)")
+    p.add_argument("--step-timeout", type=checked("step_timeout", float), default=None, metavar="SECONDS",
+                   help="a reset or step taking longer fails its episode (default 60)")
+    p.add_argument("--retries", type=checked("retries", int), default=None,
+                   help="attempts after a failed episode before its group is dropped (default 2)")
+    p.add_argument("--request-timeout", type=checked("request_timeout", float), default=None, metavar="SECONDS",
+                   help="timeout of each HTTP request of openai: policies (default: the policy's, 60)")
+    p.add_argument("--out", default=None, metavar="DIR", help="write report.json, report.md and report.png here")
+    p.set_defaults(func=cmd_eval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="envgym", description="Multi-turn text and tool environments for LLM agents, with turn-level RL.")
@@ -149,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.set_defaults(func=cmd_play)
 
+    add_eval_parser(sub)
     for module_name in SUBCOMMAND_MODULES:
         if importlib.util.find_spec(module_name) is not None:
             importlib.import_module(module_name).register_cli(sub)
@@ -162,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except (KeyError, ValueError, TypeError) as exc:
         return _error(args.command, exc.args[0] if isinstance(exc, KeyError) and exc.args else exc, EXIT_USAGE)
-    except (FloatingPointError, OSError) as exc:  # a run stopped on a NaN (its batch is saved), disk, file, network
+    except (FloatingPointError, RunFailed, OSError) as exc:  # a run stopped (a NaN, no groups left), disk, file, net
         return _error(args.command, exc, EXIT_FAILED)
     except KeyboardInterrupt:
         return _error(args.command, "interrupted", EXIT_INTERRUPTED)

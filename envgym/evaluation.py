@@ -1,4 +1,4 @@
-"""Evaluate policies on envs with the training rollout code (`collect_groups`), and the `envgym eval` command.
+"""Evaluate policies on envs with the training rollout code (`collect_groups`); `envgym eval` calls `evaluate`.
 
 Per env and policy it reports the success rate with a 95% Wilson interval,
 mean return, mean turns, pass@k (the unbiased estimator of Chen et al. 2021
@@ -9,31 +9,31 @@ report.png.
 
 from __future__ import annotations
 
-import argparse
-import functools
+import contextlib
 import json
 import math
 import os
-import tempfile
+import sys
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from envgym.chat import ContextMode
 from envgym.option_types import Range
-from envgym.policies import POLICY_SPECS, Policy, SamplingParams, load_policy
-from envgym.pool import Backend, EnvPool
+from envgym.policies import Policy, SamplingParams, load_policy
+from envgym.pool import Backend, EnvPool, default_num_envs
 from envgym.rollout import RolloutResult, collect_groups
+from envgym.wrappers import EnvMaker
 
+#: The seed of every evaluation unless asked otherwise: training's held-out evaluation and `envgym eval` alike.
+EVAL_SEED = 0
 #: Allowed values of `evaluate`'s numeric arguments; `envgym eval` checks its options of the same names against them.
 ARGUMENT_RANGES = {"episodes": Range(ge=1), "samples": Range(ge=1), "window": Range(ge=0), "max_turns": Range(ge=1),
                    "num_envs": Range(ge=1), "retries": Range(ge=0), "step_timeout": Range(gt=0),
                    "request_timeout": Range(gt=0)}
-#: Env worker processes (or Ray actors) per core by default: workers mostly wait for the policy.
-WORKERS_PER_CORE = 4
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -58,12 +58,20 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 @dataclass(frozen=True)
 class EvalRow:
-    """The results of one policy on one env."""
+    """The results of one policy on one env.
+
+    `tasks` x samples episodes were planned; `episodes` were played and
+    `dropped_episodes` failed past their retries (their causes are in
+    `failures`). A dropped episode counts as a loss in `success_rate`, its
+    interval and pass@k, so the rate always covers the same fixed set;
+    return, turns and the invalid-action rate are over the played episodes.
+    """
 
     env_id: str
     policy: str
     tasks: int
     episodes: int
+    dropped_episodes: int
     success_rate: float
     success_ci95: tuple[float, float]
     mean_return: float
@@ -71,10 +79,9 @@ class EvalRow:
     pass_at_k: dict[int, float]
     invalid_action_rate: float
     generated_tokens: int
-    dropped_groups: int
     retries: int
     wall_time: float
-    failures: tuple[str, ...] = ()  # the cause of each episode that still failed after its last retry
+    failures: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -90,14 +97,14 @@ class EvalReport:
     def to_markdown(self) -> str:
         ks = sorted({k for r in self.rows for k in r.pass_at_k})
         head = ["env", "policy", "episodes", "success (95% CI)", "mean return", "mean turns",
-                *[f"pass@{k}" for k in ks], "invalid actions", "tokens", "dropped groups"]
+                *[f"pass@{k}" for k in ks], "invalid actions", "tokens", "dropped episodes"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in self.rows:
             lo, hi = r.success_ci95
             cells = [r.env_id, r.policy, str(r.episodes), f"{r.success_rate:.1%} ({lo:.1%}-{hi:.1%})",
                      f"{r.mean_return:.3f}", f"{r.mean_turns:.1f}",
                      *[f"{r.pass_at_k[k]:.1%}" if k in r.pass_at_k else "" for k in ks],
-                     f"{r.invalid_action_rate:.1%}", str(r.generated_tokens), str(r.dropped_groups)]
+                     f"{r.invalid_action_rate:.1%}", str(r.generated_tokens), str(r.dropped_episodes)]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 
@@ -138,26 +145,81 @@ class EvalReport:
         return {"json": out / "report.json", "markdown": out / "report.md", "chart": self.plot(out / "report.png")}
 
 
-def summarize(env_id: str, policy_name: str, result: RolloutResult, samples: int, retries: int) -> EvalRow:
-    """One report row from the groups of a rollout (dropped groups count in `dropped_groups` and `failures` only)."""
+def summarize(env_id: str, policy_name: str, result: RolloutResult, *, tasks: int, samples: int) -> EvalRow:
+    """One report row from the rollout of `tasks` tasks played `samples` times each (see `EvalRow`)."""
     episodes = [e for g in result.groups for e in g.episodes]
+    planned = tasks * samples
     wins = sum(e.won for e in episodes)
     turns = sum(len(e.turns) for e in episodes)
     invalid = sum(t.invalid_action for e in episodes for t in e.turns)
     ks = sorted({1, samples})
-    pass_k = {k: sum(pass_at_k(len(g.episodes), sum(e.won for e in g.episodes), k) for g in result.groups)
-              / len(result.groups) for k in ks} if result.groups else {}
+    pass_k = {k: sum(pass_at_k(len(g.episodes), sum(e.won for e in g.episodes), k) for g in result.groups) / tasks
+              for k in ks} if tasks else {}
     n = len(episodes)
     return EvalRow(
-        env_id=env_id, policy=policy_name, tasks=len(result.groups), episodes=n,
-        success_rate=wins / n if n else 0.0, success_ci95=wilson_interval(wins, n),
+        env_id=env_id, policy=policy_name, tasks=tasks, episodes=n, dropped_episodes=planned - n,
+        success_rate=wins / planned if planned else 0.0, success_ci95=wilson_interval(wins, planned),
         mean_return=sum(e.total_return for e in episodes) / n if n else 0.0,
         mean_turns=turns / n if n else 0.0, pass_at_k=pass_k,
         invalid_action_rate=invalid / turns if turns else 0.0,
         generated_tokens=sum(e.num_generated_tokens for e in episodes),
-        dropped_groups=int(result.metrics["dropped_groups"]), retries=int(result.metrics["retries"]),
-        wall_time=result.metrics["wall_time"],
-        failures=tuple(f.cause for f in result.failures if f.attempt >= retries))
+        retries=int(result.metrics["retries"]), wall_time=result.metrics["wall_time"],
+        failures=[f"group {f.group} episode {f.member} attempt {f.attempt + 1}: {f.cause}" for f in result.failures])
+
+
+def plan_split(split_tasks: int, episodes: int, samples: int, greedy: bool) -> tuple[int, int]:
+    """(tasks, samples per task) of an evaluation of `episodes` episodes on a split of `split_tasks` tasks.
+
+    The tasks are always the first ones of the split, so two evaluations of one
+    policy play the same episodes. A split smaller than `episodes` has each task
+    played several times when sampling (once when greedy: repeats would be equal).
+    """
+    if episodes < 1 or samples < 1:
+        raise ValueError(f"episodes and samples must be >= 1, got {episodes} and {samples}")
+    tasks = min(episodes, split_tasks)
+    return tasks, samples * (1 if greedy else -(-episodes // tasks))
+
+
+def evaluate_policy(env: EnvMaker, policy: Policy, *, policy_name: str, split: str = "test", episodes: int = 16,
+                    samples: int = 1, seed: int = EVAL_SEED, sampling: SamplingParams | None = None,
+                    context: ContextMode = "full", window: int = 4, max_turns: int | None = None,
+                    pool: EnvPool | None = None, backend: Backend = "sync", num_envs: int | None = None,
+                    step_timeout: float = 60.0, retries: int = 2,
+                    on_episode: Callable[[int, int], None] | None = None) -> tuple[EvalRow, RolloutResult]:
+    """Play the fixed evaluation set of `split` (see `plan_split`) with `policy`; the one evaluation path.
+
+    Training (`Trainer.evaluate`) and `envgym eval` both call this, so one
+    checkpoint gets one number either way. Task k is reset with seed
+    `group_seed(seed, k)`; a token policy samples from torch's generator seeded
+    with `seed` (the caller's generator is left as it was). Without `pool`, one
+    of `num_envs` slots (default `default_num_envs`) whose resets and steps time
+    out after `step_timeout` seconds is made and closed here.
+    """
+    sampling = sampling or SamplingParams()
+    with env() as probe:
+        split_tasks = probe.unwrapped.num_tasks[split]
+    tasks, per_task = plan_split(split_tasks, episodes, samples, sampling.temperature == 0)
+    with contextlib.ExitStack() as stack:
+        if pool is None:
+            pool = stack.enter_context(EnvPool(env, num_envs or default_num_envs(backend, tasks * per_task),
+                                               backend=backend, step_timeout=step_timeout))
+        with _seeded_torch(seed):
+            result = collect_groups(env, policy, n_groups=tasks, group_size=per_task, split=split, seed=seed,
+                                    sampling=sampling, context=context, window=window, max_turns=max_turns,
+                                    pool=pool, retries=retries, tasks=list(range(tasks)), on_episode=on_episode)
+    return summarize(env.env_id, policy_name, result, tasks=tasks, samples=per_task), result
+
+
+@contextlib.contextmanager
+def _seeded_torch(seed: int):
+    """Torch's generators seeded with `seed` inside, restored after (no-op where torch was never imported)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield
 
 
 def evaluate(
@@ -165,10 +227,12 @@ def evaluate(
     policy: str | Policy | Sequence[str | Policy],
     *,
     env_kwargs: Mapping[str, Any] | None = None,
+    extract_action: Literal["none", "tag", "admissible"] = "none",
+    show_admissible: bool = False,
     split: str = "test",
     episodes: int = 16,
     samples: int = 1,
-    seed: int = 0,
+    seed: int = EVAL_SEED,
     sampling: SamplingParams | None = None,
     context: ContextMode = "full",
     window: int = 4,
@@ -180,18 +244,15 @@ def evaluate(
     request_timeout: float | None = None,
     progress: bool = False,
 ) -> EvalReport:
-    """Play `episodes` tasks of `split` per env, `samples` times each, with each policy; one row per pair.
+    """Evaluate each policy on each env with `evaluate_policy`; one row per pair.
 
-    Every env is made with `env_kwargs` (its knobs, e.g. ``{"size": 4}``).
-    Policies are spec strings (see `envgym.policies.POLICY_SPECS`, loaded once)
-    or policy objects. Token policies sample with `sampling` (default:
-    temperature 1, 64 new tokens). Envs run in an `EnvPool` of `num_envs`
-    slots (default `default_num_envs`) whose steps time out after
-    `step_timeout` seconds; a failed episode is retried `retries` times with a
-    fresh env, then its group is dropped and the cause kept in the row's
-    `failures`. `request_timeout` bounds each HTTP request of `openai:` policies.
-    Arguments are checked against ARGUMENT_RANGES, and policy paths and env
-    ids and knobs are checked, before any model loads.
+    Every env is made by `EnvMaker(env_id, env_kwargs, extract_action,
+    show_admissible)`. Policies are spec strings (see
+    `envgym.policies.POLICY_SPECS`, loaded once) or policy objects. Token
+    policies sample with `sampling` (default: temperature 1, 64 new tokens);
+    `request_timeout` bounds each HTTP request of `openai:` policies. Numbers
+    are checked against ARGUMENT_RANGES, env ids and knobs and policy paths are
+    checked, before any model loads.
     """
     env_ids = [env_ids] if isinstance(env_ids, str) else list(env_ids)
     policies = [policy] if isinstance(policy, str) or not isinstance(policy, Sequence) else list(policy)
@@ -203,44 +264,36 @@ def evaluate(
             ARGUMENT_RANGES[key].check(key, value)
     import envgym
 
-    env_kwargs = dict(env_kwargs or {})
+    makers = []
     for env_id in env_ids:
         envgym.spec(env_id)  # an unknown id or knob fails before any model loads
-        if env_kwargs:
-            envgym.make(env_id, **env_kwargs).close()
+        maker = EnvMaker(env_id, dict(env_kwargs or {}), extract_action, show_admissible)
+        maker().close()
+        makers.append(maker)
     for spec in policies:
         if isinstance(spec, str):
             check_policy_spec(spec)
     named = [(p, p) if isinstance(p, str) else (type(p).__name__, p) for p in policies]
-    slots = min(num_envs or default_num_envs(backend, episodes * samples), episodes * samples)
     rows = []
     with _progress_bar(progress) as bar:
         for name, spec in named:
             loaded = spec if not isinstance(spec, str) else load_policy(spec, **_endpoint_options(
                 spec, sampling=sampling, timeout=request_timeout))
-            for env_id in env_ids:
-                task = bar.add_task(f"{env_id} · {name}", total=episodes * samples) if bar else None
-                env = functools.partial(envgym.make, env_id, **env_kwargs) if env_kwargs else env_id
-                with EnvPool(env, slots, backend=backend, step_timeout=step_timeout) as pool:
-                    result = collect_groups(
-                        env, loaded, n_groups=episodes, group_size=samples, split=split, seed=seed, sampling=sampling,
-                        context=context, window=window, max_turns=max_turns, pool=pool, retries=retries,
-                        on_episode=(lambda done, total, t=task: bar.update(t, completed=done)) if bar else None)
-                rows.append(summarize(env_id, name, result, samples, retries))
-    settings = {"env_kwargs": env_kwargs, "split": split, "episodes": episodes, "samples": samples, "seed": seed,
-                "context": context, "window": window, "max_turns": max_turns, "backend": backend, "num_envs": slots,
-                "step_timeout": step_timeout, "retries": retries, "request_timeout": request_timeout,
-                "sampling": asdict(sampling or SamplingParams()), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            for maker in makers:
+                task = bar.add_task(f"{maker.env_id} · {name}", total=None) if bar else None
+                row, _ = evaluate_policy(
+                    maker, loaded, policy_name=name, split=split, episodes=episodes, samples=samples, seed=seed,
+                    sampling=sampling, context=context, window=window, max_turns=max_turns, backend=backend,
+                    num_envs=num_envs, step_timeout=step_timeout, retries=retries,
+                    on_episode=(lambda done, total, t=task: bar.update(t, completed=done, total=total)) if bar else None)
+                rows.append(row)
+    settings = {"env_kwargs": dict(env_kwargs or {}), "extract_action": extract_action,
+                "show_admissible": show_admissible, "split": split, "episodes": episodes, "samples": samples,
+                "seed": seed, "context": context, "window": window, "max_turns": max_turns, "backend": backend,
+                "num_envs": num_envs, "step_timeout": step_timeout, "retries": retries,
+                "request_timeout": request_timeout, "sampling": asdict(sampling or SamplingParams()),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     return EvalReport(rows, settings)
-
-
-def default_num_envs(backend: Backend, episodes: int) -> int:
-    """Env slots for `episodes` episodes: one each in-process ("sync": they cost only memory, and a token policy
-    batches them all), else WORKERS_PER_CORE worker processes or actors per usable core, at most one per episode."""
-    if backend == "sync":
-        return episodes
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(episodes, WORKERS_PER_CORE * cores))
 
 
 def check_policy_spec(spec: str) -> None:
@@ -258,6 +311,28 @@ def _endpoint_options(spec: str, *, sampling: SamplingParams | None, timeout: fl
     return {**({"sampling": sampling} if sampling else {}), **({"timeout": timeout} if timeout else {})}
 
 
+def failure_summary(report: EvalReport, most_common: int = 3) -> list[str]:
+    """One line per row that dropped episodes (failed past their retries) or played none: counts and causes."""
+    lines = []
+    for row in report.rows:
+        if not row.dropped_episodes and row.episodes:
+            continue
+        planned = row.episodes + row.dropped_episodes
+        causes = Counter(_cause(failure) for failure in row.failures).most_common(most_common)
+        lines.append(f"{row.env_id} · {row.policy}: {row.dropped_episodes} of {planned} episodes dropped after "
+                     f"failing past {report.settings.get('retries', '?')} retries (counted as losses); "
+                     f"{len(row.failures)} failed attempts, causes: "
+                     + ("; ".join(f"{n}x {cause}" for cause, n in causes) or "none recorded"))
+    return lines
+
+
+def _cause(failure: str, limit: int = 200) -> str:
+    """The cause in a `summarize` failure line ('group G episode M attempt A: CAUSE'), first line, shortened."""
+    cause = failure.split(": ", 1)[-1].strip()
+    cause = cause.splitlines()[0] if cause else "(no cause given)"
+    return cause if len(cause) <= limit else cause[:limit] + "..."
+
+
 class _NoBar:
     def __enter__(self) -> None:
         return None
@@ -272,104 +347,3 @@ def _progress_bar(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    """`envgym eval`: print the Markdown table; write report.json/.md/.png under --out.
-
-    Exits 1 when an episode failed past its retries or a pair played no episode:
-    a crashed env or a dead endpoint must not read as a 0% policy.
-    """
-    from envgym.cli import EXIT_FAILED, EXIT_OK, console, parse_kwargs  # envgym.cli imports this module
-
-    out = _writable_directory(args.out) if args.out else None  # before the eval, not after it
-    sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
-    report = evaluate(args.env, args.policy, env_kwargs=parse_kwargs(args.env_kwarg), split=args.split,
-                      episodes=args.episodes, samples=args.samples, seed=args.seed, sampling=sampling,
-                      context=args.context, window=args.window, max_turns=args.max_turns, backend=args.backend,
-                      num_envs=args.num_envs, step_timeout=args.step_timeout, retries=args.retries,
-                      request_timeout=args.request_timeout, progress=True)
-    print(report.to_markdown(), end="")  # plain print: a console would wrap the table's rows
-    if out is not None:
-        paths = report.save(out)
-        print(f"wrote {', '.join(str(p) for p in paths.values())}")
-    problems = failure_summary(report)
-    for line in problems:
-        console.print(line, style="red", markup=False, highlight=False, soft_wrap=True)
-    return EXIT_FAILED if problems else EXIT_OK
-
-
-def failure_summary(report: EvalReport, most_common: int = 3) -> list[str]:
-    """One line per row with failed episodes or none played: how many, and the most common causes."""
-    lines = []
-    for row in report.rows:
-        if not row.failures and row.episodes:
-            continue
-        retries = report.settings.get("retries", "?")
-        line = (f"{row.env_id} · {row.policy}: {len(row.failures)} episode(s) failed after {retries} retries, "
-                f"{row.dropped_groups} group(s) dropped; {row.episodes} of "
-                f"{report.settings.get('episodes', 0) * report.settings.get('samples', 1)} episodes played")
-        if row.failures:
-            causes = Counter(_first_line(c) for c in row.failures).most_common(most_common)
-            line += "; causes: " + "; ".join(f"{n}x {cause}" for cause, n in causes)
-        lines.append(line)
-    return lines
-
-
-def _first_line(cause: str, limit: int = 200) -> str:
-    line = cause.strip().splitlines()[0] if cause.strip() else "(no cause given)"
-    return line if len(line) <= limit else line[:limit] + "..."
-
-
-def _writable_directory(path: str) -> Path:
-    """`path`, created if needed, after proving a file can be written there; ValueError naming --out if not."""
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as exc:
-        raise ValueError(f"--out {path}: cannot write there ({exc.strerror or exc})") from None
-    return out
-
-
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `eval` subcommand to envgym's CLI."""
-    def checked(name: str, kind: type) -> Any:
-        return ARGUMENT_RANGES[name].parser(kind)
-
-    p = subparsers.add_parser("eval", help="evaluate policies on envs: success with 95%% CI, return, pass@k, ...",
-                              description="Evaluate policies on envs with the rollout code training uses: success "
-                                          "rate with a 95% Wilson interval, mean return and turns, pass@k, "
-                                          "invalid-action rate and tokens generated, per env and policy. Exits 1 "
-                                          "when an episode failed after its retries or no episode was played.")
-    p.add_argument("--env", action="append", required=True, metavar="ID", help="env id (repeatable)")
-    p.add_argument("--policy", action="append", required=True, metavar="SPEC",
-                   help=f"policy (repeatable): {' | '.join(POLICY_SPECS)}")
-    p.add_argument("--env-kwarg", action="append", default=[], metavar="KEY=VALUE",
-                   help="a knob of every env, e.g. size=4 (repeatable; see `envgym info ID`)")
-    p.add_argument("--split", default="test", choices=["train", "test"])
-    p.add_argument("--episodes", type=checked("episodes", int), default=16, help="tasks per env (default 16)")
-    p.add_argument("--samples", type=checked("samples", int), default=1,
-                   help="episodes per task, for pass@k (default 1)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-turns", type=checked("max_turns", int), default=None,
-                   help="cap on turns per episode (default: the env's)")
-    p.add_argument("--context", default="full", choices=["full", "window"], help="chat context of token policies")
-    p.add_argument("--window", type=checked("window", int), default=4,
-                   help="turns kept with --context window (default 4)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--backend", default="sync", choices=["sync", "process", "ray"], help="EnvPool backend")
-    p.add_argument("--num-envs", type=checked("num_envs", int), default=None, metavar="N",
-                   help=f"env slots (default: one per episode with sync, else {WORKERS_PER_CORE} worker processes "
-                        "per core, at most one per episode)")
-    p.add_argument("--step-timeout", type=checked("step_timeout", float), default=60.0, metavar="SECONDS",
-                   help="a reset or step taking longer fails the episode (default 60)")
-    p.add_argument("--retries", type=checked("retries", int), default=2,
-                   help="times a failed episode is replayed with a fresh env before its group is dropped (default 2)")
-    p.add_argument("--request-timeout", type=checked("request_timeout", float), default=None, metavar="SECONDS",
-                   help="timeout of each HTTP request of openai: policies (default: the policy's, 60)")
-    p.add_argument("--out", default=None, metavar="DIR", help="write report.json, report.md and report.png here")
-    p.set_defaults(func=cmd_eval)

@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 import re
 import socket
 import time
@@ -10,7 +9,8 @@ import time
 import pytest
 
 import envgym
-from envgym.evaluation import WORKERS_PER_CORE, default_num_envs, evaluate, pass_at_k, wilson_interval
+import envgym.evaluation
+from envgym.evaluation import evaluate, pass_at_k, wilson_interval
 
 
 def test_wilson_interval_known_values():
@@ -96,6 +96,31 @@ def test_evaluate_a_token_policy_object_counts_generated_tokens():
     assert row.policy == "HFPolicy" and row.episodes == 2 and 2 <= row.generated_tokens <= 2 * 2 * 3
 
 
+def test_a_checkpoint_gets_the_same_number_in_training_and_from_envgym_eval(tmp_path, capsys):
+    """One evaluation path: `envgym eval --config` replays the run's held-out evaluation exactly (sampling too)."""
+    from envgym.cli import main
+    from envgym.trainers import Trainer, config_from_dict
+
+    config = config_from_dict({
+        "iterations": 2, "threads": 1, "out_dir": str(tmp_path / "run"),
+        "env": {"id": "games/Maze-v0", "kwargs": {"size": 3, "view": "local"}, "max_turns": 6,
+                "extract_action": "admissible"},
+        "rollout": {"n_groups": 2, "group_size": 2, "max_new_tokens": 2, "context": "window", "window": 0},
+        "optim": {"epochs": 1}, "sft": {"steps": 20, "episodes": 128, "batch_tokens": 2048},
+        "eval": {"every": 2, "episodes": 24, "temperature": 1.0}, "checkpoint": {"every": 2}})
+    trainer = Trainer(config)
+    in_run = trainer.fit()[-1]
+    checkpoint = tmp_path / "run" / "checkpoints" / "iter_000002"
+    assert main(["eval", "--config", str(checkpoint / "config.yaml"), "--policy", f"hf:{checkpoint}",
+                 "--out", str(tmp_path / "eval")]) == 0
+    row = json.loads((tmp_path / "eval" / "report.json").read_text())["results"][0]
+    settings = json.loads((tmp_path / "eval" / "report.json").read_text())["settings"]
+    assert settings["extract_action"] == "admissible" and settings["sampling"]["temperature"] == 1.0
+    assert row["episodes"] == in_run["eval/episodes"] == 24
+    assert 0.0 < row["success_rate"] < 1.0  # the warm-started policy wins some sampled episodes, not all
+    assert row["success_rate"] == in_run["eval/success"]
+    assert row["mean_return"] == pytest.approx(in_run["eval/return"], abs=1e-12)
+    assert row["invalid_action_rate"] == pytest.approx(in_run["eval/invalid_rate"], abs=1e-12)
 # -- failures are failures ---------------------------------------------------------------------------------
 
 for _name, _cls in {"Raises": "RaisesOnStep", "Hangs": "HangsOnStep", "FailOnSeed": "FailOnSeed"}.items():
@@ -109,8 +134,9 @@ def test_eval_exits_one_when_every_episode_failed_and_says_why(capsys):
                  "--retries", "1"])
     out = capsys.readouterr().out
     assert code == EXIT_FAILED, out
-    assert ("faulty/EvalRaises-v0 · scripted: 3 episode(s) failed after 1 retries, 3 group(s) dropped; "
-            "0 of 3 episodes played; causes: 3x step 0: step('50') raised RuntimeError: the simulator exploded") in out
+    assert ("faulty/EvalRaises-v0 · scripted: 3 of 3 episodes dropped after failing past 1 retries (counted as "
+            "losses); 6 failed attempts, causes: 6x step 0: step('50') raised RuntimeError: the simulator "
+            "exploded") in out
 
 
 def test_eval_exits_one_when_some_episodes_failed(capsys):
@@ -118,11 +144,10 @@ def test_eval_exits_one_when_some_episodes_failed(capsys):
 
     code = main(["eval", "--env", "faulty/EvalFailOnSeed-v0", "--policy", "scripted", "--episodes", "8"])
     out = capsys.readouterr().out
-    report = evaluate("faulty/EvalFailOnSeed-v0", "scripted", episodes=8)
-    failed = report.rows[0].dropped_groups
-    assert 0 < failed < 8 and report.rows[0].episodes == 8 - failed  # the seeds of some groups are odd
+    row = evaluate("faulty/EvalFailOnSeed-v0", "scripted", episodes=8).rows[0]
+    assert 0 < row.dropped_episodes < 8 and row.episodes == 8 - row.dropped_episodes  # some seeds are odd
     assert code == EXIT_FAILED
-    assert f"{failed} episode(s) failed after 2 retries, {failed} group(s) dropped; {8 - failed} of 8 " in out
+    assert f"{row.dropped_episodes} of 8 episodes dropped after failing past 2 retries" in out
     assert "ValueError: cannot start from seed" in out
 
 
@@ -141,31 +166,30 @@ def test_a_dead_endpoint_fails_fast_with_the_timeouts_given(capsys):
         silent.close()
     out = capsys.readouterr().out
     assert code == EXIT_FAILED
-    assert "2 episode(s) failed after 0 retries" in out and "0 of 2 episodes played" in out
+    assert "2 of 2 episodes dropped after failing past 0 retries" in out
     assert f"no answer from {url}/chat/completions" in out and "timeout 0.3s" in out
     assert time.monotonic() - started < 30  # 4 tries x 0.3 s + backoff, not 4 x 60 s x 3 attempts
 
 
 @pytest.mark.slow
-def test_step_timeout_and_num_envs_reach_the_pool(capsys):
+def test_step_timeout_and_num_envs_reach_the_pool(capsys, monkeypatch):
     from envgym.cli import EXIT_FAILED, main
 
+    pools = []
+
+    class RecordedPool(envgym.evaluation.EnvPool):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            pools.append((self.num_envs, self.step_timeout, self.backend))
+
+    monkeypatch.setattr(envgym.evaluation, "EnvPool", RecordedPool)
     started = time.monotonic()
     code = main(["eval", "--env", "faulty/EvalHangs-v0", "--policy", "scripted", "--episodes", "2",
                  "--backend", "process", "--num-envs", "1", "--step-timeout", "0.5", "--retries", "0"])
     out = capsys.readouterr().out
-    assert code == EXIT_FAILED
+    assert code == EXIT_FAILED and pools == [(1, 0.5, "process")]
     assert "2x step 0: step timed out after 0.5s; the worker was killed and restarted" in out
     assert time.monotonic() - started < 40  # a hung step costs 0.5 s, not the default 60
-
-
-def test_process_workers_are_a_small_multiple_of_the_cores_not_one_per_episode():
-    cores = len(os.sched_getaffinity(0))
-    assert default_num_envs("process", 10_000) == WORKERS_PER_CORE * cores
-    assert default_num_envs("process", 3) == min(3, WORKERS_PER_CORE * cores)
-    assert default_num_envs("sync", 200) == 200  # in-process envs: one per episode, batched by the policy
-    report = evaluate("games/GuessNumber-v0", "scripted", episodes=5, backend="process", num_envs=2)
-    assert report.settings["num_envs"] == 2 and report.rows[0].episodes == 5
 
 
 @pytest.mark.parametrize("argument, value, message", [

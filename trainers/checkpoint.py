@@ -39,8 +39,11 @@ CONFIG_FILE = "config.yaml"
 MANIFEST_FILE = "manifest.json"
 STAGING_PREFIX = ".tmp-"
 #: Config keys (and sections) that may differ between a checkpoint and the run resuming from it: they change
-#: neither what is trained nor what is measured. `iterations` may only grow (see `check_config_matches`).
-RESUMABLE_CHANGES = ("iterations", "out_dir", "threads", "eval.every", "checkpoint.every", "checkpoint.keep")
+#: neither what is trained nor what is measured (the pool's keys only where an env fails). `iterations` may
+#: only grow (see `check_config_matches`).
+RESUMABLE_CHANGES = ("iterations", "out_dir", "threads", "eval.every", "checkpoint.every", "checkpoint.keep",
+                     "rollout.pool", "rollout.num_envs", "rollout.step_timeout", "rollout.episode_timeout",
+                     "rollout.retries", "rollout.env_memory_mb")
 #: The checkpoint of iteration 0 (the policy RL starts from, after any warm start) is kept: it is the KL reference.
 RL_START = "iter_000000"
 

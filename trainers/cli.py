@@ -36,7 +36,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from envgym.trainers import Trainer, load_config
 
     config = load_config(args.config, args.overrides)
-    history = Trainer(config, resume=args.resume, overwrite=args.overwrite).fit()
+    with Trainer(config, resume=args.resume, overwrite=args.overwrite) as trainer:
+        history = trainer.fit()
     console.print(f"held-out success ({config.eval.split} split): {_summary(history)}")
     console.print(f"metrics: {config.out_dir}/metrics.jsonl, curve: {config.out_dir}/learning_curve.png, "
                   f"TensorBoard: tensorboard --logdir {config.out_dir}/tensorboard")

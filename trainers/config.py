@@ -71,7 +71,17 @@ class EnvOptions:
 
 @dataclass
 class RolloutOptions:
-    """How episodes are collected each iteration (see `envgym.rollout.collect_groups`)."""
+    """How episodes are collected each iteration (see `envgym.rollout.collect_groups`).
+
+    Envs are stepped through one `envgym.pool.EnvPool` that the run keeps for
+    rollouts, the warm start and evaluation alike: `pool` is its backend ("sync":
+    in this process; "process" or "ray": one worker per slot, so an env that hangs,
+    crashes or runs out of memory fails only its episode). `num_envs` slots (0: one
+    per episode of an iteration in-process, 4 per CPU core in workers); a step past
+    `step_timeout` seconds or an episode past `episode_timeout` (0: no limit) fails its
+    episode, which is retried from the start up to `retries` times before its group is
+    dropped; `env_memory_mb` caps each worker's address space (0: no cap).
+    """
 
     n_groups: Annotated[int, Range(ge=1)] = 16
     group_size: Annotated[int, Range(ge=1)] = 8  # >= 2 for every estimator here, see `validate`
@@ -81,6 +91,12 @@ class RolloutOptions:
     context: Literal["full", "window"] = "full"
     window: Annotated[int, Range(ge=0)] = 1
     backend: Literal["hf", "vllm"] = "hf"
+    pool: Literal["sync", "process", "ray"] = "sync"
+    num_envs: Annotated[int, Range(ge=0)] = 0
+    step_timeout: Annotated[float, Range(gt=0)] = 60.0
+    episode_timeout: Annotated[float, Range(ge=0)] = 0.0
+    retries: Annotated[int, Range(ge=0)] = 2
+    env_memory_mb: Annotated[int, Range(ge=0)] = 0
 
 
 @dataclass
@@ -88,10 +104,13 @@ class AlgorithmOptions:
     """The advantage estimator and its options, passed to `envgym.trainers.advantages.compute_advantages`.
 
     `options` are the estimator's own keyword options (e.g. gigpo: gamma, omega,
-    mode, invalid_penalty); unknown names fail at validation, listing the valid ones.
+    mode, invalid_penalty), on top of a named `preset` of the estimator (gigpo:
+    "verl-agent"); the estimator checks them, and runs once on a tiny batch, when
+    the config is validated. See docs/algorithms.md.
     """
 
     estimator: Literal["grpo", "drgrpo", "rloo", "reinforce_pp", "turn_grpo", "gigpo", "igpo", "prime"] = "gigpo"
+    preset: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -109,9 +128,18 @@ class LossOptions:
 
 @dataclass
 class OptimOptions:
-    """AdamW. A learning rate above 1 is always a typo for these models; 0 freezes the weights (for debugging)."""
+    """AdamW and its learning-rate schedule.
+
+    The rate rises linearly from 0 over `warmup_steps` optimizer steps, then stays
+    at `lr` (`schedule: constant`) or follows a cosine down to `min_lr_ratio * lr` at
+    the run's last step (`schedule: cosine`). A rate above 1 is always a typo for
+    these models; 0 freezes the weights (for debugging).
+    """
 
     lr: Annotated[float, Range(ge=0, le=1)] = 3e-4
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: Annotated[int, Range(ge=0)] = 0
+    min_lr_ratio: Annotated[float, Range(ge=0, le=1)] = 0.0
     weight_decay: Annotated[float, Range(ge=0, le=1)] = 0.0
     beta1: Annotated[float, Range(ge=0, lt=1)] = 0.9
     beta2: Annotated[float, Range(ge=0, lt=1)] = 0.999
@@ -213,17 +241,13 @@ class TrainConfig:
         return self
 
     def _validate_estimator_options(self) -> None:
-        from envgym.trainers.advantages import ESTIMATORS
+        """The estimator checks its own options and runs once on a tiny synthetic batch."""
+        from envgym.trainers.advantages import check_estimator
 
-        spec = ESTIMATORS[self.algorithm.estimator]
-        for key, value in self.algorithm.options.items():
-            if key not in spec.defaults:
-                close = difflib.get_close_matches(key, spec.defaults, n=1)
-                hint = f"did you mean {close[0]!r}? " if close else ""
-                raise ConfigError(f"unknown option algorithm.options.{key} for estimator {spec.name!r}; {hint}"
-                                  f"valid options: {', '.join(sorted(spec.defaults))}")
-            if key in spec.choices and value not in spec.choices[key]:
-                raise ConfigError(f"algorithm.options.{key} must be one of {list(spec.choices[key])}, got {value!r}")
+        try:
+            check_estimator(self.algorithm.estimator, self.algorithm.options, self.algorithm.preset)
+        except ValueError as exc:
+            raise ConfigError(f"algorithm: {exc}") from None
 
 
 def _check_ranges(options: Any, prefix: str = "") -> None:
