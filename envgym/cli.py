@@ -222,12 +222,15 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--episodes", type=checked("episodes", int), default=None,
                    help="episodes per env (default 16): the first tasks of the split, each played several times "
                         "when the split is smaller and the policy samples")
-    p.add_argument("--samples", type=checked("samples", int), default=1, help="episodes per task, for pass@k (default 1)")
+    p.add_argument("--samples", type=checked("samples", int), default=1,
+                   help="episodes per task, for pass@k (default 1)")
     p.add_argument("--seed", type=int, default=EVAL_SEED, help=f"default {EVAL_SEED}, as in training")
-    p.add_argument("--max-turns", type=checked("max_turns", int), default=None, help="cap on turns per episode (default: the env's)")
+    p.add_argument("--max-turns", type=checked("max_turns", int), default=None,
+                   help="cap on turns per episode (default: the env's)")
     p.add_argument("--context", default=None, choices=["full", "window"],
                    help="chat context of token policies (default full)")
-    p.add_argument("--window", type=checked("window", int), default=None, help="turns kept with --context window (default 4)")
+    p.add_argument("--window", type=checked("window", int), default=None,
+                   help="turns kept with --context window (default 4)")
     p.add_argument("--temperature", type=float, default=None, help="default 1.0 (0: greedy)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=None, help="default 64")
