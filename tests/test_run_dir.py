@@ -185,7 +185,7 @@ def test_resume_accepts_only_resumable_changes_and_growing_iterations(tmp_path):
     checkpoint = _checkpoint_with(tmp_path, original)
     for fine in (["iterations=20"], ["threads=2", "checkpoint.keep=5", "eval.every=3", "out_dir=elsewhere"]):
         check_config_matches(checkpoint, config_dict(config_from_dict({**RUN, "iterations": 10}, fine)))
-    with pytest.raises(CheckpointMismatch, match=r"iterations: the run was started for 10, this config has 5 "
+    with pytest.raises(CheckpointMismatch, match=r"iterations: the checkpoint's run was set to 10, this config has 5 "
                                                  r"\(iterations may only grow on resume\)"):
         check_config_matches(checkpoint, config_dict(config_from_dict({**RUN, "iterations": 5})))
     with pytest.raises(CheckpointMismatch, match="eval.episodes: checkpoint has 2, this config has 50"):

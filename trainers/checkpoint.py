@@ -262,7 +262,7 @@ def check_config_matches(checkpoint: Path, config: dict[str, Any]) -> None:
     differences = [f"{key}: checkpoint has {old!r}, this config has {new!r}"
                    for key, old, new in _diff(saved, config) if not _resumable(key)]
     if config["iterations"] < saved["iterations"]:
-        differences.append(f"iterations: the run was started for {saved['iterations']}, this config has "
+        differences.append(f"iterations: the checkpoint's run was set to {saved['iterations']}, this config has "
                            f"{config['iterations']} (iterations may only grow on resume)")
     if differences:
         raise CheckpointMismatch(
