@@ -81,7 +81,7 @@ class EvalRow:
     generated_tokens: int
     retries: int
     wall_time: float
-    failures: list[str] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)  # {"group", "episode", "attempt", "cause"}
 
 
 @dataclass
@@ -164,7 +164,8 @@ def summarize(env_id: str, policy_name: str, result: RolloutResult, *, tasks: in
         invalid_action_rate=invalid / turns if turns else 0.0,
         generated_tokens=sum(e.num_generated_tokens for e in episodes),
         retries=int(result.metrics["retries"]), wall_time=result.metrics["wall_time"],
-        failures=[f"group {f.group} episode {f.member} attempt {f.attempt + 1}: {f.cause}" for f in result.failures])
+        failures=[{"group": f.group, "episode": f.member, "attempt": f.attempt + 1, "cause": f.cause}
+                  for f in result.failures])
 
 
 def plan_split(split_tasks: int, episodes: int, samples: int, greedy: bool) -> tuple[int, int]:
@@ -318,7 +319,7 @@ def failure_summary(report: EvalReport, most_common: int = 3) -> list[str]:
         if not row.dropped_episodes and row.episodes:
             continue
         planned = row.episodes + row.dropped_episodes
-        causes = Counter(_cause(failure) for failure in row.failures).most_common(most_common)
+        causes = Counter(_cause(failure["cause"]) for failure in row.failures).most_common(most_common)
         lines.append(f"{row.env_id} · {row.policy}: {row.dropped_episodes} of {planned} episodes dropped after "
                      f"failing past {report.settings.get('retries', '?')} retries (counted as losses); "
                      f"{len(row.failures)} failed attempts, causes: "
@@ -326,10 +327,9 @@ def failure_summary(report: EvalReport, most_common: int = 3) -> list[str]:
     return lines
 
 
-def _cause(failure: str, limit: int = 200) -> str:
-    """The cause in a `summarize` failure line ('group G episode M attempt A: CAUSE'), first line, shortened."""
-    cause = failure.split(": ", 1)[-1].strip()
-    cause = cause.splitlines()[0] if cause else "(no cause given)"
+def _cause(cause: str, limit: int = 200) -> str:
+    """The first line of a failure's cause, shortened."""
+    cause = cause.strip().splitlines()[0] if cause.strip() else "(no cause given)"
     return cause if len(cause) <= limit else cause[:limit] + "..."
 
 

@@ -191,3 +191,18 @@ def test_resume_accepts_only_resumable_changes_and_growing_iterations(tmp_path):
     with pytest.raises(CheckpointMismatch, match="eval.episodes: checkpoint has 2, this config has 50"):
         check_config_matches(checkpoint, config_dict(config_from_dict({**RUN, "iterations": 10},
                                                                       ["eval.episodes=50"])))
+
+
+def test_a_run_that_fails_its_set_up_leaves_no_new_directory(tmp_path):
+    from envgym.trainers import ConfigError
+
+    out = tmp_path / "never"
+    with pytest.raises(ConfigError, match="size must be >= 2"):
+        Trainer(config_from_dict({**RUN, "out_dir": str(out), "env": {**RUN["env"], "kwargs": {"size": 1}}}))
+    assert not out.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError):
+        Trainer(config_from_dict({**RUN, "out_dir": str(kept), "env": {**RUN["env"], "kwargs": {"size": 1}}}))
+    assert sorted(p.name for p in kept.iterdir()) == [".envgym.lock", "notes.txt"]  # a user's directory stays

@@ -48,8 +48,8 @@ class OutDirHoldsRun(ConfigError):
 class RunDirectory:
     """The claimed `out_dir` of one run; `release()` (or leaving a `with` block) gives it up."""
 
-    def __init__(self, path: Path, lock: filelock.BaseFileLock):
-        self.path, self._lock = path, lock
+    def __init__(self, path: Path, lock: filelock.BaseFileLock, created: bool = False):
+        self.path, self._lock, self._created = path, lock, created
 
     @classmethod
     def claim(cls, out_dir: str | os.PathLike[str], *, resume: bool = False, overwrite: bool = False) -> RunDirectory:
@@ -58,6 +58,7 @@ class RunDirectory:
         if resume and overwrite:
             raise ValueError("resume and overwrite exclude each other: continue the run in out_dir, or delete it")
         path = Path(out_dir)
+        created = not path.exists()
         try:
             path.mkdir(parents=True, exist_ok=True)
             lock = filelock.FileLock(path / LOCK_FILE, timeout=0, is_singleton=True)
@@ -67,7 +68,7 @@ class RunDirectory:
                               "to end, or choose another out_dir") from None
         except OSError as exc:
             raise ConfigError(f"out_dir {path} cannot be written: {exc.strerror or exc}") from None
-        run = cls(path, lock)
+        run = cls(path, lock, created)
         try:
             if lock.lock_counter == 1:  # the first claim of this process: record who holds the lock
                 _write_holder(path)
@@ -104,9 +105,12 @@ class RunDirectory:
         """Give the directory up (idempotent); the holder record goes first, so it never names a later holder."""
         if not self._lock.is_locked:
             return
-        if self._lock.lock_counter == 1:
+        last = self._lock.lock_counter == 1
+        if last:
             (self.path / HOLDER_FILE).unlink(missing_ok=True)
         self._lock.release()
+        if last and self._created and [p.name for p in self.path.iterdir()] == [LOCK_FILE]:
+            shutil.rmtree(self.path)  # a run that wrote nothing (a bad config) leaves no directory behind
 
     def __enter__(self) -> RunDirectory:
         return self

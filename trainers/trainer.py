@@ -494,7 +494,8 @@ class Trainer:
             retries=cfg.rollout.retries)
         if row.dropped_episodes:
             log.warning("held-out evaluation: %d of %d episodes failed past their retries and count as losses: %s",
-                        row.dropped_episodes, row.dropped_episodes + row.episodes, "; ".join(row.failures[:3]))
+                        row.dropped_episodes, row.dropped_episodes + row.episodes,
+                        "; ".join(f["cause"] for f in row.failures[:3]))
         return {"eval/success": row.success_rate, "eval/episodes": float(row.episodes),
                 "eval/dropped_episodes": float(row.dropped_episodes), "eval/return": row.mean_return,
                 "eval/turns": row.mean_turns, "eval/invalid_rate": row.invalid_action_rate}
