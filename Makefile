@@ -15,7 +15,7 @@ test: setup
 	$(PY) -m pytest -q
 
 quickstart: setup
-	$(VENV)/bin/envgym train trainers/recipes/quickstart.yaml
+	$(VENV)/bin/envgym train trainers/recipes/quickstart.yaml --overwrite
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs reports

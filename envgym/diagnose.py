@@ -23,7 +23,6 @@ overlong, and no admissible action.
 
 from __future__ import annotations
 
-import argparse
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -240,31 +239,3 @@ def _probe(play: Callable[..., Any], tasks: int, max_turns: int | None) -> list[
 def _clip(text: str, width: int = 60) -> str:
     flat = " ".join(text.split())
     return repr(flat if len(flat) <= width else flat[:width] + "...")
-
-
-def cmd_diagnose(args: argparse.Namespace) -> int:
-    """`envgym diagnose`: print the report; exit 0 (findings are warnings, not failures)."""
-    from envgym.cli import parse_kwargs  # here: envgym.cli imports this module to register the subcommand
-
-    print(diagnose(args.id, env_kwargs=parse_kwargs(args.kwargs), groups=args.groups, group_size=args.group_size,
-                   probe_tasks=args.probe_tasks, seed=args.seed, max_turns=args.max_turns).render())
-    return 0
-
-
-def add_diagnose_options(parser: argparse.ArgumentParser) -> None:
-    """The options `envgym diagnose` and `envgym check --diagnose` share."""
-    parser.add_argument("--groups", type=int, default=8, help="groups per scripted policy (default 8)")
-    parser.add_argument("--group-size", type=int, default=8, help="episodes per group, G (default 8)")
-    parser.add_argument("--probe-tasks", type=int, default=3, help="train tasks the probes play (default 3)")
-    parser.add_argument("--max-turns", type=int, default=None, help="cap on turns per episode (default: the env's)")
-
-
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `diagnose` subcommand to envgym's CLI."""
-    text = "play scripted policies on an env: anchor hit rate, reward range, turns to win, reward-hacking probes"
-    p = subparsers.add_parser("diagnose", help=text, description=text)
-    p.add_argument("id", help="env id, e.g. games/Maze-v0")
-    p.add_argument("kwargs", nargs="*", metavar="KEY=VALUE", help="constructor overrides, e.g. size=7")
-    p.add_argument("--seed", type=int, default=0)
-    add_diagnose_options(p)
-    p.set_defaults(func=cmd_diagnose)

@@ -29,7 +29,7 @@ from typing import Any
 from envgym.chat import ContextMode, EpisodeChat
 from envgym.core import stable_hash
 from envgym.policies.base import Policy, PolicyError, SamplingParams, TextRequest, TokenPolicy
-from envgym.pool import Backend, EnvFactory, EnvPool, EnvResult
+from envgym.pool import Backend, EnvFactory, EnvPool, EnvResult, default_num_envs
 from envgym.trajectory import Episode, EpisodeEnd, FinishReason, Group, Turn
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ class _Collector:
                 self._fail(g, m, attempt, slot, f"reset: {result.error}")
                 continue
             chat = EpisodeChat(self.tokenizer, result.instructions, context=self.context, window=self.window,
-                               observation_role=self.observation_role)
+                               observation_role=self.observation_role, tools=result.info.get("tools"))
             ids, starts_row = chat.start(result.observation)
             answer = result.info.get("answer")
             self.live[slot] = _Live(g, m, attempt, slot, chat, result.info, result.observation, ids, starts_row,
@@ -264,9 +264,11 @@ class _Collector:
 
 
 def _env_name(env: str | EnvFactory) -> str:
-    """The id recorded in episodes: the env id, also inside `functools.partial(envgym.make, id, ...)`."""
+    """The id recorded in episodes: the env id, an `EnvMaker`'s id, or the id inside `partial(envgym.make, id)`."""
     if isinstance(env, str):
         return env
+    if isinstance(getattr(env, "env_id", None), str):
+        return env.env_id
     if isinstance(env, functools.partial) and env.args and isinstance(env.args[0], str):
         return env.args[0]
     return getattr(env, "__name__", type(env).__name__)
@@ -296,7 +298,7 @@ def collect_groups(
 
     Group g resets with seed `group_seed(seed, g)` and `options={"split": split}`
     (plus `"task": tasks[g]` when `tasks` is given). Without `pool`, a pool of
-    `num_envs` envs (default: one per episode) with `backend` is made and
+    `num_envs` envs (default: `envgym.pool.default_num_envs`) with `backend` is made and
     closed here. Observations are chat messages of `observation_role`
     ("user", or "tool" for tool envs whose template has that role); `context`
     and `window` choose the token layout (see `envgym.chat`). `max_turns`
@@ -315,7 +317,7 @@ def collect_groups(
     env_name = _env_name(env)
     own_pool = pool is None
     if own_pool:
-        pool = EnvPool(env, num_envs or max(1, n_groups * group_size), backend=backend)
+        pool = EnvPool(env, num_envs or default_num_envs(backend, n_groups * group_size), backend=backend)
     started = time.perf_counter()
     try:
         collector = _Collector(env_name, policy, pool, n_groups=n_groups, group_size=group_size, split=split,

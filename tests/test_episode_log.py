@@ -7,9 +7,9 @@ import envgym
 from envgym import registration
 from envgym.trainers import ConfigError, Trainer, config_from_dict
 from envgym.trainers.advantages import compute_advantages
+from envgym.trainers.batch import RolloutBatch
 from envgym.trainers.episode_log import is_due, read_samples, sample_path, write_sample
 from envgym.trainers.tiny_model import tiny_policy_model
-from envgym.trajectory import to_turn_batch
 
 MICRO = {"iterations": 3, "threads": 1,
          "env": {"id": "games/Maze-v0", "kwargs": {"size": 3}, "max_turns": 3, "show_admissible": True},
@@ -45,7 +45,7 @@ def test_a_run_stores_annotated_groups_the_trainer_actually_used(run):
         assert len(sample.groups) == 2 and sample.groups_collected == 3 and sample.failures == []
         assert sample_path(run, sample.iteration).with_suffix(".json").exists()
         # the stored advantages are the estimator's on these groups (GiGPO is group-local, so a subset reproduces)
-        expected = compute_advantages(to_turn_batch(sample.groups, with_tokens=False), "gigpo").tolist()
+        expected = compute_advantages(RolloutBatch.from_groups(sample.groups).turns, "gigpo").tolist()
         turns = [t for g in sample.groups for e in g.episodes for t in e.turns]
         assert [t.annotations["advantage"] for t in turns] == pytest.approx(expected, abs=1e-5)
         for group in sample.groups:

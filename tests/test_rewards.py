@@ -8,7 +8,8 @@ import torch
 from envgym.models import tiny_model, word_level_tokenizer
 from envgym.trainers.config import TurnRewardOptions
 from envgym.trainers.rewards import ImplicitPRM, InfoGainReward
-from envgym.trajectory import Episode, EpisodeEnd, Group, Turn, to_token_rows
+from envgym.trainers.batch import RolloutBatch
+from envgym.trajectory import Episode, EpisodeEnd, Group, Turn
 
 
 def episode(actions, won, answer="7", obs=(5, 6), row_starts=(0,)):
@@ -36,7 +37,7 @@ def test_info_gain_is_the_change_of_answer_probability_between_turns(kind):
     policy = LengthScoringPolicy()
     e = episode([(1, 2), (3,), (4,)], won=True)
     reward = InfoGainReward(policy, TurnRewardOptions(kind="info_gain", info_gain=kind))
-    intrinsic, metrics = reward.turn_rewards([Group("test/Env-v0", "train", 0, 0, (e,))], rows=None)
+    intrinsic, metrics = reward.turn_rewards(RolloutBatch.from_groups([Group("test/Env-v0", "train", 0, 0, (e,))]))
     (prompts, continuations), = policy.calls
     # the context before action t: every earlier obs and action of the row, then obs_t
     assert prompts == [[5, 6], [5, 6, 1, 2, 5], [5, 6, 1, 2, 5, 3, 5]]
@@ -52,7 +53,7 @@ def test_info_gain_with_one_row_per_turn_uses_each_rows_own_prompt():
     policy = LengthScoringPolicy()
     e = episode([(1,), (2,)], won=False, row_starts=(0, 1))
     InfoGainReward(policy, TurnRewardOptions(kind="info_gain")).turn_rewards(
-        [Group("test/Env-v0", "train", 0, 0, (e,))], rows=None)
+        RolloutBatch.from_groups([Group("test/Env-v0", "train", 0, 0, (e,))]))
     assert policy.calls[0][0] == [[5, 6], [5, 6]]
 
 
@@ -60,7 +61,7 @@ def test_info_gain_needs_a_gold_answer():
     e = episode([(1,)], won=False, answer=None)
     with pytest.raises(ValueError, match=r"info\['answer'\]"):
         InfoGainReward(LengthScoringPolicy(), TurnRewardOptions(kind="info_gain")).turn_rewards(
-            [Group("test/Env-v0", "train", 0, 0, (e,))], rows=None)
+            RolloutBatch.from_groups([Group("test/Env-v0", "train", 0, 0, (e,))]))
 
 
 @pytest.mark.parametrize("loss", ["ce", "dpo"])
@@ -70,12 +71,12 @@ def test_implicit_prm_learns_to_reward_the_winning_turns(loss):
     model = tiny_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2)
     groups = [Group("test/Env-v0", "train", 0, 0, (episode([(a,), (a,)], won=True), episode([(b,), (b,)], won=False)))
               for _ in range(2)]
-    rows = to_token_rows(groups)
+    batch = RolloutBatch.from_groups(groups)
     prm = ImplicitPRM(model, TurnRewardOptions(kind="implicit_prm", prm_loss=loss, prm_lr=1e-2, prm_beta=0.5))
-    first, _ = prm.turn_rewards(groups, rows)  # scored before the first update: PRM == reference
+    first, _ = prm.turn_rewards(batch)  # scored before the first update: PRM == reference
     assert first == pytest.approx([0.0] * 8, abs=1e-6)
     for _ in range(10):
-        rewards, metrics = prm.turn_rewards(groups, rows)
+        rewards, metrics = prm.turn_rewards(batch)
     won, lost = rewards[0] + rewards[1], rewards[2] + rewards[3]
     assert won > lost
     if loss == "ce":

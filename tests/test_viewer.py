@@ -47,7 +47,7 @@ def eval_report(tmp_path_factory):
                       final_observation=HOSTILE)
     rollout = RolloutResult([Group("hostile/Env-v0", "test", 0, 5, (episode,))],
                             {"dropped_groups": 0.0, "retries": 0.0, "wall_time": 0.0})
-    report.rows.append(summarize("hostile/Env-v0", "scripted", rollout, 1))
+    report.rows.append(summarize("hostile/Env-v0", "scripted", rollout, tasks=1, samples=1))
     report.rollouts.append(rollout)
     report.save(out)
     return out

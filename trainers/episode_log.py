@@ -30,12 +30,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from envgym.trajectory import Group, load_groups, save_groups, to_token_rows
+from envgym.trajectory import Group, load_groups, save_groups
 
 if TYPE_CHECKING:
     import torch
 
-    from envgym.rollout import RolloutResult
+    from envgym.rollout import EpisodeFailure
+    from envgym.trainers.batch import RolloutBatch
     from envgym.trainers.config import TrainConfig
 
 EPISODES_DIR = "episodes"
@@ -63,26 +64,25 @@ def is_due(config: TrainConfig, iteration: int) -> bool:
     return iteration == 1 or iteration % every == 0 or iteration == config.iterations
 
 
-def log_episode_sample(out_dir: str | Path, config: TrainConfig, iteration: int, rollout: RolloutResult,
-                       advantages: torch.Tensor, intrinsic: Sequence[float] | None, model: Any,
+def log_episode_sample(out_dir: str | Path, config: TrainConfig, iteration: int, batch: RolloutBatch,
+                       advantages: torch.Tensor, failures: Sequence[EpisodeFailure], model: Any,
                        tokenizer: Any) -> Path | None:
     """Annotate and write the sample of `iteration` if it is due; call it after the update.
 
-    `advantages` (and `intrinsic`) hold one value per turn of `rollout.groups` in packed order
-    (`to_turn_batch`); `model` is the updated policy. Returns the written path, or None.
+    `advantages` holds one value per turn of `batch.turns`; `batch.turns.intrinsic`, if set, the
+    turn-reward model's; `failures` are the rollout's; `model` is the updated policy. Returns the
+    written path, or None.
     """
     if not is_due(config, iteration):
         return None
-    # named by the config's env id: the rollout cannot read an id out of the trainer's env factory
-    kept = [replace(g, env_id=config.env.id, episodes=tuple(replace(e, env_id=config.env.id) for e in g.episodes))
-            for g in rollout.groups[:config.log_episodes.groups]]
-    num_turns = sum(len(e.turns) for g in kept for e in g.episodes)
-    new_logprobs = policy_logprobs(model, kept, config.optim.micro_batch_tokens)
+    kept = batch.groups[:config.log_episodes.groups]
+    num_turns = sum(len(e.turns) for g in kept for e in g.episodes)  # the groups' turns lead the packed order
+    intrinsic = batch.turns.intrinsic
     groups = annotate(kept, advantages[:num_turns].tolist(),
-                      None if intrinsic is None else [float(x) for x in intrinsic[:num_turns]],
-                      new_logprobs, tokenizer)
-    return write_sample(out_dir, iteration, groups, failures=[asdict(f) for f in rollout.failures],
-                        groups_collected=len(rollout.groups), fmt=config.log_episodes.format)
+                      None if intrinsic is None else intrinsic[:num_turns].tolist(),
+                      policy_logprobs(model, kept, config.optim.micro_batch_tokens), tokenizer)
+    return write_sample(out_dir, iteration, groups, failures=[asdict(f) for f in failures],
+                        groups_collected=len(batch.groups), fmt=config.log_episodes.format)
 
 
 def annotate(groups: Sequence[Group], advantages: Sequence[float], intrinsic: Sequence[float] | None,
@@ -116,21 +116,20 @@ def policy_logprobs(model: Any, groups: Sequence[Group], micro_batch_tokens: int
     """log pi(a) of each action id under `model`, one list per turn in packed order (the loss's computation)."""
     import torch
 
+    from envgym.trainers.batch import RolloutBatch
     from envgym.trainers.losses import sampled_logprobs
-    from envgym.trainers.token_rows import to_device
 
-    rows = to_token_rows(groups)
-    per_turn: list[list[float]] = [[] for _ in range(sum(len(e.turns) for g in groups for e in g.episodes))]
+    batch = RolloutBatch.from_groups(groups)
+    per_turn: list[list[float]] = [[] for _ in range(batch.turns.num_turns)]
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for batch in rows.batches(micro_batch_tokens):
-                batch = to_device(batch, device)
-                logprobs, _ = sampled_logprobs(model, batch)
-                owners = batch.token_turn[:, 1:][batch.loss_mask[:, 1:]]
-                for turn, value in zip(owners.tolist(), logprobs.tolist()):
+            for micro in batch.micro_batches(max_tokens=micro_batch_tokens):
+                micro = micro.to(device)
+                logprobs, _ = sampled_logprobs(model, micro)
+                for turn, value in zip(micro.sampled_turns.tolist(), logprobs.tolist()):
                     per_turn[turn].append(value)
     finally:
         model.train(was_training)

@@ -14,7 +14,6 @@ once each and referenced by index, floats are rounded to 4 significant digits, s
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -132,13 +131,18 @@ def _run_json(run_dir: Path, tables: _Tables) -> dict[str, Any]:
 
 
 def _eval_json(report_dir: Path, tables: _Tables) -> dict[str, Any]:
+    from envgym.rollout import group_seed
+
     report = json.loads((report_dir / REPORT_FILE).read_text(encoding="utf-8"))
+    seed = report.get("settings", {}).get("seed", 0)
     samples = []
     for index, row in enumerate(report["results"]):
         episodes_file = row.get("episodes_file")
         groups = load_groups(report_dir / episodes_file) if episodes_file else []
-        samples.append(_sample_json(f"{row['env_id']} · {row['policy']}", groups, row.get("failures", []), tables,
-                                    result=index))
+        # the page shows failures as the trainer stores them (`EpisodeFailure`): the seed finds the group
+        failures = [{"group": f["group"], "member": f["episode"], "attempt": f["attempt"] - 1,
+                     "seed": group_seed(seed, f["group"]), "cause": f["cause"]} for f in row.get("failures", [])]
+        samples.append(_sample_json(f"{row['env_id']} · {row['policy']}", groups, failures, tables, result=index))
     results = [{k: v for k, v in row.items() if k not in ("failures",)} for row in report["results"]]
     return {"settings": report.get("settings", {}), "results": results, "samples": samples}
 
@@ -184,31 +188,3 @@ def write_view(path: str | Path, out: str | Path | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(page, encoding="utf-8")
     return target
-
-
-def cmd_view(args: argparse.Namespace) -> int:
-    """`envgym view`: write the page; with --open, open it in a browser where one exists."""
-    started = time.perf_counter()
-    target = write_view(args.path, args.out)
-    size = target.stat().st_size
-    print(f"wrote {target} ({size / 1e6:.1f} MB, {time.perf_counter() - started:.1f} s)")
-    if args.open:
-        import webbrowser
-
-        try:
-            opened = webbrowser.get().open(target.resolve().as_uri())
-        except webbrowser.Error:
-            opened = False
-        if not opened:
-            print(f"no browser found here; open {target.resolve().as_uri()} on a machine with one")
-    return 0
-
-
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `view` subcommand to envgym's CLI."""
-    text = "write one self-contained HTML page showing a training run or an evaluation report"
-    p = subparsers.add_parser("view", help=text, description=text + " (no server, no network; it opens from disk)")
-    p.add_argument("path", metavar="PATH", help="a training run's out_dir or the --out directory of `envgym eval`")
-    p.add_argument("--out", default=None, metavar="FILE", help=f"where to write the page (default PATH/{PAGE_FILE})")
-    p.add_argument("--open", action="store_true", help="open the page in a browser where one exists")
-    p.set_defaults(func=cmd_view)

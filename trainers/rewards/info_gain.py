@@ -1,4 +1,4 @@
-"""IGPO's information-gain turn rewards (ALGORITHMS.md, "IGPO").
+"""IGPO's information-gain turn rewards (docs/algorithms.md, "IGPO").
 
 log p_t = mean_j log pi(a*_j | context before action t), the length-normalised
 log-probability of the gold answer a* written as the assistant's reply,
@@ -14,7 +14,8 @@ from typing import Any
 
 from envgym.chat import encode
 from envgym.trainers.config import TurnRewardOptions
-from envgym.trajectory import Episode, Group, TokenRows
+from envgym.trainers.batch import RolloutBatch
+from envgym.trajectory import Episode
 
 
 def answer_logprob_per_turn(policy: Any, episodes: list[Episode], template: str) -> list[list[float]]:
@@ -44,8 +45,9 @@ class InfoGainReward:
     def __init__(self, policy: Any, options: TurnRewardOptions):
         self.policy, self.kind, self.template = policy, options.info_gain, options.answer_template
 
-    def turn_rewards(self, groups: list[Group], rows: TokenRows) -> tuple[list[float], dict[str, float]]:
-        episodes = [e for g in groups for e in g.episodes]
+    def turn_rewards(self, batch: RolloutBatch) -> tuple[list[float], dict[str, float]]:
+        """One information gain per turn of `batch`, in its packed order, and summary metrics."""
+        episodes = batch.episodes
         intrinsic: list[float] = []
         first, last = [], []
         for logp in answer_logprob_per_turn(self.policy, episodes, self.template):
