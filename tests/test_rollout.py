@@ -51,8 +51,8 @@ def test_hf_policy_sees_exactly_the_tokens_that_are_recorded():
     policy = HFPolicy(tiny_model(tokenizer), tokenizer)
     prompts_seen = []
     generate = policy.generate
-    policy.generate = lambda prompts, params: (prompts_seen.append([list(p) for p in prompts]),
-                                               generate(prompts, params))[1]
+    policy.generate = lambda prompts, params, **keys: (prompts_seen.append([list(p) for p in prompts]),
+                                                       generate(prompts, params, **keys))[1]
     result = collect_groups("games/GuessNumber-v0", policy, n_groups=2, group_size=2, split="test",
                             sampling=SamplingParams(max_new_tokens=3), max_turns=3)
     episodes = [e for g in result.groups for e in g.episodes]
