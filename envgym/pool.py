@@ -104,14 +104,14 @@ class EnvHost:
     def build(self) -> None:
         """Make a fresh env (closing the old one)."""
         self.close()
-        if isinstance(self.make_env, str):
-            import envgym
+        import envgym
 
-            if self.spec is not None:  # an id registered only in the parent process (a test, a notebook)
-                try:
-                    envgym.spec(self.make_env)
-                except KeyError:
-                    envgym.register(**{f.name: getattr(self.spec, f.name) for f in dataclasses.fields(self.spec)})
+        if self.spec is not None:  # an id registered only in the parent process (a test, a notebook)
+            try:
+                envgym.spec(self.spec.id)
+            except KeyError:
+                envgym.register(**{f.name: getattr(self.spec, f.name) for f in dataclasses.fields(self.spec)})
+        if isinstance(self.make_env, str):
             self.env = envgym.make(self.make_env, **self.make_kwargs)
         else:
             self.env = self.make_env()
@@ -274,6 +274,7 @@ class EnvPool:
                            "parallel)", probe
         if probe is not None:
             probe.close()
+        self._spec = spec  # workers register it before calling the factory, should it be registered only here
         return "process", f"worker processes (steps of {name} take ~{declared * 1e3:g} ms)", None
 
     # -- public -------------------------------------------------------------------------------------

@@ -352,7 +352,8 @@ def collect_groups(
     (plus `"task": tasks[g]` when `tasks` is given). Without `pool`, a pool of
     `num_envs` envs (default: one per episode) with `backend` is made and
     closed here; "auto" keeps cheap envs in this process and steps slow ones
-    (TextWorld, sandboxed tools) in worker processes (see `envgym.pool`). Observations are chat messages of `observation_role`
+    (TextWorld, sandboxed tools) in worker processes (see `envgym.pool`).
+    Observations are chat messages of `observation_role`
     ("user", or "tool" for tool envs whose template has that role); `context`
     and `window` choose the token layout (see `envgym.chat`). `max_turns`
     caps episodes (end `MAX_TURNS`) on top of the env's own limit.

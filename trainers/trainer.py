@@ -313,6 +313,8 @@ class Trainer:
         update_metrics = self.update(rows, advantages)
         if cfg.rollout.backend == "vllm":
             self.policy.load_weights(self.model.state_dict().items())
+        else:
+            self.policy.weights_changed()  # HFPolicy: episode KV caches computed with the old weights are stale
         update_time = time.perf_counter() - update_started
         return {**episode_metrics(rollout.groups, "train"), **reward_metrics, **update_metrics,
                 "adv/mean": float(advantages.mean()), "adv/std": float(advantages.std()) if len(advantages) > 1 else 0.0,

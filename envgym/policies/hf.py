@@ -216,7 +216,7 @@ class HFPolicy:
 
     def _buckets(self, rows: list[_Row], params: SamplingParams) -> list[list[int]]:
         """Row indices in batches of similar `new_tokens`: a row joins unless padding the batch costs more than
-        a separate decode pass would."""
+        a separate decode pass would. Each batch keeps call order, so one batch draws what `model.generate` draws."""
         separate_pass = _PREFILL_TOKENS_PER_DECODE_STEP * params.max_new_tokens
         buckets: list[list[int]] = []
         widest = 0
@@ -227,7 +227,7 @@ class HFPolicy:
                 buckets.append([])
             buckets[-1].append(i)
             widest = rows[i].new_tokens
-        return buckets
+        return [sorted(bucket) for bucket in buckets]
 
     def _decode(self, rows: list[_Row], params: SamplingParams) -> list[Completion]:
         """Sample one batch: prefill what the caches lack, decode token by token, store the episodes' caches.
