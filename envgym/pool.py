@@ -19,7 +19,7 @@ rebuilt (a fresh env; a fresh worker if the old one died or hung) on its next
   trip is worth (the spec declares `step_seconds` above
   `PROCESS_STEP_SECONDS`: TextWorld, sandboxed tools) when there are two or
   more slots and cores, else ``"sync"``. `backend` is then the choice and
-  `choice` says why.
+  `choice` says why. (A worker holds one env: 40-70 MB each here.)
 
 `episode_timeout` bounds the seconds from the end of `reset` to the end of
 an episode's last step in every backend (worker start-up does not count).

@@ -66,7 +66,7 @@ class RolloutResult:
     `prompt_tokens` (summed over turns), `cached_prompt_tokens` (of those,
     served from a policy's KV cache), `cache_misses` (turns that continued a
     token row but were prefilled afresh: the cache was evicted for its
-    budget), `env_workers` (processes or actors stepping the envs; 0 =
+    budget, or the weights changed), `env_workers` (processes or actors stepping the envs; 0 =
     in-process), `env_time` and `model_time` (seconds), `wall_time`.
     """
 

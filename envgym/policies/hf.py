@@ -33,7 +33,7 @@ from envgym.policies.kv_cache import CachedPrefix, EpisodeKVCache
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,60 @@ class _Row:
     @property
     def new_tokens(self) -> int:
         return len(self.prompt) - self.reusable
+
+
+@dataclass
+class _Batch:
+    """The tensors of one batch on the cached path.
+
+    Every row computes its last `width` prompt tokens (right-aligned; a shorter prompt is left-padded),
+    after `past` cache columns holding the first `kept[i]` tokens of row i from its episode's cache,
+    right-aligned (left-padded with masked zeros). Position ids are each token's index in its episode.
+    """
+
+    input_ids: torch.Tensor
+    mask: torch.Tensor
+    positions: torch.Tensor
+    cache: DynamicCache
+    kept: list[int]
+    starts: list[int]  # the cache column of each row's first token
+
+    @classmethod
+    def lay_out(cls, rows: list[_Row], pad_token_id: int, device) -> _Batch:
+        import torch
+        from transformers import DynamicCache
+
+        width = max(row.new_tokens for row in rows)
+        kept = [max(0, len(row.prompt) - width) for row in rows]  # <= row.reusable, as width >= row.new_tokens
+        past = max(kept)
+        input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), past + width), dtype=torch.long)
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
+        starts = []
+        for i, row in enumerate(rows):
+            tail = list(row.prompt[kept[i]:])
+            input_ids[i, width - len(tail):] = torch.tensor(tail)
+            positions[i, width - len(tail):] = torch.arange(kept[i], len(row.prompt))
+            mask[i, past - kept[i]:past] = 1
+            mask[i, past + width - len(tail):] = 1
+            starts.append(past + width - len(row.prompt))
+        cache = DynamicCache()
+        if past:
+            source = next(row.prefix.layers for row, n in zip(rows, kept) if n)
+            for layer in range(len(source)):
+                keys, values = (t.new_zeros((len(rows), t.shape[1], past, t.shape[3])) for t in source[layer])
+                for i, (row, n) in enumerate(zip(rows, kept)):
+                    if n:
+                        keys[i, :, past - n:] = row.prefix.layers[layer][0][0, :, :n]
+                        values[i, :, past - n:] = row.prefix.layers[layer][1][0, :, :n]
+                cache.update(keys, values, layer)
+        return cls(input_ids.to(device), mask.to(device), positions.to(device), cache, kept, starts)
+
+    def row_cache(self, i: int, ids: list[int]) -> CachedPrefix:
+        """Row i's keys and values for the tokens `ids` (its prompt and the sampled tokens fed back)."""
+        span = slice(self.starts[i], self.starts[i] + len(ids))
+        return CachedPrefix(ids, [(layer.keys[i:i + 1, :, span].clone(), layer.values[i:i + 1, :, span].clone())
+                                  for layer in self.cache.layers])
 
 
 class HFPolicy:
@@ -230,44 +284,21 @@ class HFPolicy:
         return [sorted(bucket) for bucket in buckets]
 
     def _decode(self, rows: list[_Row], params: SamplingParams) -> list[Completion]:
-        """Sample one batch: prefill what the caches lack, decode token by token, store the episodes' caches.
-
-        Layout: every row computes its last `width` prompt tokens (right-aligned; a shorter prompt is
-        left-padded), after a shared cache of `past` columns holding each row's cached prefix right-aligned
-        (left-padded with masked zeros). Position ids are each token's index in its own episode.
-        """
+        """Sample one batch: prefill what the caches lack, decode token by token, store the episodes' caches."""
         import torch
-        from transformers import DynamicCache
 
-        device, batch = self.device, len(rows)
-        width = max(row.new_tokens for row in rows)
-        kept = [max(0, len(row.prompt) - width) for row in rows]  # cached tokens used; <= row.reusable
-        past = max(kept)
-        input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((batch, past + width), dtype=torch.long)
-        positions = torch.zeros((batch, width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            tail = list(row.prompt[kept[i]:])
-            input_ids[i, width - len(tail):] = torch.tensor(tail)
-            positions[i, width - len(tail):] = torch.arange(kept[i], len(row.prompt))
-            mask[i, past - kept[i]:past] = 1
-            mask[i, past + width - len(tail):] = 1
-        cache = DynamicCache()
-        if past:
-            self._fill_cache(cache, rows, kept, past)
-        input_ids, mask, positions = input_ids.to(device), mask.to(device), positions.to(device)
-
+        batch = _Batch.lay_out(rows, self.pad_token_id, self.device)
         generated: list[list[int]] = [[] for _ in rows]
         logprobs: list[list[float]] = [[] for _ in rows]
-        reasons = ["length"] * batch
-        finished = [False] * batch
+        reasons = ["length"] * len(rows)
+        finished = [False] * len(rows)
         forwards = 0  # decode steps fed back into the cache after the prefill
         with torch.inference_mode():
-            logits = self._forward(input_ids, mask, positions, cache)
+            logits = self._forward(batch.input_ids, batch.mask, batch.positions, batch.cache)
             for step in range(params.max_new_tokens):
                 tokens = _pick(logits, params)
                 chosen = logits.log_softmax(-1).gather(1, tokens[:, None]).squeeze(1)
-                was_finished = torch.tensor(finished, device=device)
+                was_finished = torch.tensor(finished, device=tokens.device)
                 for i, (token, logprob) in enumerate(zip(tokens.tolist(), chosen.tolist())):
                     if finished[i]:
                         continue
@@ -278,40 +309,17 @@ class HFPolicy:
                 if all(finished) or step == params.max_new_tokens - 1:
                     break
                 # finished rows feed padding, as model.generate does; a row that just finished feeds its last token
-                tokens = tokens.masked_fill(was_finished, self.pad_token_id)
-                mask = torch.cat([mask, mask.new_ones((batch, 1))], dim=1)
-                positions = positions[:, -1:] + 1
-                logits = self._forward(tokens[:, None], mask, positions, cache)
+                batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(rows), 1))], dim=1)
+                batch.positions = batch.positions[:, -1:] + 1
+                logits = self._forward(tokens.masked_fill(was_finished, self.pad_token_id)[:, None], batch.mask,
+                                       batch.positions, batch.cache)
                 forwards += 1
-
-        completions = []
         for i, row in enumerate(rows):
-            completions.append(Completion(generated[i], logprobs[i],
-                                          self.tokenizer.decode(generated[i], skip_special_tokens=True), reasons[i],
-                                          cached_tokens=kept[i]))
             if row.key is not None:
-                start = past - kept[i] + (width - min(width, len(row.prompt)))
-                ids = [*row.prompt, *generated[i][:forwards]]
-                self.cache.put(row.key, CachedPrefix(ids, [
-                    (layer.keys[i:i + 1, :, start:start + len(ids)].clone(),
-                     layer.values[i:i + 1, :, start:start + len(ids)].clone()) for layer in cache.layers]))
-        return completions
-
-    def _fill_cache(self, cache, rows: list[_Row], kept: list[int], past: int) -> None:
-        """Load each row's first `kept[i]` cached tokens into `cache`, right-aligned in `past` columns."""
-        import torch
-
-        source = next(row.prefix.layers for row, n in zip(rows, kept) if n)
-        for layer, (keys, _) in enumerate(source):
-            shape = (len(rows), keys.shape[1], past, keys.shape[3])
-            batch_keys = keys.new_zeros(shape)
-            batch_values = torch.zeros(shape, dtype=source[layer][1].dtype, device=keys.device)
-            for i, (row, n) in enumerate(zip(rows, kept)):
-                if n:
-                    row_keys, row_values = row.prefix.layers[layer]
-                    batch_keys[i, :, past - n:] = row_keys[0, :, :n]
-                    batch_values[i, :, past - n:] = row_values[0, :, :n]
-            cache.update(batch_keys, batch_values, layer)
+                self.cache.put(row.key, batch.row_cache(i, [*row.prompt, *generated[i][:forwards]]))
+        return [Completion(ids, lps, self.tokenizer.decode(ids, skip_special_tokens=True), reason,
+                           cached_tokens=kept)
+                for ids, lps, reason, kept in zip(generated, logprobs, reasons, batch.kept)]
 
     def _forward(self, input_ids, mask, positions, cache) -> torch.Tensor:
         """The float32 logits of each row's last position, extending `cache`."""
