@@ -140,7 +140,7 @@ EVAL_FROM_CONFIG = {"split": ("eval", "split"), "episodes": ("eval", "episodes")
 #: Their values when neither the command line nor a config gives one.
 EVAL_DEFAULTS = {"split": "test", "episodes": 16, "temperature": 1.0, "max_turns": None, "context": "full",
                  "window": 4, "max_new_tokens": 64, "extract_action": "none", "show_admissible": False,
-                 "backend": "sync", "num_envs": 0, "retries": 2, "step_timeout": 60.0}
+                 "backend": "auto", "num_envs": 0, "retries": 2, "step_timeout": 60.0}
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -241,7 +241,8 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=None, help="default 1.0 (0: greedy)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=None, help="default 64")
-    p.add_argument("--backend", default=None, choices=["sync", "process", "ray"], help="EnvPool backend (default sync)")
+    p.add_argument("--backend", default=None, choices=["auto", "sync", "process", "ray"],
+                   help="EnvPool backend (default auto: worker processes for envs with slow steps)")
     p.add_argument("--num-envs", type=checked("num_envs", int), default=None, metavar="N",
                    help="EnvPool slots (default: one per episode with sync, else 4 worker processes per core)")
     p.add_argument("--step-timeout", type=checked("step_timeout", float), default=None, metavar="SECONDS",

@@ -199,7 +199,7 @@ def plan_split(split_tasks: int, episodes: int, samples: int, greedy: bool) -> t
 def evaluate_policy(env: EnvMaker, policy: Policy, *, policy_name: str, split: str = "test", episodes: int = 16,
                     samples: int = 1, seed: int = EVAL_SEED, sampling: SamplingParams | None = None,
                     context: ContextMode = "full", window: int = 4, max_turns: int | None = None,
-                    pool: EnvPool | None = None, backend: Backend = "sync", num_envs: int | None = None,
+                    pool: EnvPool | None = None, backend: Backend = "auto", num_envs: int | None = None,
                     step_timeout: float = 60.0, retries: int = 2,
                     on_episode: Callable[[int, int], None] | None = None) -> tuple[EvalRow, RolloutResult]:
     """Play the fixed evaluation set of `split` (see `plan_split`) with `policy`; the one evaluation path.
@@ -217,7 +217,7 @@ def evaluate_policy(env: EnvMaker, policy: Policy, *, policy_name: str, split: s
     tasks, per_task = plan_split(split_tasks, episodes, samples, sampling.temperature == 0)
     with contextlib.ExitStack() as stack:
         if pool is None:
-            pool = stack.enter_context(EnvPool(env, num_envs or default_num_envs(backend, tasks * per_task),
+            pool = stack.enter_context(EnvPool(env, num_envs or default_num_envs(backend, tasks * per_task, env),
                                                backend=backend, step_timeout=step_timeout))
         with _seeded_torch(seed):
             result = collect_groups(env, policy, n_groups=tasks, group_size=per_task, split=split, seed=seed,
@@ -253,7 +253,7 @@ def evaluate(
     context: ContextMode = "full",
     window: int = 4,
     max_turns: int | None = None,
-    backend: Backend = "sync",
+    backend: Backend = "auto",
     num_envs: int | None = None,
     step_timeout: float = 60.0,
     retries: int = 2,

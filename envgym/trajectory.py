@@ -31,6 +31,7 @@ class FinishReason(str, Enum):
     STOP = "stop"  # end-of-sequence token or a stop string
     LENGTH = "length"  # hit max_new_tokens: the action may be cut off
     EMPTY = "empty"  # stopped before writing any text
+    CONTEXT = "context"  # prompt and action filled the model's context window: the action may be cut off
 
 
 class EpisodeEnd(str, Enum):
@@ -39,6 +40,7 @@ class EpisodeEnd(str, Enum):
     TERMINATED = "terminated"  # the env reached a terminal state (won or lost)
     TRUNCATED = "truncated"  # the env cut the episode (its turn limit)
     MAX_TURNS = "max_turns"  # the rollout's own max_turns
+    CONTEXT = "context"  # the model's context window is full
 
 
 @dataclass(frozen=True)

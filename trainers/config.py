@@ -76,7 +76,9 @@ class RolloutOptions:
     Envs are stepped through one `envgym.pool.EnvPool` that the run keeps for
     rollouts, the warm start and evaluation alike: `pool` is its backend ("sync":
     in this process; "process" or "ray": one worker per slot, so an env that hangs,
-    crashes or runs out of memory fails only its episode). `num_envs` slots (0: one
+    crashes or runs out of memory fails only its episode; "auto": workers for envs
+    whose registration declares slow steps, TextWorld and the sandboxed tool envs,
+    in-process for the rest, workers whenever `env_memory_mb` is set). `num_envs` slots (0: one
     per episode of an iteration in-process, 4 per CPU core in workers); a step past
     `step_timeout` seconds or an episode past `episode_timeout` (0: no limit) fails its
     episode, which is retried from the start up to `retries` times before its group is
@@ -91,7 +93,7 @@ class RolloutOptions:
     context: Literal["full", "window"] = "full"
     window: Annotated[int, Range(ge=0)] = 1
     backend: Literal["hf", "vllm"] = "hf"
-    pool: Literal["sync", "process", "ray"] = "sync"
+    pool: Literal["auto", "sync", "process", "ray"] = "auto"
     num_envs: Annotated[int, Range(ge=0)] = 0
     step_timeout: Annotated[float, Range(gt=0)] = 60.0
     episode_timeout: Annotated[float, Range(ge=0)] = 0.0

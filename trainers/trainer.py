@@ -76,7 +76,7 @@ def check_env_options(options: EnvOptions) -> None:
 
 def make_pool(options: RolloutOptions, maker: EnvMaker, episodes: int) -> EnvPool:
     """The run's EnvPool for up to `episodes` concurrent episodes (`options.num_envs` slots if set)."""
-    return EnvPool(maker, options.num_envs or default_num_envs(options.pool, episodes), backend=options.pool,
+    return EnvPool(maker, options.num_envs or default_num_envs(options.pool, episodes, maker), backend=options.pool,
                    step_timeout=options.step_timeout, episode_timeout=options.episode_timeout or None,
                    memory_limit_mb=options.env_memory_mb or None)
 
@@ -392,6 +392,8 @@ class Trainer:
         update_metrics = self.update(batch, advantages)
         if cfg.rollout.backend == "vllm":
             self.policy.load_weights(self.model.state_dict().items())
+        else:
+            self.policy.weights_changed()  # HFPolicy: episode KV caches computed with the old weights are stale
         update_time = time.perf_counter() - update_started
         # the episodes kept for `envgym view` (annotated with advantages and the updated policy's logprobs)
         log_episode_sample(self.out_dir, cfg, self.iteration + 1, batch, advantages, rollout.failures, self.model,

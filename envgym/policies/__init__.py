@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from envgym.policies.base import (Completion, Message, Policy, PolicyError, SamplingParams, TextPolicy,
-                                  TextRequest, TokenPolicy)
+from envgym.policies.base import (CachingTokenPolicy, Completion, Message, Policy, PolicyError, SamplingParams,
+                                  TextPolicy, TextRequest, TokenPolicy)
 from envgym.policies.baselines import RandomPolicy, ScriptedPolicy
 from envgym.policies.hf import HFPolicy
 
-__all__ = ["POLICY_SPECS", "Completion", "HFPolicy", "Message", "Policy", "PolicyError", "RandomPolicy",
-           "SamplingParams", "ScriptedPolicy", "TextPolicy", "TextRequest", "TokenPolicy", "load_policy"]
+__all__ = ["POLICY_SPECS", "CachingTokenPolicy", "Completion", "HFPolicy", "Message", "Policy", "PolicyError",
+           "RandomPolicy", "SamplingParams", "ScriptedPolicy", "TextPolicy", "TextRequest", "TokenPolicy",
+           "load_policy"]
 
 POLICY_SPECS = ("hf:PATH", "hf:default", "vllm:PATH", "openai:URL#MODEL", "scripted", "random")
 
