@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 import envgym
+from envgym.policies.vllm import WeightSyncError
 from envgym.registration import spec as env_spec
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -162,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         console.print(f"[red]envgym {args.command}: {message}[/red]", highlight=False)
         return EXIT_USAGE
-    except FloatingPointError as exc:  # a training run stopped on a NaN (its batch is saved)
+    except (FloatingPointError, WeightSyncError) as exc:  # a training run stopped on a NaN or on stale rollout weights
         console.print(f"[red]envgym {args.command}: {exc}[/red]", highlight=False)
         return EXIT_FAILED
 

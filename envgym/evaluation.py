@@ -162,6 +162,7 @@ def evaluate(
     max_turns: int | None = None,
     backend: Backend = "sync",
     num_envs: int | None = None,
+    engine_args: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> EvalReport:
     """Play `episodes` tasks of `split` per env, `samples` times each, with each policy; one row per pair.
@@ -169,7 +170,8 @@ def evaluate(
     Every env is made with `env_kwargs` (its knobs, e.g. ``{"size": 4}``).
     Policies are spec strings (see `envgym.policies.POLICY_SPECS`, loaded once)
     or policy objects. Token policies sample with `sampling` (default:
-    temperature 1, 64 new tokens).
+    temperature 1, 64 new tokens). `engine_args` are settings of the engine of
+    every `vllm:` policy (keyword arguments of `vllm.LLM`, e.g. ``{"max_model_len": 2048}``).
     """
     env_ids = [env_ids] if isinstance(env_ids, str) else list(env_ids)
     policies = [policy] if isinstance(policy, str) or not isinstance(policy, Sequence) else list(policy)
@@ -178,6 +180,10 @@ def evaluate(
     import envgym
 
     env_kwargs = dict(env_kwargs or {})
+    engine_args = dict(engine_args or {})
+    if engine_args and not any(isinstance(p, str) and p.startswith("vllm:") for p in policies):
+        raise ValueError(f"engine settings {sorted(engine_args)} apply to vllm: policies only; "
+                         "name one with --policy vllm:DIR, or drop --engine-arg")
     for env_id in env_ids:
         envgym.spec(env_id)  # an unknown id or knob fails before any model loads
         if env_kwargs:
@@ -186,8 +192,8 @@ def evaluate(
     rows = []
     with _progress_bar(progress) as bar:
         for name, spec in named:
-            loaded = (spec if not isinstance(spec, str) else  # an endpoint samples with the same settings
-                      load_policy(spec, **({"sampling": sampling} if spec.startswith("openai:") and sampling else {})))
+            loaded = spec if not isinstance(spec, str) else load_policy(spec, **_policy_options(spec, sampling,
+                                                                                             engine_args))
             for env_id in env_ids:
                 task = bar.add_task(f"{env_id} · {name}", total=episodes * samples) if bar else None
                 env = functools.partial(envgym.make, env_id, **env_kwargs) if env_kwargs else env_id
@@ -200,6 +206,15 @@ def evaluate(
                 "context": context, "window": window, "max_turns": max_turns,
                 "sampling": asdict(sampling or SamplingParams()), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     return EvalReport(rows, settings)
+
+
+def _policy_options(spec: str, sampling: SamplingParams | None, engine_args: dict[str, Any]) -> dict[str, Any]:
+    """What `load_policy` needs beyond the spec: an endpoint samples with the same settings, an engine has its own."""
+    if spec.startswith("openai:") and sampling:
+        return {"sampling": sampling}
+    if spec.startswith("vllm:"):
+        return engine_args
+    return {}
 
 
 class _NoBar:
@@ -226,7 +241,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     report = evaluate(args.env, args.policy, env_kwargs=parse_kwargs(args.env_kwarg), split=args.split,
                       episodes=args.episodes, samples=args.samples, seed=args.seed, sampling=sampling,
                       context=args.context, window=args.window, max_turns=args.max_turns, backend=args.backend,
-                      progress=True)
+                      engine_args=parse_kwargs(args.engine_arg), progress=True)
     print(report.to_markdown(), end="")  # plain print: a console would wrap the table's rows
     if args.out:
         paths = report.save(args.out)
@@ -256,5 +271,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--backend", default="sync", choices=["sync", "process", "ray"], help="EnvPool backend")
+    p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting of the vllm: policies' engine, a keyword of vllm.LLM, e.g. max_model_len=2048 "
+                        "(repeatable; CPU defaults: see README)")
     p.add_argument("--out", default=None, metavar="DIR", help="write report.json, report.md and report.png here")
     p.set_defaults(func=cmd_eval)

@@ -68,7 +68,14 @@ class EnvOptions:
 
 @dataclass
 class RolloutOptions:
-    """How episodes are collected each iteration (see `envgym.rollout.collect_groups`)."""
+    """How episodes are collected each iteration (see `envgym.rollout.collect_groups`).
+
+    `backend: vllm` samples with a vLLM engine (`envgym.policies.vllm`) that is
+    sent the trained weights after each update; `vllm` holds its engine settings,
+    keywords of `vllm.LLM` (e.g. `max_model_len`, `kv_cache_memory_bytes`,
+    `enable_sleep_mode`), on top of the defaults (the model's dtype; on a CPU eager
+    mode and a 2 GiB KV cache).
+    """
 
     n_groups: int = 16
     group_size: int = 8
@@ -78,6 +85,7 @@ class RolloutOptions:
     context: Literal["full", "window"] = "full"
     window: int = 1
     backend: Literal["hf", "vllm"] = "hf"
+    vllm: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -203,6 +211,9 @@ class TrainConfig:
         if not 0 <= self.loss.clip_low < 1 or self.loss.clip_high < 0:
             raise ConfigError(f"loss.clip_low must be in [0, 1) and loss.clip_high >= 0, got "
                               f"{self.loss.clip_low}, {self.loss.clip_high}")
+        if self.rollout.vllm and self.rollout.backend != "vllm":
+            raise ConfigError(f"rollout.vllm sets engine settings {sorted(self.rollout.vllm)}, but rollout.backend is "
+                              f"{self.rollout.backend!r}; set rollout.backend: vllm, or drop rollout.vllm")
         if self.rollout.temperature <= 0:
             raise ConfigError(f"rollout.temperature must be > 0 (RL samples), got {self.rollout.temperature}")
         if self.algorithm.estimator == "igpo" and self.turn_reward.kind != "info_gain":

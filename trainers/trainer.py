@@ -39,6 +39,7 @@ from envgym.trainers.losses import kl_penalty, ppo_clip_loss, sampled_logprobs
 from envgym.trainers.run_log import RunLog
 from envgym.trainers.tiny_model import VOCABULARIES, tiny_policy_model
 from envgym.trainers.token_rows import subset, to_device
+from envgym.trainers.weights import merged_named_weights
 from envgym.wrappers import ActionExtraction, ObservationFormat
 
 log = logging.getLogger(__name__)
@@ -177,16 +178,28 @@ class Trainer:
                               "(rows of later turns are longer with rollout.context: full)")
 
     def _rollout_policy(self) -> Any:
-        """HFPolicy over the live model, or a vLLM engine that is sent the new weights after each update."""
+        """HFPolicy over the live model, or a vLLM engine that is sent the new weights after each update.
+
+        The engine starts on the model's checkpoint directory, in the model's
+        dtype, with `rollout.vllm` on top (EngineStartError, before any
+        training, if it cannot start).
+        """
         cfg = self.config
         if cfg.rollout.backend == "hf":
             return HFPolicy(self.model, self.tokenizer)
-        if cfg.model.lora.r > 0 or not Path(cfg.model.init_from or cfg.model.name).is_dir():
-            raise ConfigError("rollout.backend: vllm needs full fine-tuning (model.lora.r: 0) of a model saved in a "
-                              "local directory (model.name or model.init_from)")
+        source = cfg.model.init_from or cfg.model.name
+        if source != "default" and not Path(source).is_dir():
+            raise ConfigError(f"rollout.backend: vllm starts its engine from a checkpoint directory, and the model "
+                              f"{source!r} has none; set model.name to 'default' or a save_pretrained directory")
         from envgym.policies.vllm import VLLMPolicy
 
-        return VLLMPolicy.from_pretrained(cfg.model.init_from or cfg.model.name, gpu_memory_utilization=0.35)
+        dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        return VLLMPolicy.from_pretrained(source, **{"dtype": dtype, "seed": cfg.seed, **cfg.rollout.vllm})
+
+    def _sync_rollout_weights(self) -> None:
+        """Send the trained weights (LoRA merged in) to the vLLM engine; an HFPolicy samples from the model itself."""
+        if self.config.rollout.backend == "vllm":
+            self.policy.load_weights(merged_named_weights(self.model))
 
     def _frozen_reference(self) -> Any:
         """The KL reference: the LoRA base (adapters switched off at use) or a frozen copy of the initial model."""
@@ -216,6 +229,7 @@ class Trainer:
         ckpt.check_config_matches(latest, ckpt.config_dict(self.config))
         state = ckpt.load_state(latest)
         self._load_weights(latest)
+        self._sync_rollout_weights()  # the engine started on the initial weights
         self.optimizer.load_state_dict(state["optimizer"])
         if self.turn_reward is not None and "turn_reward" in state:
             self.turn_reward.load_state_dict(state["turn_reward"])
@@ -283,8 +297,10 @@ class Trainer:
 
         cfg = self.config
         rows = demonstration_rows(cfg, self.env_factory, self.tokenizer)
-        return supervised_steps(self.model, rows, steps=cfg.sft.steps, lr=cfg.sft.lr,
-                                batch_tokens=cfg.sft.batch_tokens, seed=cfg.seed)
+        stats = supervised_steps(self.model, rows, steps=cfg.sft.steps, lr=cfg.sft.lr,
+                                 batch_tokens=cfg.sft.batch_tokens, seed=cfg.seed)
+        self._sync_rollout_weights()
+        return stats
 
     def train_iteration(self) -> dict[str, float]:
         """Collect, score, estimate advantages and update once; returns this iteration's metrics."""
@@ -310,9 +326,10 @@ class Trainer:
         advantages = compute_advantages(batch, cfg.algorithm.estimator, **cfg.algorithm.options)
 
         update_started = time.perf_counter()
-        update_metrics = self.update(rows, advantages)
         if cfg.rollout.backend == "vllm":
-            self.policy.load_weights(self.model.state_dict().items())
+            self.policy.sleep()  # frees the GPU for the update with rollout.vllm.enable_sleep_mode; else a no-op
+        update_metrics = self.update(rows, advantages)
+        self._sync_rollout_weights()
         update_time = time.perf_counter() - update_started
         return {**episode_metrics(rollout.groups, "train"), **reward_metrics, **update_metrics,
                 "adv/mean": float(advantages.mean()), "adv/std": float(advantages.std()) if len(advantages) > 1 else 0.0,
@@ -329,6 +346,9 @@ class Trainer:
         cfg = self.config
         self.model.train()
         totals = dict.fromkeys(("loss", "kl", "entropy", "clipped", "ratio", "tokens", "grad_norm", "steps"), 0.0)
+        # |trainer - rollout| logprob of the sampled tokens before the first step: 0 up to rounding when the
+        # rollout sampled from the trained weights (a vLLM engine that missed a weight sync shows here)
+        gap = {"max": 0.0, "sum": 0.0, "tokens": 0.0}
         generator = torch.Generator().manual_seed(cfg.seed * 7919 + self.iteration)
         for _ in range(cfg.optim.epochs):
             order = torch.randperm(len(rows), generator=generator).tolist()
@@ -339,8 +359,12 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 for micro in minibatch.batches(cfg.optim.micro_batch_tokens):
                     stats = self._accumulate(micro, advantages, num_tokens)
-                    for key, value in stats.items():
-                        totals[key] += value
+                    if totals["steps"] == 0:  # the first minibatch, before any optimizer step
+                        gap["max"] = max(gap["max"], stats["logprob_gap_max"])
+                        gap["sum"] += stats["logprob_gap"]
+                        gap["tokens"] += stats["tokens"]
+                    for key in totals.keys() & stats.keys():
+                        totals[key] += stats[key]
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
                 if not torch.isfinite(grad_norm):
                     self._stop_on_nan(minibatch, advantages, f"gradient norm is {float(grad_norm)}")
@@ -350,7 +374,8 @@ class Trainer:
         tokens = max(totals["tokens"], 1.0)
         return {"loss/policy": totals["loss"] / totals["steps"], "loss/kl": totals["kl"] / tokens,
                 "loss/entropy": totals["entropy"] / tokens, "loss/clip_fraction": totals["clipped"] / tokens,
-                "loss/ratio": totals["ratio"] / tokens, "loss/grad_norm": totals["grad_norm"] / totals["steps"]}
+                "loss/ratio": totals["ratio"] / tokens, "loss/grad_norm": totals["grad_norm"] / totals["steps"],
+                "rollout/logprob_diff_max": gap["max"], "rollout/logprob_diff_mean": gap["sum"] / max(gap["tokens"], 1.0)}
 
     def _accumulate(self, micro: TokenBatch, advantages: torch.Tensor, num_tokens: int) -> dict[str, float]:
         """Forward and backward one micro-batch; the loss is scaled so micro-batches sum to the minibatch mean."""
@@ -375,8 +400,10 @@ class Trainer:
         if not torch.isfinite(loss):
             self._stop_on_nan(micro, advantages, f"loss is {float(loss.detach())}")
         loss.backward()
+        gap = (logprobs.detach() - old).abs()
         return {"loss": float(loss.detach()), "kl": kl_sum, "entropy": float(entropy.detach().sum()),
-                "clipped": stats.clipped, "ratio": stats.ratio, "tokens": float(len(logprobs))}
+                "clipped": stats.clipped, "ratio": stats.ratio, "tokens": float(len(logprobs)),
+                "logprob_gap": float(gap.sum()), "logprob_gap_max": float(gap.max()) if len(gap) else 0.0}
 
     def _reference_logprobs(self, micro: TokenBatch) -> torch.Tensor:
         with torch.no_grad():
