@@ -152,7 +152,7 @@ def main() -> None:
     parser.add_argument("--vllm", action="store_true", help="vllm against hf on SmolLM2 (run from .venv-vllm)")
     parser.add_argument("--prompts", type=int, default=32, help="--vllm: prompts in the generation batch")
     parser.add_argument("--new-tokens", type=int, default=64, help="--vllm: new tokens per prompt")
-    parser.add_argument("--iterations", type=int, default=3, help="--vllm: training iterations per backend")
+    parser.add_argument("--iterations", type=int, default=2, help="--vllm: training iterations per backend")
     args = parser.parse_args()
     if args.vllm:
         vllm_generation_row(args.prompts, args.new_tokens)

@@ -158,16 +158,6 @@ def test_weights_that_do_not_fit_the_engine_are_refused_before_it_is_touched(eng
     assert max_gap(engine.score(prompts, continuations), hf.score(prompts, continuations)) <= TOL  # untouched
 
 
-def test_a_reload_that_fails_inside_the_engine_raises(engine, hf):
-    """Last among the engine fixture's users: a reload that fails half-way leaves the engine unusable."""
-    from envgym.policies.vllm import WeightSyncError
-
-    weights = dict(hf.model.state_dict())
-    weights["model.norm.weight"] = torch.empty(weights["model.norm.weight"].shape, device="meta")  # cannot be copied
-    with pytest.raises(WeightSyncError, match=r"vLLM engine failed \(\w+.*stale or broken weights"):
-        engine.load_weights(weights.items())
-
-
 @pytest.mark.gpu
 def test_sleep_mode_frees_the_gpu_for_the_update_and_wakes_with_new_weights(prompts):
     from envgym.policies.vllm import VLLMPolicy
@@ -286,3 +276,14 @@ def test_a_failed_weight_sync_stops_training_with_a_message(tmp_path, monkeypatc
     with pytest.raises(WeightSyncError, match="model.norm.weight"):
         trainer.train_iteration()
     assert not Path(tmp_path / "run/checkpoints").exists()
+
+
+def test_a_reload_that_fails_inside_the_engine_raises(engine, hf):
+    """Last in this file: a reload that fails half-way leaves the engine unusable, and with it vLLM's
+    process-wide caches (its rotary-embedding tables), so no engine should start after it in this process."""
+    from envgym.policies.vllm import WeightSyncError
+
+    weights = dict(hf.model.state_dict())
+    weights["model.norm.weight"] = torch.empty(weights["model.norm.weight"].shape, device="meta")  # cannot be copied
+    with pytest.raises(WeightSyncError, match=r"vLLM engine failed \(\w+.*stale or broken weights"):
+        engine.load_weights(weights.items())
