@@ -114,8 +114,9 @@ def vllm_generation_row(prompt_count: int, new_tokens: int) -> None:
     print(f"SmolLM2-135M generation, {len(prompts)} Maze prompts ({sum(map(len, prompts))} tokens), up to "
           f"{new_tokens} new, temperature 1, one batch:")
     print(f"  hf   {hf:8.1f} tokens/s ({hf_threads} torch threads)")
-    print(f"  vllm {vllm:8.1f} tokens/s ({engine.serving_threads} torch thread, {engine.llm.llm_engine.model_config.dtype},"
-          f" eager)   vllm/hf {vllm / hf:5.2f}x")
+    dtype = engine.llm.llm_engine.model_config.dtype
+    print(f"  vllm {vllm:8.1f} tokens/s ({engine.serving_threads} torch thread, {dtype}, eager)   "
+          f"vllm/hf {vllm / hf:5.2f}x")
 
 
 def trainer_iteration_rows(iterations: int) -> None:

@@ -63,7 +63,8 @@ def sample(engine, prompts, tokens=12):
 
 def test_generation_greedy_matches_hf_and_sampling_is_well_formed(engine, hf, prompts):
     greedy = SamplingParams(temperature=0, max_new_tokens=10)
-    assert [c.token_ids for c in engine.generate(prompts, greedy)] == [c.token_ids for c in hf.generate(prompts, greedy)]
+    expected = [c.token_ids for c in hf.generate(prompts, greedy)]
+    assert [c.token_ids for c in engine.generate(prompts, greedy)] == expected
     completions = engine.generate(prompts, SamplingParams(max_new_tokens=16, stop=(".",)))
     assert len(completions) == len(prompts)
     for c in completions:

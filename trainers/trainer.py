@@ -375,7 +375,8 @@ class Trainer:
         return {"loss/policy": totals["loss"] / totals["steps"], "loss/kl": totals["kl"] / tokens,
                 "loss/entropy": totals["entropy"] / tokens, "loss/clip_fraction": totals["clipped"] / tokens,
                 "loss/ratio": totals["ratio"] / tokens, "loss/grad_norm": totals["grad_norm"] / totals["steps"],
-                "rollout/logprob_diff_max": gap["max"], "rollout/logprob_diff_mean": gap["sum"] / max(gap["tokens"], 1.0)}
+                "rollout/logprob_diff_max": gap["max"],
+                "rollout/logprob_diff_mean": gap["sum"] / max(gap["tokens"], 1.0)}
 
     def _accumulate(self, micro: TokenBatch, advantages: torch.Tensor, num_tokens: int) -> dict[str, float]:
         """Forward and backward one micro-batch; the loss is scaled so micro-batches sum to the minibatch mean."""

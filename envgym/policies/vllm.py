@@ -99,8 +99,8 @@ class VLLMPolicy:
     leave some engine weights stale or could not load.
     """
 
-    def __init__(self, llm: Any, *, serving_threads: int = 1, weight_shapes: Mapping[str, tuple[int, ...]] | None = None,
-                 sleep_mode: bool = False):
+    def __init__(self, llm: Any, *, serving_threads: int = 1,
+                 weight_shapes: Mapping[str, tuple[int, ...]] | None = None, sleep_mode: bool = False):
         self.vllm = _import_vllm()
         self.llm = llm
         self.tokenizer = llm.get_tokenizer()
