@@ -109,7 +109,7 @@ def vllm_generation_row(prompt_count: int, new_tokens: int) -> None:
     prompts = maze_prompts(tokenizer, prompt_count)
     hf_threads = torch.get_num_threads()
     hf = tokens_per_second(HFPolicy(model, tokenizer), prompts, new_tokens, batched=True)
-    engine = VLLMPolicy.from_pretrained("default", max_model_len=2048)
+    engine = VLLMPolicy.from_pretrained("default", max_model_len=2048, kv_cache_memory_bytes=1 << 30)
     vllm = tokens_per_second(engine, prompts, new_tokens, batched=True)
     print(f"SmolLM2-135M generation, {len(prompts)} Maze prompts ({sum(map(len, prompts))} tokens), up to "
           f"{new_tokens} new, temperature 1, one batch:")
@@ -132,11 +132,12 @@ def trainer_iteration_rows(iterations: int) -> None:
     print(f"training iteration of SmolLM2-135M (full fine-tuning), Maze 4x4, 4 groups of 4, up to 4 turns of "
           f"8 tokens; mean of iterations 2..{iterations}:")
     seconds = {}
-    for backend, engine in (("hf", {}), ("vllm", {"max_model_len": 2048})):
+    for backend, engine in (("hf", {}), ("vllm", {"max_model_len": 2048, "kv_cache_memory_bytes": 1 << 30})):
         with tempfile.TemporaryDirectory() as out:
             rollout = {**config["rollout"], "backend": backend, "vllm": engine}
             trainer = Trainer(config_from_dict({**config, "rollout": rollout, "out_dir": out}))
             runs = [trainer.train_iteration() for _ in range(iterations)][1:]  # the first warms up
+            del trainer  # one trainer's model and optimizer state in memory at a time
         mean = {key: sum(m[key] for m in runs) / len(runs) for key in ("time/rollout", "time/update", "time/iteration")}
         seconds[backend] = mean["time/iteration"]
         print(f"  {backend:<4} iteration {mean['time/iteration']:6.1f}s  rollout {mean['time/rollout']:6.1f}s  "
