@@ -24,6 +24,11 @@ What enforces what (bubblewrap backend):
   as a fresh unprivileged uid (dropped by `setpriv`, no capabilities, no new
   privileges), so the cap is that call's own; run as a normal user, the cap
   counts all of that user's processes.
+- user namespaces: where the installed bwrap and the kernel allow it (bubblewrap
+  >= 0.8, probed once), bwrap runs in a user namespace of its own with
+  `--disable-userns`, so the program cannot create nested user namespaces (in
+  which it could mount its own, uncapped tmpfs); as root, the uid is dropped
+  before bwrap starts. Elsewhere bwrap runs as root and drops the uid inside.
 - CPU, memory, file size: RLIMIT_CPU (SIGXCPU, reported as a timeout),
   RLIMIT_AS (MemoryError), RLIMIT_FSIZE, set in the child before exec.
 - wall clock and output: the caller reads stdout/stderr incrementally, and kills
@@ -56,7 +61,8 @@ from dataclasses import dataclass
 #: Interpreter flags for sandboxed Python: ignore PYTHON* variables and the user site, write no bytecode.
 PYTHON_FLAGS = ("-E", "-s", "-B")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
-_BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}
+#: The environment of every sandboxed program; a call's `env` adds to it.
+BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}
 
 
 class ExecStatus(str, enum.Enum):
@@ -87,13 +93,18 @@ class Limits:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"Limits.{f.name} must be a positive int, got {value!r}")
 
+    def rlimits(self) -> dict[str, tuple[int, int]]:
+        """The (soft, hard) rlimits these limits set, keyed by the name of the `resource` constant."""
+        return {"RLIMIT_CPU": (self.cpu_seconds, self.cpu_seconds + 1),
+                "RLIMIT_AS": (self.memory_bytes, self.memory_bytes),
+                "RLIMIT_NPROC": (self.max_processes, self.max_processes),
+                "RLIMIT_FSIZE": (self.file_size_bytes, self.file_size_bytes),
+                "RLIMIT_CORE": (0, 0)}
+
     def apply(self) -> None:
         """Set these limits on the current process (called in the child between fork and exec)."""
-        resource.setrlimit(resource.RLIMIT_CPU, (self.cpu_seconds, self.cpu_seconds + 1))
-        resource.setrlimit(resource.RLIMIT_AS, (self.memory_bytes, self.memory_bytes))
-        resource.setrlimit(resource.RLIMIT_NPROC, (self.max_processes, self.max_processes))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (self.file_size_bytes, self.file_size_bytes))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        for name, pair in self.rlimits().items():
+            resource.setrlimit(getattr(resource, name), pair)
 
 
 @dataclass(frozen=True)
@@ -131,7 +142,13 @@ class ExecResult:
 
 class SandboxProcess:
     """A started sandboxed process: `popen` with piped stdin/stdout/stderr, and `kill()`, which ends
-    it with everything it started and releases what the sandbox set up for it (idempotent)."""
+    it with everything it started and releases what the sandbox set up for it (idempotent).
+
+    `out_of_memory` is set by `kill()` where the backend can tell that the kernel's OOM killer
+    ended the program (a container's memory limit); rlimits show up as MemoryError instead.
+    """
+
+    out_of_memory = False
 
     def __init__(self, popen: subprocess.Popen, cleanup: Callable[[], None] | None = None):
         self.popen = popen
@@ -149,6 +166,25 @@ class SandboxProcess:
         if self._cleanup is not None:
             cleanup, self._cleanup = self._cleanup, None
             cleanup()
+
+
+def write_all(fd: int, data: bytes, deadline: float) -> None:
+    """Write all of `data` to the pipe `fd` (made non-blocking) by `deadline` (time.monotonic()).
+
+    Raises TimeoutError when the reader has not taken it all by then, BrokenPipeError when it is gone.
+    """
+    os.set_blocking(fd, False)
+    pending = memoryview(data)
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_WRITE)
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not selector.select(remaining):
+                raise TimeoutError("the sandboxed process did not read its input within the time allowed")
+            try:
+                pending = pending[os.write(fd, pending):]
+            except BlockingIOError:
+                continue
 
 
 def check_files(files: Mapping[str, str | bytes] | None) -> dict[str, bytes]:
@@ -207,7 +243,9 @@ class Sandbox(ABC):
             limits: Limits | None = None, env: Mapping[str, str] | None = None) -> ExecResult:
         """Run `argv`, or the Python program `code` (as main.py), to completion or `timeout` seconds.
 
-        Never raises for what the program does; raises ValueError/TypeError for bad arguments.
+        `timeout` counts from the moment the sandbox is up (starting a container is not charged to
+        the program); `ExecResult.duration` is the whole call. Never raises for what the program
+        does; raises ValueError/TypeError for bad arguments.
         """
         argv, files = self.prepare(argv, code, files, timeout)
         limits = limits or self.limits
@@ -218,7 +256,7 @@ class Sandbox(ABC):
             return ExecResult("", f"{type(exc).__name__}: {exc}", None, False, ExecStatus.KILLED,
                               time.monotonic() - start, f"the {self.name} sandbox could not start the program")
         stdin_bytes = stdin.encode("utf-8") if isinstance(stdin, str) else stdin
-        return collect(proc, stdin_bytes, timeout, limits.max_output_bytes, start)
+        return collect(proc, stdin_bytes, time.monotonic() + timeout, timeout, limits.max_output_bytes, start)
 
     def close(self) -> None:
         """Release anything the sandbox holds across calls (a no-op unless a backend pools resources)."""
@@ -230,9 +268,11 @@ class Sandbox(ABC):
         self.close()
 
 
-def collect(proc: SandboxProcess, stdin: bytes, timeout: float, max_output: int, start: float) -> ExecResult:
-    """Feed `stdin`, read stdout/stderr until both close, the deadline, or `max_output` bytes; then kill
-    whatever is left of the process and classify how it ended."""
+def collect(proc: SandboxProcess, stdin: bytes, deadline: float, timeout: float, max_output: int,
+            start: float) -> ExecResult:
+    """Feed `stdin`, read stdout/stderr until both close, `deadline` (time.monotonic(); `timeout` is
+    the seconds it stands for), or `max_output` bytes; then kill whatever is left of the process and
+    classify how it ended. `start` is when the call began (for `ExecResult.duration`)."""
     popen = proc.popen
     out = {popen.stdout.fileno(): bytearray(), popen.stderr.fileno(): bytearray()}
     selector = selectors.DefaultSelector()
@@ -244,7 +284,6 @@ def collect(proc: SandboxProcess, stdin: bytes, timeout: float, max_output: int,
     else:
         popen.stdin.close()
     pending = memoryview(stdin)
-    deadline = start + timeout
     timed_out = flooded = False
     exited_at = None
     while selector.get_map():
@@ -286,7 +325,8 @@ def collect(proc: SandboxProcess, stdin: bytes, timeout: float, max_output: int,
     exit_code = popen.poll()
     proc.kill()
     stdout, stderr = (_decode(b, max_output) for b in out.values())
-    return classify(stdout, stderr, exit_code, timed_out, flooded, time.monotonic() - start, timeout, max_output)
+    return classify(stdout, stderr, exit_code, timed_out, flooded, time.monotonic() - start, timeout, max_output,
+                    out_of_memory=proc.out_of_memory)
 
 
 def _decode(data: bytes, limit: int) -> str:
@@ -303,8 +343,9 @@ def _signal_of(exit_code: int) -> int | None:
 
 
 def classify(stdout: str, stderr: str, exit_code: int | None, timed_out: bool, flooded: bool,
-             duration: float, timeout: float, max_output: int) -> ExecResult:
-    """The `ExecResult` of a run that ended with `exit_code` (None: still running when killed)."""
+             duration: float, timeout: float, max_output: int, out_of_memory: bool = False) -> ExecResult:
+    """The `ExecResult` of a run that ended with `exit_code` (None: still running when killed);
+    `out_of_memory`: the kernel's OOM killer ended it."""
     def result(status: ExecStatus, message: str = "", code: int | None = exit_code, late: bool = timed_out):
         return ExecResult(stdout, stderr, code, late, status, duration, message)
 
@@ -315,6 +356,8 @@ def classify(stdout: str, stderr: str, exit_code: int | None, timed_out: bool, f
     signum = _signal_of(exit_code)
     if signum == signal.SIGXCPU:
         return result(ExecStatus.TIMEOUT, "killed: CPU time limit reached", late=True)
+    if out_of_memory:
+        return result(ExecStatus.MEMORY, "killed: out of memory (the sandbox's memory limit)")
     tail = stderr[-2000:]
     if "MemoryError" in tail or "Cannot allocate memory" in tail or "std::bad_alloc" in tail:
         return result(ExecStatus.MEMORY, "ran out of memory (the sandbox's memory limit)")
@@ -336,7 +379,7 @@ def _popen(argv: Sequence[str], *, cwd: str | None, limits: Limits, env: Mapping
            pass_fds: Sequence[int] = ()) -> subprocess.Popen:
     return subprocess.Popen(
         list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
-        env={**_BASE_ENV, **(env or {})}, start_new_session=True, preexec_fn=limits.apply,
+        env={**BASE_ENV, **(env or {})}, start_new_session=True, preexec_fn=limits.apply,
         pass_fds=tuple(pass_fds), close_fds=True,
     )
 
@@ -373,7 +416,6 @@ class SubprocessSandbox(Sandbox):
 
 
 _SECRET_FILES = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-")
-_uid_counter = itertools.count()
 
 
 @functools.cache
@@ -402,6 +444,33 @@ def bwrap_usable() -> str | None:
     return None
 
 
+def _setpriv(uid: int) -> list[str]:
+    """The command prefix that runs the rest as `uid` with no groups, no capabilities, no new privileges."""
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all",
+            "--no-new-privs"]
+
+
+_USERNS = ["--unshare-user", "--disable-userns"]
+
+
+@functools.cache
+def bwrap_disables_userns() -> bool:
+    """Whether bwrap can forbid user namespaces inside the sandbox here (bubblewrap >= 0.8 and a kernel
+    that lets an unprivileged user create one; as root, probed as the uid the sandbox drops to)."""
+    prefix = _setpriv(_fresh_uid()) if os.geteuid() == 0 else []
+    probe = subprocess.run([*prefix, "bwrap", *_USERNS, "--ro-bind", "/", "/", "true"], capture_output=True,
+                           timeout=30)
+    return probe.returncode == 0
+
+
+_uid_counter = itertools.count()
+
+
+def _fresh_uid() -> int:
+    """An uid no account uses, different for each call in this process (and, mostly, across processes)."""
+    return 1_000_000 + (os.getpid() % 1000) * 1000 + next(_uid_counter) % 1000
+
+
 class BwrapSandbox(Sandbox):
     """Bubblewrap: namespaces for filesystem, network, PIDs, IPC and UTS; rlimits; a private /tmp.
 
@@ -417,10 +486,15 @@ class BwrapSandbox(Sandbox):
             raise RuntimeError(f"bubblewrap sandbox unavailable: {problem}")
         super().__init__(limits, python)
         self.as_root = os.geteuid() == 0
+        self.disables_userns = bwrap_disables_userns()
         binds = ["/usr", "/etc", *_python_prefixes(self.python), *ro_binds]
         missing = [p for p in binds if not os.path.exists(p)]
         if missing:
             raise ValueError(f"ro_binds must exist on the host; missing: {missing}")
+        hidden = [p for p in binds if self.as_root and self.disables_userns and not _world_readable(p)]
+        if hidden:  # bwrap runs as the dropped uid, so it could not bind them
+            raise ValueError(f"ro_binds and the interpreter's prefix must be readable by any user (o+r, and o+x "
+                             f"on every parent directory); not so: {hidden}")
         self._mount_args = self._mounts(list(dict.fromkeys(os.path.realpath(p) for p in binds)))
 
     @staticmethod
@@ -443,6 +517,20 @@ class BwrapSandbox(Sandbox):
                 args += ["--ro-bind", "/dev/null", secret]
         return args
 
+    def _command(self, limits: Limits, file_args: list[str], argv: Sequence[str]) -> list[str]:
+        """The full command line: [setpriv ...] bwrap [options] -- [setpriv ...] argv."""
+        drop = _setpriv(_fresh_uid()) if self.as_root else []
+        # With user namespaces, bwrap itself runs unprivileged (the uid is dropped first); without,
+        # bwrap runs as root and setpriv drops the uid inside, keeping the caps setpriv needs.
+        outside, inside = (drop, []) if self.disables_userns else ([], drop)
+        cmd = [*outside, "bwrap", *(_USERNS if self.disables_userns else []),
+               "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+               "--die-with-parent", "--new-session", *self._mount_args,
+               "--size", str(limits.tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp", *file_args, "--chdir", "/tmp"]
+        if inside:
+            cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP", "--", *inside]
+        return [*cmd, "--", *argv]
+
     def spawn(self, argv, *, files=None, limits=None, env=None) -> SandboxProcess:
         limits = limits or self.limits
         fds, file_args = [], []
@@ -453,20 +541,20 @@ class BwrapSandbox(Sandbox):
                 os.write(fd, content)
                 os.lseek(fd, 0, os.SEEK_SET)
                 file_args += ["--perms", "0444", "--ro-bind-data", str(fd), f"/tmp/{name}"]
-            cmd = ["bwrap", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-                   "--die-with-parent", "--new-session", *self._mount_args,
-                   "--size", str(limits.tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp", *file_args, "--chdir", "/tmp"]
-            if self.as_root:
-                uid = str(1_000_000 + (os.getpid() % 1000) * 1000 + next(_uid_counter) % 1000)
-                cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP", "--",
-                        "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
-                        "--bounding-set=-all", "--no-new-privs"]
-            cmd += ["--", *argv]
-            popen = _popen(cmd, cwd="/", limits=limits, env=env, pass_fds=fds)
+            popen = _popen(self._command(limits, file_args, argv), cwd="/", limits=limits, env=env, pass_fds=fds)
         finally:
             for fd in fds:
                 os.close(fd)
         return SandboxProcess(popen)
+
+
+def _world_readable(path: str) -> bool:
+    """Whether a user with no relation to the owner can reach and read `path`."""
+    real = os.path.realpath(path)
+    if any(not os.stat(parent).st_mode & 0o001 for parent in ["/", *_ancestors(real)]):
+        return False
+    mode = os.stat(real).st_mode
+    return bool(mode & 0o004) and (not os.path.isdir(real) or bool(mode & 0o001))
 
 
 def _ancestors(path: str) -> list[str]:
