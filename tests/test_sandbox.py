@@ -5,7 +5,6 @@ import time
 import warnings
 
 import pytest
-from sandboxes import open_sandbox, sandbox_backends
 
 from envgym.tools import (
     ExecStatus,
@@ -17,6 +16,8 @@ from envgym.tools import (
     python_tool,
 )
 from envgym.tools.sandbox import bwrap_usable
+
+from sandboxes import open_sandbox, sandbox_backends
 
 
 @pytest.fixture(scope="module", params=sandbox_backends("bwrap", "docker", "subprocess"))

@@ -8,7 +8,6 @@ import socket
 import time
 
 import pytest
-from sandboxes import wait_until
 
 from envgym.tools import ExecStatus, Limits, PythonSession, make_sandbox
 from envgym.tools.docker_sandbox import (
@@ -21,7 +20,7 @@ from envgym.tools.docker_sandbox import (
 )
 from envgym.tools.sandbox import bwrap_usable
 
-docker_tests = pytest.mark.docker
+from sandboxes import wait_until
 
 
 def test_container_is_locked_down_and_labelled():
@@ -59,7 +58,7 @@ def owned(sandbox) -> list[dict]:
     return sandbox_containers(sandbox.client, sandbox.owner)
 
 
-@docker_tests
+@pytest.mark.docker
 def test_runs_as_an_unprivileged_user_in_a_read_only_container(sandbox):
     code = ("import os\ntry:\n    open('/etc/x', 'w')\nexcept OSError as exc:\n    print(type(exc).__name__)\n"
             "print(os.getuid(), os.getcwd(), open('/proc/self/status').read().split('CapEff:')[1].split()[0])")
@@ -67,7 +66,7 @@ def test_runs_as_an_unprivileged_user_in_a_read_only_container(sandbox):
     assert result.stdout.split() == ["OSError", "10001", "/tmp", "0000000000000000"], result.render()
 
 
-@docker_tests
+@pytest.mark.docker
 def test_session_lives_in_one_container_and_gets_a_new_one_after_a_timeout(sandbox):
     with PythonSession(sandbox, timeout=2) as session:
         first = session.run("import socket; socket.gethostname()").stdout
@@ -80,7 +79,7 @@ def test_session_lives_in_one_container_and_gets_a_new_one_after_a_timeout(sandb
     assert owned(sandbox) == []
 
 
-@docker_tests
+@pytest.mark.docker
 def test_out_of_memory_kill_is_reported(sandbox):
     # tmpfs pages count against the container's memory cgroup and cannot be swapped: the OOM killer ends it
     limits = Limits(memory_bytes=64 << 20, tmp_bytes=512 << 20, file_size_bytes=512 << 20)
@@ -89,7 +88,7 @@ def test_out_of_memory_kill_is_reported(sandbox):
     assert result.status is ExecStatus.MEMORY and "out of memory" in result.message, result.render()
 
 
-@docker_tests
+@pytest.mark.docker
 def test_warm_pool_keeps_started_containers_and_close_removes_them(docker_engine):
     from envgym.tools.docker_sandbox import DockerSandbox
 
@@ -105,7 +104,7 @@ def test_warm_pool_keeps_started_containers_and_close_removes_them(docker_engine
     assert owned(box) == []
 
 
-@docker_tests
+@pytest.mark.docker
 def test_no_container_survives_its_call(sandbox):
     sandbox.run(code="print(1)", timeout=30)
     sandbox.run(code="import time; time.sleep(30)", timeout=1)
@@ -117,13 +116,13 @@ def test_no_container_survives_its_call(sandbox):
     assert owned(sandbox) == []
 
 
-@docker_tests
+@pytest.mark.docker
 def test_a_missing_program_is_an_error_with_its_name(sandbox):
     result = sandbox.run(["no-such-program"], timeout=30)
     assert result.status is ExecStatus.ERROR and "no-such-program" in result.stderr
 
 
-@docker_tests
+@pytest.mark.docker
 def test_auto_picks_docker_where_bubblewrap_is_unusable(docker_engine, monkeypatch):
     import envgym.tools.sandbox as sandbox_module
 
@@ -132,7 +131,7 @@ def test_auto_picks_docker_where_bubblewrap_is_unusable(docker_engine, monkeypat
         assert box.name == "docker"
 
 
-@docker_tests
+@pytest.mark.docker
 def test_image_is_cached_and_rebuilt_only_when_its_inputs_change(docker_engine, tmp_path, monkeypatch):
     from envgym.tools import docker_image
     from envgym.tools.docker_sandbox import engine_client
@@ -160,7 +159,7 @@ def test_image_is_cached_and_rebuilt_only_when_its_inputs_change(docker_engine, 
     assert docker_image.image_tag() != new_tag  # a new base recipe means a new image
 
 
-@docker_tests
+@pytest.mark.docker
 def test_private_engine_leaves_nothing_behind(docker_engine):
     from envgym.tools.docker_engine import PrivateDockerd
     from envgym.tools.docker_sandbox import engine_client

@@ -1,7 +1,6 @@
 """Escape attempts against the isolating sandboxes (bubblewrap and Docker): each must fail, with a clear
 status, and leave the host as it was."""
 
-import os
 import socket
 import subprocess
 import sys
@@ -12,10 +11,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from sandboxes import assert_nothing_survives, open_sandbox, processes_with, sandbox_backends, unique_sleep, wait_until
 
 from envgym.tools import ExecStatus, Limits, PythonSession, make_sandbox
 from envgym.tools.sandbox import bwrap_usable
+
+from sandboxes import assert_nothing_survives, open_sandbox, processes_with, sandbox_backends, unique_sleep, wait_until
 
 
 @pytest.fixture(scope="module", params=sandbox_backends("bwrap", "docker"))
