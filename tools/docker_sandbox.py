@@ -55,7 +55,7 @@ except ImportError:  # the SDK is optional (envgym[tools]); docker_problem() say
 LABEL = {"envgym.sandbox": "1"}
 OWNER_LABEL = "envgym.owner"
 _BOOTSTRAP = (
-    "import json, os, resource, struct, sys\n"
+    "import base64, json, os, resource, struct, sys\n"
     "def read(n):\n"
     "    data = b''\n"
     "    while len(data) < n:\n"
@@ -67,7 +67,7 @@ _BOOTSTRAP = (
     "job = json.loads(read(struct.unpack('>Q', read(8))[0]))\n"
     "for name, content in job['files'].items():\n"
     "    with open('/tmp/' + name, 'wb') as f:\n"
-    "        f.write(__import__('base64').b64decode(content))\n"
+    "        f.write(base64.b64decode(content))\n"
     "    os.chmod('/tmp/' + name, 0o444)\n"
     "for name, pair in job['rlimits'].items():\n"
     "    resource.setrlimit(getattr(resource, name), pair)\n"
