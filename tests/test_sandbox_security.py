@@ -1,6 +1,7 @@
 """Escape attempts against the isolating sandboxes (bubblewrap and Docker): each must fail, with a clear
 status, and leave the host as it was."""
 
+import os
 import socket
 import subprocess
 import sys
@@ -26,6 +27,25 @@ def sandbox(request):
 @pytest.mark.skipif(bwrap_usable() is not None, reason=f"bubblewrap unusable: {bwrap_usable()}")
 def test_auto_picks_bubblewrap():
     assert make_sandbox("auto").name == "bwrap"
+
+
+_PRIVILEGES = "\n".join(["status = dict(line.split(':', 1) for line in open('/proc/self/status'))",
+                         "print(int(status['Uid'].split()[0]), status['CapEff'].strip(), status['NoNewPrivs'].strip())"])
+
+
+def test_runs_unprivileged(sandbox):
+    result = sandbox.run(code=_PRIVILEGES, timeout=30)
+    uid, capabilities, no_new_privs = result.stdout.split()
+    assert int(uid) != 0 and capabilities == "0000000000000000" and no_new_privs == "1", result.render()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or bwrap_usable() is not None, reason="bwrap as root")
+def test_bwrap_without_user_namespaces_still_drops_to_a_fresh_uid():
+    sandbox = make_sandbox("bwrap")
+    sandbox.disables_userns = False  # bwrap runs as root; setpriv drops the uid inside
+    result = sandbox.run(code=_PRIVILEGES, timeout=30)
+    uid, capabilities, no_new_privs = result.stdout.split()
+    assert int(uid) >= 1_000_000 and capabilities == "0000000000000000" and no_new_privs == "1", result.render()
 
 
 def test_cannot_read_home_or_shadow(sandbox):
@@ -175,21 +195,22 @@ def test_cannot_create_user_namespaces(sandbox):
 
 
 _KILLED_CALLER = """
-import sys, threading
+import os, threading
 from envgym.tools import PythonSession, make_sandbox
-box = make_sandbox(sys.argv[1])
+box = make_sandbox(os.environ["KIND"])
 session = PythonSession(box, timeout=600)
-session.run(f"import subprocess; subprocess.Popen(['sleep', '{sys.argv[2]}'], start_new_session=True)")
-threading.Thread(target=box.run, kwargs=dict(argv=["sleep", sys.argv[3]], timeout=600), daemon=True).start()
+session.run(f"import subprocess; subprocess.Popen(['sleep', '{os.environ['IN_SESSION']}'], start_new_session=True)")
+threading.Thread(target=box.run, kwargs=dict(argv=["sleep", os.environ["IN_RUN"]], timeout=600), daemon=True).start()
 print("ready", flush=True)
 session.run("import time; time.sleep(600)")
 """
 
 
 def test_nothing_survives_a_killed_caller(sandbox):
-    in_session, in_run = unique_sleep(), unique_sleep()
-    caller = subprocess.Popen([sys.executable, "-c", _KILLED_CALLER, sandbox.name, in_session, in_run],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    in_session, in_run = unique_sleep(), unique_sleep()  # passed in the environment: no command line but theirs
+    caller = subprocess.Popen([sys.executable, "-c", _KILLED_CALLER], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "KIND": sandbox.name, "IN_SESSION": in_session,
+                                              "IN_RUN": in_run})
     try:
         assert caller.stdout.readline() == "ready\n", caller.stderr.read()
         assert wait_until(lambda: processes_with(in_session) and processes_with(in_run), 30)

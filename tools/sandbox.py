@@ -19,16 +19,18 @@ What enforces what (bubblewrap backend):
 - processes: `--unshare-pid`; bwrap's init is pid 1, so when the program exits
   or is killed the kernel kills everything else in the namespace (detached,
   setsid'd and nohup'd children included). `--die-with-parent` kills the sandbox
-  if the caller dies. The count of processes is capped by RLIMIT_NPROC, which
-  the kernel enforces per uid and never for root: run as root, the program runs
-  as a fresh unprivileged uid (dropped by `setpriv`, no capabilities, no new
-  privileges), so the cap is that call's own; run as a normal user, the cap
-  counts all of that user's processes.
+  if the caller dies (armed before bwrap starts, so no instant is uncovered).
+  The count of processes is capped by RLIMIT_NPROC, which the kernel enforces
+  per uid and never for root: run as root, the program runs as a fresh
+  unprivileged uid (no groups, no capabilities, no new privileges), so the cap
+  is that call's own; run as a normal user, the cap counts all of that user's
+  processes.
 - user namespaces: where the installed bwrap and the kernel allow it (bubblewrap
   >= 0.8, probed once), bwrap runs in a user namespace of its own with
   `--disable-userns`, so the program cannot create nested user namespaces (in
-  which it could mount its own, uncapped tmpfs); as root, the uid is dropped
-  before bwrap starts. Elsewhere bwrap runs as root and drops the uid inside.
+  which it could mount its own, uncapped tmpfs); as root, the fresh uid is taken
+  before bwrap starts. Elsewhere bwrap runs as root and `setpriv` drops the uid
+  inside.
 - CPU, memory, file size: RLIMIT_CPU (SIGXCPU, reported as a timeout),
   RLIMIT_AS (MemoryError), RLIMIT_FSIZE, set in the child before exec.
 - wall clock and output: the caller reads stdout/stderr incrementally, and kills
@@ -39,6 +41,7 @@ isolates nothing (it warns once).
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import enum
 import functools
@@ -375,12 +378,34 @@ def default_python() -> str:
     return "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS = 1, 38
+
+
 def _popen(argv: Sequence[str], *, cwd: str | None, limits: Limits, env: Mapping[str, str] | None,
-           pass_fds: Sequence[int] = ()) -> subprocess.Popen:
+           pass_fds: Sequence[int] = (), uid: int | None = None, die_with_caller: bool = False) -> subprocess.Popen:
+    """Start `argv` in a session of its own under `limits`, with piped stdin/stdout/stderr.
+
+    `uid`: run as that uid and gid, with no groups, no capabilities and no new privileges.
+    `die_with_caller`: SIGKILL it when the calling thread ends, armed before exec so that no
+    instant is left uncovered before the program (bwrap) arms its own.
+    """
+    caller = os.getpid()
+
+    def child_setup() -> None:  # in the child, after the uid change, before exec
+        limits.apply()
+        if uid is not None:
+            _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        if die_with_caller:
+            _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != caller:  # the caller died before the signal was armed
+                os._exit(1)
+
+    drop = {"user": uid, "group": uid, "extra_groups": []} if uid is not None else {}
     return subprocess.Popen(
         list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
-        env={**BASE_ENV, **(env or {})}, start_new_session=True, preexec_fn=limits.apply,
-        pass_fds=tuple(pass_fds), close_fds=True,
+        env={**BASE_ENV, **(env or {})}, start_new_session=True, preexec_fn=child_setup,
+        pass_fds=tuple(pass_fds), close_fds=True, **drop,
     )
 
 
@@ -434,20 +459,14 @@ def bwrap_usable() -> str | None:
     """None when bubblewrap can build a sandbox here; otherwise why not."""
     if shutil.which("bwrap") is None:
         return "bwrap is not installed (Debian/Ubuntu: apt-get install bubblewrap)"
-    if os.geteuid() == 0 and shutil.which("setpriv") is None:
-        return "bwrap as root needs setpriv (util-linux) to drop to an unprivileged uid"
     probe = subprocess.run(
         ["bwrap", "--ro-bind", "/", "/", "--unshare-pid", "--unshare-net", "--proc", "/proc", "true"],
         capture_output=True, text=True, timeout=30)
     if probe.returncode != 0:
         return f"bwrap cannot create namespaces here: {probe.stderr.strip()}"
+    if os.geteuid() == 0 and not bwrap_disables_userns() and shutil.which("setpriv") is None:
+        return "bwrap as root needs setpriv (util-linux) to drop to an unprivileged uid"
     return None
-
-
-def _setpriv(uid: int) -> list[str]:
-    """The command prefix that runs the rest as `uid` with no groups, no capabilities, no new privileges."""
-    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all",
-            "--no-new-privs"]
 
 
 _USERNS = ["--unshare-user", "--disable-userns"]
@@ -457,9 +476,10 @@ _USERNS = ["--unshare-user", "--disable-userns"]
 def bwrap_disables_userns() -> bool:
     """Whether bwrap can forbid user namespaces inside the sandbox here (bubblewrap >= 0.8 and a kernel
     that lets an unprivileged user create one; as root, probed as the uid the sandbox drops to)."""
-    prefix = _setpriv(_fresh_uid()) if os.geteuid() == 0 else []
-    probe = subprocess.run([*prefix, "bwrap", *_USERNS, "--ro-bind", "/", "/", "true"], capture_output=True,
-                           timeout=30)
+    uid = _fresh_uid() if os.geteuid() == 0 else None
+    drop = {"user": uid, "group": uid, "extra_groups": []} if uid is not None else {}
+    probe = subprocess.run(["bwrap", *_USERNS, "--ro-bind", "/", "/", "true"], capture_output=True, timeout=30,
+                           **drop)
     return probe.returncode == 0
 
 
@@ -518,17 +538,16 @@ class BwrapSandbox(Sandbox):
         return args
 
     def _command(self, limits: Limits, file_args: list[str], argv: Sequence[str]) -> list[str]:
-        """The full command line: [setpriv ...] bwrap [options] -- [setpriv ...] argv."""
-        drop = _setpriv(_fresh_uid()) if self.as_root else []
-        # With user namespaces, bwrap itself runs unprivileged (the uid is dropped first); without,
-        # bwrap runs as root and setpriv drops the uid inside, keeping the caps setpriv needs.
-        outside, inside = (drop, []) if self.disables_userns else ([], drop)
-        cmd = [*outside, "bwrap", *(_USERNS if self.disables_userns else []),
+        """bwrap [options] -- [setpriv ...] argv (setpriv where bwrap runs as root: no user namespaces)."""
+        cmd = ["bwrap", *(_USERNS if self.disables_userns else []),
                "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
                "--die-with-parent", "--new-session", *self._mount_args,
                "--size", str(limits.tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp", *file_args, "--chdir", "/tmp"]
-        if inside:
-            cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP", "--", *inside]
+        if self.as_root and not self.disables_userns:
+            uid = _fresh_uid()
+            cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP", "--",
+                    "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
+                    "--bounding-set=-all", "--no-new-privs"]
         return [*cmd, "--", *argv]
 
     def spawn(self, argv, *, files=None, limits=None, env=None) -> SandboxProcess:
@@ -541,7 +560,10 @@ class BwrapSandbox(Sandbox):
                 os.write(fd, content)
                 os.lseek(fd, 0, os.SEEK_SET)
                 file_args += ["--perms", "0444", "--ro-bind-data", str(fd), f"/tmp/{name}"]
-            popen = _popen(self._command(limits, file_args, argv), cwd="/", limits=limits, env=env, pass_fds=fds)
+            # with user namespaces bwrap needs no privileges, so as root it starts as the fresh uid
+            uid = _fresh_uid() if self.as_root and self.disables_userns else None
+            popen = _popen(self._command(limits, file_args, argv), cwd="/", limits=limits, env=env, pass_fds=fds,
+                           uid=uid, die_with_caller=True)
         finally:
             for fd in fds:
                 os.close(fd)
