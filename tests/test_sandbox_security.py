@@ -29,8 +29,8 @@ def test_auto_picks_bubblewrap():
     assert make_sandbox("auto").name == "bwrap"
 
 
-_PRIVILEGES = "\n".join(["status = dict(line.split(':', 1) for line in open('/proc/self/status'))",
-                         "print(int(status['Uid'].split()[0]), status['CapEff'].strip(), status['NoNewPrivs'].strip())"])
+_PRIVILEGES = ("status = dict(line.split(':', 1) for line in open('/proc/self/status'))\n"
+               "print(int(status['Uid'].split()[0]), status['CapEff'].strip(), status['NoNewPrivs'].strip())")
 
 
 def test_runs_unprivileged(sandbox):
