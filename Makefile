@@ -26,7 +26,7 @@ test: setup
 
 # The tests marked vllm (real engines on the embedded SmolLM2); the main suite skips them.
 test-vllm: setup-vllm
-	ENVGYM_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/python -m pytest -q -m vllm
+	ENVGYM_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/test_vllm.py
 
 quickstart: setup
 	$(VENV)/bin/envgym train trainers/recipes/quickstart.yaml --overwrite

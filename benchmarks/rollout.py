@@ -252,6 +252,7 @@ def trainer_iteration_rows(iterations: int) -> None:
             rollout = {**config["rollout"], "backend": backend, "vllm": engine}
             trainer = Trainer(config_from_dict({**config, "rollout": rollout, "out_dir": out}))
             runs = [trainer.train_iteration() for _ in range(iterations)][1:]  # the first warms up
+            trainer.close()
             del trainer  # one trainer's model and optimizer state in memory at a time
         mean = {key: sum(m[key] for m in runs) / len(runs) for key in ("time/rollout", "time/update", "time/iteration")}
         seconds[backend] = mean["time/iteration"]
