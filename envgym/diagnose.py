@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from envgym.policies import PolicyError, RandomPolicy, ScriptedPolicy, TextRequest
+from envgym.policies import PolicyError, RandomPolicy, ScriptedPolicy, TextReply, TextRequest
 from envgym.rollout import collect_groups
 from envgym.trajectory import Episode, Group
 
@@ -143,7 +143,7 @@ class OracleMix:
         self.oracle, self.random = ScriptedPolicy(), RandomPolicy(seed)
         self.rng = np.random.default_rng(seed + 1)
 
-    def act(self, requests: Sequence[TextRequest]) -> list[str | PolicyError]:
+    def act(self, requests: Sequence[TextRequest]) -> list[str | TextReply | PolicyError]:
         take_oracle = self.rng.random(len(requests)) < self.p_oracle
         oracle = self.oracle.act([r for r, o in zip(requests, take_oracle) if o])
         random = self.random.act([r for r, o in zip(requests, take_oracle) if not o])
