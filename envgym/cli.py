@@ -176,7 +176,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                       max_context_tokens=args.max_context_tokens, backend=settings["backend"],
                       num_envs=settings["num_envs"] or None,
                       step_timeout=settings["step_timeout"], retries=settings["retries"],
-                      request_timeout=args.request_timeout, progress=True)
+                      request_timeout=args.request_timeout, engine_args=parse_kwargs(args.engine_arg), progress=True)
     print(report.to_markdown(), end="")  # plain print: a console would wrap the table's rows
     if out is not None:
         paths = report.save(out)
@@ -258,6 +258,9 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
                    help="attempts after a failed episode before its group is dropped (default 2)")
     p.add_argument("--request-timeout", type=checked("request_timeout", float), default=None, metavar="SECONDS",
                    help="timeout of each HTTP request of openai: policies (default: the policy's, 60)")
+    p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting of the vllm: policies' engine, a keyword of vllm.LLM, e.g. max_model_len=2048 "
+                        "(repeatable; CPU defaults: see README)")
     p.add_argument("--out", default=None, metavar="DIR", help="write report.json, report.md and report.png here")
     p.set_defaults(func=cmd_eval)
 

@@ -315,6 +315,7 @@ def evaluate(
     step_timeout: float = 60.0,
     retries: int = 2,
     request_timeout: float | None = None,
+    engine_args: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> EvalReport:
     """Evaluate each policy on each env with `evaluate_policy`; one row per pair.
@@ -323,8 +324,10 @@ def evaluate(
     show_admissible)`. Policies are spec strings (see
     `envgym.policies.POLICY_SPECS`, loaded once) or policy objects. Token
     policies sample with `sampling` (default: temperature 1, 64 new tokens);
-    `request_timeout` bounds each HTTP request of `openai:` policies;
-    `max_context_tokens` bounds every prompt plus completion. Numbers
+    `request_timeout` bounds each HTTP request of `openai:` policies; `engine_args`
+    are settings of the engine of every `vllm:` policy (keyword arguments of
+    `vllm.LLM`, e.g. ``{"max_model_len": 2048}``); `max_context_tokens` bounds
+    every prompt plus completion. Numbers
     are checked against ARGUMENT_RANGES, env ids and knobs and policy paths are
     checked, before any model loads.
     """
@@ -347,12 +350,15 @@ def evaluate(
     for spec in policies:
         if isinstance(spec, str):
             check_policy_spec(spec)
+    if engine_args and not any(isinstance(p, str) and p.startswith("vllm:") for p in policies):
+        raise ValueError(f"engine settings {sorted(engine_args)} apply to vllm: policies only; "
+                         "name one with --policy vllm:DIR, or drop --engine-arg")
     named = [(p, p) if isinstance(p, str) else (type(p).__name__, p) for p in policies]
     rows, rollouts = [], []
     with _progress_bar(progress) as bar:
         for name, spec in named:
-            loaded = spec if not isinstance(spec, str) else load_policy(spec, **_endpoint_options(
-                spec, sampling=sampling, timeout=request_timeout))
+            loaded = spec if not isinstance(spec, str) else load_policy(spec, **_policy_options(
+                spec, sampling=sampling, timeout=request_timeout, engine_args=engine_args or {}))
             for maker in makers:
                 task = bar.add_task(f"{maker.env_id} · {name}", total=None) if bar else None
                 row, result = evaluate_policy(
@@ -366,9 +372,9 @@ def evaluate(
     settings = {"env_kwargs": dict(env_kwargs or {}), "extract_action": extract_action,
                 "show_admissible": show_admissible, "split": split, "episodes": episodes, "samples": samples,
                 "seed": seed, "context": context, "window": window, "max_turns": max_turns,
-                "max_context_tokens": max_context_tokens, "backend": backend,
-                "num_envs": num_envs, "step_timeout": step_timeout, "retries": retries,
-                "request_timeout": request_timeout, "sampling": asdict(sampling or SamplingParams()),
+                "max_context_tokens": max_context_tokens, "backend": backend, "num_envs": num_envs,
+                "step_timeout": step_timeout, "retries": retries, "request_timeout": request_timeout,
+                "engine_args": dict(engine_args or {}), "sampling": asdict(sampling or SamplingParams()),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     return EvalReport(rows, settings, rollouts)
 
@@ -381,11 +387,15 @@ def check_policy_spec(spec: str) -> None:
                          "save_pretrained" + (", or hf:default for the embedded SmolLM2" if kind == "hf" else ""))
 
 
-def _endpoint_options(spec: str, *, sampling: SamplingParams | None, timeout: float | None) -> dict[str, Any]:
-    """Constructor options of an `openai:` policy (an endpoint samples with the same settings); none for others."""
-    if not spec.startswith("openai:"):
-        return {}
-    return {**({"sampling": sampling} if sampling else {}), **({"timeout": timeout} if timeout else {})}
+def _policy_options(spec: str, *, sampling: SamplingParams | None, timeout: float | None,
+                    engine_args: Mapping[str, Any]) -> dict[str, Any]:
+    """What `load_policy` needs beyond the spec: an endpoint samples with the same settings and its request
+    timeout, an engine takes its own settings; other policies need nothing."""
+    if spec.startswith("openai:"):
+        return {**({"sampling": sampling} if sampling else {}), **({"timeout": timeout} if timeout else {})}
+    if spec.startswith("vllm:"):
+        return dict(engine_args)
+    return {}
 
 
 def failure_summary(report: EvalReport, most_common: int = 3) -> list[str]:

@@ -79,6 +79,13 @@ def test_eval_command_passes_env_knobs_and_rejects_unknown_ones(tmp_path, capsys
     assert "colour" in capsys.readouterr().out
 
 
+def test_engine_args_without_a_vllm_policy_are_refused(capsys):
+    from envgym.cli import main
+
+    assert main(["eval", "--env", "games/Maze-v0", "--policy", "random", "--engine-arg", "max_model_len=2048"]) == 2
+    assert "apply to vllm: policies only" in capsys.readouterr().out
+
+
 def test_eval_help_renders(capsys):
     from envgym.cli import build_parser
 

@@ -73,13 +73,20 @@ class EnvOptions:
 class RolloutOptions:
     """How episodes are collected each iteration (see `envgym.rollout.collect_groups`).
 
+    `backend: vllm` samples with a vLLM engine (`envgym.policies.vllm`) that is
+    sent the trained weights after each update; `vllm` holds its engine settings,
+    keywords of `vllm.LLM` (e.g. `max_model_len`, `kv_cache_memory_bytes`,
+    `enable_sleep_mode`), on top of the defaults (the model's dtype; on a CPU eager
+    mode and a 2 GiB KV cache).
+
     Envs are stepped through one `envgym.pool.EnvPool` that the run keeps for
     rollouts, the warm start and evaluation alike: `pool` is its backend ("sync":
     in this process; "process" or "ray": one worker per slot, so an env that hangs,
     crashes or runs out of memory fails only its episode; "auto": workers for envs
     whose registration declares slow steps, TextWorld and the sandboxed tool envs,
-    in-process for the rest, workers whenever `env_memory_mb` is set). `num_envs` slots (0: one
-    per episode of an iteration in-process, 4 per CPU core in workers); a step past
+    in-process for the rest, workers whenever `env_memory_mb` is set). `num_envs`
+    slots (0: one per episode of an iteration in-process, 4 per CPU core in
+    workers); a step past
     `step_timeout` seconds or an episode past `episode_timeout` (0: no limit) fails its
     episode, which is retried from the start up to `retries` times before its group is
     dropped; `env_memory_mb` caps each worker's address space (0: no cap).
@@ -99,6 +106,7 @@ class RolloutOptions:
     episode_timeout: Annotated[float, Range(ge=0)] = 0.0
     retries: Annotated[int, Range(ge=0)] = 2
     env_memory_mb: Annotated[int, Range(ge=0)] = 0
+    vllm: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -243,6 +251,9 @@ class TrainConfig:
         if self.rollout.n_groups * self.rollout.group_size % self.optim.minibatches:
             raise ConfigError(f"optim.minibatches ({self.optim.minibatches}) must divide the episodes per iteration "
                               f"({self.rollout.n_groups * self.rollout.group_size})")
+        if self.rollout.vllm and self.rollout.backend != "vllm":
+            raise ConfigError(f"rollout.vllm sets engine settings {sorted(self.rollout.vllm)}, but rollout.backend is "
+                              f"{self.rollout.backend!r}; set rollout.backend: vllm, or drop rollout.vllm")
         if self.algorithm.estimator == "igpo" and self.turn_reward.kind != "info_gain":
             raise ConfigError("estimator 'igpo' needs turn_reward.kind: info_gain")
         if self.algorithm.estimator == "prime" and self.turn_reward.kind != "implicit_prm":

@@ -2,7 +2,7 @@
 
     policy = load_policy("hf:default")          # the embedded SmolLM2-135M-Instruct
     policy = load_policy("hf:/path/to/checkpoint")
-    policy = load_policy("vllm:/path/to/checkpoint")   # needs envgym[vllm] and a GPU
+    policy = load_policy("vllm:/path/to/checkpoint")   # a vLLM engine (GPU, or the CPU wheel in .venv-vllm)
     policy = load_policy("openai:http://127.0.0.1:8000/v1#my-model")
     policy = load_policy("scripted")            # the env's oracle
     policy = load_policy("random")              # a random legal move (see RandomPolicy)
