@@ -103,7 +103,7 @@ def server(tmp_path_factory):
 
     served = VLLMServer(default_model_dir(), tmp_path_factory.mktemp("vllm") / "server.log")
     served.start()
-    print(f"vllm serve answered after {served.startup_seconds:.1f} s")
+    print(f"vLLM's server answered after {served.startup_seconds:.1f} s")
     yield served
     served.kill()
 
@@ -124,7 +124,7 @@ def test_vllm_serve_plays_the_same_greedy_episodes_as_hf_and_reports_what_it_cou
     endpoint = f"openai:{server.url}#{SERVED_NAME}"
     out = tmp_path / "eval"
     done = envgym_eval("--env", "games/GuessNumber-v0", "--env", "tools/SearchQA-v0", "--policy", endpoint,
-                       "--policy", f"hf:{default_model_dir()}", "--episodes", "3", "--max-turns", "2",
+                       "--policy", f"hf:{default_model_dir()}", "--episodes", "2", "--max-turns", "2",
                        "--temperature", "0", "--max-new-tokens", "24", "--out", str(out))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "the endpoint serves" not in done.stderr  # the model name matched
@@ -132,7 +132,7 @@ def test_vllm_serve_plays_the_same_greedy_episodes_as_hf_and_reports_what_it_cou
     rows = {(r["env_id"], r["policy"].split(":")[0]): r for r in report["results"]}
     for env_id in ("games/GuessNumber-v0", "tools/SearchQA-v0"):
         served, local = rows[env_id, "openai"], rows[env_id, "hf"]
-        assert served["episodes"] == local["episodes"] == 3 and served["dropped_episodes"] == 0
+        assert served["episodes"] == local["episodes"] == 2 and served["dropped_episodes"] == 0
         assert served["context_budget"] == MAX_MODEL_LEN  # the endpoint's max_model_len, read from /v1/models
         served_episodes, local_episodes = episodes_of(out, served), episodes_of(out, local)
         for a, b in zip(served_episodes, local_episodes, strict=True):
