@@ -1,8 +1,8 @@
 """`envgym diagnose ID`: what to know about an env before training on it, from cheap scripted play.
 
 Three scripted policies play `groups` groups of `group_size` episodes each (one seed and task per
-group, as in training) through `envgym.rollout.collect_groups`: `random` (a random admissible
-action), `oracle` (the env's expert) and `oracle 50%` (the expert's move half the time, else a
+group, as in training) through `envgym.rollout.collect_groups`: `random` (a random legal move,
+see `RandomPolicy`), `oracle` (the env's expert) and `oracle 50%` (the expert's move half the time, else a
 random one: a stand-in for a policy that is learning). For each:
 
 - the anchor hit rate: the share of turns whose `state_key` recurs within their group (anchor
@@ -136,7 +136,7 @@ def _turns(stats: tuple[float, int, int] | None) -> str:
 
 
 class OracleMix:
-    """The oracle's action with probability `p_oracle`, else a random admissible one (RandomPolicy)."""
+    """The oracle's action with probability `p_oracle`, else a random legal one (RandomPolicy)."""
 
     def __init__(self, p_oracle: float, seed: int = 0):
         self.p_oracle = p_oracle
