@@ -24,9 +24,9 @@ test: setup
 	$(PY) -m pytest -q
 	$(MAKE) test-vllm
 
-# The tests marked vllm (real engines on the embedded SmolLM2); the main suite skips them.
+# The tests marked vllm (real engines and `vllm serve` on the embedded SmolLM2); the main suite skips them.
 test-vllm: setup-vllm
-	ENVGYM_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/test_vllm.py
+	ENVGYM_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/test_vllm.py tests/test_endpoint_vllm.py
 
 quickstart: setup
 	$(VENV)/bin/envgym train trainers/recipes/quickstart.yaml --overwrite

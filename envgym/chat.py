@@ -16,6 +16,9 @@ tool) messages and actions are assistant messages. Two context modes:
   whole chat (`EpisodeChat.rewrote_history` is then True).
 - ``"window"``: one row per turn holding the system message and the last
   `window` turns before the current observation (the verl-agent style).
+
+Text policies (an endpoint, the baselines) get `prompt_messages()`: the same
+messages the token layout renders, so the window bounds their prompts too.
 """
 
 from __future__ import annotations
@@ -58,7 +61,8 @@ class EpisodeChat:
     `advance(action_ids, action_text, observation)`. Both return
     `(obs_ids, starts_row)`: the tokens to append before the next generation,
     and whether they begin a new token row (then `obs_ids` is a whole prompt).
-    With `tokenizer=None` (text policies) it only keeps `messages` and returns no ids.
+    With `tokenizer=None` (text policies) it only keeps `messages` and returns no ids;
+    `prompt_messages()` is then what the policy is sent.
     `tools` are rendered by the template in every prompt (see `render`).
     """
 
@@ -126,10 +130,13 @@ class EpisodeChat:
                 closing = closing[len(sampled_end):]
         return closing + with_reply[len(with_action):]
 
-    def _whole_prompt(self) -> list[int]:
-        """A fresh rendering of the system message, the context turns and the latest observation."""
+    def prompt_messages(self) -> list[dict[str, str]]:
+        """The messages of the next prompt: the system message, the context turns and the latest observation."""
         history = self.messages[self._system:]
         if self.context == "window":
             history = history[max(0, len(history) - 1 - 2 * self.window):]
-        return encode(self.tokenizer, render(self.tokenizer, [*self.messages[:self._system], *history], True,
-                                            self.tools))
+        return [*self.messages[:self._system], *history]
+
+    def _whole_prompt(self) -> list[int]:
+        """A fresh rendering of `prompt_messages()`."""
+        return encode(self.tokenizer, render(self.tokenizer, self.prompt_messages(), True, self.tools))

@@ -263,6 +263,34 @@ def check_bad_actions(env: gymnasium.Env, env_id: str | None) -> str:
     return "; ".join(handled)
 
 
+def check_sampled_actions(env: gymnasium.Env, env_id: str | None, episodes: int = 3, steps: int = 20) -> str:
+    """`sample_action` (where implemented) draws str actions the env accepts, the same ones for the same seed."""
+    base = env.unwrapped
+    drawn = 0
+    for seed in range(episodes):
+        env.reset(seed=seed)
+        try:
+            first = base.sample_action(np.random.default_rng(seed))
+        except NotImplementedError:
+            return "not implemented (the random baseline plays listed admissible actions, else random letters)"
+        if first != base.sample_action(np.random.default_rng(seed)):
+            raise CheckFailure("sample_action gave two actions for one rng seed in one state; draw only from rng")
+        rng = np.random.default_rng(seed)
+        for _ in range(steps):
+            action = base.sample_action(rng)
+            if not isinstance(action, str):
+                raise CheckFailure(f"sample_action returned a {type(action).__name__}, not a str")
+            with _deadline(STEP_SECONDS, f"step({action[:30]!r})"):
+                _, _, terminated, truncated, info = env.step(action)
+            drawn += 1
+            if info.get("invalid_action"):
+                raise CheckFailure(f"sample_action drew {action[:60]!r}, which the env flagged invalid; it must "
+                                   "draw legal actions only")
+            if terminated or truncated:
+                break
+    return f"{drawn} sampled actions over {episodes} episodes, none invalid"
+
+
 def check_splits(env: gymnasium.Env, env_id: str | None, max_tasks: int = 2000) -> str:
     base = env.unwrapped
     keys = {}
@@ -311,6 +339,7 @@ def check_env(env_or_id: str | gymnasium.Env, **make_kwargs: Any) -> CheckReport
         ("reset isolation", lambda: check_reset_isolation(env, env_id, fresh)),
         ("state keys", lambda: check_state_keys(env, env_id, make_kwargs)),
         ("bad actions", lambda: check_bad_actions(env, env_id)),
+        ("sampled actions", lambda: check_sampled_actions(env, env_id)),
         ("splits", lambda: check_splits(env, env_id)),
         ("close", lambda: check_close(env, env_id)),
     ]

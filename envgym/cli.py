@@ -173,7 +173,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                       show_admissible=settings["show_admissible"], split=settings["split"],
                       episodes=settings["episodes"], samples=args.samples, seed=args.seed, sampling=sampling,
                       context=settings["context"], window=settings["window"], max_turns=settings["max_turns"],
-                      backend=settings["backend"], num_envs=settings["num_envs"] or None,
+                      max_context_tokens=args.max_context_tokens, backend=settings["backend"],
+                      num_envs=settings["num_envs"] or None,
                       step_timeout=settings["step_timeout"], retries=settings["retries"],
                       request_timeout=args.request_timeout, engine_args=parse_kwargs(args.engine_arg), progress=True)
     print(report.to_markdown(), end="")  # plain print: a console would wrap the table's rows
@@ -209,8 +210,9 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("eval", help="evaluate policies on envs: success with 95%% CI, return, pass@k, ...",
                        description="Evaluate policies on envs with the rollout code training uses: success rate with a "
-                                   "95% Wilson interval, mean return and turns, pass@k, invalid-action rate and "
-                                   "tokens generated, per env and policy. Every evaluation plays the first tasks of "
+                                   "95% Wilson interval, mean return and turns, pass@k, invalid-action and cut-off "
+                                   "rates, prompt and generated tokens and context-ended episodes, per env and "
+                                   "policy. Every evaluation plays the first tasks of "
                                    "the split with fixed seeds. Exits 1 when an episode failed past its retries "
                                    "or none was played.")
     p.add_argument("--env", action="append", default=[], metavar="ID", help="env id (repeatable)")
@@ -235,9 +237,14 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-turns", type=checked("max_turns", int), default=None,
                    help="cap on turns per episode (default: the env's)")
     p.add_argument("--context", default=None, choices=["full", "window"],
-                   help="chat context of token policies (default full)")
+                   help="what each prompt holds, for every policy: the whole episode (full, the default) or the "
+                        "instructions and the last --window turns (window)")
     p.add_argument("--window", type=checked("window", int), default=None,
                    help="turns kept with --context window (default 4)")
+    p.add_argument("--max-context-tokens", type=checked("max_context_tokens", int), default=None, metavar="N",
+                   help="context budget of every policy: an episode whose prompt plus reply pass N tokens ends "
+                        "there, counted as context-ended (default: the model's or endpoint's own window, where it "
+                        "reports one)")
     p.add_argument("--temperature", type=float, default=None, help="default 1.0 (0: greedy)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=None, help="default 64")

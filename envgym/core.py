@@ -165,6 +165,16 @@ class Env(gymnasium.Env[str, str]):
         """
         raise NotImplementedError(f"{type(self).__name__} has no oracle")
 
+    def sample_action(self, rng: np.random.Generator) -> str:
+        """A legal action from the current state, drawn with `rng` (the `random` baseline plays it).
+
+        Envs whose legal actions form a known set that `info` does not list
+        (a range of integers, a word list) implement it; envs that list
+        `admissible_actions` need not, and others leave it unimplemented
+        (`action_space.sample()` is any text, mostly invalid).
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no sample_action")
+
 
 def split_of(key: str, test_fraction: float = 0.1) -> str:
     """The split a task with content `key` belongs to: a fixed hash partition, so

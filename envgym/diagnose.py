@@ -1,8 +1,8 @@
 """`envgym diagnose ID`: what to know about an env before training on it, from cheap scripted play.
 
 Three scripted policies play `groups` groups of `group_size` episodes each (one seed and task per
-group, as in training) through `envgym.rollout.collect_groups`: `random` (a random admissible
-action), `oracle` (the env's expert) and `oracle 50%` (the expert's move half the time, else a
+group, as in training) through `envgym.rollout.collect_groups`: `random` (a random legal move,
+see `RandomPolicy`), `oracle` (the env's expert) and `oracle 50%` (the expert's move half the time, else a
 random one: a stand-in for a policy that is learning). For each:
 
 - the anchor hit rate: the share of turns whose `state_key` recurs within their group (anchor
@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from envgym.policies import PolicyError, RandomPolicy, ScriptedPolicy, TextRequest
+from envgym.policies import PolicyError, RandomPolicy, ScriptedPolicy, TextReply, TextRequest
 from envgym.rollout import collect_groups
 from envgym.trajectory import Episode, Group
 
@@ -136,14 +136,14 @@ def _turns(stats: tuple[float, int, int] | None) -> str:
 
 
 class OracleMix:
-    """The oracle's action with probability `p_oracle`, else a random admissible one (RandomPolicy)."""
+    """The oracle's action with probability `p_oracle`, else a random legal one (RandomPolicy)."""
 
     def __init__(self, p_oracle: float, seed: int = 0):
         self.p_oracle = p_oracle
         self.oracle, self.random = ScriptedPolicy(), RandomPolicy(seed)
         self.rng = np.random.default_rng(seed + 1)
 
-    def act(self, requests: Sequence[TextRequest]) -> list[str | PolicyError]:
+    def act(self, requests: Sequence[TextRequest]) -> list[str | TextReply | PolicyError]:
         take_oracle = self.rng.random(len(requests)) < self.p_oracle
         oracle = self.oracle.act([r for r, o in zip(requests, take_oracle) if o])
         random = self.random.act([r for r, o in zip(requests, take_oracle) if not o])

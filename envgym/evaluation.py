@@ -2,9 +2,11 @@
 
 Per env and policy it reports the success rate with a 95% Wilson interval,
 mean return, mean turns, pass@k (the unbiased estimator of Chen et al. 2021
-over the `samples` episodes played per task), the invalid-action rate and the
-tokens generated; `EvalReport.save(dir)` writes report.json, report.md,
-report.png and every episode played (episodes/, for `envgym view`).
+over the `samples` episodes played per task), the invalid-action and cut-off
+rates, the prompt and generated tokens, the episodes the context budget ended
+and those dropped with their causes; `EvalReport.save(dir)` writes
+report.json, report.md, report.png and every episode played (episodes/, for
+`envgym view`).
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from envgym.chat import ContextMode
 from envgym.option_types import Range
 from envgym.policies import Policy, SamplingParams, load_policy
 from envgym.pool import Backend, EnvPool, default_num_envs
-from envgym.rollout import RolloutResult, collect_groups
-from envgym.trajectory import save_groups
+from envgym.rollout import RolloutResult, collect_groups, context_budget
+from envgym.trajectory import EpisodeEnd, FinishReason, save_groups
 from envgym.wrappers import EnvMaker
 
 #: The seed of every evaluation unless asked otherwise: training's held-out evaluation and `envgym eval` alike.
@@ -35,7 +37,7 @@ EVAL_SEED = 0
 #: Allowed values of `evaluate`'s numeric arguments; `envgym eval` checks its options of the same names against them.
 ARGUMENT_RANGES = {"episodes": Range(ge=1), "samples": Range(ge=1), "window": Range(ge=0), "max_turns": Range(ge=1),
                    "num_envs": Range(ge=1), "retries": Range(ge=0), "step_timeout": Range(gt=0),
-                   "request_timeout": Range(gt=0)}
+                   "request_timeout": Range(gt=0), "max_context_tokens": Range(ge=1)}
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -66,7 +68,15 @@ class EvalRow:
     `dropped_episodes` failed past their retries (their causes are in
     `failures`). A dropped episode counts as a loss in `success_rate`, its
     interval and pass@k, so the rate always covers the same fixed set;
-    return, turns and the invalid-action rate are over the played episodes.
+    return, turns and the invalid-action and cut-off rates (the share of
+    turns whose action hit `max_new_tokens`) are over the played episodes.
+    `prompt_tokens` and `generated_tokens` sum what the policy counted (a
+    token policy's ids, an endpoint's usage; None where nothing was
+    counted, as for scripted and random play). `context_ended` counts the
+    episodes the context budget ended (`context_budget` tokens: the smaller
+    of `max_context_tokens` and the policy's own window; None where neither
+    exists). `action_sources` counts where a policy drew its actions from
+    where it says so (the random baseline).
     """
 
     env_id: str
@@ -80,10 +90,15 @@ class EvalRow:
     mean_turns: float
     pass_at_k: dict[int, float]
     invalid_action_rate: float
-    generated_tokens: int
+    cut_off_rate: float
+    prompt_tokens: int | None
+    generated_tokens: int | None
+    context_ended: int
+    context_budget: int | None
     retries: int
     wall_time: float
     failures: list[dict[str, Any]] = field(default_factory=list)  # {"group", "episode", "attempt", "cause"}
+    action_sources: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,21 +115,35 @@ class EvalReport:
         return json.dumps({"settings": self.settings, "results": results}, indent=2)
 
     def to_markdown(self) -> str:
+        """The table, one row per env and policy, then a note per row on its context budget and where its
+        actions came from, where there is one."""
         ks = sorted({k for r in self.rows for k in r.pass_at_k})
         head = ["env", "policy", "episodes", "success (95% CI)", "mean return", "mean turns",
-                *[f"pass@{k}" for k in ks], "invalid actions", "tokens", "dropped episodes"]
+                *[f"pass@{k}" for k in ks], "invalid actions", "cut off", "prompt tokens", "generated tokens",
+                "context-ended episodes", "dropped episodes"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        notes = []
         for r in self.rows:
             lo, hi = r.success_ci95
             cells = [r.env_id, r.policy, str(r.episodes), f"{r.success_rate:.1%} ({lo:.1%}-{hi:.1%})",
                      f"{r.mean_return:.3f}", f"{r.mean_turns:.1f}",
                      *[f"{r.pass_at_k[k]:.1%}" if k in r.pass_at_k else "" for k in ks],
-                     f"{r.invalid_action_rate:.1%}", str(r.generated_tokens), str(r.dropped_episodes)]
+                     f"{r.invalid_action_rate:.1%}", f"{r.cut_off_rate:.1%}", _count(r.prompt_tokens),
+                     _count(r.generated_tokens), str(r.context_ended), str(r.dropped_episodes)]
             lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines) + "\n"
+            said = ([f"context budget {r.context_budget} tokens"] if r.context_budget else []) + \
+                   [f"{n} actions from {source}" for source, n in r.action_sources.items()]
+            if said:
+                notes.append(f"- {r.env_id} · {r.policy}: " + "; ".join(said))
+        return "\n".join(lines) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")
 
-    def plot(self, path: str | Path) -> Path:
-        """A bar chart of success rates with their 95% intervals, grouped by env (PNG, Agg backend)."""
+    def figure(self):
+        """The chart `plot` saves: success rates with their 95% intervals as horizontal bars, one band per
+        env (top to bottom in row order), one bar per policy, the legend below.
+
+        The figure grows with the number of envs and policies, so env names and
+        legend entries never overlap; the caller closes it (`plt.close(fig)`).
+        """
         import matplotlib
 
         matplotlib.use("Agg")
@@ -122,20 +151,30 @@ class EvalReport:
 
         envs = list(dict.fromkeys(r.env_id for r in self.rows))
         policies = list(dict.fromkeys(r.policy for r in self.rows))
-        width = 0.8 / max(1, len(policies))
-        fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(envs) * max(1, len(policies)) ** 0.5), 3.5))
+        bar = 0.8 / max(1, len(policies))
+        band_inches = max(0.45, 0.22 * len(policies))  # room for every policy's bar and the env's name
+        fig, ax = plt.subplots(figsize=(7.0, 1.0 + band_inches * max(1, len(envs))), layout="constrained")
         for j, name in enumerate(policies):
-            rows = {r.env_id: r for r in self.rows if r.policy == name}
-            xs = [i + (j - (len(policies) - 1) / 2) * width for i, env in enumerate(envs) if env in rows]
-            rates = [rows[env].success_rate for env in envs if env in rows]
-            errors = [[rows[env].success_rate - rows[env].success_ci95[0] for env in envs if env in rows],
-                      [rows[env].success_ci95[1] - rows[env].success_rate for env in envs if env in rows]]
-            ax.bar(xs, rates, width, yerr=errors, capsize=3, label=name)
-        ax.set_xticks(range(len(envs)), envs)
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("success rate (95% CI)")
-        ax.legend(fontsize="small")
-        fig.tight_layout()
+            rows = [r for r in self.rows if r.policy == name]
+            ys = [envs.index(r.env_id) + (j - (len(policies) - 1) / 2) * bar for r in rows]
+            rates = [r.success_rate for r in rows]
+            errors = [[r.success_rate - r.success_ci95[0] for r in rows],
+                      [r.success_ci95[1] - r.success_rate for r in rows]]
+            ax.barh(ys, rates, bar, xerr=errors, capsize=2, label=name)
+        ax.set_yticks(range(len(envs)), envs)
+        ax.set_ylim(len(envs) - 0.5, -0.5)  # the first env on top, as in the table
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("success rate (95% CI)")
+        ax.grid(axis="x", alpha=0.3)
+        fig.legend(loc="outside lower center", ncols=1 if len(policies) > 4 else len(policies), fontsize="small",
+                   frameon=False)
+        return fig
+
+    def plot(self, path: str | Path) -> Path:
+        """Save `figure()` as a PNG (Agg backend)."""
+        import matplotlib.pyplot as plt
+
+        fig = self.figure()
         path = Path(path)
         fig.savefig(path, dpi=100)
         plt.close(fig)
@@ -160,13 +199,17 @@ class EvalReport:
         return paths | ({"episodes": out / "episodes"} if stored else {})
 
 
-def summarize(env_id: str, policy_name: str, result: RolloutResult, *, tasks: int, samples: int) -> EvalRow:
+def summarize(env_id: str, policy_name: str, result: RolloutResult, *, tasks: int, samples: int,
+              context_budget: int | None = None) -> EvalRow:
     """One report row from the rollout of `tasks` tasks played `samples` times each (see `EvalRow`)."""
     episodes = [e for g in result.groups for e in g.episodes]
+    all_turns = [t for e in episodes for t in e.turns]
     planned = tasks * samples
     wins = sum(e.won for e in episodes)
-    turns = sum(len(e.turns) for e in episodes)
-    invalid = sum(t.invalid_action for e in episodes for t in e.turns)
+    turns = len(all_turns)
+    invalid = sum(t.invalid_action for t in all_turns)
+    prompts = [t.prompt_tokens for t in all_turns if t.prompt_tokens is not None]
+    counted = any(t.completion_tokens is not None or t.action_ids for t in all_turns)
     ks = sorted({1, samples})
     pass_k = {k: sum(pass_at_k(len(g.episodes), sum(e.won for e in g.episodes), k) for g in result.groups) / tasks
               for k in ks} if tasks else {}
@@ -177,10 +220,19 @@ def summarize(env_id: str, policy_name: str, result: RolloutResult, *, tasks: in
         mean_return=sum(e.total_return for e in episodes) / n if n else 0.0,
         mean_turns=turns / n if n else 0.0, pass_at_k=pass_k,
         invalid_action_rate=invalid / turns if turns else 0.0,
-        generated_tokens=sum(e.num_generated_tokens for e in episodes),
+        cut_off_rate=sum(t.finish is FinishReason.LENGTH for t in all_turns) / turns if turns else 0.0,
+        prompt_tokens=sum(prompts) if prompts else None,
+        generated_tokens=sum(e.num_generated_tokens for e in episodes) if counted else None,
+        context_ended=sum(e.end is EpisodeEnd.CONTEXT for e in episodes), context_budget=context_budget,
         retries=int(result.metrics["retries"]), wall_time=result.metrics["wall_time"],
         failures=[{"group": f.group, "episode": f.member, "attempt": f.attempt + 1, "cause": f.cause}
-                  for f in result.failures])
+                  for f in result.failures],
+        action_sources=dict(result.action_sources))
+
+
+def _count(n: int | None) -> str:
+    """A token count for the table: '-' where nothing was counted."""
+    return "-" if n is None else str(n)
 
 
 def plan_split(split_tasks: int, episodes: int, samples: int, greedy: bool) -> tuple[int, int]:
@@ -199,8 +251,9 @@ def plan_split(split_tasks: int, episodes: int, samples: int, greedy: bool) -> t
 def evaluate_policy(env: EnvMaker, policy: Policy, *, policy_name: str, split: str = "test", episodes: int = 16,
                     samples: int = 1, seed: int = EVAL_SEED, sampling: SamplingParams | None = None,
                     context: ContextMode = "full", window: int = 4, max_turns: int | None = None,
-                    pool: EnvPool | None = None, backend: Backend = "auto", num_envs: int | None = None,
-                    step_timeout: float = 60.0, retries: int = 2,
+                    max_context_tokens: int | None = None, pool: EnvPool | None = None,
+                    backend: Backend = "auto", num_envs: int | None = None, step_timeout: float = 60.0,
+                    retries: int = 2,
                     on_episode: Callable[[int, int], None] | None = None) -> tuple[EvalRow, RolloutResult]:
     """Play the fixed evaluation set of `split` (see `plan_split`) with `policy`; the one evaluation path.
 
@@ -209,7 +262,8 @@ def evaluate_policy(env: EnvMaker, policy: Policy, *, policy_name: str, split: s
     `group_seed(seed, k)`; a token policy samples from torch's generator seeded
     with `seed` (the caller's generator is left as it was). Without `pool`, one
     of `num_envs` slots (default `default_num_envs`) whose resets and steps time
-    out after `step_timeout` seconds is made and closed here.
+    out after `step_timeout` seconds is made and closed here. `max_context_tokens`
+    bounds every prompt plus completion (see `envgym.rollout`: Context).
     """
     sampling = sampling or SamplingParams()
     with env() as probe:
@@ -222,8 +276,10 @@ def evaluate_policy(env: EnvMaker, policy: Policy, *, policy_name: str, split: s
         with _seeded_torch(seed):
             result = collect_groups(env, policy, n_groups=tasks, group_size=per_task, split=split, seed=seed,
                                     sampling=sampling, context=context, window=window, max_turns=max_turns,
-                                    pool=pool, retries=retries, tasks=list(range(tasks)), on_episode=on_episode)
-    return summarize(env.env_id, policy_name, result, tasks=tasks, samples=per_task), result
+                                    pool=pool, retries=retries, tasks=list(range(tasks)),
+                                    max_context_tokens=max_context_tokens, on_episode=on_episode)
+    return summarize(env.env_id, policy_name, result, tasks=tasks, samples=per_task,
+                     context_budget=context_budget(policy, max_context_tokens)), result
 
 
 @contextlib.contextmanager
@@ -253,6 +309,7 @@ def evaluate(
     context: ContextMode = "full",
     window: int = 4,
     max_turns: int | None = None,
+    max_context_tokens: int | None = None,
     backend: Backend = "auto",
     num_envs: int | None = None,
     step_timeout: float = 60.0,
@@ -269,7 +326,8 @@ def evaluate(
     policies sample with `sampling` (default: temperature 1, 64 new tokens);
     `request_timeout` bounds each HTTP request of `openai:` policies; `engine_args`
     are settings of the engine of every `vllm:` policy (keyword arguments of
-    `vllm.LLM`, e.g. ``{"max_model_len": 2048}``). Numbers
+    `vllm.LLM`, e.g. ``{"max_model_len": 2048}``); `max_context_tokens` bounds
+    every prompt plus completion. Numbers
     are checked against ARGUMENT_RANGES, env ids and knobs and policy paths are
     checked, before any model loads.
     """
@@ -277,7 +335,7 @@ def evaluate(
     policies = [policy] if isinstance(policy, str) or not isinstance(policy, Sequence) else list(policy)
     arguments = {"episodes": episodes, "samples": samples, "window": window, "max_turns": max_turns,
                  "num_envs": num_envs, "retries": retries, "step_timeout": step_timeout,
-                 "request_timeout": request_timeout}
+                 "request_timeout": request_timeout, "max_context_tokens": max_context_tokens}
     for key, value in arguments.items():
         if value is not None:
             ARGUMENT_RANGES[key].check(key, value)
@@ -305,16 +363,18 @@ def evaluate(
                 task = bar.add_task(f"{maker.env_id} · {name}", total=None) if bar else None
                 row, result = evaluate_policy(
                     maker, loaded, policy_name=name, split=split, episodes=episodes, samples=samples, seed=seed,
-                    sampling=sampling, context=context, window=window, max_turns=max_turns, backend=backend,
-                    num_envs=num_envs, step_timeout=step_timeout, retries=retries,
+                    sampling=sampling, context=context, window=window, max_turns=max_turns,
+                    max_context_tokens=max_context_tokens, backend=backend, num_envs=num_envs,
+                    step_timeout=step_timeout, retries=retries,
                     on_episode=(lambda done, total, t=task: bar.update(t, completed=done, total=total)) if bar else None)
                 rows.append(row)
                 rollouts.append(result)
     settings = {"env_kwargs": dict(env_kwargs or {}), "extract_action": extract_action,
                 "show_admissible": show_admissible, "split": split, "episodes": episodes, "samples": samples,
-                "seed": seed, "context": context, "window": window, "max_turns": max_turns, "backend": backend,
-                "num_envs": num_envs, "step_timeout": step_timeout, "retries": retries,
-                "request_timeout": request_timeout, "engine_args": dict(engine_args or {}), "sampling": asdict(sampling or SamplingParams()),
+                "seed": seed, "context": context, "window": window, "max_turns": max_turns,
+                "max_context_tokens": max_context_tokens, "backend": backend, "num_envs": num_envs,
+                "step_timeout": step_timeout, "retries": retries, "request_timeout": request_timeout,
+                "engine_args": dict(engine_args or {}), "sampling": asdict(sampling or SamplingParams()),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     return EvalReport(rows, settings, rollouts)
 

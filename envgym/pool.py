@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import gymnasium
+import numpy as np
 
 Backend = Literal["sync", "process", "ray", "auto"]
 EnvFactory = Callable[[], gymnasium.Env]
@@ -179,6 +180,13 @@ class EnvHost:
     def oracle_action(self) -> str:
         return self.env.unwrapped.oracle_action()
 
+    def sample_action(self, seed: int) -> str | None:
+        """`env.unwrapped.sample_action` with a generator seeded by `seed`; None where the env has none."""
+        try:
+            return self.env.unwrapped.sample_action(np.random.default_rng(seed))
+        except NotImplementedError:
+            return None
+
     def close(self) -> None:
         if self.env is not None:
             try:
@@ -224,7 +232,8 @@ def _limit_memory(megabytes: int | None) -> None:
 
 def _worker_main(conn: multiprocessing.connection.Connection, make_env: Any, make_kwargs: Any, spec: Any,
                  environ: dict[str, str], memory_limit_mb: int | None) -> None:
-    """Serve one EnvHost over a pipe: ("reset", seed, options) | ("step", action) | ("oracle",) | ("close",)."""
+    """Serve one EnvHost over a pipe: ("reset", seed, options) | ("step", action) | ("oracle_action",) |
+    ("sample_action", seed) | ("close",)."""
     # A forkserver child inherits the server's environment, not the pool owner's: use the owner's, as it is now.
     os.environ.clear()
     os.environ.update(environ)
@@ -241,7 +250,7 @@ def _worker_main(conn: multiprocessing.connection.Connection, make_env: Any, mak
             if command == "close":
                 break
             try:
-                reply = getattr(host, {"oracle": "oracle_action"}.get(command, command))(*args)
+                reply = getattr(host, command)(*args)
             except Exception as exc:  # oracle_action may raise; send the cause back
                 reply = RuntimeError(f"{command} raised {_describe(exc)}")
             conn.send(reply)
@@ -369,15 +378,24 @@ class EnvPool:
 
     def oracle_action(self, slot: int) -> str:
         """`env.unwrapped.oracle_action()` of slot `slot`, computed where the env lives."""
+        return self._ask(slot, "oracle_action")
+
+    def sample_action(self, slot: int, seed: int) -> str | None:
+        """`env.unwrapped.sample_action(rng)` of slot `slot` with `rng` seeded by `seed`, computed where the env
+        lives; None where the env does not implement it."""
+        return self._ask(slot, "sample_action", seed)
+
+    def _ask(self, slot: int, method: str, *args: Any) -> Any:
+        """`EnvHost.<method>(*args)` of slot `slot`, where the env lives; raises what the env raised."""
         if self.backend == "sync":
-            return self._hosts[slot].oracle_action()
+            return getattr(self._hosts[slot], method)(*args)
         if self.backend == "ray":
-            return self._ray.get(self._actors[slot].oracle_action.remote(), timeout=self.step_timeout)
+            return self._ray.get(getattr(self._actors[slot], method).remote(*args), timeout=self.step_timeout)
         conn = self._workers[slot][1]
-        conn.send(("oracle",))
+        conn.send((method, *args))
         if not conn.poll(self.step_timeout):
             self._restart_worker(slot)
-            raise TimeoutError(f"oracle_action of slot {slot} took longer than {self.step_timeout:g}s")
+            raise TimeoutError(f"{method} of slot {slot} took longer than {self.step_timeout:g}s")
         reply = conn.recv()
         if isinstance(reply, Exception):
             raise reply

@@ -8,11 +8,16 @@ policy call for every episode that is waiting for an action, then one
 concurrent pool step. A policy that keeps KV caches (`CachingTokenPolicy`)
 gets one cache key per episode attempt, released when the attempt ends.
 
-Context: an episode whose context fills the policy's context window ends
-there (`EpisodeEnd.CONTEXT`): its last action, cut where the window filled,
-has `FinishReason.CONTEXT`; when the window is already full before the
-policy can write anything, the episode ends after its previous turn (an
-episode whose first prompt does not fit fails, with that cause).
+Context: every policy plays within one token budget, the smaller of
+`max_context_tokens` and the policy's own `context_window` (see
+`envgym.policies.base.context_window`). An episode whose context fills it
+ends there (`EpisodeEnd.CONTEXT`): a token policy's last action, cut where the
+budget filled, has `FinishReason.CONTEXT`; a text policy's reply whose prompt
+and completion pass it (by the usage the policy reports) is its last, with
+`FinishReason.CONTEXT`. When the prompt alone fills the budget (or an endpoint
+answers that it does not fit its context), the episode ends after its previous
+turn; an episode whose first prompt does not fit fails at once, without a
+retry (a replay would not fit either).
 
 Failure policy: an episode whose env raises, hangs, crashes or returns a
 malformed result (or whose policy cannot answer) is retried from the start
@@ -25,18 +30,20 @@ actions) and are recorded with their `FinishReason`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from envgym.chat import ContextMode, EpisodeChat
 from envgym.core import stable_hash
-from envgym.policies.base import CachingTokenPolicy, Policy, PolicyError, SamplingParams, TextRequest, TokenPolicy
+from envgym.policies.base import (CachingTokenPolicy, Completion, ContextOverflow, Policy, PolicyError, SamplingParams,
+                                  TextReply, TextRequest, TokenPolicy, context_window)
 from envgym.pool import Backend, EnvFactory, EnvPool, EnvResult, default_num_envs
 from envgym.trajectory import Episode, EpisodeEnd, FinishReason, Group, Turn
 
@@ -62,7 +69,7 @@ class RolloutResult:
     Metrics: `groups`, `episodes`, `turns`, `retries`, `dropped_groups`,
     `failed_attempts`, `template_fallbacks` (episodes whose chat template
     rewrote history), `generated_tokens`, `empty_actions`, `cut_off_actions`,
-    `invalid_actions`, `context_full` (episodes ended by the context window),
+    `invalid_actions`, `context_full` (episodes ended by the context budget),
     `prompt_tokens` (summed over turns), `cached_prompt_tokens` (of those,
     served from a policy's KV cache), `cache_misses` (turns that continued a
     token row but were prefilled afresh: the cache was evicted for its
@@ -73,6 +80,35 @@ class RolloutResult:
     groups: list[Group]
     metrics: dict[str, float]
     failures: list[EpisodeFailure] = field(default_factory=list)
+    action_sources: dict[str, int] = field(default_factory=dict)  # TextReply.source -> actions, where given
+
+
+@dataclass(frozen=True)
+class _Action:
+    """What the policy wrote for one episode this turn."""
+
+    text: str
+    ids: list[int]
+    logprobs: list[float]
+    finish: FinishReason
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class _NoRoom:
+    """The prompt fills the context budget: nothing was written (`detail`: what the policy said, if anything)."""
+
+    prompt_tokens: int | None
+    detail: str = ""
+
+
+def context_budget(policy: Policy, max_context_tokens: int | None) -> int | None:
+    """The tokens a prompt plus its completion may hold: the smaller of `max_context_tokens` and the
+    policy's own `context_window`; None where neither is set."""
+    limits = [n for n in (max_context_tokens, context_window(policy)) if n]
+    return min(limits) if limits else None
 
 
 def group_seed(seed: int, group: int) -> int:
@@ -106,12 +142,13 @@ class _Collector:
     def __init__(self, env_name: str, policy: Policy, pool: EnvPool, *, n_groups: int, group_size: int,
                  split: str, seed: int, sampling: SamplingParams, context: ContextMode, window: int,
                  observation_role: str, max_turns: int | None, retries: int, tasks: Sequence[int] | None,
-                 on_episode: Callable[[int, int], None] | None):
+                 max_context_tokens: int | None, on_episode: Callable[[int, int], None] | None):
         self.env_name, self.policy, self.pool = env_name, policy, pool
         self.group_size, self.split, self.seed = group_size, split, seed
         self.sampling, self.context, self.window = sampling, context, window
         self.observation_role = observation_role
         self.max_turns, self.retries, self.tasks = max_turns, retries, tasks
+        self.max_context_tokens = max_context_tokens
         self.on_episode = on_episode
         self.tokenizer = policy.tokenizer if isinstance(policy, TokenPolicy) else None
         self.caching = isinstance(policy, CachingTokenPolicy)
@@ -124,6 +161,7 @@ class _Collector:
         self.tasks_seen: dict[int, int] = {}
         self.dropped: set[int] = set()
         self.failures: list[EpisodeFailure] = []
+        self.action_sources: Counter[str] = Counter()
         self.metrics = dict.fromkeys(
             ("retries", "dropped_groups", "failed_attempts", "template_fallbacks", "generated_tokens",
              "empty_actions", "cut_off_actions", "invalid_actions", "context_full", "prompt_tokens",
@@ -175,7 +213,9 @@ class _Collector:
             if result.task is not None:
                 self.tasks_seen[g] = result.task
 
-    def _fail(self, g: int, m: int, attempt: int, slot: int, cause: str) -> None:
+    def _fail(self, g: int, m: int, attempt: int, slot: int, cause: str, *, retry: bool = True) -> None:
+        """Record a failed attempt; replay the episode from the start, or (past its retries, or when a
+        replay cannot succeed) drop its group."""
         ep = self.live.pop(slot, None)
         if ep is not None:
             self._release([ep])
@@ -184,7 +224,7 @@ class _Collector:
         self.failures.append(EpisodeFailure(g, m, attempt, group_seed(self.seed, g), cause))
         if g in self.dropped:
             return
-        if attempt < self.retries:
+        if retry and attempt < self.retries:
             log.warning("episode %d of group %d failed (attempt %d of %d), retrying with a fresh env: %s",
                         m, g, attempt + 1, self.retries + 1, cause)
             self.metrics["retries"] += 1
@@ -232,21 +272,21 @@ class _Collector:
                 ep.context = []
             ep.context += ep.pending_ids
         start = time.perf_counter()
-        actions = self._act(episodes)
+        actions = self._generate(episodes) if self.tokenizer is not None else self._act(episodes)
         model_time = (time.perf_counter() - start) / len(episodes)
         self.metrics["model_time"] += model_time * len(episodes)
-        stepping: dict[int, tuple[_Live, str, list[int], list[float], FinishReason]] = {}
+        stepping: dict[int, tuple[_Live, _Action]] = {}
         for ep, action in zip(episodes, actions):
+            if ep.group in self.dropped:  # a member failed just before: its slot is free already
+                continue
             if isinstance(action, PolicyError):
                 self._fail(ep.group, ep.member, ep.attempt, ep.slot, f"policy: {action}")
-                continue
-            text, ids, logprobs, finish = action
-            if finish is FinishReason.CONTEXT and not ids:
-                self._end_without_room(ep)
-                continue
-            stepping[ep.slot] = (ep, text, ids, logprobs, finish)
-        results = self.pool.step({slot: text for slot, (_, text, *_) in stepping.items()})
-        for slot, (ep, text, ids, logprobs, finish) in stepping.items():
+            elif isinstance(action, _NoRoom):
+                self._end_without_room(ep, action)
+            else:
+                stepping[ep.slot] = (ep, action)
+        results = self.pool.step({slot: action.text for slot, (_, action) in stepping.items()})
+        for slot, (ep, action) in stepping.items():
             if ep.group in self.dropped:
                 continue
             result = results[slot]
@@ -256,65 +296,133 @@ class _Collector:
                 continue
             invalid = bool(result.info.get("invalid_action", False))
             ep.turns.append(Turn(
-                observation=ep.observation, action=text, reward=result.reward, state_key=ep.info["state_key"],
-                invalid_action=invalid, finish=finish, obs_ids=tuple(ep.pending_ids), action_ids=tuple(ids),
-                logprobs=tuple(logprobs), env_time=result.seconds, model_time=model_time))
-            self._count_turn(ids, finish, invalid)
-            full = finish is FinishReason.CONTEXT
+                observation=ep.observation, action=action.text, reward=result.reward,
+                state_key=ep.info["state_key"], invalid_action=invalid, finish=action.finish,
+                obs_ids=tuple(ep.pending_ids), action_ids=tuple(action.ids), logprobs=tuple(action.logprobs),
+                env_time=result.seconds, model_time=model_time, prompt_tokens=action.prompt_tokens,
+                completion_tokens=action.completion_tokens))
+            self._count_turn(action, invalid)
+            full = action.finish is FinishReason.CONTEXT
             if result.done or full or (self.max_turns is not None and len(ep.turns) >= self.max_turns):
                 end = (EpisodeEnd.TERMINATED if result.terminated else EpisodeEnd.TRUNCATED if result.truncated
                        else EpisodeEnd.CONTEXT if full else EpisodeEnd.MAX_TURNS)
                 self.metrics["context_full"] += end is EpisodeEnd.CONTEXT
                 self._finish(ep, end, result)
                 continue
-            ep.context += ids
-            ep.pending_ids, ep.starts_row = ep.chat.advance(ids, text, result.observation)
+            ep.context += action.ids
+            ep.pending_ids, ep.starts_row = ep.chat.advance(action.ids, action.text, result.observation)
             ep.observation, ep.info = result.observation, result.info
 
-    def _end_without_room(self, ep: _Live) -> None:
-        """The context window was full before the policy could write: the episode ends after its last turn."""
+    def _end_without_room(self, ep: _Live, no_room: _NoRoom) -> None:
+        """The prompt fills the context before the policy could write: the episode ends after its last turn."""
         if not ep.turns:
+            budget = context_budget(self.policy, self.max_context_tokens)
+            size = f" ({no_room.prompt_tokens} tokens)" if no_room.prompt_tokens else ""
+            limit = f"the context budget of {budget} tokens" if budget else "the policy's context window"
             self._fail(ep.group, ep.member, ep.attempt, ep.slot,
-                       f"the first prompt ({len(ep.context)} tokens) does not fit the policy's context window")
+                       f"context: the first prompt{size} does not fit {limit}"
+                       + (f": {no_room.detail}" if no_room.detail else ""), retry=False)
             return
         self.metrics["context_full"] += 1
         self._finish(ep, EpisodeEnd.CONTEXT, EnvResult(observation=ep.observation, info=ep.info))
 
-    def _count_turn(self, ids: list[int], finish: FinishReason, invalid: bool) -> None:
+    def _count_turn(self, action: _Action, invalid: bool) -> None:
         self.metrics["turns"] += 1
-        self.metrics["generated_tokens"] += len(ids)
-        self.metrics["empty_actions"] += finish is FinishReason.EMPTY
-        self.metrics["cut_off_actions"] += finish is FinishReason.LENGTH
+        self.metrics["generated_tokens"] += action.completion_tokens or 0
+        self.metrics["prompt_tokens"] += action.prompt_tokens or 0
+        self.metrics["empty_actions"] += action.finish is FinishReason.EMPTY
+        self.metrics["cut_off_actions"] += action.finish is FinishReason.LENGTH
         self.metrics["invalid_actions"] += invalid
+        if action.source:
+            self.action_sources[action.source] += 1
 
-    def _act(self, episodes: list[_Live]) -> list[tuple[str, list[int], list[float], FinishReason] | PolicyError]:
-        """One batched policy call for all `episodes`: (text, sampled ids, logprobs, finish) or a PolicyError."""
-        if self.tokenizer is not None:
-            prompts = [ep.context for ep in episodes]
+    def _generate(self, episodes: list[_Live]) -> list[_Action | _NoRoom]:
+        """One batched `generate` per distinct room for all `episodes` (a token policy).
+
+        An episode's room is `max_new_tokens`, or less where its context nears
+        the budget; a completion cut by a smaller room ends with
+        `FinishReason.CONTEXT`, and a context with no room gets no call.
+        """
+        limit, budget = self.sampling.max_new_tokens, context_budget(self.policy, self.max_context_tokens)
+        rooms = [limit if budget is None else min(limit, budget - len(ep.context)) for ep in episodes]
+        completions: list[Completion | None] = [None] * len(episodes)
+        by_room: dict[int, list[int]] = {}
+        for i, room in enumerate(rooms):
+            if room >= 1:
+                by_room.setdefault(room, []).append(i)
+        for room, rows in by_room.items():
+            params = self.sampling if room == limit else dataclasses.replace(self.sampling, max_new_tokens=room)
+            prompts = [episodes[i].context for i in rows]
             if self.caching:
-                completions = self.policy.generate(prompts, self.sampling,
-                                                   cache_keys=[ep.cache_key for ep in episodes])
+                done = self.policy.generate(prompts, params, cache_keys=[episodes[i].cache_key for i in rows])
             else:
-                completions = self.policy.generate(prompts, self.sampling)
-            for ep, completion in zip(episodes, completions):
-                self.metrics["prompt_tokens"] += len(ep.context)
-                self.metrics["cached_prompt_tokens"] += completion.cached_tokens
-                continues_row = len(ep.turns) > ep.row_starts[-1]
-                self.metrics["cache_misses"] += self.caching and continues_row and completion.cached_tokens == 0
-            return [(c.text, list(c.token_ids), list(c.logprobs),
-                     FinishReason.CONTEXT if c.finish_reason == "context" else
-                     FinishReason.EMPTY if not c.text.strip() else
-                     FinishReason.LENGTH if c.finish_reason == "length" else FinishReason.STOP)
-                    for c in completions]
-        requests = [TextRequest(tuple(ep.chat.messages), ep.info,
-                                oracle=lambda slot=ep.slot: self.pool.oracle_action(slot)) for ep in episodes]
+                done = self.policy.generate(prompts, params)
+            for i, completion in zip(rows, done):
+                if room < limit and completion.finish_reason == "length":
+                    completion = dataclasses.replace(completion, finish_reason="context")
+                completions[i] = completion
+        actions: list[_Action | _NoRoom] = []
+        for ep, c in zip(episodes, completions):
+            if c is None or (c.finish_reason == "context" and not c.token_ids):  # the policy's own check agreed
+                actions.append(_NoRoom(len(ep.context)))
+                continue
+            self.metrics["cached_prompt_tokens"] += c.cached_tokens
+            continues_row = len(ep.turns) > ep.row_starts[-1]
+            self.metrics["cache_misses"] += self.caching and continues_row and c.cached_tokens == 0
+            actions.append(_Action(c.text, list(c.token_ids), list(c.logprobs), _finish(c.finish_reason, c.text),
+                                   len(ep.context), len(c.token_ids)))
+        return actions
+
+    def _act(self, episodes: list[_Live]) -> list[_Action | _NoRoom | PolicyError]:
+        """One batched `act` for all `episodes` (a text policy); replies are held to the context budget
+        by the usage they report (the budget is read after the call: an endpoint learns its window then)."""
+        requests = [TextRequest(tuple(ep.chat.prompt_messages()), ep.info,
+                                oracle=functools.partial(self.pool.oracle_action, ep.slot),
+                                sample_action=functools.partial(self.pool.sample_action, ep.slot))
+                    for ep in episodes]
         try:
             answers = self.policy.act(requests)
         except PolicyError as exc:
             answers = [exc] * len(episodes)
-        return [a if isinstance(a, PolicyError) else
-                PolicyError(f"act returned {type(a).__name__}, expected str") if not isinstance(a, str) else
-                (a, [], [], FinishReason.EMPTY if not a.strip() else FinishReason.STOP) for a in answers]
+        budget = context_budget(self.policy, self.max_context_tokens)
+        actions: list[_Action | _NoRoom | PolicyError] = []
+        for answer in answers:
+            reply = TextReply(answer) if isinstance(answer, str) else answer
+            if isinstance(reply, ContextOverflow):
+                actions.append(_NoRoom(None, str(reply)))
+            elif isinstance(reply, PolicyError):
+                actions.append(reply)
+            elif not isinstance(reply, TextReply):
+                actions.append(PolicyError(f"act returned {type(reply).__name__}, expected str or TextReply"))
+            else:
+                actions.append(_text_action(reply, budget))
+        return actions
+
+
+def _finish(finish_reason: str, text: str) -> FinishReason:
+    """A completion's finish reason as the rollout records it (an empty reply is EMPTY unless the context cut it)."""
+    if finish_reason == "context":
+        return FinishReason.CONTEXT
+    if not text.strip():
+        return FinishReason.EMPTY
+    return FinishReason.LENGTH if finish_reason == "length" else FinishReason.STOP
+
+
+def _text_action(reply: TextReply, budget: int | None) -> _Action | _NoRoom:
+    """A text policy's reply as an action, held to `budget` by the usage it reports.
+
+    A prompt of `budget` tokens or more leaves no room (the reply is not played);
+    a reply whose prompt and completion pass `budget` is played as the episode's
+    last action, with `FinishReason.CONTEXT`.
+    """
+    finish = _finish(reply.finish_reason, reply.text)
+    prompt, completion = reply.prompt_tokens, reply.completion_tokens
+    if budget is not None and prompt is not None:
+        if prompt >= budget:
+            return _NoRoom(prompt)
+        if prompt + (completion or 0) > budget:
+            finish = FinishReason.CONTEXT
+    return _Action(reply.text, [], [], finish, prompt, completion, reply.source)
 
 
 def _env_name(env: str | EnvFactory) -> str:
@@ -346,6 +454,7 @@ def collect_groups(
     max_turns: int | None = None,
     retries: int = 2,
     tasks: Sequence[int] | None = None,
+    max_context_tokens: int | None = None,
     on_episode: Callable[[int, int], None] | None = None,
 ) -> RolloutResult:
     """Play `n_groups` groups of `group_size` episodes of `env` (an id or a factory) with `policy`.
@@ -358,8 +467,10 @@ def collect_groups(
     Observations are chat messages of `observation_role`
     ("user", or "tool" for tool envs whose template has that role); `context`
     and `window` choose the token layout (see `envgym.chat`). `max_turns`
-    caps episodes (end `MAX_TURNS`) on top of the env's own limit.
-    `on_episode(finished, total)` is called as episodes end.
+    caps episodes (end `MAX_TURNS`) on top of the env's own limit;
+    `max_context_tokens` caps prompt plus completion for every policy (see
+    the module docstring: Context). `on_episode(finished, total)` is called as
+    episodes end.
     """
     if n_groups < 0 or group_size < 1:
         raise ValueError(f"need n_groups >= 0 and group_size >= 1, got {n_groups} and {group_size}")
@@ -367,6 +478,8 @@ def collect_groups(
         raise ValueError(f"retries must be >= 0, got {retries}")
     if tasks is not None and len(tasks) != n_groups:
         raise ValueError(f"tasks names {len(tasks)} tasks for {n_groups} groups; give one per group")
+    if max_context_tokens is not None and max_context_tokens < 1:
+        raise ValueError(f"max_context_tokens must be >= 1, got {max_context_tokens}")
     if not isinstance(policy, TokenPolicy) and not hasattr(policy, "act"):
         raise TypeError(f"{type(policy).__name__} is neither a TokenPolicy (generate/score/tokenizer) "
                         "nor a TextPolicy (act)")
@@ -379,7 +492,7 @@ def collect_groups(
         collector = _Collector(env_name, policy, pool, n_groups=n_groups, group_size=group_size, split=split,
                                seed=seed, sampling=sampling or SamplingParams(), context=context, window=window,
                                observation_role=observation_role, max_turns=max_turns, retries=retries, tasks=tasks,
-                               on_episode=on_episode)
+                               max_context_tokens=max_context_tokens, on_episode=on_episode)
         groups = collector.run()
     finally:
         if own_pool:
@@ -388,4 +501,4 @@ def collect_groups(
                "episodes": float(sum(len(g.episodes) for g in groups)),
                "env_workers": 0.0 if pool.backend == "sync" else float(pool.num_envs),
                "wall_time": time.perf_counter() - started}
-    return RolloutResult(groups, metrics, collector.failures)
+    return RolloutResult(groups, metrics, collector.failures, dict(collector.action_sources))

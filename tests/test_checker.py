@@ -37,6 +37,8 @@ def register_broken():
     ("SaltedStateKey", "state keys", "differ between two processes"),
     ("CrashesOnEmpty", "bad actions", "empty string"),
     ("OverlappingSplits", "splits", "in both train and test"),
+    ("SamplesIllegalMoves", "sampled actions", "which the env flagged invalid"),
+    ("SamplesWithoutTheRng", "sampled actions", "two actions for one rng seed"),
 ])
 def test_checker_catches_contract_violations(register_broken, name, failing_check, message):
     report = envgym.check_env(register_broken(name))

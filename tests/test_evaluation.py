@@ -11,7 +11,8 @@ import pytest
 import envgym
 import envgym.evaluation
 from envgym.evaluation import evaluate, pass_at_k, wilson_interval
-from envgym.trajectory import load_groups
+from envgym.policies import RandomPolicy
+from envgym.trajectory import EpisodeEnd, load_groups
 
 
 def test_wilson_interval_known_values():
@@ -213,3 +214,94 @@ def test_step_timeout_and_num_envs_reach_the_pool(capsys, monkeypatch):
 def test_evaluate_checks_its_arguments_first(argument, value, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         evaluate("games/GuessNumber-v0", "hf:/not/loaded", **{argument: value})
+
+
+# -- what the report counts ---------------------------------------------------------------------------------
+
+def test_random_plays_the_env_action_space_and_the_report_says_what_it_sampled(tmp_path):
+    report = evaluate(["games/GuessNumber-v0", "games/Maze-v0"], ["random", "scripted"], episodes=4)
+    guess, maze, scripted_guess, _ = report.rows
+    assert guess.invalid_action_rate == 0.0 and guess.success_rate < 1.0  # random integers in range
+    played = sum(len(e.turns) for g in report.rollouts[0].groups for e in g.episodes)
+    assert guess.action_sources == {RandomPolicy.ENV_SAMPLE: played}
+    assert set(maze.action_sources) == {RandomPolicy.ADMISSIBLE} and scripted_guess.action_sources == {}
+    assert guess.generated_tokens is None and guess.prompt_tokens is None  # nothing counts tokens here
+    markdown = report.save(tmp_path)["markdown"].read_text()
+    assert f"- games/GuessNumber-v0 · random: {played} actions from the env's sample_action" in markdown
+    assert "| random | 4 |" in markdown and "| - | - | 0 | 0 |" in markdown  # tokens not counted: '-'
+
+
+def test_the_chart_stays_readable_for_many_envs_and_policies():
+    import matplotlib.pyplot as plt
+
+    from envgym.evaluation import EvalReport, EvalRow
+
+    envs = ["games/GuessNumber-v0", "games/Maze-v0", "games/Sokoban-v0", "games/Wordle-v0",
+            "textworld/CoinCollector-v0", "tools/MathPython-v0"]
+    policies = ["scripted", "random", "openai:http://127.0.0.1:8000/v1#SmolLM2-135M-Instruct"]
+    rows = [EvalRow(env, policy, 8, 8, 0, (i + j) / 10, ((i + j) / 20, (i + j) / 10 + 0.1), 0.0, 3.0, {1: 0.5},
+                    0.0, 0.0, None, None, 0, None, 0, 0.0)
+            for i, env in enumerate(envs) for j, policy in enumerate(policies)]
+    fig = EvalReport(rows).figure()
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        ax = fig.axes[0]
+        texts = [t for t in (*ax.get_yticklabels(), *ax.get_xticklabels(), ax.xaxis.label,
+                             *fig.legends[0].get_texts()) if t.get_text() and t.get_visible()]
+        assert [t.get_text() for t in ax.get_yticklabels()] == envs
+        assert [t.get_text() for t in fig.legends[0].get_texts()] == policies
+        boxes = [t.get_window_extent(renderer) for t in texts]
+        page = fig.bbox
+        for box, text in zip(boxes, texts):  # every label is inside the figure ...
+            assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1, text
+        for a in range(len(boxes)):  # ... and overlaps no other
+            for b in range(a + 1, len(boxes)):
+                assert not boxes[a].overlaps(boxes[b]), (texts[a].get_text(), texts[b].get_text())
+        bars = [patch.get_window_extent(renderer) for patch in ax.patches]
+        assert len(bars) == 18 and not any(bar.overlaps(fig.legends[0].get_window_extent(renderer)) for bar in bars)
+    finally:
+        plt.close(fig)
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from test_policies import FakeEndpoint
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeEndpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def test_eval_of_an_endpoint_counts_its_tokens_cut_offs_and_context_endings(tmp_path, endpoint, capsys):
+    from envgym.cli import main
+
+    budget = 120  # GuessNumber's first prompt is ~50 words (the fake endpoint's tokens); each turn adds ~10
+    code = main(["eval", "--env", "games/GuessNumber-v0", "--policy", f"openai:{endpoint}#cut", "--episodes", "3",
+                 "--max-context-tokens", str(budget), "--out", str(tmp_path)])
+    assert code == 0, capsys.readouterr().out
+    saved = json.loads((tmp_path / "report.json").read_text())
+    row = saved["results"][0]
+    turns = [t for g in load_groups(tmp_path / row["episodes_file"]) for e in g.episodes for t in e.turns]
+    episodes = [e for g in load_groups(tmp_path / row["episodes_file"]) for e in g.episodes]
+    assert saved["settings"]["max_context_tokens"] == budget and row["context_budget"] == budget
+    assert row["generated_tokens"] == sum(t.completion_tokens for t in turns) > 0
+    assert row["prompt_tokens"] == sum(t.prompt_tokens for t in turns) > 0
+    assert row["cut_off_rate"] == 1.0  # the endpoint said finish_reason "length" every time
+    ended = sum(e.end is EpisodeEnd.CONTEXT for e in episodes)
+    assert row["context_ended"] == ended > 0 and all(t.prompt_tokens < budget for t in turns)
+    out = capsys.readouterr().out
+    assert f"games/GuessNumber-v0 · openai:{endpoint}#cut: context budget {budget} tokens" in out
+
+
+def test_eval_checks_the_context_budget_option(capsys):
+    from envgym.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--env", "games/GuessNumber-v0", "--policy", "random", "--max-context-tokens", "0"])
+    assert exit_info.value.code == 2 and "--max-context-tokens: must be >= 1, got 0" in capsys.readouterr().err

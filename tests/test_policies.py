@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from envgym.models import tiny_model, word_level_tokenizer
-from envgym.policies import (HFPolicy, PolicyError, RandomPolicy, SamplingParams, ScriptedPolicy, TextRequest,
-                             load_policy)
+from envgym.policies import (ContextOverflow, HFPolicy, PolicyError, RandomPolicy, SamplingParams, ScriptedPolicy,
+                             TextRequest, load_policy)
 from envgym.policies.openai_chat import OpenAIChatPolicy
 
 
@@ -72,16 +72,23 @@ def test_sampling_params_refuse_nonsense():
         SamplingParams(stop="\n")
 
 
-def request(info=None, oracle=lambda: "north", messages=()):
-    return TextRequest(messages, info or {}, oracle)
+def request(info=None, oracle=lambda: "north", messages=(), sample_action=None):
+    return TextRequest(messages, info or {}, oracle, *([sample_action] if sample_action else []))
 
 
-def test_random_policy_picks_admissible_actions_and_scripted_asks_the_oracle():
+def test_random_policy_plays_admissible_actions_else_the_env_sample_and_scripted_asks_the_oracle():
     policy = RandomPolicy(seed=1)
-    actions = policy.act([request({"admissible_actions": ["east", "west"]}) for _ in range(50)])
-    assert set(actions) == {"east", "west"}
-    free = policy.act([request()])[0]
-    assert isinstance(free, str) and 1 <= len(free) <= 8
+    replies = policy.act([request({"admissible_actions": ["east", "west"]}) for _ in range(50)])
+    assert {r.text for r in replies} == {"east", "west"} and {r.source for r in replies} == {RandomPolicy.ADMISSIBLE}
+    seeds = []
+    sampled = policy.act([request(sample_action=lambda seed: (seeds.append(seed), f"guess {seed % 7}")[1])
+                          for _ in range(3)])
+    assert [r.text for r in sampled] == [f"guess {seed % 7}" for seed in seeds] and len(set(seeds)) == 3
+    assert {r.source for r in sampled} == {RandomPolicy.ENV_SAMPLE}
+    free = policy.act([request()])[0]  # the env has neither: random letters, said so
+    assert free.text.isalpha() and 1 <= len(free.text) <= 8 and free.source == RandomPolicy.LETTERS
+    assert [r.text for r in RandomPolicy(seed=1).act([request(sample_action=lambda s: str(s))] * 4)] == \
+        [r.text for r in RandomPolicy(seed=1).act([request(sample_action=lambda s: str(s))] * 4)]  # seeded
     assert ScriptedPolicy().act([request()]) == ["north"]
 
     def broken():
@@ -121,10 +128,31 @@ def test_vllm_policy_names_the_extra_when_vllm_is_missing():
 
 # ------------------------------------------------------------------ OpenAI-compatible endpoint
 
+#: Overflow answers as the servers send them (llama.cpp's server; vLLM's OpenAI server).
+OVERFLOWS = {
+    "overflow-llama": {"error": {"code": 400, "message": "the request exceeds the available context size, try "
+                                 "increasing it", "type": "exceed_context_size_error", "n_prompt_tokens": 4121,
+                                 "n_ctx": 4096}},
+    "overflow-vllm": {"error": {"message": "This model's maximum context length is 512 tokens. However, your "
+                                "prompt contains 530 input tokens, which exceeds this limit even without any "
+                                "output tokens. Please reduce the length of the input prompt.",
+                                "type": "BadRequestError", "param": "input_tokens", "code": 400}},
+}
+
+
 class FakeEndpoint(BaseHTTPRequestHandler):
-    """Behaviour by model name: ok, flaky (503 then ok), refuse (400), down (500), slow (sleeps), junk."""
+    """Behaviour by model name: ok, flaky (503 then ok), refuse (400), down (500), slow (sleeps), junk, cut
+    (finish_reason length), overflow-* (OVERFLOWS). /models lists ok (max_model_len 512) and cut; usage counts
+    one token per word."""
 
     calls: dict = {}
+
+    def do_GET(self):
+        FakeEndpoint.calls["GET " + self.path] = FakeEndpoint.calls.get("GET " + self.path, 0) + 1
+        if self.path != "/v1/models":
+            return self._send(404, {"error": {"message": "not found"}})
+        self._send(200, {"object": "list", "data": [{"id": "ok", "object": "model", "max_model_len": 512},
+                                                    {"id": "cut", "object": "model"}]})
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -133,13 +161,19 @@ class FakeEndpoint(BaseHTTPRequestHandler):
         if model == "refuse" or (model == "flaky" and FakeEndpoint.calls[model] == 1) or model == "down":
             code = {"refuse": 400, "flaky": 503, "down": 500}[model]
             return self._send(code, {"error": {"message": f"{model} says no"}})
+        if model in OVERFLOWS:
+            return self._send(400, OVERFLOWS[model])
         if model == "slow":
             time.sleep(1.0)
         if model == "junk":
             return self._send(200, {"choices": []})
         last = body["messages"][-1]["content"]
-        self._send(200, {"choices": [{"message": {"role": "assistant", "content": f"echo {last}"},
-                                      "finish_reason": "stop"}]})
+        reply = f"echo {last}"
+        prompt = sum(len(m["content"].split()) for m in body["messages"])
+        self._send(200, {"choices": [{"message": {"role": "assistant", "content": reply},
+                                      "finish_reason": "length" if model == "cut" else "stop"}],
+                         "usage": {"prompt_tokens": prompt, "completion_tokens": len(reply.split()),
+                                   "total_tokens": prompt + len(reply.split())}})
 
     def _send(self, code, payload):
         data = json.dumps(payload).encode()
@@ -173,15 +207,49 @@ def chat(text):
 def test_openai_policy_answers_and_retries_transient_errors(endpoint):
     FakeEndpoint.calls.clear()
     policy = load_policy(f"openai:{endpoint}#ok")
-    assert policy.act([chat("a"), chat("b")]) == ["echo a", "echo b"]
+    replies = policy.act([chat("a"), chat("b")])
+    assert [r.text for r in replies] == ["echo a", "echo b"]
+    assert [(r.finish_reason, r.prompt_tokens, r.completion_tokens) for r in replies] == [("stop", 2, 2)] * 2
     flaky = OpenAIChatPolicy(endpoint, "flaky", backoff=0.01)
-    assert flaky.act([chat("c")]) == ["echo c"] and FakeEndpoint.calls["flaky"] == 2
+    assert [r.text for r in flaky.act([chat("c")])] == ["echo c"] and FakeEndpoint.calls["flaky"] == 2
+    cut = OpenAIChatPolicy(endpoint, "cut").act([chat("d")])[0]
+    assert cut.finish_reason == "length" and cut.text == "echo d"
+
+
+def test_openai_policy_checks_the_model_name_once_and_reads_the_context_window(endpoint, caplog):
+    FakeEndpoint.calls.clear()
+    served = OpenAIChatPolicy(endpoint, "ok")
+    assert served.context_window is None  # nothing is read before the first call
+    with caplog.at_level("WARNING", logger="envgym.policies.openai_chat"):
+        served.act([chat("a")])
+        served.act([chat("b")])
+    assert served.context_window == 512 and served.served_models == ["ok", "cut"] and not caplog.records
+    assert FakeEndpoint.calls["GET /v1/models"] == 1
+    wrong = OpenAIChatPolicy(endpoint, "refuse", backoff=0.01)
+    with caplog.at_level("WARNING", logger="envgym.policies.openai_chat"):
+        wrong.act([chat("a")])
+    assert len(caplog.records) == 1 and "the endpoint serves 'ok', 'cut', not 'refuse'" in caplog.text
+    assert wrong.context_window is None
+    caplog.clear()
+    no_list = OpenAIChatPolicy(endpoint + "/elsewhere", "ok", backoff=0.01, max_retries=0)
+    with caplog.at_level("WARNING", logger="envgym.policies.openai_chat"):
+        no_list.act([chat("a")])  # a 404 at /models: nothing to check, nothing said
+    assert not caplog.records and no_list.served_models == [] and no_list.context_window is None
+
+
+@pytest.mark.parametrize("model", sorted(OVERFLOWS))
+def test_a_context_overflow_answer_is_recognised_and_never_retried(endpoint, model):
+    FakeEndpoint.calls.clear()
+    reply = OpenAIChatPolicy(endpoint, model, backoff=0.01).act([chat("x")])[0]
+    assert isinstance(reply, ContextOverflow) and "HTTP 400" in str(reply)
+    assert FakeEndpoint.calls[model] == 1
 
 
 def test_openai_policy_refusals_and_timeouts_become_policy_errors(endpoint):
     FakeEndpoint.calls.clear()
     refused = OpenAIChatPolicy(endpoint, "refuse", backoff=0.01).act([chat("x")])[0]
     assert isinstance(refused, PolicyError) and "HTTP 400" in str(refused) and "refuse says no" in str(refused)
+    assert not isinstance(refused, ContextOverflow)  # a refusal is a failure, not the end of the context
     assert FakeEndpoint.calls["refuse"] == 1  # a 400 is not retried
     down = OpenAIChatPolicy(endpoint, "down", backoff=0.01, max_retries=2).act([chat("x")])[0]
     assert "HTTP 500" in str(down) and "after 3 attempts" in str(down) and FakeEndpoint.calls["down"] == 3

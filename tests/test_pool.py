@@ -98,6 +98,17 @@ def test_oracle_errors_reach_the_caller(backend):
             pool.oracle_action(0)
 
 
+@pytest.mark.parametrize("backend", ["sync", "process"])
+def test_sample_action_is_drawn_where_the_env_lives(backend):
+    with EnvPool("games/GuessNumber-v0", 1, backend=backend, make_kwargs={"high": 1000}) as pool, \
+            EnvPool("games/Maze-v0", 1, backend=backend) as maze:
+        pool.reset({0: (0, RESET)})
+        maze.reset({0: (0, RESET)})
+        draws = [pool.sample_action(0, seed) for seed in (1, 2, 1)]
+        assert draws[0] == draws[2] != draws[1] and all(1 <= int(d) <= 1000 for d in draws)
+        assert maze.sample_action(0, 1) is None  # Maze lists admissible actions and has no sampler
+
+
 def test_close_closes_every_env_and_is_idempotent():
     closed = []
 

@@ -5,7 +5,8 @@ import pytest
 import envgym
 from envgym.chat import encode
 from envgym.models import tiny_model, word_level_tokenizer
-from envgym.policies import Completion, HFPolicy, PolicyError, SamplingParams, load_policy
+from envgym.policies import (Completion, ContextOverflow, HFPolicy, PolicyError, RandomPolicy, SamplingParams,
+                             TextReply, load_policy)
 from envgym.rollout import collect_groups, group_seed
 from envgym.trajectory import EpisodeEnd, FinishReason
 from test_chat import THINK_DROPPING_TEMPLATE
@@ -210,3 +211,122 @@ def test_an_episode_that_fills_the_context_window_ends_there():
         assert episode.turns[0].finish is FinishReason.LENGTH and len(episode.turns[0].action_ids) == 8
     failed = play(first - 1)
     assert failed.groups == [] and f"first prompt ({first} tokens) does not fit" in failed.failures[0].cause
+
+
+def test_a_context_budget_ends_token_policy_episodes_like_a_smaller_window():
+    from envgym.chat import EpisodeChat
+
+    tokenizer = word_level_tokenizer(WORDS)
+    env = envgym.make("games/GuessNumber-v0")
+    first_observation, _ = env.reset(seed=0)
+    first = len(EpisodeChat(tokenizer, env.unwrapped.instructions).start(first_observation)[0])
+    policy = HFPolicy(tiny_model(tokenizer, max_positions=4096), tokenizer)
+    sampling = SamplingParams(temperature=0, max_new_tokens=8)  # this greedy tiny model never ends early
+    cut = collect_groups("games/GuessNumber-v0", policy, n_groups=1, group_size=2, max_turns=20, sampling=sampling,
+                         max_context_tokens=first + 5)
+    assert cut.metrics["context_full"] == 2
+    for episode in cut.groups[0].episodes:
+        assert episode.end is EpisodeEnd.CONTEXT and len(episode.turns) == 1
+        turn = episode.turns[0]
+        assert turn.finish is FinishReason.CONTEXT and len(turn.action_ids) == turn.completion_tokens == 5
+        assert turn.prompt_tokens == first
+    failed = collect_groups("games/GuessNumber-v0", policy, n_groups=1, group_size=1, sampling=sampling, retries=2,
+                            max_context_tokens=first - 1)
+    assert failed.groups == [] and failed.metrics["failed_attempts"] == 1  # a replay would not fit either
+    assert failed.failures[0].cause == (f"context: the first prompt ({first} tokens) does not fit the context "
+                                        f"budget of {first - 1} tokens")
+
+
+#: A secret of the train split: never the answer of a test task, so guessing it never wins there.
+LOSING_GUESS = str(envgym.make("games/GuessNumber-v0").unwrapped._secrets["train"][0])
+
+
+class WordCountingPolicy:
+    """A text policy that guesses LOSING_GUESS and reports usage like an endpoint: one token per word of the
+    prompt's messages, `completion` tokens written; at turn `overflow_at` (of its first `overflow_calls`
+    calls) it answers ContextOverflow instead."""
+
+    def __init__(self, completion=1, overflow_at=None, finish="stop", overflow_calls=None):
+        self.completion, self.overflow_at, self.finish = completion, overflow_at, finish
+        self.overflow_calls = overflow_calls
+        self.prompts, self.calls = [], 0
+
+    def act(self, requests):
+        self.calls += 1
+        replies = []
+        for request in requests:
+            self.prompts.append(list(request.messages))
+            turn = sum(m["role"] == "assistant" for m in request.messages)
+            if turn == self.overflow_at and (self.overflow_calls is None or self.calls <= self.overflow_calls):
+                replies.append(ContextOverflow("HTTP 400: exceed_context_size_error"))
+                continue
+            words = sum(len(m["content"].split()) for m in request.messages)
+            replies.append(TextReply(LOSING_GUESS, self.finish, words, self.completion))
+        return replies
+
+
+def first_prompt_words(env_id="games/GuessNumber-v0"):
+    env = envgym.make(env_id)
+    observation, _ = env.reset(seed=0)
+    return len(env.unwrapped.instructions.split()) + len(observation.split())
+
+
+def test_text_policy_turns_record_usage_and_finish_and_stay_within_the_budget():
+    first = first_prompt_words()
+    policy = WordCountingPolicy(finish="length")
+    result = collect_groups("games/GuessNumber-v0", policy, n_groups=2, group_size=2, max_turns=50,
+                            max_context_tokens=first + 40, split="test")
+    episodes = [e for g in result.groups for e in g.episodes]
+    assert len(episodes) == 4 and result.metrics["context_full"] == 4
+    for episode in episodes:
+        assert episode.end is EpisodeEnd.CONTEXT and len(episode.turns) > 2
+        prompts = [t.prompt_tokens for t in episode.turns]
+        assert prompts[0] == first and prompts == sorted(prompts) and prompts[-1] + 1 <= first + 40
+        assert all(t.completion_tokens == 1 and t.finish is FinishReason.LENGTH for t in episode.turns)
+        assert episode.num_generated_tokens == len(episode.turns)
+    turns = sum(len(e.turns) for e in episodes)
+    assert result.metrics["generated_tokens"] == result.metrics["cut_off_actions"] == turns
+    assert result.metrics["prompt_tokens"] == sum(t.prompt_tokens for e in episodes for t in e.turns)
+    assert result.metrics["retries"] == 0 and result.failures == []
+
+
+def test_a_text_reply_past_the_budget_is_the_last_and_an_overflow_ends_the_episode():
+    first = first_prompt_words()
+    long_reply = collect_groups("games/GuessNumber-v0", WordCountingPolicy(completion=30), n_groups=1,
+                                group_size=1, max_context_tokens=first + 20, split="test")
+    (episode,) = long_reply.groups[0].episodes
+    assert episode.end is EpisodeEnd.CONTEXT and len(episode.turns) == 1
+    assert episode.turns[0].finish is FinishReason.CONTEXT and episode.turns[0].action == LOSING_GUESS
+    overflow = collect_groups("games/GuessNumber-v0", WordCountingPolicy(overflow_at=2), n_groups=2, group_size=2,
+                              split="test", retries=2)
+    episodes = [e for g in overflow.groups for e in g.episodes]
+    assert [(e.end, len(e.turns)) for e in episodes] == [(EpisodeEnd.CONTEXT, 2)] * 4
+    assert overflow.metrics["context_full"] == 4 and overflow.metrics["retries"] == 0
+    # the first call's prompts do not fit: groups 0 and 1 fail at once, unretried; group 2 then plays in
+    # their freed slots (each slot once, though both members of a dropped group failed in one turn)
+    at_once = collect_groups("games/GuessNumber-v0", WordCountingPolicy(overflow_at=0, overflow_calls=1),
+                             n_groups=3, group_size=2, num_envs=4, backend="sync", retries=2, split="test",
+                             max_turns=2)
+    assert [g.seed for g in at_once.groups] == [group_seed(0, 2)] and len(at_once.groups[0].episodes) == 2
+    assert at_once.metrics["failed_attempts"] == 2 and at_once.metrics["retries"] == 0
+    assert at_once.failures[0].cause == ("context: the first prompt does not fit the policy's context window: "
+                                         "HTTP 400: exceed_context_size_error")
+
+
+def test_window_context_bounds_text_policy_prompts():
+    policy = WordCountingPolicy()
+    collect_groups("games/GuessNumber-v0", policy, n_groups=1, group_size=1, max_turns=6, split="test",
+                   context="window", window=2)
+    assert [len(p) for p in policy.prompts] == [2, 4, 6, 6, 6, 6]  # system + the last 2 turns + the observation
+    assert policy.prompts[-1][1]["content"] == policy.prompts[-2][3]["content"]  # the window slides by a turn
+
+
+def test_random_play_draws_legal_moves_from_the_env_and_counts_where_they_came_from():
+    result = collect_groups("games/GuessNumber-v0", load_policy("random"), n_groups=4, group_size=2, max_turns=8,
+                            backend="process", num_envs=2)
+    turns = [t for g in result.groups for e in g.episodes for t in e.turns]
+    assert turns and not any(t.invalid_action for t in turns)
+    assert all(1 <= int(t.action) <= 100 for t in turns)
+    assert result.action_sources == {RandomPolicy.ENV_SAMPLE: len(turns)}
+    maze = collect_groups("games/Maze-v0", load_policy("random"), n_groups=2, group_size=1, max_turns=5)
+    assert set(maze.action_sources) == {RandomPolicy.ADMISSIBLE}

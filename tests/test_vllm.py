@@ -195,6 +195,7 @@ def test_eval_cli_plays_the_same_greedy_episodes_as_hf(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     rows = {r["policy"].split(":")[0]: r for r in json.loads((tmp_path / "report/report.json").read_text())["results"]}
     assert rows["vllm"]["episodes"] == 2 and rows["vllm"]["generated_tokens"] > 0
+    assert rows["vllm"]["context_budget"] == 1024  # the engine's max_model_len holds the rollout
     for key in ("generated_tokens", "mean_turns", "mean_return", "invalid_action_rate"):
         assert rows["vllm"][key] == rows["hf"][key], key
 

@@ -96,32 +96,79 @@ class CachingTokenPolicy(TokenPolicy, Protocol):
         ...
 
 
+def _no_sampler(seed: int) -> str | None:
+    return None
+
+
 @dataclass(frozen=True)
 class TextRequest:
     """What a text policy sees for one active episode.
 
-    `messages` is the chat so far (system instructions, observations as user
-    messages, earlier actions as assistant messages); `info` is the env's
-    latest info dict; `oracle()` returns `env.unwrapped.oracle_action()`,
-    computed where the env lives (in the worker process for a process pool).
+    `messages` is the prompt: the system instructions, observations as user
+    messages and earlier actions as assistant messages (all of them, or with
+    window context the last turns only; see `envgym.chat`); `info` is the
+    env's latest info dict; `oracle()` returns `env.unwrapped.oracle_action()`
+    and `sample_action(seed)` a legal action the env draws at random
+    (`Env.sample_action`), or None where the env cannot; both are computed
+    where the env lives (in the worker process for a process pool).
     """
 
     messages: Sequence[Message]
     info: Mapping[str, Any]
     oracle: Callable[[], str]
+    sample_action: Callable[[int], str | None] = _no_sampler
+
+
+@dataclass(frozen=True)
+class TextReply:
+    """A text policy's action with what the policy knows about how it was written.
+
+    `finish_reason` is "stop" or "length" (the reply hit `max_new_tokens` and
+    may be cut off). `prompt_tokens` and `completion_tokens` are the endpoint's
+    token usage (None where it reports none). `source` says what the action
+    was drawn from when that is worth reporting (the `random` baseline's
+    "admissible actions"). A policy may answer with a plain `str`: a "stop"
+    reply with no counts.
+    """
+
+    text: str
+    finish_reason: Literal["stop", "length"] = "stop"
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    source: str = ""
 
 
 class PolicyError(RuntimeError):
     """A policy could not produce an action (an endpoint refused, an oracle raised): the episode fails."""
 
 
+class ContextOverflow(PolicyError):
+    """The prompt does not fit the policy's context window (an endpoint said so).
+
+    Not a fault: the episode ends after its previous turn (`EpisodeEnd.CONTEXT`)
+    and is never replayed, since a replay would not fit either.
+    """
+
+
 @runtime_checkable
 class TextPolicy(Protocol):
     """A policy that answers chats with text (scripted, random, openai). It is not trained."""
 
-    def act(self, requests: Sequence[TextRequest]) -> list[str | PolicyError]:
-        """One action per request, in order; a `PolicyError` in place of an action fails that episode."""
+    def act(self, requests: Sequence[TextRequest]) -> list[str | TextReply | PolicyError]:
+        """One action per request, in order; a `PolicyError` in place of an action fails that episode
+        (a `ContextOverflow` ends it instead)."""
         ...
 
 
 Policy = TokenPolicy | TextPolicy
+
+
+def context_window(policy: Policy) -> int | None:
+    """The most tokens a prompt plus its completion may hold for `policy`, where it declares a limit.
+
+    A policy declares it as an attribute `context_window` (HFPolicy: the model's
+    `max_position_embeddings`; an `openai:` endpoint: the `max_model_len` its
+    /models lists); None where it declares none.
+    """
+    window = getattr(policy, "context_window", None)
+    return int(window) if window else None

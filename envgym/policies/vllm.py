@@ -95,6 +95,7 @@ class VLLMPolicy:
     work made generation with two threads 4-5x slower than with one on a
     2-core CPU); the caller's count is restored after each call, so a
     trainer's update keeps its threads.
+    `context_window` is the engine's `max_model_len`.
     `weight_shapes` (name -> shape of each tensor of the engine's checkpoint)
     lets `load_weights` refuse, before the engine is touched, a push that would
     leave some engine weights stale or could not load.
@@ -105,6 +106,8 @@ class VLLMPolicy:
         self.vllm = _import_vllm()
         self.llm = llm
         self.tokenizer = llm.get_tokenizer()
+        # the engine refuses a prompt past max_model_len: the rollout keeps every context within it
+        self.context_window: int | None = getattr(getattr(llm, "model_config", None), "max_model_len", None)
         self.serving_threads = serving_threads
         self.weight_shapes = dict(weight_shapes or {})
         self.sleep_mode = sleep_mode

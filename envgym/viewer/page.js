@@ -221,8 +221,9 @@ function drawEval() {
   const ks = [...new Set(EVAL.results.flatMap(r => Object.keys(r.pass_at_k || {})))].sort((a, b) => a - b);
   const head = el("tr", {}, el("th", {class: "l"}, "env"), el("th", {class: "l"}, "policy"), el("th", {}, "episodes"),
                   el("th", {class: "l"}, "success (95% CI)"), el("th", {}, "mean return"), el("th", {}, "mean turns"),
-                  ks.map(k => el("th", {}, `pass@${k}`)), el("th", {}, "invalid"), el("th", {}, "tokens"),
-                  el("th", {}, "dropped groups"), el("th", {}, "failed attempts"));
+                  ks.map(k => el("th", {}, `pass@${k}`)), el("th", {}, "invalid"), el("th", {}, "cut off"),
+                  el("th", {}, "tokens"), el("th", {}, "context-ended"), el("th", {}, "dropped episodes"),
+                  el("th", {}, "failed attempts"));
   const rows = EVAL.results.map((r, i) => {
     const [lo, hi] = r.success_ci95;
     const bar = el("span", {class: "ci"}, el("i", {style: `left:${100 * lo}%;width:${100 * (hi - lo)}%`}),
@@ -234,7 +235,8 @@ function drawEval() {
               el("td", {class: "l"}, `${pct(r.success_rate)} (${pct(lo)}–${pct(hi)})`, bar),
               el("td", {}, fmt(r.mean_return)), el("td", {}, fmt(r.mean_turns, 1)),
               ks.map(k => el("td", {}, pct((r.pass_at_k || {})[k]))), el("td", {}, pct(r.invalid_action_rate)),
-              el("td", {}, r.generated_tokens), el("td", {}, r.dropped_groups),
+              el("td", {}, pct(r.cut_off_rate)), el("td", {}, r.generated_tokens ?? "-"),
+              el("td", {}, r.context_ended ?? "-"), el("td", {}, r.dropped_episodes),
               el("td", {class: failed ? "bad" : ""}, failed));
   });
   $("eval").replaceChildren(el("table", {id: "eval-table"}, el("thead", {}, head), el("tbody", {}, rows)));

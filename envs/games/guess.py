@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import numpy as np
+
 from envgym.core import Env, partition_tasks
 
 _INTEGER = re.compile(r"-?\d+")
@@ -75,3 +77,7 @@ class GuessNumber(Env):
     def oracle_action(self) -> str:
         lo, hi = self.interval
         return str((lo + hi) // 2)
+
+    def sample_action(self, rng: np.random.Generator) -> str:
+        """Any integer of the range, uniformly (not only those still possible)."""
+        return str(int(rng.integers(self.low, self.high + 1)))

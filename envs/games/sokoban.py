@@ -206,6 +206,11 @@ class Sokoban(Env):
                 self._info(invalid_action=False)
         return self.level.render(nxt), reward, False, False, self._info(invalid_action=False)
 
+    def sample_action(self, rng: np.random.Generator) -> str:
+        """One of the moves that are not blocked, uniformly (a box may still be pushed into a corner)."""
+        moves = [m for m in MOVES if self.level.move(self.state, m) is not None] or list(MOVES)
+        return moves[int(rng.integers(len(moves)))]
+
     def oracle_action(self) -> str:
         """The next move of a shortest solution; from a dead end (no solution), any move that is not blocked."""
         if self.state not in self._plan:

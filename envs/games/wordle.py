@@ -19,6 +19,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from envgym.core import Env, partition_tasks
 
 WORDS_FILE = Path(__file__).parent / "data" / "wordle_words.txt"
@@ -127,6 +129,11 @@ class Wordle(Env):
             obs = f"{board}\nOut of guesses. The word was {self.answer.upper()}."
             return obs, 0.0, True, False, self._info(invalid_action=False)
         return f"{board}\n{left} guesses left.", 0.0, False, False, self._info(invalid_action=False)
+
+    def sample_action(self, rng: np.random.Generator) -> str:
+        """Any word of the list, uniformly (not only those still possible)."""
+        words = load_words()
+        return words[int(rng.integers(len(words)))]
 
     def oracle_action(self) -> str:
         """An entropy solver: the guess whose feedback best splits the words still possible.
