@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -249,14 +250,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # under torchrun every rank prints its own errors: say which one
+    where = f" (rank {os.environ['RANK']})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
     try:
         return args.func(args)
     except (KeyError, ValueError, TypeError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        console.print(f"[red]envgym {args.command}: {message}[/red]", highlight=False)
+        console.print(f"[red]envgym {args.command}{where}: {message}[/red]", highlight=False)
         return EXIT_USAGE
     except (FloatingPointError, RunFailed) as exc:  # a run stopped: a NaN (its batch is saved), no groups left
-        console.print(f"[red]envgym {args.command}: {exc}[/red]", highlight=False)
+        console.print(f"[red]envgym {args.command}{where}: {exc}[/red]", highlight=False)
         return EXIT_FAILED
 
 

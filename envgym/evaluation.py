@@ -177,24 +177,37 @@ def evaluate_policy(env: EnvMaker, policy: Policy, *, policy_name: str, split: s
                     samples: int = 1, seed: int = EVAL_SEED, sampling: SamplingParams | None = None,
                     context: ContextMode = "full", window: int = 4, max_turns: int | None = None,
                     pool: EnvPool | None = None, backend: Backend = "sync", num_envs: int | None = None,
-                    retries: int = 2, on_episode: Callable[[int, int], None] | None = None
+                    retries: int = 2, on_episode: Callable[[int, int], None] | None = None,
+                    shard: tuple[int, int] = (0, 1),
+                    gather: Callable[[RolloutResult], Sequence[RolloutResult]] | None = None
                     ) -> tuple[EvalRow, RolloutResult]:
     """Play the fixed evaluation set of `split` (see `plan_split`) with `policy`; the one evaluation path.
 
     Training (`Trainer.evaluate`) and `envgym eval` both call this, so one
     checkpoint gets one number either way. Task k is reset with seed
     `group_seed(seed, k)`; a token policy samples from torch's generator seeded
-    with `seed` (the caller's generator is left as it was).
+    with `seed` (the caller's generator is left as it was). `shard=(i, n)` plays
+    only the i-th of n contiguous blocks of the tasks (a data-parallel rank's
+    share); `gather` then returns every shard's result in shard order (e.g. an
+    all-gather across the ranks), and the row and result cover the whole set.
+    Without `gather` they cover the shard.
     """
     sampling = sampling or SamplingParams()
     with env() as probe:
         split_tasks = probe.unwrapped.num_tasks[split]
     tasks, per_task = plan_split(split_tasks, episodes, samples, sampling.temperature == 0)
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
+    first, stop = tasks * index // count, tasks * (index + 1) // count
     with _seeded_torch(seed):
-        result = collect_groups(env, policy, n_groups=tasks, group_size=per_task, split=split, seed=seed,
+        result = collect_groups(env, policy, n_groups=stop - first, group_size=per_task, split=split, seed=seed,
                                 sampling=sampling, context=context, window=window, max_turns=max_turns, pool=pool,
-                                backend=backend, num_envs=num_envs, retries=retries, tasks=list(range(tasks)),
-                                on_episode=on_episode)
+                                backend=backend, num_envs=num_envs, retries=retries, tasks=list(range(first, stop)),
+                                on_episode=on_episode, first_group=first)
+    if gather is None:
+        return summarize(env.env_id, policy_name, result, tasks=stop - first, samples=per_task), result
+    result = RolloutResult.merge(gather(result))
     return summarize(env.env_id, policy_name, result, tasks=tasks, samples=per_task), result
 
 

@@ -25,7 +25,7 @@ import yaml
 STATE_FILE = "trainer_state.pt"
 CONFIG_FILE = "config.yaml"
 #: Config sections and keys that may differ between a checkpoint and the run resuming from it.
-RESUMABLE_CHANGES = ("iterations", "out_dir", "threads", "eval", "checkpoint")
+RESUMABLE_CHANGES = ("iterations", "out_dir", "threads", "eval", "checkpoint", "distributed", "ray")
 #: The checkpoint of iteration 0 (the policy RL starts from, after any warm start) is kept: it is the KL reference.
 RL_START = "iter_000000"
 

@@ -39,6 +39,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         history = trainer.fit()
     finally:
         trainer.close()
+    if not trainer.dp.is_main:  # under torchrun, rank 0 reports for all ranks
+        return 0
     console.print(f"held-out success ({config.eval.split} split): {_summary(history)}")
     console.print(f"metrics: {config.out_dir}/metrics.jsonl, curve: {config.out_dir}/learning_curve.png, "
                   f"TensorBoard: tensorboard --logdir {config.out_dir}/tensorboard")

@@ -2,7 +2,7 @@
 
 A run is described by a YAML file whose sections mirror the dataclasses below
 (`model`, `env`, `rollout`, `algorithm`, `loss`, `optim`, `turn_reward`,
-`sft`, `eval`, `checkpoint`) plus a few top-level keys. `load_config(path,
+`sft`, `eval`, `checkpoint`, `distributed`, `ray`) plus a few top-level keys. `load_config(path,
 overrides)` reads it, applies `key.sub=value` overrides and validates: an
 unknown key or a value of the wrong type fails before any work starts, naming
 the key and the closest valid key. Checks that need two fields at once (a group
@@ -94,6 +94,9 @@ class RolloutOptions:
     episode_timeout: float = 0.0
     retries: int = 2
     env_memory_mb: int = 0
+    # 1: the next iteration's groups are generated (by a second process) while this iteration's update runs,
+    # so each batch comes from the policy one update behind; 0: generation and update take turns
+    max_staleness: int = 0
 
 
 @dataclass
@@ -192,6 +195,31 @@ class CheckpointOptions:
     keep: int = 2
 
 
+# -- scale-out (envgym.trainers.distributed) ----------------------------------------------------------------
+
+@dataclass
+class DistributedOptions:
+    """Data-parallel training under torchrun (`torchrun --nproc_per_node N -m envgym train ...`).
+
+    `strategy`: "fsdp" shards parameters, gradients and optimizer state with FSDP2
+    (`torch.distributed.fsdp.fully_shard`), "ddp" replicates them
+    (`DistributedDataParallel`); "auto" is FSDP2 where this torch has it, else DDP.
+    A rank that waits in a collective longer than `timeout_s` seconds (a peer
+    died or hangs) stops with an error, and torchrun stops the others.
+    """
+
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    timeout_s: float = 1800.0
+
+
+@dataclass
+class RayOptions:
+    """The Ray cluster of `rollout.pool: ray`: `address` None starts a local Ray in this process; "auto" joins
+    the cluster this machine belongs to (`ray start`), "HOST:PORT" the cluster of that head node."""
+
+    address: str | None = None
+
+
 @dataclass
 class TrainConfig:
     """One training run. Build it from YAML with `load_config`, or in Python directly."""
@@ -210,6 +238,8 @@ class TrainConfig:
     sft: SFTOptions = field(default_factory=SFTOptions)
     eval: EvalOptions = field(default_factory=EvalOptions)
     checkpoint: CheckpointOptions = field(default_factory=CheckpointOptions)
+    distributed: DistributedOptions = field(default_factory=DistributedOptions)
+    ray: RayOptions = field(default_factory=RayOptions)
 
     def validate(self) -> TrainConfig:
         """Cross-field checks that need no model or env; raises ConfigError saying what to change."""
@@ -241,6 +271,17 @@ class TrainConfig:
         if self.optim.warmup_steps < 0 or not 0.0 <= self.optim.min_lr_ratio <= 1.0:
             raise ConfigError(f"optim.warmup_steps must be >= 0 and optim.min_lr_ratio in [0, 1], got "
                               f"{self.optim.warmup_steps}, {self.optim.min_lr_ratio}")
+        if self.rollout.max_staleness not in (0, 1):
+            raise ConfigError(f"rollout.max_staleness must be 0 (generate, then update) or 1 (generate the next "
+                              f"batch during the update), got {self.rollout.max_staleness}")
+        if self.rollout.max_staleness and self.rollout.backend != "hf":
+            raise ConfigError("rollout.max_staleness: 1 generates in a second process with the HF policy; "
+                              "set rollout.backend: hf (the vLLM engine does not overlap the update yet)")
+        if self.ray.address is not None and self.rollout.pool != "ray":
+            raise ConfigError(f"ray.address is {self.ray.address!r}, but rollout.pool is {self.rollout.pool!r}; "
+                              "set rollout.pool: ray to step the envs on that Ray cluster")
+        if self.distributed.timeout_s <= 0:
+            raise ConfigError(f"distributed.timeout_s must be > 0 seconds, got {self.distributed.timeout_s}")
         if self.rollout.temperature <= 0:
             raise ConfigError(f"rollout.temperature must be > 0 (RL samples), got {self.rollout.temperature}")
         if self.algorithm.estimator == "igpo" and self.turn_reward.kind != "info_gain":
