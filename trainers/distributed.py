@@ -317,7 +317,7 @@ class DataParallel:
         return union, slice(start, start + turns.num_turns)
 
     def union_rollout(self, rollout: RolloutResult) -> RolloutResult:
-        """All ranks' rollouts as one (prompt ids and logprobs left out): for metrics over every episode."""
+        """All ranks' rollouts as one (prompt ids left out: the bulk of a row): for metrics over every episode."""
         if self.world_size == 1:
             return rollout
         light = RolloutResult([_without_prompt_tokens(g) for g in rollout.groups], rollout.metrics, rollout.failures)
@@ -435,6 +435,6 @@ def _decoder_layer_classes(model: torch.nn.Module) -> list[str]:
 
 
 def _without_prompt_tokens(group: Group) -> Group:
-    episodes = tuple(dataclasses.replace(e, turns=tuple(dataclasses.replace(t, obs_ids=(), logprobs=())
+    episodes = tuple(dataclasses.replace(e, turns=tuple(dataclasses.replace(t, obs_ids=())
                                                         for t in e.turns)) for e in group.episodes)
     return dataclasses.replace(group, episodes=episodes)
