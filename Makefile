@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.envgym-setup
 
-.PHONY: setup test quickstart clean
+.PHONY: setup test quickstart gpu-check clean
 
 setup: $(STAMP)
 
@@ -17,5 +17,9 @@ test: setup
 quickstart: setup
 	$(VENV)/bin/envgym train trainers/recipes/quickstart.yaml
 
+# The GPU check (one table, about 5 minutes on one GPU, no download): see README "From a laptop to a cluster".
+gpu-check:
+	bash scripts/gpu_check.sh
+
 clean:
-	rm -rf $(VENV) build *.egg-info runs reports
+	rm -rf $(VENV) .venv-gpu-check build *.egg-info runs reports

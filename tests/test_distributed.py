@@ -101,9 +101,10 @@ def rl_lines(out_dir: Path) -> list[dict]:
 @pytest.mark.slow
 def test_two_rank_training_counts_every_ranks_episodes_stops_when_a_rank_dies_and_resumes(tmp_path):
     out = tmp_path / "run"
-    command = torchrun("-m", "envgym", "train", str(QUICKSTART), f"out_dir={out}", "iterations=6",
+    # strategy auto: FSDP2, with a warm start that every rank runs and rank 0's result trains on
+    command = torchrun("-m", "envgym", "train", str(QUICKSTART), f"out_dir={out}", "iterations=4",
                        "rollout.n_groups=4", "rollout.group_size=4", "sft.steps=5", "sft.episodes=16",
-                       "optim.minibatches=1", "eval.every=3", "eval.episodes=8", "checkpoint.every=1")
+                       "optim.minibatches=1", "eval.every=2", "eval.episodes=8", "checkpoint.every=1")
     proc = subprocess.Popen(command, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 300
@@ -120,12 +121,12 @@ def test_two_rank_training_counts_every_ranks_episodes_stops_when_a_rank_dies_an
     assert proc.returncode != 0
     assert re.search(r"Signal 9 \(SIGKILL\)|exitcode\s*:\s*-9", output), output[-3000:]
     killed_at = max(m["iteration"] for m in rl_lines(out))
-    assert killed_at < 6
+    assert killed_at < 4
 
     resumed = subprocess.run(command + ["--resume"], env=run_env(), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     lines = rl_lines(out)
-    assert [m["iteration"] for m in lines] == [1, 2, 3, 4, 5, 6]  # each once: what the kill lost is redone
+    assert [m["iteration"] for m in lines] == [1, 2, 3, 4]  # each once: what the kill lost is redone
     assert all(m["train/episodes"] == 16 for m in lines)  # 4 groups of 4, two on each rank
     assert [m["eval/episodes"] for m in lines if "eval/episodes" in m] == [8, 8]
     assert resumed.stdout.count("held-out success (test split)") == 1  # rank 0 reports the run, once

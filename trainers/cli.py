@@ -61,6 +61,8 @@ def cmd_sft(args: argparse.Namespace) -> int:
         after = trainer.evaluate()
     finally:
         trainer.close()
+    if not trainer.dp.is_main:  # under torchrun every rank ran the same warm start; rank 0 saves it
+        return 0
     target = os.path.join(config.out_dir, "sft")
     trainer.model.save_pretrained(target)
     trainer.tokenizer.save_pretrained(target)

@@ -8,8 +8,9 @@
 `WORLD_SIZE`, `LOCAL_RANK`) and joins the process group: NCCL on GPUs (rank r
 on `cuda:LOCAL_RANK`), gloo on CPU, with `distributed.timeout_s` on every
 collective, so a rank whose peer died or hangs stops with an error instead of
-waiting forever (torchrun then stops the others). Without torchrun it is a
-world of one and every method below is the single-process identity.
+waiting forever (torchrun then stops the others). Without torchrun every method
+below is the single-process identity (`launched` is False); `torchrun
+--nproc_per_node 1` runs one rank with the strategy's wrapper (FSDP2 on one GPU).
 
 What makes N ranks train exactly as one process would on the union batch:
 
@@ -106,9 +107,10 @@ def empty_micro_batch(pad_token_id: int) -> TokenBatch:
 class DataParallel:
     """This process's place among `world_size` data-parallel ranks (one, without torchrun); see the module docstring."""
 
-    def __init__(self, rank: int = 0, world_size: int = 1, local_rank: int = 0, strategy: str = "ddp",
+    def __init__(self, rank: int = 0, world_size: int = 1, local_rank: int = 0, strategy: str = "none",
                  owns_group: bool = False):
         self.rank, self.world_size, self.local_rank, self.strategy = rank, world_size, local_rank, strategy
+        self.launched = strategy != "none"  # started by torchrun: a process group and a wrapped module
         self._owns_group = owns_group  # joined the process group here, so `close` leaves it
         self._replica: torch.nn.Module | None = None
         self._trained: torch.nn.Module | None = None
@@ -121,9 +123,9 @@ class DataParallel:
         Raises ConfigError before any collective when the world size does not
         divide `rollout.n_groups` or FSDP2 is asked of a torch without it.
         """
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        if world_size == 1:
+        if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:  # not started by torchrun
             return cls()
+        world_size = int(os.environ["WORLD_SIZE"])
         rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
         n_groups = config.rollout.n_groups
         if n_groups % world_size:
@@ -153,7 +155,7 @@ class DataParallel:
 
     def describe(self) -> dict[str, Any]:
         """What a checkpoint records of the ranks that wrote it."""
-        return {"world_size": self.world_size, "strategy": self.strategy if self.world_size > 1 else "none"}
+        return {"world_size": self.world_size, "strategy": self.strategy}
 
     def close(self) -> None:
         """Leave the process group if `from_environment` joined it (idempotent)."""
@@ -171,7 +173,7 @@ class DataParallel:
         optimizer must take the returned module's parameters.
         """
         self._replica = model
-        if self.world_size == 1:
+        if not self.launched:
             self._trained = SampledLogprobs(model)
         elif self.strategy == "ddp":
             from torch.nn.parallel import DistributedDataParallel
@@ -192,7 +194,7 @@ class DataParallel:
 
     def sync_replica(self) -> None:
         """FSDP2: copy the trained shards into the full replica (a collective: every rank calls it)."""
-        if self.world_size == 1 or self.strategy != "fsdp":
+        if self.strategy != "fsdp":
             return
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -202,7 +204,7 @@ class DataParallel:
 
     def load_replica(self) -> None:
         """Make the trained module (every rank's) hold rank 0's replica weights: after a resume or warm start."""
-        if self.world_size == 1:
+        if not self.launched:
             return
         if self.strategy == "ddp":
             with torch.no_grad():
@@ -218,7 +220,7 @@ class DataParallel:
 
     def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """The optimizer's full state (FSDP2: gathered onto rank 0; other ranks get {}). Every rank calls it."""
-        if self.world_size == 1 or self.strategy != "fsdp":
+        if self.strategy != "fsdp":
             return optimizer.state_dict()
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
@@ -232,13 +234,13 @@ class DataParallel:
         with the kind its checkpoint holds (CheckpointMismatch otherwise).
         """
         saved = checkpoint_state.get("data_parallel", {}).get("strategy", "none")
-        if (saved == "fsdp") != (self.describe()["strategy"] == "fsdp"):
+        if (saved == "fsdp") != (self.strategy == "fsdp"):
             from envgym.trainers.checkpoint import CheckpointMismatch
 
-            raise CheckpointMismatch(f"the checkpoint's optimizer state was written by {saved!r} ranks, this run is "
-                                     f"{self.describe()['strategy']!r}: resume with distributed.strategy: "
-                                     f"{'fsdp' if saved == 'fsdp' else 'ddp'} under torchrun" +
-                                     (" (or without torchrun)" if saved != "fsdp" else ""))
+            hint = ("distributed.strategy: fsdp under torchrun" if saved == "fsdp" else
+                    "distributed.strategy: ddp under torchrun, or without torchrun")
+            raise CheckpointMismatch(f"the checkpoint's optimizer state was written by a {saved!r} run and this run "
+                                     f"is {self.strategy!r}: resume with {hint}")
         if saved != "fsdp":
             optimizer.load_state_dict(checkpoint_state["optimizer"])
             return
@@ -255,7 +257,7 @@ class DataParallel:
     @contextlib.contextmanager
     def gradient_sync(self, enabled: bool) -> Iterator[None]:
         """Inside, backward reduces gradients across ranks only if `enabled` (the minibatch's last micro-batch)."""
-        if self.world_size == 1 or enabled:
+        if not self.launched or enabled:
             yield
         elif self.strategy == "ddp":
             with self._trained.no_sync():
@@ -275,14 +277,14 @@ class DataParallel:
 
     def loss_normaliser(self, trained_tokens: int) -> float:
         """What this rank divides its summed token loss by: the union's trained tokens / N (see the module docstring)."""
-        if self.world_size == 1:
+        if not self.launched:
             return trained_tokens
         return self.sum([trained_tokens])[0] / self.world_size
 
     def micro_batches(self, batch: RolloutBatch, rows: Sequence[int], max_tokens: int) -> list[TokenBatch]:
         """`batch.micro_batches(rows, max_tokens)`, padded with empty micro-batches to the most any rank has."""
         micros = list(batch.micro_batches(rows, max_tokens)) if len(rows) else []
-        if self.world_size > 1:
+        if self.launched:
             most = int(self.max([len(micros)])[0])
             micros += [empty_micro_batch(batch.pad_token_id)] * (most - len(micros))
         return micros
@@ -292,7 +294,7 @@ class DataParallel:
 
         Token fields are left out: estimators read turns only.
         """
-        if self.world_size == 1:
+        if not self.launched:
             return turns, slice(None)
         names = ("group", "episode", "turn", "reward", "state", "intrinsic", "invalid")
         mine = {name: getattr(turns, name) for name in names}
@@ -318,7 +320,7 @@ class DataParallel:
 
     def union_rollout(self, rollout: RolloutResult) -> RolloutResult:
         """All ranks' rollouts as one (prompt ids left out: the bulk of a row): for metrics over every episode."""
-        if self.world_size == 1:
+        if not self.launched:
             return rollout
         light = RolloutResult([_without_prompt_tokens(g) for g in rollout.groups], rollout.metrics, rollout.failures)
         return RolloutResult.merge(self.gather(light))
@@ -330,7 +332,7 @@ class DataParallel:
         return self.all_gather_object(value)
 
     def all_gather_object(self, value: Any) -> list[Any]:
-        if self.world_size == 1:
+        if not self.launched:
             return [value]
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, value)
@@ -345,7 +347,7 @@ class DataParallel:
         return self._all_reduce(values, dist.ReduceOp.MAX)
 
     def _all_reduce(self, values: Sequence[float], op: Any) -> list[float]:
-        if self.world_size == 1:
+        if not self.launched:
             return [float(v) for v in values]
         tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self._device())
         dist.all_reduce(tensor, op=op)
@@ -358,7 +360,7 @@ class DataParallel:
         loss is a mean over `weight` terms on each rank: the result is the
         gradient of the mean over the union's terms.
         """
-        if self.world_size == 1:
+        if not self.launched:
             return
         total = self.sum([weight])[0]
         for param in module.parameters():
@@ -369,7 +371,7 @@ class DataParallel:
                 param.grad = grad
 
     def barrier(self) -> None:
-        if self.world_size > 1:
+        if self.launched:
             dist.barrier()
 
     def _device(self) -> torch.device:

@@ -515,7 +515,7 @@ class Trainer:
                                                     max_new_tokens=cfg.rollout.max_new_tokens),
             context=cfg.rollout.context, window=cfg.rollout.window, max_turns=cfg.env.max_turns, pool=self.pool,
             retries=cfg.rollout.retries, shard=(self.dp.rank, self.dp.world_size),
-            gather=self.dp.gather if self.dp.world_size > 1 else None)  # each rank plays its share of the set
+            gather=self.dp.gather if self.dp.launched else None)  # each rank plays its share of the set
         if row.dropped_episodes:
             log.warning("held-out evaluation: %d of %d episodes failed past their retries and count as losses: %s",
                         row.dropped_episodes, row.dropped_episodes + row.episodes, "; ".join(row.failures[:3]))

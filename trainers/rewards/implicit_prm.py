@@ -79,7 +79,7 @@ class ImplicitPRM:
             q, token_turn = self._token_rewards(micro, grad=True)
             episode_reward = episode_reward.index_add(0, turn_episode[token_turn.cpu()], q.float().cpu())
         loss, terms = self._loss(episode_reward, labels, episode_group)
-        distributed = self.data_parallel is not None and self.data_parallel.world_size > 1
+        distributed = self.data_parallel is not None and self.data_parallel.launched
         if loss.requires_grad and (terms or not distributed):
             loss.backward()
         if distributed:  # a collective: every rank joins and steps, even one with no loss terms
