@@ -15,7 +15,7 @@ test: setup
 	$(PY) -m pytest -q
 
 quickstart: setup
-	$(VENV)/bin/envgym train trainers/recipes/quickstart.yaml
+	$(VENV)/bin/envgym train trainers/recipes/quickstart.yaml --overwrite
 
 # The GPU check (one table, about 5 minutes on one GPU, no download): see README "From a laptop to a cluster".
 gpu-check:

@@ -48,7 +48,9 @@ def run(suite: str, estimator: str, seed: int, iterations: int, out_root: str) -
                  "eval.every=5", "threads=1"]
     if estimator == "grpo":
         overrides.append("algorithm.options={}")
-    history = Trainer(load_config(recipes_dir() / "quickstart.yaml", overrides)).fit()
+    # a re-run measures afresh: the previous run of this suite, estimator and seed is replaced
+    with Trainer(load_config(recipes_dir() / "quickstart.yaml", overrides), overwrite=True) as trainer:
+        history = trainer.fit()
     curve = {int(m["iteration"]): m["eval/success"] for m in history
              if m.get("phase") != "init" and "eval/success" in m}
     print(f"{estimator} seed {seed}: {curve} ({time.perf_counter() - started:.0f} s)", flush=True)

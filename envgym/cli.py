@@ -1,6 +1,8 @@
 """The `envgym` command: list, info, check, play, and (where installed) eval, train, sft.
 
-Exit codes: 0 success, 1 a check or run failed, 2 bad usage (unknown id, bad option).
+Exit codes: 0 success, 1 a check or run failed (or a file, disk or network error
+stopped it), 2 bad usage (unknown id, bad option or config value), 130 interrupted.
+Expected errors print one line naming what is wrong; only a bug prints a traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import importlib.util
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -20,7 +23,7 @@ import envgym
 from envgym.core import RunFailed
 from envgym.registration import spec as env_spec
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 #: Modules that add subcommands through `register_cli(subparsers)`; a missing one is skipped.
 SUBCOMMAND_MODULES = ("envgym.trainers.cli",)
 
@@ -126,11 +129,12 @@ EVAL_FROM_CONFIG = {"split": ("eval", "split"), "episodes": ("eval", "episodes")
                     "max_turns": ("env", "max_turns"), "context": ("rollout", "context"), "window": ("rollout", "window"),
                     "max_new_tokens": ("rollout", "max_new_tokens"), "extract_action": ("env", "extract_action"),
                     "show_admissible": ("env", "show_admissible"), "backend": ("rollout", "pool"),
-                    "num_envs": ("rollout", "num_envs"), "retries": ("rollout", "retries")}
+                    "num_envs": ("rollout", "num_envs"), "retries": ("rollout", "retries"),
+                    "step_timeout": ("rollout", "step_timeout")}
 #: Their values when neither the command line nor a config gives one.
 EVAL_DEFAULTS = {"split": "test", "episodes": 16, "temperature": 1.0, "max_turns": None, "context": "full",
                  "window": 4, "max_new_tokens": 64, "extract_action": "none", "show_admissible": False,
-                 "backend": "sync", "num_envs": 0, "retries": 2}
+                 "backend": "sync", "num_envs": 0, "retries": 2, "step_timeout": 60.0}
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -140,9 +144,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     evaluation settings come from a training config, so a checkpoint is evaluated exactly
     as its run evaluated it; options given on the command line still win.
     """
-    from envgym.evaluation import evaluate
+    from envgym.evaluation import evaluate, failure_summary
     from envgym.policies import SamplingParams
 
+    out = _writable_directory(args.out) if args.out else None  # before the evaluation, not after it
     settings = dict(EVAL_DEFAULTS)
     env_ids, env_kwargs = args.env, parse_kwargs(args.env_kwarg)
     if args.config:
@@ -163,23 +168,45 @@ def cmd_eval(args: argparse.Namespace) -> int:
                       episodes=settings["episodes"], samples=args.samples, seed=args.seed, sampling=sampling,
                       context=settings["context"], window=settings["window"], max_turns=settings["max_turns"],
                       backend=settings["backend"], num_envs=settings["num_envs"] or None,
-                      retries=settings["retries"], progress=True)
+                      step_timeout=settings["step_timeout"], retries=settings["retries"],
+                      request_timeout=args.request_timeout, progress=True)
     print(report.to_markdown(), end="")  # plain print: a console would wrap the table's rows
-    if args.out:
-        paths = report.save(args.out)
+    if out is not None:
+        paths = report.save(out)
         print(f"wrote {', '.join(str(p) for p in paths.values())}")
-    return EXIT_OK
+    problems = failure_summary(report)  # a crashed env or a dead endpoint must not read as a 0% policy
+    for line in problems:
+        console.print(line, style="red", markup=False, highlight=False, soft_wrap=True)
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+def _writable_directory(path: str) -> Path:
+    """`path`, created if needed, after proving a file can be written there; ValueError naming --out if not."""
+    import tempfile
+
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise ValueError(f"--out {path}: cannot write there ({exc.strerror or exc})") from None
+    return out
 
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
-    from envgym.evaluation import EVAL_SEED
+    from envgym.evaluation import ARGUMENT_RANGES, EVAL_SEED
     from envgym.policies import POLICY_SPECS
+
+    def checked(name: str, kind: type) -> Any:  # an argparse type: `kind`, within the range `evaluate` accepts
+        return ARGUMENT_RANGES[name].parser(kind)
 
     p = sub.add_parser("eval", help="evaluate policies on envs: success with 95%% CI, return, pass@k, ...",
                        description="Evaluate policies on envs with the rollout code training uses: success rate with a "
                                    "95% Wilson interval, mean return and turns, pass@k, invalid-action rate and "
                                    "tokens generated, per env and policy. Every evaluation plays the first tasks of "
-                                   "the split with fixed seeds.")
+                                   "the split with fixed seeds. Exits 1 when an episode failed past its retries "
+                                   "or none was played.")
     p.add_argument("--env", action="append", default=[], metavar="ID", help="env id (repeatable)")
     p.add_argument("--policy", action="append", required=True, metavar="SPEC",
                    help=f"policy (repeatable): {' | '.join(POLICY_SPECS)}")
@@ -193,21 +220,30 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--show-admissible", default=None, action=argparse.BooleanOptionalAction,
                    help="append the valid actions to each observation (default: no)")
     p.add_argument("--split", default=None, choices=["train", "test"], help="default test")
-    p.add_argument("--episodes", type=int, default=None,
+    p.add_argument("--episodes", type=checked("episodes", int), default=None,
                    help="episodes per env (default 16): the first tasks of the split, each played several times "
                         "when the split is smaller and the policy samples")
-    p.add_argument("--samples", type=int, default=1, help="episodes per task, for pass@k (default 1)")
+    p.add_argument("--samples", type=checked("samples", int), default=1,
+                   help="episodes per task, for pass@k (default 1)")
     p.add_argument("--seed", type=int, default=EVAL_SEED, help=f"default {EVAL_SEED}, as in training")
-    p.add_argument("--max-turns", type=int, default=None, help="cap on turns per episode (default: the env's)")
+    p.add_argument("--max-turns", type=checked("max_turns", int), default=None,
+                   help="cap on turns per episode (default: the env's)")
     p.add_argument("--context", default=None, choices=["full", "window"],
                    help="chat context of token policies (default full)")
-    p.add_argument("--window", type=int, default=None, help="turns kept with --context window (default 4)")
+    p.add_argument("--window", type=checked("window", int), default=None,
+                   help="turns kept with --context window (default 4)")
     p.add_argument("--temperature", type=float, default=None, help="default 1.0 (0: greedy)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=None, help="default 64")
     p.add_argument("--backend", default=None, choices=["sync", "process", "ray"], help="EnvPool backend (default sync)")
-    p.add_argument("--num-envs", type=int, default=None, help="EnvPool slots (default: see envgym.pool.default_num_envs)")
-    p.add_argument("--retries", type=int, default=None, help="attempts after a failed episode (default 2)")
+    p.add_argument("--num-envs", type=checked("num_envs", int), default=None, metavar="N",
+                   help="EnvPool slots (default: one per episode with sync, else 4 worker processes per core)")
+    p.add_argument("--step-timeout", type=checked("step_timeout", float), default=None, metavar="SECONDS",
+                   help="a reset or step taking longer fails its episode (default 60)")
+    p.add_argument("--retries", type=checked("retries", int), default=None,
+                   help="attempts after a failed episode before its group is dropped (default 2)")
+    p.add_argument("--request-timeout", type=checked("request_timeout", float), default=None, metavar="SECONDS",
+                   help="timeout of each HTTP request of openai: policies (default: the policy's, 60)")
     p.add_argument("--out", default=None, metavar="DIR", help="write report.json, report.md and report.png here")
     p.set_defaults(func=cmd_eval)
 
@@ -255,12 +291,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (KeyError, ValueError, TypeError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        console.print(f"[red]envgym {args.command}{where}: {message}[/red]", highlight=False)
-        return EXIT_USAGE
-    except (FloatingPointError, RunFailed) as exc:  # a run stopped: a NaN (its batch is saved), no groups left
-        console.print(f"[red]envgym {args.command}{where}: {exc}[/red]", highlight=False)
-        return EXIT_FAILED
+        return _error(args.command + where, exc.args[0] if isinstance(exc, KeyError) and exc.args else exc,
+                      EXIT_USAGE)
+    except (FloatingPointError, RunFailed, OSError) as exc:  # a run stopped (a NaN, no groups left), disk, file, net
+        return _error(args.command + where, exc, EXIT_FAILED)
+    except KeyboardInterrupt:
+        return _error(args.command + where, "interrupted", EXIT_INTERRUPTED)
+
+
+def _error(command: str, message: object, code: int) -> int:
+    """Print `envgym COMMAND: MESSAGE` on one line (never wrapped, never read as markup); return `code`."""
+    console.print(f"envgym {command}: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
+    return code
 
 
 if __name__ == "__main__":

@@ -12,21 +12,28 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from envgym.chat import ContextMode
+from envgym.option_types import Range
 from envgym.policies import Policy, SamplingParams, load_policy
-from envgym.pool import Backend, EnvPool
+from envgym.pool import Backend, EnvPool, default_num_envs
 from envgym.rollout import RolloutResult, collect_groups
 from envgym.wrappers import EnvMaker
 
 #: The seed of every evaluation unless asked otherwise: training's held-out evaluation and `envgym eval` alike.
 EVAL_SEED = 0
+#: Allowed values of `evaluate`'s numeric arguments; `envgym eval` checks its options of the same names against them.
+ARGUMENT_RANGES = {"episodes": Range(ge=1), "samples": Range(ge=1), "window": Range(ge=0), "max_turns": Range(ge=1),
+                   "num_envs": Range(ge=1), "retries": Range(ge=0), "step_timeout": Range(gt=0),
+                   "request_timeout": Range(gt=0)}
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -74,7 +81,7 @@ class EvalRow:
     generated_tokens: int
     retries: int
     wall_time: float
-    failures: list[str] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)  # {"group", "episode", "attempt", "cause"}
 
 
 @dataclass
@@ -157,7 +164,8 @@ def summarize(env_id: str, policy_name: str, result: RolloutResult, *, tasks: in
         invalid_action_rate=invalid / turns if turns else 0.0,
         generated_tokens=sum(e.num_generated_tokens for e in episodes),
         retries=int(result.metrics["retries"]), wall_time=result.metrics["wall_time"],
-        failures=[f"group {f.group} episode {f.member} attempt {f.attempt + 1}: {f.cause}" for f in result.failures])
+        failures=[{"group": f.group, "episode": f.member, "attempt": f.attempt + 1, "cause": f.cause}
+                  for f in result.failures])
 
 
 def plan_split(split_tasks: int, episodes: int, samples: int, greedy: bool) -> tuple[int, int]:
@@ -177,8 +185,8 @@ def evaluate_policy(env: EnvMaker, policy: Policy, *, policy_name: str, split: s
                     samples: int = 1, seed: int = EVAL_SEED, sampling: SamplingParams | None = None,
                     context: ContextMode = "full", window: int = 4, max_turns: int | None = None,
                     pool: EnvPool | None = None, backend: Backend = "sync", num_envs: int | None = None,
-                    retries: int = 2, on_episode: Callable[[int, int], None] | None = None,
-                    shard: tuple[int, int] = (0, 1),
+                    step_timeout: float = 60.0, retries: int = 2,
+                    on_episode: Callable[[int, int], None] | None = None, shard: tuple[int, int] = (0, 1),
                     gather: Callable[[RolloutResult], Sequence[RolloutResult]] | None = None
                     ) -> tuple[EvalRow, RolloutResult]:
     """Play the fixed evaluation set of `split` (see `plan_split`) with `policy`; the one evaluation path.
@@ -186,7 +194,9 @@ def evaluate_policy(env: EnvMaker, policy: Policy, *, policy_name: str, split: s
     Training (`Trainer.evaluate`) and `envgym eval` both call this, so one
     checkpoint gets one number either way. Task k is reset with seed
     `group_seed(seed, k)`; a token policy samples from torch's generator seeded
-    with `seed` (the caller's generator is left as it was). `shard=(i, n)` plays
+    with `seed` (the caller's generator is left as it was). Without `pool`, one
+    of `num_envs` slots (default `default_num_envs`) whose resets and steps time
+    out after `step_timeout` seconds is made and closed here. `shard=(i, n)` plays
     only the i-th of n contiguous blocks of the tasks (a data-parallel rank's
     share); `gather` then returns every shard's result in shard order (e.g. an
     all-gather across the ranks), and the row and result cover the whole set.
@@ -200,11 +210,15 @@ def evaluate_policy(env: EnvMaker, policy: Policy, *, policy_name: str, split: s
     if not 0 <= index < count:
         raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
     first, stop = tasks * index // count, tasks * (index + 1) // count
-    with _seeded_torch(seed):
-        result = collect_groups(env, policy, n_groups=stop - first, group_size=per_task, split=split, seed=seed,
-                                sampling=sampling, context=context, window=window, max_turns=max_turns, pool=pool,
-                                backend=backend, num_envs=num_envs, retries=retries, tasks=list(range(first, stop)),
-                                on_episode=on_episode, first_group=first)
+    with contextlib.ExitStack() as stack:
+        if pool is None:
+            pool = stack.enter_context(EnvPool(env, num_envs or default_num_envs(backend, (stop - first) * per_task),
+                                               backend=backend, step_timeout=step_timeout))
+        with _seeded_torch(seed):
+            result = collect_groups(env, policy, n_groups=stop - first, group_size=per_task, split=split, seed=seed,
+                                    sampling=sampling, context=context, window=window, max_turns=max_turns,
+                                    pool=pool, retries=retries, tasks=list(range(first, stop)), on_episode=on_episode,
+                                    first_group=first)
     if gather is None:
         return summarize(env.env_id, policy_name, result, tasks=stop - first, samples=per_task), result
     result = RolloutResult.merge(gather(result))
@@ -240,7 +254,9 @@ def evaluate(
     max_turns: int | None = None,
     backend: Backend = "sync",
     num_envs: int | None = None,
+    step_timeout: float = 60.0,
     retries: int = 2,
+    request_timeout: float | None = None,
     progress: bool = False,
 ) -> EvalReport:
     """Evaluate each policy on each env with `evaluate_policy`; one row per pair.
@@ -248,11 +264,19 @@ def evaluate(
     Every env is made by `EnvMaker(env_id, env_kwargs, extract_action,
     show_admissible)`. Policies are spec strings (see
     `envgym.policies.POLICY_SPECS`, loaded once) or policy objects. Token
-    policies sample with `sampling` (default: temperature 1, 64 new tokens).
+    policies sample with `sampling` (default: temperature 1, 64 new tokens);
+    `request_timeout` bounds each HTTP request of `openai:` policies. Numbers
+    are checked against ARGUMENT_RANGES, env ids and knobs and policy paths are
+    checked, before any model loads.
     """
     env_ids = [env_ids] if isinstance(env_ids, str) else list(env_ids)
     policies = [policy] if isinstance(policy, str) or not isinstance(policy, Sequence) else list(policy)
-    plan_split(1, episodes, samples, greedy=True)  # bad counts fail before anything loads
+    arguments = {"episodes": episodes, "samples": samples, "window": window, "max_turns": max_turns,
+                 "num_envs": num_envs, "retries": retries, "step_timeout": step_timeout,
+                 "request_timeout": request_timeout}
+    for key, value in arguments.items():
+        if value is not None:
+            ARGUMENT_RANGES[key].check(key, value)
     import envgym
 
     makers = []
@@ -261,25 +285,66 @@ def evaluate(
         maker = EnvMaker(env_id, dict(env_kwargs or {}), extract_action, show_admissible)
         maker().close()
         makers.append(maker)
+    for spec in policies:
+        if isinstance(spec, str):
+            check_policy_spec(spec)
     named = [(p, p) if isinstance(p, str) else (type(p).__name__, p) for p in policies]
     rows = []
     with _progress_bar(progress) as bar:
         for name, spec in named:
-            loaded = (spec if not isinstance(spec, str) else  # an endpoint samples with the same settings
-                      load_policy(spec, **({"sampling": sampling} if spec.startswith("openai:") and sampling else {})))
+            loaded = spec if not isinstance(spec, str) else load_policy(spec, **_endpoint_options(
+                spec, sampling=sampling, timeout=request_timeout))
             for maker in makers:
                 task = bar.add_task(f"{maker.env_id} · {name}", total=None) if bar else None
                 row, _ = evaluate_policy(
                     maker, loaded, policy_name=name, split=split, episodes=episodes, samples=samples, seed=seed,
                     sampling=sampling, context=context, window=window, max_turns=max_turns, backend=backend,
-                    num_envs=num_envs, retries=retries,
+                    num_envs=num_envs, step_timeout=step_timeout, retries=retries,
                     on_episode=(lambda done, total, t=task: bar.update(t, completed=done, total=total)) if bar else None)
                 rows.append(row)
     settings = {"env_kwargs": dict(env_kwargs or {}), "extract_action": extract_action,
                 "show_admissible": show_admissible, "split": split, "episodes": episodes, "samples": samples,
-                "seed": seed, "context": context, "window": window, "max_turns": max_turns, "retries": retries,
-                "sampling": asdict(sampling or SamplingParams()), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                "seed": seed, "context": context, "window": window, "max_turns": max_turns, "backend": backend,
+                "num_envs": num_envs, "step_timeout": step_timeout, "retries": retries,
+                "request_timeout": request_timeout, "sampling": asdict(sampling or SamplingParams()),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     return EvalReport(rows, settings)
+
+
+def check_policy_spec(spec: str) -> None:
+    """Fail with ValueError, before anything loads, if `spec` names a local checkpoint directory that is not there."""
+    kind, _, target = spec.partition(":")
+    if kind in ("hf", "vllm") and target and target != "default" and not os.path.isdir(target):
+        raise ValueError(f"policy {spec}: there is no directory {target!r}; expected a checkpoint written by "
+                         "save_pretrained" + (", or hf:default for the embedded SmolLM2" if kind == "hf" else ""))
+
+
+def _endpoint_options(spec: str, *, sampling: SamplingParams | None, timeout: float | None) -> dict[str, Any]:
+    """Constructor options of an `openai:` policy (an endpoint samples with the same settings); none for others."""
+    if not spec.startswith("openai:"):
+        return {}
+    return {**({"sampling": sampling} if sampling else {}), **({"timeout": timeout} if timeout else {})}
+
+
+def failure_summary(report: EvalReport, most_common: int = 3) -> list[str]:
+    """One line per row that dropped episodes (failed past their retries) or played none: counts and causes."""
+    lines = []
+    for row in report.rows:
+        if not row.dropped_episodes and row.episodes:
+            continue
+        planned = row.episodes + row.dropped_episodes
+        causes = Counter(_cause(failure["cause"]) for failure in row.failures).most_common(most_common)
+        lines.append(f"{row.env_id} · {row.policy}: {row.dropped_episodes} of {planned} episodes dropped after "
+                     f"failing past {report.settings.get('retries', '?')} retries (counted as losses); "
+                     f"{len(row.failures)} failed attempts, causes: "
+                     + ("; ".join(f"{n}x {cause}" for cause, n in causes) or "none recorded"))
+    return lines
+
+
+def _cause(cause: str, limit: int = 200) -> str:
+    """The first line of a failure's cause, shortened."""
+    cause = cause.strip().splitlines()[0] if cause.strip() else "(no cause given)"
+    return cause if len(cause) <= limit else cause[:limit] + "..."
 
 
 class _NoBar:

@@ -15,7 +15,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import inspect
 import re
+import typing
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +27,7 @@ from typing import Any
 import gymnasium
 
 from envgym.core import Env
+from envgym.option_types import coerce
 
 ENTRY_POINT_GROUP = "envgym.envs"
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+-v\d+$")
@@ -125,15 +128,47 @@ def make(id: str, *, wrap: bool = True, **kwargs: Any) -> gymnasium.Env:
     """Build env `id` with its registered kwargs overridden by `kwargs`.
 
     With `wrap=True` (the default) the env is wrapped in `TurnLimit(max_turns)`
-    when the spec sets one. Unknown kwargs fail with the constructor's TypeError.
+    when the spec sets one. An unknown kwarg fails with TypeError, a value of
+    the wrong type with ValueError, each naming the kwarg (see `_checked_kwargs`).
     """
     from envgym.wrappers import TurnLimit
 
     spec_ = spec(id)
-    env = spec_.load()(**{**spec_.kwargs, **kwargs})
+    factory = spec_.load()
+    env = factory(**_checked_kwargs(id, factory, {**spec_.kwargs, **kwargs}))
     if not isinstance(env, Env):
         raise TypeError(f"entry point of {id!r} returned {type(env).__name__}, which is not an envgym.Env")
     env.spec = dataclasses.replace(gymnasium.spec(id), kwargs={**spec_.kwargs, **kwargs})
     if wrap and spec_.max_turns is not None:
         env = TurnLimit(env, spec_.max_turns)
     return env
+
+
+def _checked_kwargs(id: str, factory: Callable[..., Env], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`kwargs` checked against the signature and annotations of `factory` before it runs.
+
+    A constructor handed `size="banana"` fails somewhere inside with an error
+    that names neither the kwarg nor the env; this names both. Annotations this
+    cannot read, and kwargs of a factory taking `**kwargs`, pass unchecked.
+    """
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin or C callable without a readable signature
+        return kwargs
+    try:
+        hints = typing.get_type_hints(factory.__init__ if isinstance(factory, type) else factory)
+    except Exception:  # noqa: BLE001 - unresolvable annotations only mean no type check
+        hints = {}
+    names = [n for n, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    checked = {}
+    for name, value in kwargs.items():
+        if name not in names and not open_ended:
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise TypeError(f"{id} takes no option {name!r}; {hint}its options: {', '.join(names) or 'none'}")
+        try:
+            checked[name] = value if name not in hints else coerce(name, value, hints[name], other=lambda k, v, t: v)
+        except ValueError as exc:
+            raise ValueError(f"{id}: {exc}") from None
+    return checked

@@ -42,7 +42,7 @@ def test_a_stale_batch_is_corrected_against_its_own_behaviour_logprobs(tmp_path)
 
 
 def test_max_staleness_must_be_zero_or_one(tmp_path):
-    with pytest.raises(ValueError, match="rollout.max_staleness must be 0"):
+    with pytest.raises(ValueError, match=r"rollout.max_staleness must be in \[0, 1\]"):
         micro(tmp_path, ["rollout.max_staleness=2"])
 
 

@@ -407,6 +407,22 @@ class DataParallel:
             torch.manual_seed(seed * 1_000_003 + self.rank)
 
 
+class NoRunDirectory:
+    """What ranks other than 0 hold of `out_dir`: nothing (`RunDirectory`'s interface; rank 0 claims it)."""
+
+    def __enter__(self) -> NoRunDirectory:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def release(self) -> None:
+        return None
+
+    def clear_run(self) -> None:
+        return None
+
+
 class NoRunLog:
     """What ranks other than 0 log: nothing (`RunLog`'s interface)."""
 

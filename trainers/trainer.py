@@ -40,8 +40,9 @@ from envgym.trainers import checkpoint as ckpt
 from envgym.trainers.advantages import compute_advantages
 from envgym.trainers.batch import RolloutBatch, TokenBatch
 from envgym.trainers.config import ConfigError, EnvOptions, ModelOptions, RolloutOptions, TrainConfig
-from envgym.trainers.distributed import DataParallel, NoRunLog
+from envgym.trainers.distributed import DataParallel, NoRunDirectory, NoRunLog
 from envgym.trainers.losses import kl_penalty, ppo_clip_loss, sampled_logprobs
+from envgym.trainers.run_dir import RunDirectory
 from envgym.trainers.run_log import RunLog
 from envgym.trainers.tiny_model import VOCABULARIES, tiny_policy_model
 from envgym.wrappers import EnvMaker
@@ -160,16 +161,33 @@ class Trainer:
     Everything that can be checked without training is checked in the
     constructor (env id, kwargs, token budget, checkpoint compatibility), so a
     bad config fails in seconds with a message saying what to change.
+
+    The trainer owns `out_dir` from construction until `fit` ends (or `close`):
+    see `RunDirectory`. A directory holding another run is refused unless
+    `resume` (continue it from its newest intact checkpoint) or `overwrite`
+    (delete it, once this run's set-up has succeeded).
     """
 
-    def __init__(self, config: TrainConfig, *, resume: bool = False):
+    def __init__(self, config: TrainConfig, *, resume: bool = False, overwrite: bool = False):
         self.config = config.validate()
         self.out_dir = Path(config.out_dir)
+        self.dp = DataParallel.from_environment(config)  # torchrun's ranks; a world of one without torchrun
+        # claimed first (by rank 0, for all ranks): a second run into out_dir is refused before any model loads
+        self.run_dir = (RunDirectory.claim(self.out_dir, resume=resume, overwrite=overwrite) if self.dp.is_main
+                        else NoRunDirectory())
+        try:
+            self._set_up(resume=resume, overwrite=overwrite)
+        except BaseException:
+            self.run_dir.release()
+            self.dp.close()
+            raise
+
+    def _set_up(self, *, resume: bool, overwrite: bool) -> None:
+        config = self.config
         if config.threads:
             torch.set_num_threads(config.threads)
         seed_everything(config.seed)
         check_env_options(config.env)
-        self.dp = DataParallel.from_environment(config)  # torchrun's ranks; a world of one without torchrun
         self.env_factory = env_maker(config.env)
         self.model, self.tokenizer = load_model(config.model, config.seed)
         self.train_module = self.dp.wrap(self.model)  # what the update trains (DDP / FSDP2 under torchrun)
@@ -185,6 +203,7 @@ class Trainer:
         self.reference = self._frozen_reference() if config.loss.kl_coef > 0 else None
         self.turn_reward = self._turn_reward_model()
         self.iteration = 0
+        self.run_id = ckpt.new_run_id()
         self.history: list[dict[str, Any]] = []
         self.pool = make_pool(config.rollout, self.env_factory,
                               max(config.rollout.n_groups * config.rollout.group_size // self.dp.world_size,
@@ -192,14 +211,24 @@ class Trainer:
         self.rollout_worker = None  # rollout.max_staleness 1: the process generating the next batch (first collect)
         if resume:
             self._resume()
+        elif overwrite:
+            self.run_dir.clear_run()
 
     def close(self) -> None:
-        """Stop the env workers and any rollout worker (idempotent). `fit` leaves them running, so `evaluate`
-        still works after it; the process group of a torchrun run ends here too."""
+        """Stop the env workers and any rollout worker, give up `out_dir` and leave the process group of a
+        torchrun run (idempotent). `fit` leaves the workers running, so `evaluate` still works after it, and gives
+        up `out_dir` when it ends."""
         if self.rollout_worker is not None:
             self.rollout_worker.close()
         self.pool.close()
+        self.run_dir.release()
         self.dp.close()
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     # -- setup ----------------------------------------------------------------------------------------
 
@@ -262,11 +291,12 @@ class Trainer:
         return None
 
     def _resume(self) -> None:
-        latest = ckpt.latest_checkpoint(self.out_dir)
+        latest = ckpt.checkpoint_to_resume(self.out_dir)
         if latest is None:
             log.warning("--resume: no checkpoint in %s; starting from iteration 0", self.out_dir)
             return
         ckpt.check_config_matches(latest, ckpt.config_dict(self.config))
+        self.run_id = ckpt.run_id_of(latest)
         state = ckpt.load_state(latest)
         self._load_weights(latest)
         self.dp.load_replica()
@@ -275,8 +305,8 @@ class Trainer:
         if self.turn_reward is not None and "turn_reward" in state:
             self.turn_reward.load_state_dict(state["turn_reward"])
         start = ckpt.checkpoints_dir(self.out_dir) / ckpt.RL_START
-        if self.reference is not None and (start / ckpt.STATE_FILE).exists():
-            self._load_weights(start, into=self.reference)  # the policy RL started from (after any warm start)
+        if self.reference is not None and start.exists():  # the policy RL started from (after any warm start)
+            self._load_weights(ckpt.verified(start), into=self.reference)
         self.iteration = state["iteration"]
         self.history = state["history"]
         ckpt.restore_rng_states(self.dp.rank_rng_state(state))
@@ -310,7 +340,8 @@ class Trainer:
         """
         cfg = self.config
         logger = RunLog if self.dp.is_main else NoRunLog  # rank 0 logs for all ranks
-        with logger(self.out_dir, start=self.iteration, total=cfg.iterations, history=self.history) as run_log:
+        with self.run_dir, logger(self.out_dir, start=self.iteration, total=cfg.iterations,
+                                  history=self.history) as run_log:
             if not self.history:
                 self.history.append({"iteration": 0, "phase": "init", **self.evaluate()})
                 run_log.log(self.history[-1], step=0, advance=False)
@@ -518,7 +549,8 @@ class Trainer:
             gather=self.dp.gather if self.dp.launched else None)  # each rank plays its share of the set
         if row.dropped_episodes:
             log.warning("held-out evaluation: %d of %d episodes failed past their retries and count as losses: %s",
-                        row.dropped_episodes, row.dropped_episodes + row.episodes, "; ".join(row.failures[:3]))
+                        row.dropped_episodes, row.dropped_episodes + row.episodes,
+                        "; ".join(f["cause"] for f in row.failures[:3]))
         return {"eval/success": row.success_rate, "eval/episodes": float(row.episodes),
                 "eval/dropped_episodes": float(row.dropped_episodes), "eval/return": row.mean_return,
                 "eval/turns": row.mean_turns, "eval/invalid_rate": row.invalid_action_rate}
@@ -533,7 +565,7 @@ class Trainer:
         if self.dp.is_main:
             path = ckpt.save_checkpoint(self.out_dir, self.iteration, model=self.model, tokenizer=self.tokenizer,
                                         config=ckpt.config_dict(self.config), state=state,
-                                        keep=self.config.checkpoint.keep)
+                                        keep=self.config.checkpoint.keep, run_id=self.run_id)
         self.dp.barrier()
         return path
 
