@@ -91,16 +91,14 @@ def _move_away_from_the_reference(trainer) -> None:
 def _record_gradients(trainer) -> dict:
     """The gradient of each optimizer step, whole (gathered from FSDP2 shards), filled in as the trainer steps."""
     recorded = {}
-    step = trainer.optimizer.step
 
-    def recording_step(*args, **kwargs):
+    def record(optimizer, args, kwargs):
         for name, p in trainer.train_module.named_parameters():
             if p.grad is not None:
                 grad = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
                 recorded[name.removeprefix("module.")] = grad.detach().clone()
-        return step(*args, **kwargs)
 
-    trainer.optimizer.step = recording_step
+    trainer.optimizer.register_step_pre_hook(record)
     return recorded
 
 

@@ -166,7 +166,7 @@ class DataParallel:
     # -- the model --------------------------------------------------------------------------------
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The module the update trains: `SampledLogprobs(model)`, under DDP or FSDP2 when N > 1.
+        """The module the update trains: `SampledLogprobs(model)`, under DDP or FSDP2 when torchrun started us.
 
         Under DDP it shares `model`'s parameters (rank 0's are broadcast); under
         FSDP2 it is a sharded copy and `model` becomes the full replica. The
@@ -206,17 +206,14 @@ class DataParallel:
         """Make the trained module (every rank's) hold rank 0's replica weights: after a resume or warm start."""
         if not self.launched:
             return
-        if self.strategy == "ddp":
-            with torch.no_grad():
-                for tensor in self._replica.state_dict().values():
-                    dist.broadcast(tensor, src=0)
-            return
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        with torch.no_grad():
+            for tensor in self._replica.state_dict().values():  # DDP trains these very tensors
+                dist.broadcast(tensor, src=0)
+        if self.strategy == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        for tensor in self._replica.state_dict().values():
-            dist.broadcast(tensor, src=0)
-        set_model_state_dict(self._trained, {f"model.{k}": v for k, v in self._replica.state_dict().items()},
-                             options=StateDictOptions(full_state_dict=True))
+            set_model_state_dict(self._trained, {f"model.{k}": v for k, v in self._replica.state_dict().items()},
+                                 options=StateDictOptions(full_state_dict=True))
 
     def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """The optimizer's full state (FSDP2: gathered onto rank 0; other ranks get {}). Every rank calls it."""
@@ -250,7 +247,7 @@ class DataParallel:
                                  options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
     def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
-        """Clip the trained module's gradients to `max_norm` in total; returns the norm before clipping (a plain tensor)."""
+        """Clip the trained module's gradients to a total norm of `max_norm`; returns the norm before (plain)."""
         norm = torch.nn.utils.clip_grad_norm_(self._trained.parameters(), max_norm)
         return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a DTensor
 
@@ -276,7 +273,7 @@ class DataParallel:
         return range(n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size)
 
     def loss_normaliser(self, trained_tokens: int) -> float:
-        """What this rank divides its summed token loss by: the union's trained tokens / N (see the module docstring)."""
+        """What this rank divides its summed token loss by: the union's trained tokens / N (see the module doc)."""
         if not self.launched:
             return trained_tokens
         return self.sum([trained_tokens])[0] / self.world_size
@@ -375,7 +372,8 @@ class DataParallel:
             dist.barrier()
 
     def _device(self) -> torch.device:
-        return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else \
+            torch.device("cpu")
 
     # -- randomness and checkpoints ------------------------------------------------------------------
 
