@@ -149,3 +149,14 @@ def test_a_ray_address_that_does_not_answer_fails_before_training(tmp_path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "ray.address: Ray address '127.0.0.1:1'" in proc.stdout and "does not answer" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_a_checkpoint_of_fsdp_ranks_is_resumed_by_fsdp_ranks_only():
+    from envgym.trainers.checkpoint import CheckpointMismatch
+    from envgym.trainers.distributed import DataParallel
+
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
+    with pytest.raises(CheckpointMismatch, match="written by a 'fsdp' run and this run is 'none'.*strategy: fsdp"):
+        DataParallel().load_optimizer_state(optimizer, {"optimizer": {}, "data_parallel": {"strategy": "fsdp"}})
+    DataParallel().load_optimizer_state(optimizer, {"optimizer": optimizer.state_dict(),
+                                                    "data_parallel": {"strategy": "ddp"}})
