@@ -1,4 +1,4 @@
-"""The `envgym` command: list, info, check, play, and (where installed) eval, train, sft.
+"""The `envgym` command: list, info, check, play, eval, view, diagnose, and (where installed) train, sft.
 
 Exit codes: 0 success, 1 a check or run failed (or a file, disk or network error
 stopped it), 2 bad usage (unknown id, bad option or config value), 130 interrupted.
@@ -90,6 +90,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         style = "green" if report.ok else "red"
         console.print(f"[{style}]{report.render()}[/{style}]", highlight=False)
         failed += not report.ok
+        if args.diagnose:  # warnings only: a finding does not fail the check
+            from envgym.diagnose import diagnose
+
+            diagnosis = diagnose(env_id, env_kwargs=parse_kwargs(args.kwargs), groups=args.groups,
+                                 group_size=args.group_size, probe_tasks=args.probe_tasks, max_turns=args.max_turns)
+            console.print(diagnosis.render(), style="yellow" if diagnosis.warnings else None, highlight=False,
+                          markup=False)
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -134,7 +141,7 @@ EVAL_FROM_CONFIG = {"split": ("eval", "split"), "episodes": ("eval", "episodes")
 #: Their values when neither the command line nor a config gives one.
 EVAL_DEFAULTS = {"split": "test", "episodes": 16, "temperature": 1.0, "max_turns": None, "context": "full",
                  "window": 4, "max_new_tokens": 64, "extract_action": "none", "show_admissible": False,
-                 "backend": "sync", "num_envs": 0, "retries": 2, "step_timeout": 60.0}
+                 "backend": "auto", "num_envs": 0, "retries": 2, "step_timeout": 60.0}
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -169,7 +176,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                       context=settings["context"], window=settings["window"], max_turns=settings["max_turns"],
                       backend=settings["backend"], num_envs=settings["num_envs"] or None,
                       step_timeout=settings["step_timeout"], retries=settings["retries"],
-                      request_timeout=args.request_timeout, progress=True)
+                      request_timeout=args.request_timeout, engine_args=parse_kwargs(args.engine_arg), progress=True)
     print(report.to_markdown(), end="")  # plain print: a console would wrap the table's rows
     if out is not None:
         paths = report.save(out)
@@ -235,7 +242,8 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=None, help="default 1.0 (0: greedy)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=None, help="default 64")
-    p.add_argument("--backend", default=None, choices=["sync", "process", "ray"], help="EnvPool backend (default sync)")
+    p.add_argument("--backend", default=None, choices=["auto", "sync", "process", "ray"],
+                   help="EnvPool backend (default auto: worker processes for envs with slow steps)")
     p.add_argument("--num-envs", type=checked("num_envs", int), default=None, metavar="N",
                    help="EnvPool slots (default: one per episode with sync, else 4 worker processes per core)")
     p.add_argument("--step-timeout", type=checked("step_timeout", float), default=None, metavar="SECONDS",
@@ -244,8 +252,70 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
                    help="attempts after a failed episode before its group is dropped (default 2)")
     p.add_argument("--request-timeout", type=checked("request_timeout", float), default=None, metavar="SECONDS",
                    help="timeout of each HTTP request of openai: policies (default: the policy's, 60)")
+    p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting of the vllm: policies' engine, a keyword of vllm.LLM, e.g. max_model_len=2048 "
+                        "(repeatable; CPU defaults: see README)")
     p.add_argument("--out", default=None, metavar="DIR", help="write report.json, report.md and report.png here")
     p.set_defaults(func=cmd_eval)
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    """`envgym view`: write the page; with --open, open it in a browser where one exists."""
+    import time
+
+    from envgym.viewer import write_view
+
+    started = time.perf_counter()
+    target = write_view(args.path, args.out)
+    print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - started:.1f} s)")
+    if args.open:
+        import webbrowser
+
+        try:
+            opened = webbrowser.get().open(target.resolve().as_uri())
+        except webbrowser.Error:
+            opened = False
+        if not opened:
+            print(f"no browser found here; open {target.resolve().as_uri()} on a machine with one")
+    return EXIT_OK
+
+
+def add_view_parser(sub: argparse._SubParsersAction) -> None:
+    from envgym.viewer import PAGE_FILE
+
+    text = "write one self-contained HTML page showing a training run or an evaluation report"
+    p = sub.add_parser("view", help=text, description=text + " (no server, no network; it opens from disk)")
+    p.add_argument("path", metavar="PATH", help="a training run's out_dir or the --out directory of `envgym eval`")
+    p.add_argument("--out", default=None, metavar="FILE", help=f"where to write the page (default PATH/{PAGE_FILE})")
+    p.add_argument("--open", action="store_true", help="open the page in a browser where one exists")
+    p.set_defaults(func=cmd_view)
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    """`envgym diagnose`: print the report; exit 0 (findings are warnings, not failures)."""
+    from envgym.diagnose import diagnose
+
+    print(diagnose(args.id, env_kwargs=parse_kwargs(args.kwargs), groups=args.groups, group_size=args.group_size,
+                   probe_tasks=args.probe_tasks, seed=args.seed, max_turns=args.max_turns).render())
+    return EXIT_OK
+
+
+def _add_diagnose_options(p: argparse.ArgumentParser) -> None:
+    """The options `envgym diagnose` and `envgym check --diagnose` share."""
+    p.add_argument("--groups", type=int, default=8, help="groups per scripted policy (default 8)")
+    p.add_argument("--group-size", type=int, default=8, help="episodes per group, G (default 8)")
+    p.add_argument("--probe-tasks", type=int, default=3, help="train tasks the probes play (default 3)")
+    p.add_argument("--max-turns", type=int, default=None, help="cap on turns per episode (default: the env's)")
+
+
+def add_diagnose_parser(sub: argparse._SubParsersAction) -> None:
+    text = "play scripted policies on an env: anchor hit rate, reward range, turns to win, reward-hacking probes"
+    p = sub.add_parser("diagnose", help=text, description=text)
+    p.add_argument("id", help="env id, e.g. games/Maze-v0")
+    p.add_argument("kwargs", nargs="*", metavar="KEY=VALUE", help="constructor overrides, e.g. size=7")
+    p.add_argument("--seed", type=int, default=0)
+    _add_diagnose_options(p)
+    p.set_defaults(func=cmd_diagnose)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="*", metavar="ID", help="env ids to check")
     p.add_argument("--all", action="store_true", help="check every registered env")
     p.add_argument("--kwargs", nargs="*", default=[], metavar="KEY=VALUE", help="constructor overrides")
+    p.add_argument("--diagnose", action="store_true",
+                   help="also run `envgym diagnose` (anchor hit rate, reward range, reward-hacking probes)")
+    _add_diagnose_options(p)
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("play", help="play an env in the terminal")
@@ -277,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_play)
 
     add_eval_parser(sub)
+    add_view_parser(sub)
+    add_diagnose_parser(sub)
     for module_name in SUBCOMMAND_MODULES:
         if importlib.util.find_spec(module_name) is not None:
             importlib.import_module(module_name).register_cli(sub)

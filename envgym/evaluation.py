@@ -3,8 +3,8 @@
 Per env and policy it reports the success rate with a 95% Wilson interval,
 mean return, mean turns, pass@k (the unbiased estimator of Chen et al. 2021
 over the `samples` episodes played per task), the invalid-action rate and the
-tokens generated; `EvalReport.save(dir)` writes report.json, report.md and
-report.png.
+tokens generated; `EvalReport.save(dir)` writes report.json, report.md,
+report.png and every episode played (episodes/, for `envgym view`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -26,6 +27,7 @@ from envgym.option_types import Range
 from envgym.policies import Policy, SamplingParams, load_policy
 from envgym.pool import Backend, EnvPool, default_num_envs
 from envgym.rollout import RolloutResult, collect_groups
+from envgym.trajectory import save_groups
 from envgym.wrappers import EnvMaker
 
 #: The seed of every evaluation unless asked otherwise: training's held-out evaluation and `envgym eval` alike.
@@ -90,9 +92,12 @@ class EvalReport:
 
     rows: list[EvalRow]
     settings: dict[str, Any] = field(default_factory=dict)
+    rollouts: list[RolloutResult] = field(default_factory=list, repr=False)  # per row: its episodes and failures
 
-    def to_json(self) -> str:
-        return json.dumps({"settings": self.settings, "results": [asdict(r) for r in self.rows]}, indent=2)
+    def to_json(self, stored: Sequence[dict[str, Any]] = ()) -> str:
+        """The report as JSON; `stored` (one dict per row, from `save`) says where each row's episodes are."""
+        results = [asdict(r) | (stored[i] if i < len(stored) else {}) for i, r in enumerate(self.rows)]
+        return json.dumps({"settings": self.settings, "results": results}, indent=2)
 
     def to_markdown(self) -> str:
         ks = sorted({k for r in self.rows for k in r.pass_at_k})
@@ -137,12 +142,22 @@ class EvalReport:
         return path
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write report.json, report.md and report.png into `out_dir`; returns their paths."""
+        """Write report.json, report.md, report.png and episodes/ into `out_dir`; returns their paths.
+
+        Each row's episodes go to `episodes/NN_ENV_POLICY.jsonl` (`save_groups`); report.json names
+        that file (`episodes_file`).
+        """
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "report.json").write_text(self.to_json(), encoding="utf-8")
+        stored = []
+        for index, (row, rollout) in enumerate(zip(self.rows, self.rollouts)):
+            name = re.sub(r"[^A-Za-z0-9.-]+", "_", f"{row.env_id}_{row.policy}")[:80]
+            path = save_groups(out / "episodes" / f"{index:02d}_{name}.jsonl", rollout.groups)
+            stored.append({"episodes_file": path.relative_to(out).as_posix()})
+        (out / "report.json").write_text(self.to_json(stored), encoding="utf-8")
         (out / "report.md").write_text(self.to_markdown(), encoding="utf-8")
-        return {"json": out / "report.json", "markdown": out / "report.md", "chart": self.plot(out / "report.png")}
+        paths = {"json": out / "report.json", "markdown": out / "report.md", "chart": self.plot(out / "report.png")}
+        return paths | ({"episodes": out / "episodes"} if stored else {})
 
 
 def summarize(env_id: str, policy_name: str, result: RolloutResult, *, tasks: int, samples: int) -> EvalRow:
@@ -184,7 +199,7 @@ def plan_split(split_tasks: int, episodes: int, samples: int, greedy: bool) -> t
 def evaluate_policy(env: EnvMaker, policy: Policy, *, policy_name: str, split: str = "test", episodes: int = 16,
                     samples: int = 1, seed: int = EVAL_SEED, sampling: SamplingParams | None = None,
                     context: ContextMode = "full", window: int = 4, max_turns: int | None = None,
-                    pool: EnvPool | None = None, backend: Backend = "sync", num_envs: int | None = None,
+                    pool: EnvPool | None = None, backend: Backend = "auto", num_envs: int | None = None,
                     step_timeout: float = 60.0, retries: int = 2,
                     on_episode: Callable[[int, int], None] | None = None, shard: tuple[int, int] = (0, 1),
                     gather: Callable[[RolloutResult], Sequence[RolloutResult]] | None = None
@@ -212,7 +227,7 @@ def evaluate_policy(env: EnvMaker, policy: Policy, *, policy_name: str, split: s
     first, stop = tasks * index // count, tasks * (index + 1) // count
     with contextlib.ExitStack() as stack:
         if pool is None:
-            pool = stack.enter_context(EnvPool(env, num_envs or default_num_envs(backend, (stop - first) * per_task),
+            pool = stack.enter_context(EnvPool(env, num_envs or default_num_envs(backend, (stop - first) * per_task, env),
                                                backend=backend, step_timeout=step_timeout))
         with _seeded_torch(seed):
             result = collect_groups(env, policy, n_groups=stop - first, group_size=per_task, split=split, seed=seed,
@@ -252,11 +267,12 @@ def evaluate(
     context: ContextMode = "full",
     window: int = 4,
     max_turns: int | None = None,
-    backend: Backend = "sync",
+    backend: Backend = "auto",
     num_envs: int | None = None,
     step_timeout: float = 60.0,
     retries: int = 2,
     request_timeout: float | None = None,
+    engine_args: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> EvalReport:
     """Evaluate each policy on each env with `evaluate_policy`; one row per pair.
@@ -265,7 +281,9 @@ def evaluate(
     show_admissible)`. Policies are spec strings (see
     `envgym.policies.POLICY_SPECS`, loaded once) or policy objects. Token
     policies sample with `sampling` (default: temperature 1, 64 new tokens);
-    `request_timeout` bounds each HTTP request of `openai:` policies. Numbers
+    `request_timeout` bounds each HTTP request of `openai:` policies; `engine_args`
+    are settings of the engine of every `vllm:` policy (keyword arguments of
+    `vllm.LLM`, e.g. ``{"max_model_len": 2048}``). Numbers
     are checked against ARGUMENT_RANGES, env ids and knobs and policy paths are
     checked, before any model loads.
     """
@@ -288,27 +306,31 @@ def evaluate(
     for spec in policies:
         if isinstance(spec, str):
             check_policy_spec(spec)
+    if engine_args and not any(isinstance(p, str) and p.startswith("vllm:") for p in policies):
+        raise ValueError(f"engine settings {sorted(engine_args)} apply to vllm: policies only; "
+                         "name one with --policy vllm:DIR, or drop --engine-arg")
     named = [(p, p) if isinstance(p, str) else (type(p).__name__, p) for p in policies]
-    rows = []
+    rows, rollouts = [], []
     with _progress_bar(progress) as bar:
         for name, spec in named:
-            loaded = spec if not isinstance(spec, str) else load_policy(spec, **_endpoint_options(
-                spec, sampling=sampling, timeout=request_timeout))
+            loaded = spec if not isinstance(spec, str) else load_policy(spec, **_policy_options(
+                spec, sampling=sampling, timeout=request_timeout, engine_args=engine_args or {}))
             for maker in makers:
                 task = bar.add_task(f"{maker.env_id} · {name}", total=None) if bar else None
-                row, _ = evaluate_policy(
+                row, result = evaluate_policy(
                     maker, loaded, policy_name=name, split=split, episodes=episodes, samples=samples, seed=seed,
                     sampling=sampling, context=context, window=window, max_turns=max_turns, backend=backend,
                     num_envs=num_envs, step_timeout=step_timeout, retries=retries,
                     on_episode=(lambda done, total, t=task: bar.update(t, completed=done, total=total)) if bar else None)
                 rows.append(row)
+                rollouts.append(result)
     settings = {"env_kwargs": dict(env_kwargs or {}), "extract_action": extract_action,
                 "show_admissible": show_admissible, "split": split, "episodes": episodes, "samples": samples,
                 "seed": seed, "context": context, "window": window, "max_turns": max_turns, "backend": backend,
                 "num_envs": num_envs, "step_timeout": step_timeout, "retries": retries,
-                "request_timeout": request_timeout, "sampling": asdict(sampling or SamplingParams()),
+                "request_timeout": request_timeout, "engine_args": dict(engine_args or {}), "sampling": asdict(sampling or SamplingParams()),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    return EvalReport(rows, settings)
+    return EvalReport(rows, settings, rollouts)
 
 
 def check_policy_spec(spec: str) -> None:
@@ -319,11 +341,15 @@ def check_policy_spec(spec: str) -> None:
                          "save_pretrained" + (", or hf:default for the embedded SmolLM2" if kind == "hf" else ""))
 
 
-def _endpoint_options(spec: str, *, sampling: SamplingParams | None, timeout: float | None) -> dict[str, Any]:
-    """Constructor options of an `openai:` policy (an endpoint samples with the same settings); none for others."""
-    if not spec.startswith("openai:"):
-        return {}
-    return {**({"sampling": sampling} if sampling else {}), **({"timeout": timeout} if timeout else {})}
+def _policy_options(spec: str, *, sampling: SamplingParams | None, timeout: float | None,
+                    engine_args: Mapping[str, Any]) -> dict[str, Any]:
+    """What `load_policy` needs beyond the spec: an endpoint samples with the same settings and its request
+    timeout, an engine takes its own settings; other policies need nothing."""
+    if spec.startswith("openai:"):
+        return {**({"sampling": sampling} if sampling else {}), **({"timeout": timeout} if timeout else {})}
+    if spec.startswith("vllm:"):
+        return dict(engine_args)
+    return {}
 
 
 def failure_summary(report: EvalReport, most_common: int = 3) -> list[str]:

@@ -18,6 +18,11 @@ rebuilt (a fresh env; a fresh worker if the old one died or hung) on its next
   the Ray cluster (`ray_address`: "auto" or a head's "HOST:PORT"; default a
   local Ray started in this process); an env that starts a sandbox starts it
   on its actor's node. An actor lost with its node fails only its episode.
+- ``"auto"``: ``"process"`` for envs whose steps cost more than a pipe round
+  trip is worth (the spec declares `step_seconds` above
+  `PROCESS_STEP_SECONDS`: TextWorld, sandboxed tools) when there are two or
+  more slots and cores, else ``"sync"``. `backend` is then the choice and
+  `choice` says why. (A worker holds one env: 40-70 MB each here.)
 
 `episode_timeout` bounds the seconds from the end of `reset` to the end of
 an episode's last step in every backend (worker start-up does not count).
@@ -26,6 +31,8 @@ Close the pool (or use it as a context manager): every env is closed.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import multiprocessing
 import multiprocessing.connection
@@ -41,8 +48,15 @@ from typing import Any, Literal
 
 import gymnasium
 
-Backend = Literal["sync", "process", "ray"]
+Backend = Literal["sync", "process", "ray", "auto"]
 EnvFactory = Callable[[], gymnasium.Env]
+
+log = logging.getLogger(__name__)
+
+#: Steps slower than this go to worker processes under backend="auto". Measured here (benchmarks/rollout.py):
+#: the pipe round trip adds ~0.13 ms to a step (Maze: 0.12 ms in-process, 0.24 ms in workers), and steps of
+#: 1-3 ms run 2x faster in workers on 2 cores (TextWorld: 2.6 ms in-process, 1.3 ms in 4 workers).
+PROCESS_STEP_SECONDS = 5e-4
 
 
 @dataclass(frozen=True)
@@ -85,9 +99,17 @@ def _check_info(info: Any) -> str | None:
     return None
 
 
-def default_num_envs(backend: Backend, episodes: int) -> int:
+def default_num_envs(backend: Backend, episodes: int, env: str | EnvFactory | None = None) -> int:
     """Slots for `episodes` episodes: all at once in-process (cheap, and every episode joins each batched
-    policy call), at most 4 per CPU core in workers (a process each)."""
+    policy call), at most 4 per CPU core in workers (a process each). For "auto", in-process when `env`'s
+    spec declares steps cheaper than PROCESS_STEP_SECONDS or none (as `EnvPool` then decides)."""
+    if backend == "auto":
+        env_id = env if isinstance(env, str) else getattr(env, "env_id", None)
+        if isinstance(env_id, str):
+            import envgym
+
+            declared = envgym.spec(env_id).step_seconds
+            backend = "sync" if declared is None or declared <= PROCESS_STEP_SECONDS else "process"
     return max(1, episodes if backend == "sync" else min(episodes, 4 * (os.cpu_count() or 1)))
 
 
@@ -109,8 +131,7 @@ class EnvHost:
             try:
                 envgym.spec(self.spec.id)
             except KeyError:
-                envgym.register(self.spec.id, self.spec.entry_point, max_turns=self.spec.max_turns,
-                                kwargs=self.spec.kwargs, description=self.spec.description)
+                envgym.register(**{f.name: getattr(self.spec, f.name) for f in dataclasses.fields(self.spec)})
         if isinstance(self.make_env, str):
             self.env = envgym.make(self.make_env, **self.make_kwargs)
         else:
@@ -244,15 +265,15 @@ class EnvPool:
                  ray_address: str | None = None):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        if backend not in ("sync", "process", "ray"):
-            raise ValueError(f"backend must be 'sync', 'process' or 'ray', got {backend!r}")
+        if backend not in ("sync", "process", "ray", "auto"):
+            raise ValueError(f"backend must be 'sync', 'process', 'ray' or 'auto', got {backend!r}")
         if step_timeout <= 0 or (episode_timeout is not None and episode_timeout <= 0):
             raise ValueError("step_timeout and episode_timeout must be positive seconds")
         self.make_env, self.make_kwargs = make_env, dict(make_kwargs or {})
-        self.num_envs, self.backend = num_envs, backend
+        self.num_envs = num_envs
         self.step_timeout, self.episode_timeout = float(step_timeout), episode_timeout
         self.startup_timeout = float(startup_timeout)
-        if memory_limit_mb is not None and backend != "process":
+        if memory_limit_mb is not None and backend not in ("process", "auto"):
             raise ValueError(f"memory_limit_mb caps a worker process: it needs backend='process', not {backend!r}")
         self.memory_limit_mb = memory_limit_mb
         if ray_address is not None and backend != "ray":
@@ -264,6 +285,15 @@ class EnvPool:
             import envgym
 
             self._spec = envgym.spec(env_id)  # fails fast on an unknown id
+        probe = None
+        if backend == "auto" and memory_limit_mb is not None:
+            backend, self.choice = "process", "worker processes (a memory cap needs them)"
+        elif backend == "auto":
+            backend, self.choice, probe = self._choose_backend()
+            log.info("EnvPool of %d: %s", num_envs, self.choice)
+        else:
+            self.choice = f"{backend} (asked for)"
+        self.backend = backend
         self._episode_start = [0.0] * num_envs
         self._closed = False
         self.restarts = 0
@@ -282,6 +312,38 @@ class EnvPool:
             self._actors = [self._actor_class.remote(make_env, self.make_kwargs, self._spec) for _ in range(num_envs)]
         else:
             self._hosts = [EnvHost(make_env, self.make_kwargs, self._spec) for _ in range(num_envs)]
+            if probe is not None:
+                self._hosts[0] = probe
+
+    def _choose_backend(self) -> tuple[Backend, str, EnvHost | None]:
+        """For backend="auto": (backend, why, the env built to read a factory's spec, to reuse as slot 0).
+
+        A factory's env id is read from one env built here (`env.spec.id`, set by `envgym.make`).
+        """
+        import envgym
+
+        spec, probe = self._spec, None
+        if spec is None:
+            probe = EnvHost(self.make_env, self.make_kwargs)
+            try:
+                probe.build()
+                spec = envgym.spec(probe.env.spec.id)
+            except Exception:  # not an envgym env, or it fails to build: the first reset reports any failure
+                pass
+        declared = spec.step_seconds if spec is not None else None
+        name = spec.id if spec is not None else "this env"
+        threshold = f"worker processes pay for steps over {PROCESS_STEP_SECONDS * 1e3:g} ms"
+        if declared is None:
+            return "sync", f"in-process ({name} declares no step_seconds; {threshold})", probe
+        if declared <= PROCESS_STEP_SECONDS:
+            return "sync", f"in-process (steps of {name} take ~{declared * 1e3:g} ms; {threshold})", probe
+        if self.num_envs < 2 or (os.cpu_count() or 1) < 2:
+            return "sync", f"in-process ({self.num_envs} slot(s) on {os.cpu_count()} core(s) cannot step in " \
+                           "parallel)", probe
+        if probe is not None:
+            probe.close()
+        self._spec = spec  # workers register it before calling the factory, should it be registered only here
+        return "process", f"worker processes (steps of {name} take ~{declared * 1e3:g} ms)", None
 
     # -- public -------------------------------------------------------------------------------------
 

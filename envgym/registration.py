@@ -42,6 +42,7 @@ class EnvSpec:
     max_turns: int | None = None
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
+    step_seconds: float | None = None
 
     def load(self) -> Callable[..., Env]:
         """The class or factory behind `entry_point` (`"package.module:Name"` or a callable)."""
@@ -64,22 +65,28 @@ def register(
     max_turns: int | None = None,
     kwargs: Mapping[str, Any] | None = None,
     description: str = "",
+    step_seconds: float | None = None,
 ) -> EnvSpec:
     """Register an env under a versioned id such as ``"games/Maze-v0"``.
 
     `entry_point` is ``"package.module:ClassName"`` (imported only when the env
     is made) or a callable returning an `envgym.Env`. `max_turns` truncates
     episodes; `kwargs` are the constructor defaults that `make` may override.
-    Registering an id twice replaces the first with a warning.
+    `step_seconds` is the typical time of one `step` where it is slow enough to
+    matter (a sandboxed tool: ~0.1 s); `EnvPool(backend="auto")` steps such
+    envs in worker processes. Registering an id twice replaces the first with
+    a warning.
     """
     if not _ID_PATTERN.match(id):
         raise ValueError(f"env id {id!r} must look like 'namespace/Name-v0'")
     if max_turns is not None and max_turns < 1:
         raise ValueError(f"max_turns of {id!r} must be >= 1, got {max_turns}")
+    if step_seconds is not None and not step_seconds >= 0:
+        raise ValueError(f"step_seconds of {id!r} must be >= 0 seconds, got {step_seconds}")
     if id in _registry:
         warnings.warn(f"env id {id!r} was registered already; the new registration replaces it", stacklevel=2)
         gymnasium.registry.pop(id, None)
-    spec_ = EnvSpec(id, entry_point, max_turns, dict(kwargs or {}), description)
+    spec_ = EnvSpec(id, entry_point, max_turns, dict(kwargs or {}), description, step_seconds)
     _registry[id] = spec_
     gymnasium.register(
         id=id,

@@ -17,6 +17,7 @@ groups into its batch type, `envgym.trainers.batch.RolloutBatch`.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -30,6 +31,7 @@ class FinishReason(str, Enum):
     STOP = "stop"  # end-of-sequence token or a stop string
     LENGTH = "length"  # hit max_new_tokens: the action may be cut off
     EMPTY = "empty"  # stopped before writing any text
+    CONTEXT = "context"  # prompt and action filled the model's context window: the action may be cut off
 
 
 class EpisodeEnd(str, Enum):
@@ -38,6 +40,7 @@ class EpisodeEnd(str, Enum):
     TERMINATED = "terminated"  # the env reached a terminal state (won or lost)
     TRUNCATED = "truncated"  # the env cut the episode (its turn limit)
     MAX_TURNS = "max_turns"  # the rollout's own max_turns
+    CONTEXT = "context"  # the model's context window is full
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,9 @@ class Turn:
     otherwise) plus this step; `model_time` is this turn's share of the
     batched generation time. `annotations` holds values computed after the
     rollout and stored with the turn for inspection (a trainer writes
-    `advantage`, `intrinsic`, `anchor_size`, `new_logprobs`, `tokens`; an
-    evaluation writes what it measured); the rollout never reads them.
+    `advantage`, `intrinsic`, `anchor_size`, `new_logprobs`, `obs_tokens` and
+    `action_tokens`: see `envgym.trainers.episode_log`); the rollout never
+    reads them.
     """
 
     observation: str
@@ -129,6 +133,15 @@ class Group:
     task: int
     seed: int
     episodes: tuple[Episode, ...]
+
+    def anchor_sizes(self) -> list[list[int]]:
+        """Per episode, per turn: how many turns of this group act from the same `state_key` (itself included).
+
+        This is the size of the turn's GiGPO anchor bucket with exact keys (loops within an episode count);
+        1 means the state occurs nowhere else in the group, so GiGPO's step-level advantage is 0 there.
+        """
+        counts = Counter(t.state_key for e in self.episodes for t in e.turns)
+        return [[counts[t.state_key] for t in e.turns] for e in self.episodes]
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; `Group.from_dict` inverts it exactly."""

@@ -41,6 +41,13 @@ def test_turn_reward_estimators_need_their_model():
         config_from_dict({"algorithm": {"estimator": "igpo"}})
 
 
+def test_vllm_engine_settings_need_the_vllm_backend():
+    assert config_from_dict({"rollout": {"backend": "vllm", "vllm": {"max_model_len": 2048}}}).rollout.vllm == {
+        "max_model_len": 2048}
+    with pytest.raises(ConfigError, match="rollout.backend is 'hf'; set rollout.backend: vllm"):
+        config_from_dict({}, ["rollout.vllm={max_model_len: 2048}"])
+
+
 def test_malformed_override():
     with pytest.raises(ConfigError, match="section.key=value"):
         config_from_dict({}, ["optim.lr"])

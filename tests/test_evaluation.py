@@ -11,6 +11,7 @@ import pytest
 import envgym
 import envgym.evaluation
 from envgym.evaluation import evaluate, pass_at_k, wilson_interval
+from envgym.trajectory import load_groups
 
 
 def test_wilson_interval_known_values():
@@ -44,6 +45,10 @@ def test_evaluate_scripted_and_random_on_maze(tmp_path):
     assert [r["policy"] for r in saved["results"]] == ["scripted", "random"]
     assert "| games/Maze-v0 | scripted | 8 | 100.0%" in paths["markdown"].read_text()
     assert paths["chart"].read_bytes()[:4] == b"\x89PNG"
+    for row, result in zip(saved["results"], report.rollouts):  # every episode is stored, with the failures
+        groups = load_groups(tmp_path / row["episodes_file"])
+        assert groups == result.groups and row["failures"] == [] and row["episodes"] == 8
+        assert sum(len(g.episodes) for g in groups) == 8
 
 
 def test_eval_command(tmp_path, capsys):
@@ -53,7 +58,8 @@ def test_eval_command(tmp_path, capsys):
                  "--out", str(tmp_path)])
     assert code == 0
     assert "games/GuessNumber-v0 | scripted | 3 | 100.0%" in capsys.readouterr().out
-    assert {p.name for p in tmp_path.iterdir()} == {"report.json", "report.md", "report.png"}
+    assert {p.name for p in tmp_path.iterdir()} == {"report.json", "report.md", "report.png", "episodes"}
+    assert [p.name for p in (tmp_path / "episodes").iterdir()] == ["00_games_GuessNumber-v0_scripted.jsonl"]
 
 
 def test_eval_command_passes_env_knobs_and_rejects_unknown_ones(tmp_path, capsys):
@@ -70,6 +76,13 @@ def test_eval_command_passes_env_knobs_and_rejects_unknown_ones(tmp_path, capsys
     capsys.readouterr()
     assert main(["eval", "--env", "games/Maze-v0", "--env-kwarg", "colour=red", "--policy", "scripted"]) == 2
     assert "colour" in capsys.readouterr().out
+
+
+def test_engine_args_without_a_vllm_policy_are_refused(capsys):
+    from envgym.cli import main
+
+    assert main(["eval", "--env", "games/Maze-v0", "--policy", "random", "--engine-arg", "max_model_len=2048"]) == 2
+    assert "apply to vllm: policies only" in capsys.readouterr().out
 
 
 def test_eval_help_renders(capsys):

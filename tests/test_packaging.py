@@ -40,6 +40,8 @@ def test_wheel_installs_into_a_fresh_venv_with_its_data_files(tmp_path):
              "recipes = sorted(recipes_dir().glob('*.yaml'))\n"
              "assert len(recipes) >= 5, recipes\n"
              "for recipe in recipes: load_config(recipe)\n"
+             "from envgym.tools.docker_image import DOCKERFILE_DIR\n"
+             "assert (DOCKERFILE_DIR / 'Dockerfile').is_file(), DOCKERFILE_DIR\n"
              "print('ok', len(recipes))\n")
     ran = subprocess.run([python, "-c", check], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert ran.returncode == 0 and ran.stdout.startswith("ok"), ran.stdout + ran.stderr

@@ -79,6 +79,7 @@ def test_overwrite_deletes_only_what_a_run_writes(tmp_path):
     out = tmp_path / "run"
     (out / "checkpoints" / "iter_000003").mkdir(parents=True)
     (out / "tensorboard").mkdir()
+    (out / "episodes").mkdir()
     for name in ("metrics.jsonl", "learning_curve.png", "nan_batch_iter000002.pt"):
         (out / name).write_text("old")
     (out / "sft").mkdir()
@@ -86,7 +87,7 @@ def test_overwrite_deletes_only_what_a_run_writes(tmp_path):
     (out / "notes.txt").write_text("mine")
     with RunDirectory.claim(out, overwrite=True) as run:
         assert run.run_files() == ["checkpoints/", "metrics.jsonl", "tensorboard/", "learning_curve.png",
-                                   "nan_batch_iter000002.pt"]
+                                   "nan_batch_iter000002.pt", "episodes/"]
         run.clear_run()
         assert run.run_files() == []
     assert sorted(p.name for p in out.iterdir()) == [".envgym.lock", "notes.txt", "sft"]

@@ -2,11 +2,11 @@
 
 A run is described by a YAML file whose sections mirror the dataclasses below
 (`model`, `env`, `rollout`, `algorithm`, `loss`, `optim`, `turn_reward`,
-`sft`, `eval`, `checkpoint`, `distributed`, `ray`) plus a few top-level keys. `load_config(path,
-overrides)` reads it, applies `key.sub=value` overrides and validates: an
-unknown key, a value of the wrong type or a number outside the `Range` in its
-field's annotation fails before any work starts, naming the key, the value and
-what would be right. Checks that need two fields at once live in
+`sft`, `eval`, `checkpoint`, `log_episodes`, `distributed`, `ray`) plus a few
+top-level keys. `load_config(path, overrides)` reads it, applies `key.sub=value`
+overrides and validates: an unknown key, a value of the wrong type or a number
+outside the `Range` in its field's annotation fails before any work starts,
+naming the key, the value and what would be right. Checks that need two fields at once live in
 `TrainConfig.validate`.
 """
 
@@ -73,11 +73,20 @@ class EnvOptions:
 class RolloutOptions:
     """How episodes are collected each iteration (see `envgym.rollout.collect_groups`).
 
+    `backend: vllm` samples with a vLLM engine (`envgym.policies.vllm`) that is
+    sent the trained weights after each update; `vllm` holds its engine settings,
+    keywords of `vllm.LLM` (e.g. `max_model_len`, `kv_cache_memory_bytes`,
+    `enable_sleep_mode`), on top of the defaults (the model's dtype; on a CPU eager
+    mode and a 2 GiB KV cache).
+
     Envs are stepped through one `envgym.pool.EnvPool` that the run keeps for
     rollouts, the warm start and evaluation alike: `pool` is its backend ("sync":
     in this process; "process" or "ray": one worker per slot, so an env that hangs,
-    crashes or runs out of memory fails only its episode). `num_envs` slots (0: one
-    per episode of an iteration in-process, 4 per CPU core in workers); a step past
+    crashes or runs out of memory fails only its episode; "auto": workers for envs
+    whose registration declares slow steps, TextWorld and the sandboxed tool envs,
+    in-process for the rest, workers whenever `env_memory_mb` is set). `num_envs`
+    slots (0: one per episode of an iteration in-process, 4 per CPU core in
+    workers); a step past
     `step_timeout` seconds or an episode past `episode_timeout` (0: no limit) fails its
     episode, which is retried from the start up to `retries` times before its group is
     dropped; `env_memory_mb` caps each worker's address space (0: no cap).
@@ -91,7 +100,7 @@ class RolloutOptions:
     context: Literal["full", "window"] = "full"
     window: Annotated[int, Range(ge=0)] = 1
     backend: Literal["hf", "vllm"] = "hf"
-    pool: Literal["sync", "process", "ray"] = "sync"
+    pool: Literal["auto", "sync", "process", "ray"] = "auto"
     num_envs: Annotated[int, Range(ge=0)] = 0
     step_timeout: Annotated[float, Range(gt=0)] = 60.0
     episode_timeout: Annotated[float, Range(ge=0)] = 0.0
@@ -101,6 +110,7 @@ class RolloutOptions:
     # so each batch comes from the policy one update behind; 0: generation and update take turns
     max_staleness: Annotated[int, Range(ge=0, le=1, why="0: generate, then update; 1: generate during the "
                                                            "update")] = 0
+    vllm: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -226,6 +236,21 @@ class RayOptions:
 
 
 @dataclass
+class EpisodeLogOptions:
+    """A sample of the training episodes kept for `envgym view` (see `envgym.trainers.episode_log`).
+
+    On iteration 1, every `every`-th iteration and the last, the first `groups`
+    groups of the rollout are written to `OUT/episodes/iter_NNNNNN.{format}`
+    with per-turn advantages, anchor sizes, new logprobs and decoded tokens.
+    `every: 0` or `groups: 0` keeps none.
+    """
+
+    every: Annotated[int, Range(ge=0, why="0 keeps no episodes")] = 1
+    groups: Annotated[int, Range(ge=0, why="0 keeps no episodes")] = 2
+    format: Literal["jsonl", "parquet"] = "jsonl"
+
+
+@dataclass
 class TrainConfig:
     """One training run. Build it from YAML with `load_config`, or in Python directly."""
 
@@ -243,6 +268,7 @@ class TrainConfig:
     sft: SFTOptions = field(default_factory=SFTOptions)
     eval: EvalOptions = field(default_factory=EvalOptions)
     checkpoint: CheckpointOptions = field(default_factory=CheckpointOptions)
+    log_episodes: EpisodeLogOptions = field(default_factory=EpisodeLogOptions)
     distributed: DistributedOptions = field(default_factory=DistributedOptions)
     ray: RayOptions = field(default_factory=RayOptions)
 
@@ -262,6 +288,9 @@ class TrainConfig:
         if self.ray.address is not None and self.rollout.pool != "ray":
             raise ConfigError(f"ray.address is {self.ray.address!r}, but rollout.pool is {self.rollout.pool!r}; "
                               "set rollout.pool: ray to step the envs on that Ray cluster")
+        if self.rollout.vllm and self.rollout.backend != "vllm":
+            raise ConfigError(f"rollout.vllm sets engine settings {sorted(self.rollout.vllm)}, but rollout.backend is "
+                              f"{self.rollout.backend!r}; set rollout.backend: vllm, or drop rollout.vllm")
         if self.algorithm.estimator == "igpo" and self.turn_reward.kind != "info_gain":
             raise ConfigError("estimator 'igpo' needs turn_reward.kind: info_gain")
         if self.algorithm.estimator == "prime" and self.turn_reward.kind != "implicit_prm":

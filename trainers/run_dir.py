@@ -28,13 +28,14 @@ import filelock
 
 from envgym.trainers import checkpoint as ckpt
 from envgym.trainers.config import ConfigError
+from envgym.trainers.episode_log import EPISODES_DIR
 from envgym.trainers.run_log import CURVE_FILE, METRICS_FILE, TENSORBOARD_DIR
 
 LOCK_FILE = ".envgym.lock"
 HOLDER_FILE = ".envgym.lock.json"
 NAN_BATCH_PATTERN = "nan_batch_iter*.pt"
 #: What a training run writes into its out_dir (names and glob patterns), and so what --overwrite deletes.
-RUN_FILES = (ckpt.CHECKPOINTS_DIR, METRICS_FILE, TENSORBOARD_DIR, CURVE_FILE, NAN_BATCH_PATTERN)
+RUN_FILES = (ckpt.CHECKPOINTS_DIR, METRICS_FILE, TENSORBOARD_DIR, CURVE_FILE, NAN_BATCH_PATTERN, EPISODES_DIR)
 
 
 class OutDirInUse(OSError):

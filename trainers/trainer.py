@@ -11,7 +11,8 @@ One iteration:
 4. update the policy with PPO-clip on the sampled tokens, `epochs` passes of
    `minibatches` optimizer steps, each accumulated over micro-batches that fit
    `micro_batch_tokens`; optional KL to a frozen reference;
-5. log, evaluate on held-out tasks every `eval.every` iterations
+5. log, keep a sample of the episodes (`log_episodes`, for `envgym view`),
+   evaluate on held-out tasks every `eval.every` iterations
    (`envgym.evaluation.evaluate_policy`, the path `envgym eval` takes too),
    checkpoint every `checkpoint.every`.
 """
@@ -41,10 +42,12 @@ from envgym.trainers.advantages import compute_advantages
 from envgym.trainers.batch import RolloutBatch, TokenBatch
 from envgym.trainers.config import ConfigError, EnvOptions, ModelOptions, RolloutOptions, TrainConfig
 from envgym.trainers.distributed import DataParallel, NoRunDirectory, NoRunLog
+from envgym.trainers.episode_log import log_episode_sample
 from envgym.trainers.losses import kl_penalty, ppo_clip_loss, sampled_logprobs
 from envgym.trainers.run_dir import RunDirectory
 from envgym.trainers.run_log import RunLog
 from envgym.trainers.tiny_model import VOCABULARIES, tiny_policy_model
+from envgym.trainers.weights import merged_named_weights
 from envgym.wrappers import EnvMaker
 
 log = logging.getLogger(__name__)
@@ -79,9 +82,10 @@ def make_pool(options: RolloutOptions, maker: EnvMaker, episodes: int, ray_addre
     Raises ConfigError when `ray_address` names a Ray cluster that does not answer.
     """
     try:
-        return EnvPool(maker, options.num_envs or default_num_envs(options.pool, episodes), backend=options.pool,
-                       step_timeout=options.step_timeout, episode_timeout=options.episode_timeout or None,
-                       memory_limit_mb=options.env_memory_mb or None, ray_address=ray_address)
+        return EnvPool(maker, options.num_envs or default_num_envs(options.pool, episodes, maker),
+                       backend=options.pool, step_timeout=options.step_timeout,
+                       episode_timeout=options.episode_timeout or None, memory_limit_mb=options.env_memory_mb or None,
+                       ray_address=ray_address)
     except ConnectionError as exc:
         raise ConfigError(f"ray.address: {exc}") from None
 
@@ -259,16 +263,31 @@ class Trainer:
                               "(rows of later turns are longer with rollout.context: full)")
 
     def _rollout_policy(self) -> Any:
-        """HFPolicy over the live model, or a vLLM engine that is sent the new weights after each update."""
+        """HFPolicy over the live model, or a vLLM engine that is sent the new weights after each update.
+
+        The engine starts on the model's checkpoint directory, in the model's
+        dtype, with `rollout.vllm` on top (EngineStartError, before any
+        training, if it cannot start).
+        """
         cfg = self.config
         if cfg.rollout.backend == "hf":
             return HFPolicy(self.model, self.tokenizer)
-        if cfg.model.lora.r > 0 or not Path(cfg.model.init_from or cfg.model.name).is_dir():
-            raise ConfigError("rollout.backend: vllm needs full fine-tuning (model.lora.r: 0) of a model saved in a "
-                              "local directory (model.name or model.init_from)")
+        source = cfg.model.init_from or cfg.model.name
+        if source != "default" and not Path(source).is_dir():
+            raise ConfigError(f"rollout.backend: vllm starts its engine from a checkpoint directory, and the model "
+                              f"{source!r} has none; set model.name to 'default' or a save_pretrained directory")
         from envgym.policies.vllm import VLLMPolicy
 
-        return VLLMPolicy.from_pretrained(cfg.model.init_from or cfg.model.name, gpu_memory_utilization=0.35)
+        dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        return VLLMPolicy.from_pretrained(source, **{"dtype": dtype, "seed": cfg.seed, **cfg.rollout.vllm})
+
+    def _sync_rollout_weights(self) -> None:
+        """Tell the rollout policy the weights changed: the vLLM engine is sent them (LoRA merged in); an
+        HFPolicy samples from the model itself and only drops its episode KV caches, computed with the old ones."""
+        if self.config.rollout.backend == "vllm":
+            self.policy.load_weights(merged_named_weights(self.model))
+        else:
+            self.policy.weights_changed()
 
     def _frozen_reference(self) -> Any:
         """The KL reference: the LoRA base (adapters switched off at use) or a frozen copy of the initial model."""
@@ -301,6 +320,7 @@ class Trainer:
         self._load_weights(latest)
         self.dp.load_replica()
         self.dp.load_optimizer_state(self.optimizer, state)
+        self._sync_rollout_weights()  # the engine started on the initial weights
         self.scheduler.load_state_dict(state["scheduler"])
         if self.turn_reward is not None and "turn_reward" in state:
             self.turn_reward.load_state_dict(state["turn_reward"])
@@ -373,6 +393,7 @@ class Trainer:
         stats = supervised_steps(self.model, batch, steps=cfg.sft.steps, lr=cfg.sft.lr,
                                  batch_tokens=cfg.sft.batch_tokens, seed=cfg.seed)
         self.dp.load_replica()  # every rank ran the same warm start; all train on from rank 0's result
+        self._sync_rollout_weights()
         return stats
 
     def collect_options(self, iteration: int) -> dict[str, Any]:
@@ -432,13 +453,17 @@ class Trainer:
         advantages = union_advantages[mine]
 
         update_started = time.perf_counter()
-        update_metrics = self.update(batch, advantages)
         if cfg.rollout.backend == "vllm":
-            self.policy.load_weights(self.model.state_dict().items())
+            self.policy.sleep()  # frees the GPU for the update with rollout.vllm.enable_sleep_mode; else a no-op
+        update_metrics = self.update(batch, advantages)
+        self._sync_rollout_weights()
         update_time = time.perf_counter() - update_started
         staleness = self.iteration - rollout.metrics["policy_version"]
         rollout = self.dp.union_rollout(rollout)  # metrics over every rank's episodes
         num_tokens = self.dp.sum([batch.num_tokens])[0]
+        if self.dp.is_main:  # the episodes kept for `envgym view`: rank 0's groups lead the union
+            log_episode_sample(self.out_dir, cfg, self.iteration + 1, batch, advantages, rollout.failures, self.model,
+                               self.tokenizer, groups_collected=len(rollout.groups))
         return {**episode_metrics(rollout, "train"), **reward_metrics, **update_metrics,
                 "adv/mean": float(union_advantages.mean()), "adv/abs_max": float(union_advantages.abs().max()),
                 "adv/std": float(union_advantages.std()) if len(union_advantages) > 1 else 0.0,
@@ -456,6 +481,9 @@ class Trainer:
         self.train_module.train()
         totals = dict.fromkeys(("loss", "kl", "entropy", "clipped", "ratio", "log_ratio_sq", "tokens", "grad_norm",
                                 "steps", "lr"), 0.0)
+        # |trainer - rollout| logprob of the sampled tokens before the first step: 0 up to rounding when the
+        # rollout sampled from the trained weights (a vLLM engine that missed a weight sync shows here)
+        gap = {"max": 0.0, "sum": 0.0, "tokens": 0.0}
         generator = torch.Generator().manual_seed(cfg.seed * 7919 + self.iteration)
         for _ in range(cfg.optim.epochs):
             order = torch.randperm(batch.num_rows, generator=generator).tolist()
@@ -467,8 +495,12 @@ class Trainer:
                 for i, micro in enumerate(micros):
                     with self.dp.gradient_sync(i == len(micros) - 1):
                         stats = self._accumulate(micro, advantages, num_tokens)
-                    for key, value in stats.items():
-                        totals[key] += value
+                    if totals["steps"] == 0:  # the first minibatch, before any optimizer step
+                        gap["max"] = max(gap["max"], stats["logprob_gap_max"])
+                        gap["sum"] += stats["logprob_gap"]
+                        gap["tokens"] += stats["tokens"]
+                    for key in totals.keys() & stats.keys():
+                        totals[key] += stats[key]
                 grad_norm = self.dp.clip_grad_norm(cfg.optim.grad_clip)
                 if not torch.isfinite(grad_norm):
                     self._stop_on_nan(batch, advantages, f"gradient norm is {float(grad_norm)}")
@@ -481,11 +513,15 @@ class Trainer:
         summed = ("loss", "kl", "entropy", "clipped", "ratio", "log_ratio_sq", "tokens")  # over every rank's tokens
         totals |= dict(zip(summed, self.dp.sum([totals[key] for key in summed])))
         totals["loss"] /= self.dp.world_size  # each rank's loss was scaled by N (see DataParallel.loss_normaliser)
+        gap["sum"], gap["tokens"] = self.dp.sum([gap["sum"], gap["tokens"]])
+        gap["max"] = self.dp.max([gap["max"]])[0]
         tokens = max(totals["tokens"], 1.0)
         return {"loss/policy": totals["loss"] / totals["steps"], "loss/kl": totals["kl"] / tokens,
                 "loss/entropy": totals["entropy"] / tokens, "loss/clip_fraction": totals["clipped"] / tokens,
                 "loss/ratio": totals["ratio"] / tokens, "loss/approx_kl": 0.5 * totals["log_ratio_sq"] / tokens,
-                "loss/grad_norm": totals["grad_norm"] / totals["steps"], "optim/lr": totals["lr"]}
+                "loss/grad_norm": totals["grad_norm"] / totals["steps"], "optim/lr": totals["lr"],
+                "rollout/logprob_diff_max": gap["max"],
+                "rollout/logprob_diff_mean": gap["sum"] / max(gap["tokens"], 1.0)}
 
     def _accumulate(self, micro: TokenBatch, advantages: torch.Tensor, num_tokens: int) -> dict[str, float]:
         """Forward and backward one micro-batch; the loss is scaled so micro-batches sum to the minibatch mean."""
@@ -509,9 +545,11 @@ class Trainer:
         if not torch.isfinite(loss):
             self._stop_on_nan(micro, advantages, f"loss is {float(loss.detach())}")
         loss.backward()
+        gap = (logprobs.detach() - old).abs()
         return {"loss": float(loss.detach()), "kl": kl_sum, "entropy": float(entropy.detach().sum()),
                 "clipped": stats.clipped, "ratio": stats.ratio, "log_ratio_sq": stats.log_ratio_sq,
-                "tokens": float(len(logprobs))}
+                "tokens": float(len(logprobs)), "logprob_gap": float(gap.sum()),
+                "logprob_gap_max": float(gap.max()) if len(gap) else 0.0}
 
     def _reference_logprobs(self, micro: TokenBatch) -> torch.Tensor:
         with torch.no_grad():
