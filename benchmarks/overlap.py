@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -41,7 +42,7 @@ def measure(overrides: list[str], iterations: int, out_dir: str) -> dict[str, fl
     from envgym.trainers import Trainer, load_config
 
     config = load_config(RECIPE, [f"out_dir={out_dir}", f"iterations={iterations}", "sft.steps=0", *overrides])
-    trainer = Trainer(config)
+    trainer = Trainer(config, overwrite=True)  # each round reruns its mode in the same directory
     try:
         trainer.train_iteration()
         trainer.iteration += 1
@@ -75,7 +76,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for mode in MODES:
             proc = subprocess.run([sys.executable, __file__, "--mode", mode, "--iterations", str(args.iterations),
-                                   "--out-dir", f"{args.out_dir}/{mode.split(',')[0]}", *args.overrides],
+                                   "--out-dir", f"{args.out_dir}/{re.sub(r'[^a-z0-9]+', '-', mode)}", *args.overrides],
                                   capture_output=True, text=True, check=True)
             run = json.loads(proc.stdout.strip().splitlines()[-1])
             if mode not in results or run["seconds_per_iteration"] < results[mode]["seconds_per_iteration"]:

@@ -44,6 +44,12 @@ def two_node_cluster():
     ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}})
     try:
+        # the schedulers learn of the second node a little after it registers: until then SPREAD has one node
+        deadline = time.monotonic() + 60
+        while ray.available_resources().get("CPU", 0) < 2:
+            assert time.monotonic() < deadline, f"the second node did not join in 60 s: {ray.available_resources()}"
+            time.sleep(0.1)
+        time.sleep(1)  # the raylets' resource views follow the GCS's within the syncer's period (100 ms)
         yield cluster, worker
     finally:
         ray.shutdown()

@@ -14,9 +14,10 @@ On one machine the two processes share the cores: with `threads: 1`, rollout
 on one core and update on the other (see benchmarks/overlap.py).
 
 The seam for other engines: the worker builds its policy in `_build_policy`
-and hands it weights through `_load_weights`; a vLLM engine (which already
-takes new weights through `VLLMPolicy.load_weights`) runs behind the same
-`next` once its weight reload works in a second process.
+and hands it weights through `_load_weights`. The vLLM engine does not run
+here yet (`rollout.max_staleness: 1` needs `rollout.backend: hf`): it would
+take the merged weights through `VLLMPolicy.load_weights` behind the same
+`next`.
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ def _load_weights(policy: Any, weights: dict[str, torch.Tensor]) -> None:
     if missing:
         raise ValueError(f"the worker's model has no parameters {sorted(missing)[:3]}")
     policy.model.load_state_dict(weights, strict=False)
+    policy.weights_changed()  # episode KV caches hold the old weights' keys and values
 
 
 def _worker_main(conn: Any, config: TrainConfig, env_factory: Any, episodes: int, rank: int, local_rank: int) -> None:
