@@ -77,7 +77,9 @@ def main() -> None:
         for mode in MODES:
             proc = subprocess.run([sys.executable, __file__, "--mode", mode, "--iterations", str(args.iterations),
                                    "--out-dir", f"{args.out_dir}/{re.sub(r'[^a-z0-9]+', '-', mode)}", *args.overrides],
-                                  capture_output=True, text=True, check=True)
+                                  capture_output=True, text=True)
+            if proc.returncode:
+                sys.exit(f"overlap: mode {mode!r} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
             run = json.loads(proc.stdout.strip().splitlines()[-1])
             if mode not in results or run["seconds_per_iteration"] < results[mode]["seconds_per_iteration"]:
                 results[mode] = run
