@@ -41,6 +41,7 @@ def two_node_cluster():
     cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     worker = cluster.add_node(num_cpus=1)
     tests = str(Path(__file__).parent)
+    ray.shutdown()  # a local Ray that an earlier test's EnvPool started in this process (a no-op if none)
     ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}})
     try:
