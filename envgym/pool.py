@@ -570,7 +570,8 @@ def _import_ray(address: str | None = None):
         if address is not None:
             _check_ray_answers(address)
         # Actors import env classes the way this process does (a script's folder, a test folder).
-        ray.init(address=address, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False,
+        # "local", not None: None would join whatever cluster RAY_ADDRESS or /tmp/ray's address file names
+        ray.init(address=address or "local", include_dashboard=False, ignore_reinit_error=True, log_to_driver=False,
                  configure_logging=False,
                  runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}})
     return ray

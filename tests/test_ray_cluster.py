@@ -38,13 +38,13 @@ def locations(episode) -> list[tuple[str, str, str]]:
 
 @pytest.fixture
 def two_node_cluster():
-    cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    worker = cluster.add_node(num_cpus=1)
-    tests = str(Path(__file__).parent)
     ray.shutdown()  # a local Ray that an earlier test's EnvPool started in this process (a no-op if none)
-    ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}})
-    try:
+    cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    tests = str(Path(__file__).parent)
+    try:  # the cluster goes, and with it the address file it wrote in /tmp/ray, whatever fails below
+        worker = cluster.add_node(num_cpus=1)
+        ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}})
         # the schedulers learn of the second node a little after it registers: until then SPREAD has one node
         deadline = time.monotonic() + 60
         while ray.available_resources().get("CPU", 0) < 2:
