@@ -6,7 +6,7 @@ STAMP := $(VENV)/.envgym-setup
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.envgym-setup
 
-.PHONY: setup setup-vllm test test-vllm quickstart clean
+.PHONY: setup setup-vllm test test-vllm quickstart gpu-check clean
 
 setup: $(STAMP)
 
@@ -31,5 +31,9 @@ test-vllm: setup-vllm
 quickstart: setup
 	$(VENV)/bin/envgym train trainers/recipes/quickstart.yaml --overwrite
 
+# The GPU check (one table, about 5 minutes on one GPU, no download): see README "From a laptop to a cluster".
+gpu-check:
+	bash scripts/gpu_check.sh
+
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info runs reports
+	rm -rf $(VENV) $(VLLM_VENV) .venv-gpu-check build *.egg-info runs reports

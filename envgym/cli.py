@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -367,14 +368,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # under torchrun every rank prints its own errors: say which one
+    where = f" (rank {os.environ['RANK']})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
     try:
         return args.func(args)
     except (KeyError, ValueError, TypeError) as exc:
-        return _error(args.command, exc.args[0] if isinstance(exc, KeyError) and exc.args else exc, EXIT_USAGE)
+        return _error(args.command + where, exc.args[0] if isinstance(exc, KeyError) and exc.args else exc,
+                      EXIT_USAGE)
     except (FloatingPointError, RunFailed, OSError) as exc:  # a run stopped (a NaN, no groups left), disk, file, net
-        return _error(args.command, exc, EXIT_FAILED)
+        return _error(args.command + where, exc, EXIT_FAILED)
     except KeyboardInterrupt:
-        return _error(args.command, "interrupted", EXIT_INTERRUPTED)
+        return _error(args.command + where, "interrupted", EXIT_INTERRUPTED)
 
 
 def _error(command: str, message: object, code: int) -> int:

@@ -253,8 +253,10 @@ def evaluate_policy(env: EnvMaker, policy: Policy, *, policy_name: str, split: s
                     context: ContextMode = "full", window: int = 4, max_turns: int | None = None,
                     max_context_tokens: int | None = None, pool: EnvPool | None = None,
                     backend: Backend = "auto", num_envs: int | None = None, step_timeout: float = 60.0,
-                    retries: int = 2,
-                    on_episode: Callable[[int, int], None] | None = None) -> tuple[EvalRow, RolloutResult]:
+                    retries: int = 2, on_episode: Callable[[int, int], None] | None = None,
+                    shard: tuple[int, int] = (0, 1),
+                    gather: Callable[[RolloutResult], Sequence[RolloutResult]] | None = None
+                    ) -> tuple[EvalRow, RolloutResult]:
     """Play the fixed evaluation set of `split` (see `plan_split`) with `policy`; the one evaluation path.
 
     Training (`Trainer.evaluate`) and `envgym eval` both call this, so one
@@ -264,22 +266,35 @@ def evaluate_policy(env: EnvMaker, policy: Policy, *, policy_name: str, split: s
     of `num_envs` slots (default `default_num_envs`) whose resets and steps time
     out after `step_timeout` seconds is made and closed here. `max_context_tokens`
     bounds every prompt plus completion (see `envgym.rollout`: Context).
+    `shard=(i, n)` plays only the i-th of n contiguous blocks of the tasks (a
+    data-parallel rank's share); `gather` then returns every shard's result in
+    shard order (e.g. an all-gather across the ranks), and the row and result
+    cover the whole set. Without `gather` they cover the shard.
     """
     sampling = sampling or SamplingParams()
     with env() as probe:
         split_tasks = probe.unwrapped.num_tasks[split]
     tasks, per_task = plan_split(split_tasks, episodes, samples, sampling.temperature == 0)
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
+    first, stop = tasks * index // count, tasks * (index + 1) // count
     with contextlib.ExitStack() as stack:
         if pool is None:
-            pool = stack.enter_context(EnvPool(env, num_envs or default_num_envs(backend, tasks * per_task, env),
+            pool = stack.enter_context(EnvPool(env, num_envs or default_num_envs(backend, (stop - first) * per_task, env),
                                                backend=backend, step_timeout=step_timeout))
         with _seeded_torch(seed):
-            result = collect_groups(env, policy, n_groups=tasks, group_size=per_task, split=split, seed=seed,
+            result = collect_groups(env, policy, n_groups=stop - first, group_size=per_task, split=split, seed=seed,
                                     sampling=sampling, context=context, window=window, max_turns=max_turns,
-                                    pool=pool, retries=retries, tasks=list(range(tasks)),
-                                    max_context_tokens=max_context_tokens, on_episode=on_episode)
-    return summarize(env.env_id, policy_name, result, tasks=tasks, samples=per_task,
-                     context_budget=context_budget(policy, max_context_tokens)), result
+                                    pool=pool, retries=retries, tasks=list(range(first, stop)),
+                                    max_context_tokens=max_context_tokens, on_episode=on_episode,
+                                    first_group=first)
+    budget = context_budget(policy, max_context_tokens)
+    if gather is None:
+        return summarize(env.env_id, policy_name, result, tasks=stop - first, samples=per_task,
+                         context_budget=budget), result
+    result = RolloutResult.merge(gather(result))
+    return summarize(env.env_id, policy_name, result, tasks=tasks, samples=per_task, context_budget=budget), result
 
 
 @contextlib.contextmanager

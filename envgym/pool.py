@@ -14,7 +14,10 @@ rebuilt (a fresh env; a fresh worker if the old one died or hung) on its next
   run concurrently, a step past `step_timeout` kills and restarts its worker,
   and a crashed worker is restarted the same way.
 - ``"ray"``: one Ray actor per slot (optional extra `envgym[ray]`), with the
-  same timeout and restart behaviour.
+  same timeout and restart behaviour. The actors are spread over the nodes of
+  the Ray cluster (`ray_address`: "auto" or a head's "HOST:PORT"; default a
+  local Ray started in this process); an env that starts a sandbox starts it
+  on its actor's node. An actor lost with its node fails only its episode.
 - ``"auto"``: ``"process"`` for envs whose steps cost more than a pipe round
   trip is worth (the spec declares `step_seconds` above
   `PROCESS_STEP_SECONDS`: TextWorld, sandboxed tools) when there are two or
@@ -267,7 +270,8 @@ class EnvPool:
     def __init__(self, make_env: str | EnvFactory, num_envs: int, *, backend: Backend = "sync",
                  step_timeout: float = 60.0, episode_timeout: float | None = None,
                  make_kwargs: Mapping[str, Any] | None = None, start_method: str = "forkserver",
-                 startup_timeout: float = 120.0, memory_limit_mb: int | None = None):
+                 startup_timeout: float = 120.0, memory_limit_mb: int | None = None,
+                 ray_address: str | None = None):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if backend not in ("sync", "process", "ray", "auto"):
@@ -281,6 +285,8 @@ class EnvPool:
         if memory_limit_mb is not None and backend not in ("process", "auto"):
             raise ValueError(f"memory_limit_mb caps a worker process: it needs backend='process', not {backend!r}")
         self.memory_limit_mb = memory_limit_mb
+        if ray_address is not None and backend != "ray":
+            raise ValueError(f"ray_address names a Ray cluster for backend='ray', not {backend!r}")
         self._oom_kills_at_start = _oom_kills()
         self._spec = None
         env_id = make_env if isinstance(make_env, str) else getattr(make_env, "env_id", None)
@@ -308,10 +314,11 @@ class EnvPool:
             for slot in range(num_envs):
                 self._wait_until_ready(slot)
         elif backend == "ray":
-            self._ray = _import_ray()
-            self._actor_class = self._ray.remote(num_cpus=0)(EnvHost)
-            self._actors: list[Any] = [self._actor_class.remote(make_env, self.make_kwargs, self._spec)
-                                       for _ in range(num_envs)]
+            self._actors: list[Any] = []  # what `close` stops if connecting fails
+            self._ray = _import_ray(ray_address)
+            # SPREAD: envs take no CPU reservation, so the default policy would pack every actor onto this node
+            self._actor_class = self._ray.remote(num_cpus=0, scheduling_strategy="SPREAD")(EnvHost)
+            self._actors = [self._actor_class.remote(make_env, self.make_kwargs, self._spec) for _ in range(num_envs)]
         else:
             self._hosts = [EnvHost(make_env, self.make_kwargs, self._spec) for _ in range(num_envs)]
             if probe is not None:
@@ -567,13 +574,42 @@ class EnvPool:
         self.restarts += 1
 
 
-def _import_ray():
+def _import_ray(address: str | None = None):
+    """Ray, initialised: connected to the cluster at `address` ("auto", "HOST:PORT"), or a local one if None.
+
+    Raises ConnectionError, naming the address, when no cluster answers there
+    (`ray.init` itself would retry for minutes).
+    """
     try:
         import ray
     except ImportError as exc:
         raise ImportError("the 'ray' EnvPool backend needs Ray: pip install 'envgym[ray]'") from exc
     if not ray.is_initialized():
+        if address is not None:
+            _check_ray_answers(address)
         # Actors import env classes the way this process does (a script's folder, a test folder).
-        ray.init(include_dashboard=False, ignore_reinit_error=True, log_to_driver=False, configure_logging=False,
+        # "local", not None: None would join whatever cluster RAY_ADDRESS or /tmp/ray's address file names
+        ray.init(address=address or "local", include_dashboard=False, ignore_reinit_error=True, log_to_driver=False,
+                 configure_logging=False,
                  runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}})
     return ray
+
+
+def _check_ray_answers(address: str, timeout: float = 5.0) -> None:
+    """Raise ConnectionError unless a Ray head answers at `address` within `timeout` seconds."""
+    import socket
+
+    from ray._private.services import canonicalize_bootstrap_address
+
+    hint = "start one with `ray start --head` and pass its HOST:PORT (or 'auto' on a node of the cluster)"
+    try:
+        resolved = canonicalize_bootstrap_address(address)
+    except ConnectionError as exc:
+        raise ConnectionError(f"Ray address {address!r}: no running Ray cluster found ({exc}); {hint}") from None
+    if resolved is None:  # "local": Ray starts one here
+        return
+    host, _, port = resolved.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as exc:
+        raise ConnectionError(f"Ray address {address!r} ({resolved}) does not answer: {exc}; {hint}") from None

@@ -82,6 +82,19 @@ class RolloutResult:
     failures: list[EpisodeFailure] = field(default_factory=list)
     action_sources: dict[str, int] = field(default_factory=dict)  # TextReply.source -> actions, where given
 
+    @classmethod
+    def merge(cls, parts: Sequence[RolloutResult]) -> RolloutResult:
+        """One result of several collections (shards played by data-parallel ranks), in the order given.
+
+        Groups and failures are concatenated, metrics and action sources summed, except `wall_time`: the
+        longest part's.
+        """
+        metrics = {key: (max if key == "wall_time" else sum)(p.metrics.get(key, 0.0) for p in parts)
+                   for key in dict.fromkeys(k for p in parts for k in p.metrics)}
+        sources = {key: sum(p.action_sources.get(key, 0) for p in parts)
+                   for key in dict.fromkeys(k for p in parts for k in p.action_sources)}
+        return cls([g for p in parts for g in p.groups], metrics, [f for p in parts for f in p.failures], sources)
+
 
 @dataclass(frozen=True)
 class _Action:
@@ -142,9 +155,11 @@ class _Collector:
     def __init__(self, env_name: str, policy: Policy, pool: EnvPool, *, n_groups: int, group_size: int,
                  split: str, seed: int, sampling: SamplingParams, context: ContextMode, window: int,
                  observation_role: str, max_turns: int | None, retries: int, tasks: Sequence[int] | None,
-                 max_context_tokens: int | None, on_episode: Callable[[int, int], None] | None):
+                 max_context_tokens: int | None, on_episode: Callable[[int, int], None] | None,
+                 first_group: int = 0):
         self.env_name, self.policy, self.pool = env_name, policy, pool
         self.group_size, self.split, self.seed = group_size, split, seed
+        self.first_group = first_group
         self.sampling, self.context, self.window = sampling, context, window
         self.observation_role = observation_role
         self.max_turns, self.retries, self.tasks = max_turns, retries, tasks
@@ -168,6 +183,9 @@ class _Collector:
              "cached_prompt_tokens", "cache_misses", "turns", "env_time", "model_time"), 0.0)
         self.finished_episodes = 0
         self.total_episodes = n_groups * group_size
+
+    def _group_seed(self, g: int) -> int:
+        return group_seed(self.seed, self.first_group + g)
 
     def run(self) -> list[Group]:
         try:
@@ -193,7 +211,7 @@ class _Collector:
             if g not in self.dropped:
                 starting[self.free.pop()] = (g, m, attempt)
         options = {"split": self.split}
-        requests = {slot: (group_seed(self.seed, g), options if self.tasks is None else
+        requests = {slot: (self._group_seed(g), options if self.tasks is None else
                            {**options, "task": int(self.tasks[g])}) for slot, (g, m, a) in starting.items()}
         for slot, result in self.pool.reset(requests).items():
             g, m, attempt = starting[slot]
@@ -221,7 +239,7 @@ class _Collector:
             self._release([ep])
         self.free.append(slot)
         self.metrics["failed_attempts"] += 1
-        self.failures.append(EpisodeFailure(g, m, attempt, group_seed(self.seed, g), cause))
+        self.failures.append(EpisodeFailure(g, m, attempt, self._group_seed(g), cause))
         if g in self.dropped:
             return
         if retry and attempt < self.retries:
@@ -248,7 +266,7 @@ class _Collector:
         answer = final.info.get("answer")
         self.done[ep.group][ep.member] = Episode(
             env_id=self.env_name, split=self.split, task=self.tasks_seen.get(ep.group, -1),
-            seed=group_seed(self.seed, ep.group), turns=tuple(ep.turns), end=end, won=won,
+            seed=self._group_seed(ep.group), turns=tuple(ep.turns), end=end, won=won,
             row_starts=tuple(ep.row_starts), answer=ep.answer if answer is None else str(answer),
             final_observation=final.observation)
         self._report_progress(1)
@@ -456,6 +474,7 @@ def collect_groups(
     tasks: Sequence[int] | None = None,
     max_context_tokens: int | None = None,
     on_episode: Callable[[int, int], None] | None = None,
+    first_group: int = 0,
 ) -> RolloutResult:
     """Play `n_groups` groups of `group_size` episodes of `env` (an id or a factory) with `policy`.
 
@@ -470,10 +489,14 @@ def collect_groups(
     caps episodes (end `MAX_TURNS`) on top of the env's own limit;
     `max_context_tokens` caps prompt plus completion for every policy (see
     the module docstring: Context). `on_episode(finished, total)` is called as
-    episodes end.
+    episodes end. `first_group` makes this call one shard of a larger
+    collection: group g resets with seed `group_seed(seed, first_group + g)`, so
+    shards played by data-parallel ranks together reset exactly the groups one
+    call of all of them would.
     """
-    if n_groups < 0 or group_size < 1:
-        raise ValueError(f"need n_groups >= 0 and group_size >= 1, got {n_groups} and {group_size}")
+    if n_groups < 0 or group_size < 1 or first_group < 0:
+        raise ValueError(f"need n_groups >= 0, group_size >= 1 and first_group >= 0, got {n_groups}, {group_size} "
+                         f"and {first_group}")
     if retries < 0:
         raise ValueError(f"retries must be >= 0, got {retries}")
     if tasks is not None and len(tasks) != n_groups:
@@ -492,7 +515,8 @@ def collect_groups(
         collector = _Collector(env_name, policy, pool, n_groups=n_groups, group_size=group_size, split=split,
                                seed=seed, sampling=sampling or SamplingParams(), context=context, window=window,
                                observation_role=observation_role, max_turns=max_turns, retries=retries, tasks=tasks,
-                               max_context_tokens=max_context_tokens, on_episode=on_episode)
+                               max_context_tokens=max_context_tokens, on_episode=on_episode,
+                               first_group=first_group)
         groups = collector.run()
     finally:
         if own_pool:

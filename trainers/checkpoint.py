@@ -43,7 +43,8 @@ STAGING_PREFIX = ".tmp-"
 #: only grow (see `check_config_matches`).
 RESUMABLE_CHANGES = ("iterations", "out_dir", "threads", "eval.every", "checkpoint.every", "checkpoint.keep",
                      "rollout.pool", "rollout.num_envs", "rollout.step_timeout", "rollout.episode_timeout",
-                     "rollout.retries", "rollout.env_memory_mb", "log_episodes")
+                     "rollout.retries", "rollout.env_memory_mb", "log_episodes", "distributed.timeout_s",
+                     "ray.address")
 #: The checkpoint of iteration 0 (the policy RL starts from, after any warm start) is kept: it is the KL reference.
 RL_START = "iter_000000"
 

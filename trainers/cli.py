@@ -38,6 +38,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     with Trainer(config, resume=args.resume, overwrite=args.overwrite) as trainer:
         history = trainer.fit()
+    if not trainer.dp.is_main:  # under torchrun, rank 0 reports for all ranks
+        return 0
     console.print(f"held-out success ({config.eval.split} split): {_summary(history)}")
     console.print(f"metrics: {config.out_dir}/metrics.jsonl, curve: {config.out_dir}/learning_curve.png, "
                   f"TensorBoard: tensorboard --logdir {config.out_dir}/tensorboard")
@@ -57,8 +59,11 @@ def cmd_sft(args: argparse.Namespace) -> int:
         before = trainer.evaluate()
         stats = trainer.warm_start()
         after = trainer.evaluate()
-        trainer.model.save_pretrained(target)
-        trainer.tokenizer.save_pretrained(target)
+        if trainer.dp.is_main:  # under torchrun every rank ran the same warm start; rank 0 saves it
+            trainer.model.save_pretrained(target)
+            trainer.tokenizer.save_pretrained(target)
+    if not trainer.dp.is_main:
+        return 0
     console.print(f"SFT: {stats['sft/steps']:.0f} steps, final loss {stats['sft/loss']:.3f}; held-out success "
                   f"{before['eval/success']:.3f} -> {after['eval/success']:.3f}")
     console.print(f"saved to {target}; start RL from it with model.init_from={target}")

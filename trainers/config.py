@@ -2,11 +2,11 @@
 
 A run is described by a YAML file whose sections mirror the dataclasses below
 (`model`, `env`, `rollout`, `algorithm`, `loss`, `optim`, `turn_reward`,
-`sft`, `eval`, `checkpoint`, `log_episodes`) plus a few top-level keys. `load_config(path,
-overrides)` reads it, applies `key.sub=value` overrides and validates: an
-unknown key, a value of the wrong type or a number outside the `Range` in its
-field's annotation fails before any work starts, naming the key, the value and
-what would be right. Checks that need two fields at once live in
+`sft`, `eval`, `checkpoint`, `log_episodes`, `distributed`, `ray`) plus a few
+top-level keys. `load_config(path, overrides)` reads it, applies `key.sub=value`
+overrides and validates: an unknown key, a value of the wrong type or a number
+outside the `Range` in its field's annotation fails before any work starts,
+naming the key, the value and what would be right. Checks that need two fields at once live in
 `TrainConfig.validate`.
 """
 
@@ -106,6 +106,10 @@ class RolloutOptions:
     episode_timeout: Annotated[float, Range(ge=0)] = 0.0
     retries: Annotated[int, Range(ge=0)] = 2
     env_memory_mb: Annotated[int, Range(ge=0)] = 0
+    # 1: the next iteration's groups are generated (by a second process) while this iteration's update runs,
+    # so each batch comes from the policy one update behind; 0: generation and update take turns
+    max_staleness: Annotated[int, Range(ge=0, le=1, why="0: generate, then update; 1: generate during the "
+                                                           "update")] = 0
     vllm: dict[str, Any] = field(default_factory=dict)
 
 
@@ -206,6 +210,31 @@ class CheckpointOptions:
     keep: Annotated[int, Range(ge=1)] = 2
 
 
+# -- scale-out (envgym.trainers.distributed) ----------------------------------------------------------------
+
+@dataclass
+class DistributedOptions:
+    """Data-parallel training under torchrun (`torchrun --nproc_per_node N -m envgym train ...`).
+
+    `strategy`: "fsdp" shards parameters, gradients and optimizer state with FSDP2
+    (`torch.distributed.fsdp.fully_shard`), "ddp" replicates them
+    (`DistributedDataParallel`); "auto" is FSDP2 where this torch has it, else DDP.
+    A rank that waits in a collective longer than `timeout_s` seconds (a peer
+    died or hangs) stops with an error, and torchrun stops the others.
+    """
+
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    timeout_s: Annotated[float, Range(gt=0)] = 1800.0
+
+
+@dataclass
+class RayOptions:
+    """The Ray cluster of `rollout.pool: ray`: `address` None starts a local Ray in this process; "auto" joins
+    the cluster this machine belongs to (`ray start`), "HOST:PORT" the cluster of that head node."""
+
+    address: str | None = None
+
+
 @dataclass
 class EpisodeLogOptions:
     """A sample of the training episodes kept for `envgym view` (see `envgym.trainers.episode_log`).
@@ -240,6 +269,8 @@ class TrainConfig:
     eval: EvalOptions = field(default_factory=EvalOptions)
     checkpoint: CheckpointOptions = field(default_factory=CheckpointOptions)
     log_episodes: EpisodeLogOptions = field(default_factory=EpisodeLogOptions)
+    distributed: DistributedOptions = field(default_factory=DistributedOptions)
+    ray: RayOptions = field(default_factory=RayOptions)
 
     def validate(self) -> TrainConfig:
         """Range and cross-field checks that need no model or env; raises ConfigError saying what to change."""
@@ -251,6 +282,12 @@ class TrainConfig:
         if self.rollout.n_groups * self.rollout.group_size % self.optim.minibatches:
             raise ConfigError(f"optim.minibatches ({self.optim.minibatches}) must divide the episodes per iteration "
                               f"({self.rollout.n_groups * self.rollout.group_size})")
+        if self.rollout.max_staleness and self.rollout.backend != "hf":
+            raise ConfigError("rollout.max_staleness: 1 generates in a second process with the HF policy; "
+                              "set rollout.backend: hf (the vLLM engine does not overlap the update yet)")
+        if self.ray.address is not None and self.rollout.pool != "ray":
+            raise ConfigError(f"ray.address is {self.ray.address!r}, but rollout.pool is {self.rollout.pool!r}; "
+                              "set rollout.pool: ray to step the envs on that Ray cluster")
         if self.rollout.vllm and self.rollout.backend != "vllm":
             raise ConfigError(f"rollout.vllm sets engine settings {sorted(self.rollout.vllm)}, but rollout.backend is "
                               f"{self.rollout.backend!r}; set rollout.backend: vllm, or drop rollout.vllm")

@@ -66,12 +66,13 @@ def is_due(config: TrainConfig, iteration: int) -> bool:
 
 def log_episode_sample(out_dir: str | Path, config: TrainConfig, iteration: int, batch: RolloutBatch,
                        advantages: torch.Tensor, failures: Sequence[EpisodeFailure], model: Any,
-                       tokenizer: Any) -> Path | None:
+                       tokenizer: Any, groups_collected: int | None = None) -> Path | None:
     """Annotate and write the sample of `iteration` if it is due; call it after the update.
 
     `advantages` holds one value per turn of `batch.turns`; `batch.turns.intrinsic`, if set, the
-    turn-reward model's; `failures` are the rollout's; `model` is the updated policy. Returns the
-    written path, or None.
+    turn-reward model's; `failures` are the rollout's; `model` is the updated policy;
+    `groups_collected` the groups of the whole iteration (default `batch`'s: more under torchrun,
+    where `batch` is rank 0's share). Returns the written path, or None.
     """
     if not is_due(config, iteration):
         return None
@@ -82,7 +83,8 @@ def log_episode_sample(out_dir: str | Path, config: TrainConfig, iteration: int,
                       None if intrinsic is None else intrinsic[:num_turns].tolist(),
                       policy_logprobs(model, kept, config.optim.micro_batch_tokens), tokenizer)
     return write_sample(out_dir, iteration, groups, failures=[asdict(f) for f in failures],
-                        groups_collected=len(batch.groups), fmt=config.log_episodes.format)
+                        groups_collected=len(batch.groups) if groups_collected is None else groups_collected,
+                        fmt=config.log_episodes.format)
 
 
 def annotate(groups: Sequence[Group], advantages: Sequence[float], intrinsic: Sequence[float] | None,

@@ -41,6 +41,7 @@ from envgym.trainers import checkpoint as ckpt
 from envgym.trainers.advantages import compute_advantages
 from envgym.trainers.batch import RolloutBatch, TokenBatch
 from envgym.trainers.config import ConfigError, EnvOptions, ModelOptions, RolloutOptions, TrainConfig
+from envgym.trainers.distributed import DataParallel, NoRunDirectory, NoRunLog
 from envgym.trainers.episode_log import log_episode_sample
 from envgym.trainers.losses import kl_penalty, ppo_clip_loss, sampled_logprobs
 from envgym.trainers.run_dir import RunDirectory
@@ -75,11 +76,18 @@ def check_env_options(options: EnvOptions) -> None:
         raise ConfigError(f"env.kwargs {options.kwargs} are not accepted by {options.id!r}: {exc}") from None
 
 
-def make_pool(options: RolloutOptions, maker: EnvMaker, episodes: int) -> EnvPool:
-    """The run's EnvPool for up to `episodes` concurrent episodes (`options.num_envs` slots if set)."""
-    return EnvPool(maker, options.num_envs or default_num_envs(options.pool, episodes, maker), backend=options.pool,
-                   step_timeout=options.step_timeout, episode_timeout=options.episode_timeout or None,
-                   memory_limit_mb=options.env_memory_mb or None)
+def make_pool(options: RolloutOptions, maker: EnvMaker, episodes: int, ray_address: str | None = None) -> EnvPool:
+    """The run's EnvPool for up to `episodes` concurrent episodes (`options.num_envs` slots if set).
+
+    Raises ConfigError when `ray_address` names a Ray cluster that does not answer.
+    """
+    try:
+        return EnvPool(maker, options.num_envs or default_num_envs(options.pool, episodes, maker),
+                       backend=options.pool, step_timeout=options.step_timeout,
+                       episode_timeout=options.episode_timeout or None, memory_limit_mb=options.env_memory_mb or None,
+                       ray_address=ray_address)
+    except ConnectionError as exc:
+        raise ConfigError(f"ray.address: {exc}") from None
 
 
 def pick_dtype(name: str) -> torch.dtype:
@@ -167,12 +175,15 @@ class Trainer:
     def __init__(self, config: TrainConfig, *, resume: bool = False, overwrite: bool = False):
         self.config = config.validate()
         self.out_dir = Path(config.out_dir)
-        # claimed first: a second run into out_dir is refused before any model loads
-        self.run_dir = RunDirectory.claim(self.out_dir, resume=resume, overwrite=overwrite)
+        self.dp = DataParallel.from_environment(config)  # torchrun's ranks; a world of one without torchrun
+        # claimed first (by rank 0, for all ranks): a second run into out_dir is refused before any model loads
+        self.run_dir = (RunDirectory.claim(self.out_dir, resume=resume, overwrite=overwrite) if self.dp.is_main
+                        else NoRunDirectory())
         try:
             self._set_up(resume=resume, overwrite=overwrite)
         except BaseException:
             self.run_dir.release()
+            self.dp.close()
             raise
 
     def _set_up(self, *, resume: bool, overwrite: bool) -> None:
@@ -183,9 +194,11 @@ class Trainer:
         check_env_options(config.env)
         self.env_factory = env_maker(config.env)
         self.model, self.tokenizer = load_model(config.model, config.seed)
+        self.train_module = self.dp.wrap(self.model)  # what the update trains (DDP / FSDP2 under torchrun)
+        self.dp.seed_rank(config.seed)
         self._check_token_budget()
         self.policy = self._rollout_policy()
-        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad],
+        self.optimizer = torch.optim.AdamW([p for p in self.train_module.parameters() if p.requires_grad],
                                            lr=config.optim.lr, weight_decay=config.optim.weight_decay,
                                            betas=(config.optim.beta1, config.optim.beta2))
         total_steps = config.iterations * config.optim.epochs * config.optim.minibatches
@@ -196,18 +209,24 @@ class Trainer:
         self.iteration = 0
         self.run_id = ckpt.new_run_id()
         self.history: list[dict[str, Any]] = []
-        self.pool = make_pool(config.rollout, self.env_factory, max(config.rollout.n_groups * config.rollout.group_size,
-                                                                    self._eval_episodes()))
+        self.pool = make_pool(config.rollout, self.env_factory,
+                              max(config.rollout.n_groups * config.rollout.group_size // self.dp.world_size,
+                                  self._eval_episodes()), ray_address=config.ray.address)
+        self.rollout_worker = None  # rollout.max_staleness 1: the process generating the next batch (first collect)
         if resume:
             self._resume()
         elif overwrite:
             self.run_dir.clear_run()
 
     def close(self) -> None:
-        """Stop the env workers and give up `out_dir` (idempotent). `fit` leaves the workers running, so
-        `evaluate` still works after it, and gives up `out_dir` when it ends."""
+        """Stop the env workers and any rollout worker, give up `out_dir` and leave the process group of a
+        torchrun run (idempotent). `fit` leaves the workers running, so `evaluate` still works after it, and gives
+        up `out_dir` when it ends."""
+        if self.rollout_worker is not None:
+            self.rollout_worker.close()
         self.pool.close()
         self.run_dir.release()
+        self.dp.close()
 
     def __enter__(self) -> Trainer:
         return self
@@ -287,7 +306,7 @@ class Trainer:
         if kind == "implicit_prm":
             from envgym.trainers.rewards import ImplicitPRM
 
-            return ImplicitPRM(self.model, self.config.turn_reward)
+            return ImplicitPRM(self.model, self.config.turn_reward, data_parallel=self.dp)
         return None
 
     def _resume(self) -> None:
@@ -299,8 +318,9 @@ class Trainer:
         self.run_id = ckpt.run_id_of(latest)
         state = ckpt.load_state(latest)
         self._load_weights(latest)
+        self.dp.load_replica()
+        self.dp.load_optimizer_state(self.optimizer, state)
         self._sync_rollout_weights()  # the engine started on the initial weights
-        self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.turn_reward is not None and "turn_reward" in state:
             self.turn_reward.load_state_dict(state["turn_reward"])
@@ -309,7 +329,7 @@ class Trainer:
             self._load_weights(ckpt.verified(start), into=self.reference)
         self.iteration = state["iteration"]
         self.history = state["history"]
-        ckpt.restore_rng_states(state["rng"])
+        ckpt.restore_rng_states(self.dp.rank_rng_state(state))
         log.info("resumed from %s at iteration %d", latest, self.iteration)
 
     def _load_weights(self, directory: Path, into: Any = None) -> None:
@@ -339,7 +359,8 @@ class Trainer:
         again (phase "sft"); every RL iteration is phase "rl".
         """
         cfg = self.config
-        with self.run_dir, RunLog(self.out_dir, start=self.iteration, total=cfg.iterations,
+        logger = RunLog if self.dp.is_main else NoRunLog  # rank 0 logs for all ranks
+        with self.run_dir, logger(self.out_dir, start=self.iteration, total=cfg.iterations,
                                   history=self.history) as run_log:
             if not self.history:
                 self.history.append({"iteration": 0, "phase": "init", **self.evaluate()})
@@ -371,20 +392,42 @@ class Trainer:
         batch = demonstration_batch(cfg, self.env_factory, self.tokenizer, pool=self.pool)
         stats = supervised_steps(self.model, batch, steps=cfg.sft.steps, lr=cfg.sft.lr,
                                  batch_tokens=cfg.sft.batch_tokens, seed=cfg.seed)
+        self.dp.load_replica()  # every rank ran the same warm start; all train on from rank 0's result
         self._sync_rollout_weights()
         return stats
 
-    def collect(self) -> RolloutResult:
-        """This iteration's groups from the current policy; raises RolloutFailed when every group failed."""
+    def collect_options(self, iteration: int) -> dict[str, Any]:
+        """`collect_groups`' keyword arguments (but env, policy, pool) for iteration `iteration`: this rank's share
+        of the groups, with the seeds one process collecting all of them would use."""
         cfg = self.config
-        rollout = collect_groups(
-            self.env_factory, self.policy, n_groups=cfg.rollout.n_groups, group_size=cfg.rollout.group_size,
-            split="train", seed=cfg.seed * 1_000_003 + self.iteration,
-            sampling=SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                    max_new_tokens=cfg.rollout.max_new_tokens),
-            context=cfg.rollout.context, window=cfg.rollout.window, max_turns=cfg.env.max_turns, pool=self.pool,
-            retries=cfg.rollout.retries)
-        if not rollout.groups:
+        mine = self.dp.shard(cfg.rollout.n_groups)
+        return dict(n_groups=len(mine), first_group=mine.start, group_size=cfg.rollout.group_size, split="train",
+                    seed=cfg.seed * 1_000_003 + iteration,
+                    sampling=SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                                            max_new_tokens=cfg.rollout.max_new_tokens),
+                    context=cfg.rollout.context, window=cfg.rollout.window, max_turns=cfg.env.max_turns,
+                    retries=cfg.rollout.retries)
+
+    def collect(self) -> RolloutResult:
+        """This iteration's groups (this rank's share) from the current policy, or with `rollout.max_staleness: 1`
+        from the policy one update behind, generated during the last update. `metrics["policy_version"]` is the
+        number of updates the generating policy had seen. Raises RolloutFailed when every group of every rank
+        failed."""
+        cfg = self.config
+        if cfg.rollout.max_staleness:
+            if self.rollout_worker is None:
+                from envgym.trainers.rollout_worker import RolloutWorker
+
+                self.rollout_worker = RolloutWorker(
+                    cfg, self.env_factory, episodes=cfg.rollout.n_groups * cfg.rollout.group_size // self.dp.world_size,
+                    rank=self.dp.rank, local_rank=self.dp.local_rank)
+            rollout = self.rollout_worker.next(self.iteration, self.collect_options, self.model,
+                                               last_iteration=cfg.iterations - 1)
+        else:
+            rollout = collect_groups(self.env_factory, self.policy, pool=self.pool,
+                                     **self.collect_options(self.iteration))
+            rollout.metrics["policy_version"] = float(self.iteration)
+        if not self.dp.sum([len(rollout.groups)])[0]:
             causes = sorted({f.cause for f in rollout.failures})
             raise RolloutFailed(f"iteration {self.iteration}: every group of {cfg.env.id} failed past its "
                                 f"{cfg.rollout.retries} retries, so there is nothing to train on; causes: "
@@ -404,8 +447,10 @@ class Trainer:
         if self.turn_reward is not None:
             intrinsic, reward_metrics = self.turn_reward.turn_rewards(batch)
             batch = batch.with_intrinsic(intrinsic)
-        advantages = compute_advantages(batch.turns, cfg.algorithm.estimator, preset=cfg.algorithm.preset,
-                                        **cfg.algorithm.options)
+        union, mine = self.dp.union_turns(batch.turns)  # batch statistics of an estimator cover every rank's turns
+        union_advantages = compute_advantages(union, cfg.algorithm.estimator, preset=cfg.algorithm.preset,
+                                              **cfg.algorithm.options)
+        advantages = union_advantages[mine]
 
         update_started = time.perf_counter()
         if cfg.rollout.backend == "vllm":
@@ -413,24 +458,27 @@ class Trainer:
         update_metrics = self.update(batch, advantages)
         self._sync_rollout_weights()
         update_time = time.perf_counter() - update_started
-        # the episodes kept for `envgym view` (annotated with advantages and the updated policy's logprobs)
-        log_episode_sample(self.out_dir, cfg, self.iteration + 1, batch, advantages, rollout.failures, self.model,
-                           self.tokenizer)
+        staleness = self.iteration - rollout.metrics["policy_version"]
+        rollout = self.dp.union_rollout(rollout)  # metrics over every rank's episodes
+        num_tokens = self.dp.sum([batch.num_tokens])[0]
+        if self.dp.is_main:  # the episodes kept for `envgym view`: rank 0's groups lead the union
+            log_episode_sample(self.out_dir, cfg, self.iteration + 1, batch, advantages, rollout.failures, self.model,
+                               self.tokenizer, groups_collected=len(rollout.groups))
         return {**episode_metrics(rollout, "train"), **reward_metrics, **update_metrics,
-                "adv/mean": float(advantages.mean()), "adv/std": float(advantages.std()) if len(advantages) > 1 else 0.0,
-                "adv/abs_max": float(advantages.abs().max()),
+                "adv/mean": float(union_advantages.mean()), "adv/abs_max": float(union_advantages.abs().max()),
+                "adv/std": float(union_advantages.std()) if len(union_advantages) > 1 else 0.0,
                 "time/env": rollout.metrics["env_time"], "time/model": rollout.metrics["model_time"],
                 "time/rollout": rollout_time, "time/update": update_time,
                 "time/iteration": time.perf_counter() - started,
                 "perf/generated_tokens_per_s": rollout.metrics["generated_tokens"] / max(rollout_time, 1e-9),
-                "perf/update_tokens_per_s": batch.num_tokens * cfg.optim.epochs / max(update_time, 1e-9),
+                "perf/update_tokens_per_s": num_tokens * cfg.optim.epochs / max(update_time, 1e-9),
                 "rollout/dropped_groups": rollout.metrics["dropped_groups"],
-                "rollout/failed_attempts": rollout.metrics["failed_attempts"]}
+                "rollout/failed_attempts": rollout.metrics["failed_attempts"], "rollout/staleness": staleness}
 
     def update(self, batch: RolloutBatch, advantages: torch.Tensor) -> dict[str, float]:
         """PPO-clip on the sampled tokens of `batch`: `epochs` x `minibatches` optimizer steps."""
         cfg = self.config
-        self.model.train()
+        self.train_module.train()
         totals = dict.fromkeys(("loss", "kl", "entropy", "clipped", "ratio", "log_ratio_sq", "tokens", "grad_norm",
                                 "steps", "lr"), 0.0)
         # |trainer - rollout| logprob of the sampled tokens before the first step: 0 up to rounding when the
@@ -441,17 +489,19 @@ class Trainer:
             order = torch.randperm(batch.num_rows, generator=generator).tolist()
             for chunk in np.array_split(np.array(order), cfg.optim.minibatches):
                 rows = sorted(chunk.tolist(), key=lambda i: len(batch.input_ids[i]))  # less padding
-                num_tokens = batch.num_trained_tokens(rows)
+                num_tokens = self.dp.loss_normaliser(batch.num_trained_tokens(rows))
                 self.optimizer.zero_grad(set_to_none=True)
-                for micro in batch.micro_batches(rows, cfg.optim.micro_batch_tokens):
-                    stats = self._accumulate(micro, advantages, num_tokens)
+                micros = self.dp.micro_batches(batch, rows, cfg.optim.micro_batch_tokens)
+                for i, micro in enumerate(micros):
+                    with self.dp.gradient_sync(i == len(micros) - 1):
+                        stats = self._accumulate(micro, advantages, num_tokens)
                     if totals["steps"] == 0:  # the first minibatch, before any optimizer step
                         gap["max"] = max(gap["max"], stats["logprob_gap_max"])
                         gap["sum"] += stats["logprob_gap"]
                         gap["tokens"] += stats["tokens"]
                     for key in totals.keys() & stats.keys():
                         totals[key] += stats[key]
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+                grad_norm = self.dp.clip_grad_norm(cfg.optim.grad_clip)
                 if not torch.isfinite(grad_norm):
                     self._stop_on_nan(batch, advantages, f"gradient norm is {float(grad_norm)}")
                 totals["lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
@@ -459,6 +509,12 @@ class Trainer:
                 self.scheduler.step()
                 totals["grad_norm"] += float(grad_norm)
                 totals["steps"] += 1
+        self.dp.sync_replica()
+        summed = ("loss", "kl", "entropy", "clipped", "ratio", "log_ratio_sq", "tokens")  # over every rank's tokens
+        totals |= dict(zip(summed, self.dp.sum([totals[key] for key in summed])))
+        totals["loss"] /= self.dp.world_size  # each rank's loss was scaled by N (see DataParallel.loss_normaliser)
+        gap["sum"], gap["tokens"] = self.dp.sum([gap["sum"], gap["tokens"]])
+        gap["max"] = self.dp.max([gap["max"]])[0]
         tokens = max(totals["tokens"], 1.0)
         return {"loss/policy": totals["loss"] / totals["steps"], "loss/kl": totals["kl"] / tokens,
                 "loss/entropy": totals["entropy"] / tokens, "loss/clip_fraction": totals["clipped"] / tokens,
@@ -471,7 +527,7 @@ class Trainer:
         """Forward and backward one micro-batch; the loss is scaled so micro-batches sum to the minibatch mean."""
         cfg = self.config
         micro = micro.to(_device())
-        logprobs, entropy = sampled_logprobs(self.model, micro)
+        logprobs, entropy = self.train_module(micro)
         old = micro.old_logprobs[:, 1:][micro.loss_mask[:, 1:]]
         token_turn = micro.sampled_turns
         token_adv = advantages.to(logprobs.device)[token_turn]
@@ -527,7 +583,8 @@ class Trainer:
             seed=EVAL_SEED, sampling=SamplingParams(temperature=cfg.eval.temperature,
                                                     max_new_tokens=cfg.rollout.max_new_tokens),
             context=cfg.rollout.context, window=cfg.rollout.window, max_turns=cfg.env.max_turns, pool=self.pool,
-            retries=cfg.rollout.retries)
+            retries=cfg.rollout.retries, shard=(self.dp.rank, self.dp.world_size),
+            gather=self.dp.gather if self.dp.launched else None)  # each rank plays its share of the set
         if row.dropped_episodes:
             log.warning("held-out evaluation: %d of %d episodes failed past their retries and count as losses: %s",
                         row.dropped_episodes, row.dropped_episodes + row.episodes,
@@ -537,13 +594,18 @@ class Trainer:
                 "eval/turns": row.mean_turns, "eval/invalid_rate": row.invalid_action_rate}
 
     def save_checkpoint(self) -> Path:
-        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "history": self.history}
+        """Write this iteration's checkpoint (rank 0 writes; every rank returns once it is complete)."""
+        state = {"optimizer": self.dp.optimizer_state(self.optimizer), "scheduler": self.scheduler.state_dict(),
+                 "history": self.history, **self.dp.checkpoint_state()}
         if self.turn_reward is not None:
             state["turn_reward"] = self.turn_reward.state_dict()
-        return ckpt.save_checkpoint(self.out_dir, self.iteration, model=self.model, tokenizer=self.tokenizer,
-                                    config=ckpt.config_dict(self.config), state=state, keep=self.config.checkpoint.keep,
-                                    run_id=self.run_id)
+        path = ckpt.checkpoints_dir(self.out_dir) / f"iter_{self.iteration:06d}"
+        if self.dp.is_main:
+            path = ckpt.save_checkpoint(self.out_dir, self.iteration, model=self.model, tokenizer=self.tokenizer,
+                                        config=ckpt.config_dict(self.config), state=state,
+                                        keep=self.config.checkpoint.keep, run_id=self.run_id)
+        self.dp.barrier()
+        return path
 
 
 def final_success(history: list[dict[str, Any]]) -> float | None:

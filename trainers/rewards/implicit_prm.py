@@ -10,6 +10,9 @@ trained on the outcome labels only:
   pair of episodes in a group, r = sum_j q_j.
 
 `prm_update: after` scores with the PRM, then updates it; `before` updates first, then scores.
+Under N data-parallel ranks each rank scores its own episodes, and the PRM's
+gradients are averaged over the ranks weighted by each rank's number of loss
+terms, so every rank's PRM takes the step one process would on the union.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ MICRO_BATCH_TOKENS = 8192
 class ImplicitPRM:
     """An implicit PRM initialised from `model` (copied twice: the trained PRM and the frozen reference)."""
 
-    def __init__(self, model: torch.nn.Module, options: TurnRewardOptions):
+    def __init__(self, model: torch.nn.Module, options: TurnRewardOptions, data_parallel: Any = None):
+        self.data_parallel = data_parallel  # a trainers.distributed.DataParallel, or None in one process
         self.prm = copy.deepcopy(model)
         self.reference = copy.deepcopy(model).eval().requires_grad_(False)
         self.options = options
@@ -74,24 +78,30 @@ class ImplicitPRM:
         for micro in batch.micro_batches(max_tokens=MICRO_BATCH_TOKENS):
             q, token_turn = self._token_rewards(micro, grad=True)
             episode_reward = episode_reward.index_add(0, turn_episode[token_turn.cpu()], q.float().cpu())
-        loss = self._loss(episode_reward, labels, episode_group)
-        if loss.requires_grad:
+        loss, terms = self._loss(episode_reward, labels, episode_group)
+        distributed = self.data_parallel is not None and self.data_parallel.launched
+        if loss.requires_grad and (terms or not distributed):
             loss.backward()
+        if distributed:  # a collective: every rank joins and steps, even one with no loss terms
+            self.data_parallel.average_gradients(self.prm, terms)
+        if loss.requires_grad or distributed:
             torch.nn.utils.clip_grad_norm_(self.prm.parameters(), 1.0)
             self.optimizer.step()
         self.prm.eval()
         accuracy = float(((episode_reward.detach() > 0) == labels.bool()).float().mean())
         return {"prm/loss": float(loss.detach()), "prm/accuracy": accuracy}
 
-    def _loss(self, episode_reward: torch.Tensor, labels: torch.Tensor, episode_group: torch.Tensor) -> torch.Tensor:
+    def _loss(self, episode_reward: torch.Tensor, labels: torch.Tensor,
+              episode_group: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """The PRM loss, a mean, and the number of terms it averages (episodes, or (won, lost) pairs)."""
         if self.options.prm_loss == "ce":
-            return F.binary_cross_entropy_with_logits(episode_reward, labels)
+            return F.binary_cross_entropy_with_logits(episode_reward, labels), len(labels)
         same_group = episode_group[:, None] == episode_group[None, :]
         pairs = same_group & (labels[:, None] > 0.5) & (labels[None, :] < 0.5)  # (winner, loser)
         if not bool(pairs.any()):
-            return episode_reward.sum() * 0.0  # no group with both outcomes: nothing to prefer
+            return episode_reward.sum() * 0.0, 0  # no group with both outcomes: nothing to prefer
         margins = episode_reward[:, None] - episode_reward[None, :]
-        return -F.logsigmoid(margins[pairs]).mean()
+        return -F.logsigmoid(margins[pairs]).mean(), int(pairs.sum())
 
     def state_dict(self) -> dict[str, Any]:
         return {"prm": self.prm.state_dict(), "reference": self.reference.state_dict(),

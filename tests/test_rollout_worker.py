@@ -1,0 +1,70 @@
+"""Rollouts that overlap the update (`rollout.max_staleness: 1`) and the PPO ratio of a stale batch."""
+
+import os
+import signal
+
+import pytest
+import torch
+
+from envgym.trainers import Trainer, config_from_dict
+from envgym.trainers.batch import RolloutBatch
+from envgym.trainers.losses import sampled_logprobs
+from envgym.trainers.rollout_worker import RolloutWorkerFailed
+
+MICRO = {"iterations": 3, "threads": 1,
+         "env": {"id": "games/Maze-v0", "kwargs": {"size": 3}, "max_turns": 3, "show_admissible": True},
+         "rollout": {"n_groups": 2, "group_size": 2, "max_new_tokens": 2, "context": "window", "window": 0},
+         "optim": {"epochs": 1, "micro_batch_tokens": 1024, "lr": 1e-2}, "eval": {"every": 10, "episodes": 4},
+         "checkpoint": {"every": 10}}
+
+
+def micro(tmp_path, overrides=()):
+    return config_from_dict({**MICRO, "out_dir": str(tmp_path / "run")}, overrides)
+
+
+def test_a_stale_batch_is_corrected_against_its_own_behaviour_logprobs(tmp_path):
+    trainer = Trainer(micro(tmp_path))
+    try:
+        batch = RolloutBatch.from_groups(trainer.collect().groups, pad_token_id=trainer.policy.pad_token_id)
+        advantages = torch.randn(batch.turns.num_turns, generator=torch.Generator().manual_seed(0))  # any signal
+        trainer.update(batch, advantages)  # the policy moves on; the batch keeps the logprobs that sampled it
+        trainer.iteration += 1
+        with torch.no_grad():
+            now = torch.cat([sampled_logprobs(trainer.model, m)[0] for m in batch.micro_batches()])
+        behaviour = torch.tensor([x for e in batch.episodes for t in e.turns for x in t.logprobs])
+        expected = float(torch.exp(now - behaviour).mean())
+        # the update changed the policy: a ratio against logprobs recomputed now would be 1
+        assert float((now - behaviour).abs().max()) > 1e-2 and abs(expected - 1.0) > 1e-4
+        metrics = trainer.update(batch, advantages)  # the batch is now one update stale
+    finally:
+        trainer.close()
+    assert metrics["loss/ratio"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_max_staleness_must_be_zero_or_one(tmp_path):
+    with pytest.raises(ValueError, match=r"rollout.max_staleness must be in \[0, 1\]"):
+        micro(tmp_path, ["rollout.max_staleness=2"])
+
+
+@pytest.mark.slow
+def test_overlapped_rollouts_are_one_update_stale_and_a_dead_worker_stops_the_run(tmp_path):
+    trainer = Trainer(micro(tmp_path, ["rollout.max_staleness=1"]))
+    try:
+        history = trainer.fit()
+        rl = [m for m in history if m["phase"] == "rl"]
+        # the first batch is made on the spot; each later one while the previous update ran
+        assert [m["rollout/staleness"] for m in rl] == [0, 1, 1]
+        assert all(m["train/episodes"] == 4 for m in rl)
+        worker = trainer.rollout_worker._process
+        assert worker.is_alive()
+
+        trainer.config.iterations = 10
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.join()
+        with pytest.raises(RolloutWorkerFailed, match=r"rollout worker process died \(killed by SIGKILL"):
+            for _ in range(2):  # a batch the worker sent before it died is still trained on
+                trainer.train_iteration()
+                trainer.iteration += 1
+    finally:
+        trainer.close()
+    assert not worker.is_alive()
