@@ -10,11 +10,19 @@ trained on the outcome labels only:
   pair of episodes in a group, r = sum_j q_j.
 
 `prm_update: after` scores with the PRM, then updates it; `before` updates first, then scores.
+
+The PRM's health is measured on each iteration's fresh batch before its update:
+`prm/pair_accuracy` is the fraction of (won, lost) episode pairs of a group that
+it ranks the right way round (ties count half; 0.5 is chance whatever the success
+rate), and `prm/reward_invalid_minus_valid` the mean turn reward of invalid turns
+minus that of valid ones. A PRM exploited by the policy ranks below chance and
+rewards invalid replies; `PRMHealth` warns when the ranking stays below chance.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any
 
 import torch
@@ -26,6 +34,7 @@ from envgym.trainers.token_rows import to_device
 from envgym.trajectory import Group, TokenRows
 
 MICRO_BATCH_TOKENS = 8192
+log = logging.getLogger(__name__)
 
 
 class ImplicitPRM:
@@ -36,6 +45,7 @@ class ImplicitPRM:
         self.reference = copy.deepcopy(model).eval().requires_grad_(False)
         self.options = options
         self.optimizer = torch.optim.AdamW([p for p in self.prm.parameters() if p.requires_grad], lr=options.prm_lr)
+        self.health = PRMHealth()
 
     def turn_rewards(self, groups: list[Group], rows: TokenRows) -> tuple[list[float], dict[str, float]]:
         labels, episode_group, turn_episode = _episode_layout(groups)
@@ -45,6 +55,9 @@ class ImplicitPRM:
         turn_reward = self._turn_rewards(rows, len(turn_episode))
         if self.options.prm_update == "after":
             metrics = self.update(rows, labels, episode_group, turn_episode)
+        invalid = torch.tensor([t.invalid_action for g in groups for e in g.episodes for t in e.turns])
+        if invalid.any() and not invalid.all():
+            metrics["prm/reward_invalid_minus_valid"] = float(turn_reward[invalid].mean() - turn_reward[~invalid].mean())
         return turn_reward.tolist(), {**metrics, "prm/turn_reward_mean": float(turn_reward.mean())}
 
     def _token_rewards(self, micro: Any, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,14 +95,17 @@ class ImplicitPRM:
             torch.nn.utils.clip_grad_norm_(self.prm.parameters(), 1.0)
             self.optimizer.step()
         self.prm.eval()
-        accuracy = float(((episode_reward.detach() > 0) == labels.bool()).float().mean())
-        return {"prm/loss": float(loss.detach()), "prm/accuracy": accuracy}
+        scores = episode_reward.detach()
+        metrics = {"prm/loss": float(loss.detach()), "prm/accuracy": float(((scores > 0) == labels.bool()).float().mean())}
+        pair_accuracy = _pair_accuracy(scores, labels, episode_group)
+        if pair_accuracy is not None:
+            metrics["prm/pair_accuracy"] = pair_accuracy
+        return {**metrics, **self.health.observe(pair_accuracy)}
 
     def _loss(self, episode_reward: torch.Tensor, labels: torch.Tensor, episode_group: torch.Tensor) -> torch.Tensor:
         if self.options.prm_loss == "ce":
             return F.binary_cross_entropy_with_logits(episode_reward, labels)
-        same_group = episode_group[:, None] == episode_group[None, :]
-        pairs = same_group & (labels[:, None] > 0.5) & (labels[None, :] < 0.5)  # (winner, loser)
+        pairs = _winner_loser_pairs(labels, episode_group)
         if not bool(pairs.any()):
             return episode_reward.sum() * 0.0  # no group with both outcomes: nothing to prefer
         margins = episode_reward[:, None] - episode_reward[None, :]
@@ -97,12 +113,50 @@ class ImplicitPRM:
 
     def state_dict(self) -> dict[str, Any]:
         return {"prm": self.prm.state_dict(), "reference": self.reference.state_dict(),
-                "optimizer": self.optimizer.state_dict()}
+                "optimizer": self.optimizer.state_dict(), "below_chance_streak": self.health.streak}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.prm.load_state_dict(state["prm"])
         self.reference.load_state_dict(state["reference"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.health.streak = state.get("below_chance_streak", 0)  # absent from checkpoints written before it
+
+
+class PRMHealth:
+    """Warns once per streak when the PRM ranks fresh episodes below chance for `patience` iterations in a row.
+
+    An implicit PRM that ranks the winners of a fresh batch below its losers is rewarding the wrong turns;
+    PRIME then pushes the policy away from what wins (at a high `prm_lr` the policy drifts to invalid replies).
+    An iteration without a (won, lost) pair neither extends nor breaks a streak.
+    """
+
+    def __init__(self, patience: int = 5, chance: float = 0.5):
+        self.patience, self.chance, self.streak = patience, chance, 0
+
+    def observe(self, pair_accuracy: float | None) -> dict[str, float]:
+        if pair_accuracy is not None:
+            self.streak = self.streak + 1 if pair_accuracy < self.chance else 0
+            if self.streak == self.patience:
+                log.warning("the implicit PRM has ranked fresh episodes below chance for %d iterations in a row "
+                            "(pair accuracy %.2f now): its turn rewards point away from winning. Lower "
+                            "turn_reward.prm_lr, raise turn_reward.prm_beta, or switch to an outcome estimator "
+                            "(grpo, gigpo)", self.streak, pair_accuracy)
+        return {"prm/below_chance_streak": float(self.streak)}
+
+
+def _winner_loser_pairs(labels: torch.Tensor, episode_group: torch.Tensor) -> torch.Tensor:
+    """[E, E] mask of (winner, loser) episode pairs of one group."""
+    same_group = episode_group[:, None] == episode_group[None, :]
+    return same_group & (labels[:, None] > 0.5) & (labels[None, :] < 0.5)
+
+
+def _pair_accuracy(scores: torch.Tensor, labels: torch.Tensor, episode_group: torch.Tensor) -> float | None:
+    """Fraction of (won, lost) pairs within a group with the winner scored higher (ties half); None if no pair."""
+    pairs = _winner_loser_pairs(labels, episode_group)
+    if not bool(pairs.any()):
+        return None
+    margins = (scores[:, None] - scores[None, :])[pairs]
+    return float(((margins > 0).float() + 0.5 * (margins == 0).float()).mean())
 
 
 def _episode_layout(groups: list[Group]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -5,12 +5,19 @@ log-probability of the gold answer a* written as the assistant's reply,
 teacher-forced through the policy's `score` (no grad). Turn t < L-1 earns
 IG = p_{t+1} - p_t (`prob_diff`) or log p_{t+1} - log p_t (`log_prob_diff`);
 the last turn earns nothing here, the estimator gives it the outcome.
+
+Besides the rewards it reports what the signal looks like (`info_gain_profile`):
+the mean IG of turns that changed the env's state (an informative question)
+and of valid turns that left it as it was (a repeated or already-answered one),
+and the correlation of an episode's summed IG with its outcome.
 """
 
 from __future__ import annotations
 
 import math
 from typing import Any
+
+import numpy as np
 
 from envgym.chat import encode
 from envgym.trainers.config import TurnRewardOptions
@@ -38,6 +45,35 @@ def answer_logprob_per_turn(policy: Any, episodes: list[Episode], template: str)
     return per_episode
 
 
+def info_gain_profile(episodes: list[Episode], gains: list[list[float]]) -> dict[str, float]:
+    """What the IG signal says about the turns of `episodes` (`gains[e][t]`: IG of turn t, the last turn's unused).
+
+    - `info_gain/informative`: mean IG of non-final turns after which the state key changed;
+    - `info_gain/redundant`: mean IG of valid non-final turns after which it did not (a repeated question,
+      a move that undoes itself); invalid turns count in neither;
+    - `info_gain/outcome_corr`: Pearson correlation over episodes of the summed IG with the outcome (won).
+    Each is left out when the batch has nothing to measure it on.
+    """
+    informative, redundant, totals = [], [], []
+    for episode, episode_gains in zip(episodes, gains):
+        turns = episode.turns
+        for t in range(len(turns) - 1):
+            if turns[t + 1].state_key != turns[t].state_key:
+                informative.append(episode_gains[t])
+            elif not turns[t].invalid_action:
+                redundant.append(episode_gains[t])
+        totals.append(sum(episode_gains[:-1]))
+    won = [float(e.won) for e in episodes]
+    profile = {}
+    if informative:
+        profile["info_gain/informative"] = float(np.mean(informative))
+    if redundant:
+        profile["info_gain/redundant"] = float(np.mean(redundant))
+    if np.std(totals) > 0 and np.std(won) > 0:
+        profile["info_gain/outcome_corr"] = float(np.corrcoef(totals, won)[0, 1])
+    return profile
+
+
 class InfoGainReward:
     """Information gain of each turn under the current policy (IGPO). Has no trainable state."""
 
@@ -46,16 +82,18 @@ class InfoGainReward:
 
     def turn_rewards(self, groups: list[Group], rows: TokenRows) -> tuple[list[float], dict[str, float]]:
         episodes = [e for g in groups for e in g.episodes]
-        intrinsic: list[float] = []
+        gains: list[list[float]] = []
         first, last = [], []
         for logp in answer_logprob_per_turn(self.policy, episodes, self.template):
             value = logp if self.kind == "log_prob_diff" else [math.exp(x) for x in logp]
-            intrinsic += [b - a for a, b in zip(value, value[1:])] + [0.0]
+            gains.append([b - a for a, b in zip(value, value[1:])] + [0.0])
             first.append(math.exp(logp[0]))
             last.append(math.exp(logp[-1]))
+        intrinsic = [g for episode_gains in gains for g in episode_gains]
         return intrinsic, {"info_gain/mean": sum(intrinsic) / max(len(intrinsic), 1),
                            "info_gain/answer_prob_first": sum(first) / len(first),
-                           "info_gain/answer_prob_last": sum(last) / len(last)}
+                           "info_gain/answer_prob_last": sum(last) / len(last),
+                           **info_gain_profile(episodes, gains)}
 
     def state_dict(self) -> dict[str, Any]:
         return {}
