@@ -131,15 +131,17 @@ def test_bad_knobs_fail_with_a_message(kwargs, message):
 def test_the_tiny_model_reads_every_word_of_an_oracle_game(view):
     tokenizer = tiny_tokenizer("tiny-questions")
     env = TwentyQuestions(attributes=6, values=6, view=view)
-    texts = []
+    texts, actions = [], []
     for task in range(3):
         texts.append(env.reset(seed=0, options={"split": "test", "task": task})[0])
         texts += [env.step("hello")[0], env.step("red green")[0]]  # the feedback on invalid actions too
         while True:
-            texts.append(env.oracle_action())
-            obs, _, terminated, _, _ = env.step(texts[-1])
-            texts.append(obs)
+            actions.append(env.oracle_action())
+            obs, _, terminated, _, _ = env.step(actions[-1])
+            texts += [actions[-1], obs]
             if terminated:
                 break
     unknown = [text for text in texts if tokenizer.unk_token in tokenizer.tokenize(text)]
     assert len(texts) > 20 and not unknown, unknown[:2]
+    # what the model writes decodes to the same text ("red round", not "redround")
+    assert all(tokenizer.decode(tokenizer.encode(a)) == a for a in actions) and any(" " in a for a in actions)

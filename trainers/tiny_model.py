@@ -44,7 +44,7 @@ CHATML_WITHOUT_SYSTEM = (
 
 def tiny_tokenizer(name: str = "tiny-maze") -> PreTrainedTokenizerBase:
     """The word-level tokenizer of tiny model `name` (a key of VOCABULARIES)."""
-    from tokenizers import Regex, pre_tokenizers
+    from tokenizers import Regex, decoders, pre_tokenizers
 
     from envgym.models import word_level_tokenizer
 
@@ -55,6 +55,8 @@ def tiny_tokenizer(name: str = "tiny-maze") -> PreTrainedTokenizerBase:
         pre_tokenizers.Split(Regex(r"[A-Za-z:!']{2,}|[#.AG,]"), behavior="isolated"),
         pre_tokenizers.Split(Regex(r"[ \t\r]+"), behavior="removed"),  # WhitespaceSplit would drop the newlines
     ])
+    # spaces are not tokens here: decode with one between words (none before punctuation), or "red round" -> "redround"
+    tokenizer.backend_tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=True)
     return tokenizer
 
 
