@@ -1,18 +1,23 @@
 """Turn-reward models: IGPO's information gain arithmetic and PRIME's online implicit PRM."""
 
+import logging
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from envgym.models import tiny_model, word_level_tokenizer
 from envgym.trainers.config import TurnRewardOptions
 from envgym.trainers.rewards import ImplicitPRM, InfoGainReward
+from envgym.trainers.rewards.implicit_prm import PRMHealth, _pair_accuracy
+from envgym.trainers.rewards.info_gain import info_gain_profile
 from envgym.trajectory import Episode, EpisodeEnd, Group, Turn, to_token_rows
 
 
-def episode(actions, won, answer="7", obs=(5, 6), row_starts=(0,)):
-    turns = tuple(Turn(f"obs{t}", "x", float(won and t == len(actions) - 1), f"s{t}", False,
+def episode(actions, won, answer="7", obs=(5, 6), row_starts=(0,), states=None, invalid=()):
+    states = states or [f"s{t}" for t in range(len(actions))]
+    turns = tuple(Turn(f"obs{t}", "x", float(won and t == len(actions) - 1), states[t], t in invalid,
                        obs_ids=obs if t in row_starts else obs[:1], action_ids=tuple(a), logprobs=(-1.0,) * len(a))
                   for t, a in enumerate(actions))
     return Episode("test/Env-v0", "train", 0, 0, turns, EpisodeEnd.TERMINATED, won, row_starts, answer)
@@ -68,7 +73,8 @@ def test_implicit_prm_learns_to_reward_the_winning_turns(loss):
     tokenizer = word_level_tokenizer(["a", "b", "c"])
     a, b = tokenizer.convert_tokens_to_ids(["a", "b"])
     model = tiny_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2)
-    groups = [Group("test/Env-v0", "train", 0, 0, (episode([(a,), (a,)], won=True), episode([(b,), (b,)], won=False)))
+    groups = [Group("test/Env-v0", "train", 0, 0, (episode([(a,), (a,)], won=True),
+                                                   episode([(b,), (b,)], won=False, invalid=(1,))))
               for _ in range(2)]
     rows = to_token_rows(groups)
     prm = ImplicitPRM(model, TurnRewardOptions(kind="implicit_prm", prm_loss=loss, prm_lr=1e-2, prm_beta=0.5))
@@ -80,7 +86,43 @@ def test_implicit_prm_learns_to_reward_the_winning_turns(loss):
     assert won > lost
     if loss == "ce":
         assert metrics["prm/accuracy"] == 1.0  # sign of each episode's summed reward matches its outcome
+    assert metrics["prm/pair_accuracy"] == 1.0 and metrics["prm/below_chance_streak"] == 0.0
+    assert metrics["prm/reward_invalid_minus_valid"] < 0  # the losers' invalid turns earn less than the rest
     state = prm.state_dict()
     fresh = ImplicitPRM(model, TurnRewardOptions(kind="implicit_prm", prm_loss=loss))
     fresh.load_state_dict(state)
     assert all(torch.equal(p, q) for p, q in zip(fresh.prm.parameters(), prm.prm.parameters()))
+
+
+def test_info_gain_profile_splits_turns_that_changed_the_state_from_valid_ones_that_did_not():
+    # turn 0 changes the state, turn 1 repeats it, turn 2 is invalid and repeats it, turn 3 is the answer
+    e = episode([(1,)] * 4, won=True, states=["a", "b", "b", "b"], invalid=(2,))
+    lost = episode([(1,)] * 2, won=False, states=["a", "a"])
+    profile = info_gain_profile([e, lost], [[0.5, 0.1, -0.2, 0.0], [0.05, 0.0]])
+    assert profile["info_gain/informative"] == pytest.approx(0.5)
+    assert profile["info_gain/redundant"] == pytest.approx((0.1 + 0.05) / 2)
+    assert profile["info_gain/outcome_corr"] == pytest.approx(1.0)  # two episodes: the sign of the relation
+    third = episode([(1,)] * 2, won=False, states=["a", "b"])
+    profile = info_gain_profile([e, lost, third], [[0.5, 0.1, -0.2, 0.0], [0.05, 0.0], [0.6, 0.0]])
+    assert profile["info_gain/outcome_corr"] == pytest.approx(np.corrcoef([0.4, 0.05, 0.6], [1, 0, 0])[0, 1])
+
+
+def test_info_gain_profile_leaves_out_what_it_cannot_measure():
+    one_turn = [episode([(1,)], won=True), episode([(1,)], won=True)]
+    assert info_gain_profile(one_turn, [[0.0], [0.0]]) == {}
+
+
+def test_pair_accuracy_ranks_winners_against_losers_of_their_own_group_only():
+    labels = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0])
+    group = torch.tensor([0, 0, 0, 1, 1])
+    scores = torch.tensor([0.5, 0.2, 0.5, -3.0, 9.0])  # group 0: one win, one tie; group 1: one loss
+    assert _pair_accuracy(scores, labels, group) == pytest.approx((1 + 0.5 + 0) / 3)
+    assert _pair_accuracy(scores, torch.ones(5), group) is None
+
+
+def test_prm_health_warns_once_per_streak_below_chance(caplog):
+    health = PRMHealth(patience=3)
+    with caplog.at_level(logging.WARNING, logger="envgym.trainers.rewards.implicit_prm"):
+        streaks = [health.observe(a)["prm/below_chance_streak"] for a in (0.4, 0.3, None, 0.45, 0.2, 0.6, 0.4)]
+    assert streaks == [1, 2, 2, 3, 4, 0, 1]
+    assert len(caplog.records) == 1 and "below chance for 3 iterations" in caplog.records[0].getMessage()
