@@ -126,3 +126,13 @@ def test_prm_health_warns_once_per_streak_below_chance(caplog):
         streaks = [health.observe(a)["prm/below_chance_streak"] for a in (0.4, 0.3, None, 0.45, 0.2, 0.6, 0.4)]
     assert streaks == [1, 2, 2, 3, 4, 0, 1]
     assert len(caplog.records) == 1 and "below chance for 3 iterations" in caplog.records[0].getMessage()
+
+
+def test_info_gain_scores_prefixes_in_any_order_and_returns_them_in_episode_order():
+    policy = LengthScoringPolicy()
+    long, short = episode([(1,), (2,)], won=True, obs=(5, 6, 7, 8)), episode([(1, 2, 3), (2,)], won=False, obs=(5,))
+    intrinsic, _ = InfoGainReward(policy, TurnRewardOptions(kind="info_gain")).turn_rewards(
+        [Group("test/Env-v0", "train", 0, 0, (long, short))], rows=None)
+    # log p_t = -len(context)/100; the long episode's contexts are 4 and 6 tokens, the short one's 1 and 5
+    assert intrinsic == pytest.approx([-0.02, 0.0, -0.04, 0.0])
+    assert [len(p) for p in policy.calls[0][0]] == sorted(len(p) for p in policy.calls[0][0])

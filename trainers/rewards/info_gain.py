@@ -38,7 +38,11 @@ def answer_logprob_per_turn(policy: Any, episodes: list[Episode], template: str)
                 prompts.append(episode.row_ids(r, upto_turn=t))
                 continuations.append(answer)
                 owners.append(e)
-    scores = policy.score(prompts, continuations)
+    # shortest first: the policy pads each of its batches to its longest row, and one episode's prefixes differ
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(continuations[i]))
+    scores: list[list[float]] = [[] for _ in prompts]
+    for i, logprobs in zip(order, policy.score([prompts[i] for i in order], [continuations[i] for i in order])):
+        scores[i] = logprobs
     per_episode: list[list[float]] = [[] for _ in episodes]
     for e, logprobs in zip(owners, scores):
         per_episode[e].append(sum(logprobs) / len(logprobs))
