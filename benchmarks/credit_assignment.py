@@ -5,6 +5,7 @@
     python benchmarks/credit_assignment.py --suite prime-sweep --seeds 0   # PRIME's prm_lr x prm_beta x prm_update
     python benchmarks/credit_assignment.py --suite guess           # GuessNumber: GRPO vs IGPO
     python benchmarks/credit_assignment.py --iterations 20 --seeds 0 1 2 3 --jobs 1
+    python benchmarks/credit_assignment.py --suite prime-sweep --seeds 0 --report-only   # tables of finished runs
 
 Every run starts from the quickstart recipe (tiny model, oracle warm start) with
 the suite's env, then changes only the estimator (and the turn-reward model it
@@ -52,9 +53,11 @@ SUITES = {
                                                                                    ("after", "before"))}},
         "report": PRM_HEALTH,
     },
-    "questions": {  # 4 attributes x 3 values (81 items, 14 held out), 9 turns, the summary view, no history
-        "overrides": ["model.name=tiny-questions", "env.id=games/TwentyQuestions-v0", "env.kwargs={view: summary}",
-                      "env.max_turns=null", "rollout.max_new_tokens=5", "sft.steps=40"],
+    "questions": {  # 4 attributes x 3 values (81 items, 14 held out, each played 8 times), 9 turns, full history
+        "overrides": ["model.name=tiny-questions", "env.id=games/TwentyQuestions-v0", "env.max_turns=null",
+                      "rollout.context=full", "rollout.max_new_tokens=5", "rollout.n_groups=8", "sft.steps=120",
+                      "eval.episodes=112"],
+        "iterations": 30,
         "estimators": {"grpo": GRPO, "gigpo": GIGPO, "igpo": IGPO},
         "report": ["info_gain/informative", "info_gain/redundant", "info_gain/outcome_corr", "train/success",
                    "train/invalid_rate"],
@@ -69,24 +72,45 @@ SUITES = {
 }
 
 
+def run_dir(out_root: str, suite: str, estimator: str, seed: int) -> Path:
+    return Path(out_root) / f"{suite}-{estimator.replace(' ', '_').replace('=', '')}-{seed}"
+
+
 def run(suite: str, estimator: str, seed: int, iterations: int, out_root: str) -> dict:
-    """One run's held-out success by iteration (0: after the warm start) and its report metrics by iteration."""
+    """Train one run; returns its `summarize`d history."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
     from envgym.trainers import Trainer, load_config
     from envgym.trainers.config import recipes_dir
 
     spec = SUITES[suite]
-    name = estimator.replace(" ", "_").replace("=", "")
     overrides = [*spec["overrides"], *spec["estimators"][estimator], f"seed={seed}", f"iterations={iterations}",
-                 f"out_dir={out_root}/{suite}-{name}-{seed}", "eval.every=5", "threads=1"]
+                 f"out_dir={run_dir(out_root, suite, estimator, seed)}", "eval.every=5", "threads=1"]
     history = Trainer(load_config(recipes_dir() / "quickstart.yaml", overrides)).fit()
+    result = summarize(history, spec["report"], time.perf_counter() - started)
+    print(f"{estimator} seed {seed}: {result['curve']} ({result['seconds']:.0f} s)", flush=True)
+    return result
+
+
+def summarize(history: list[dict], report: list[str], seconds: float) -> dict:
+    """Held-out success by iteration (0: after the warm start) and the `report` metrics of every RL iteration."""
     curve = {int(m["iteration"]): m["eval/success"] for m in history
              if m.get("phase") != "init" and "eval/success" in m}
-    metrics = {int(m["iteration"]): {k: m[k] for k in spec["report"] if k in m} for m in history if m["phase"] == "rl"}
-    seconds = time.perf_counter() - started
-    print(f"{estimator} seed {seed}: {curve} ({seconds:.0f} s)", flush=True)
+    metrics = {int(m["iteration"]): {k: m[k] for k in report if k in m} for m in history if m["phase"] == "rl"}
     return {"curve": curve, "metrics": metrics, "seconds": seconds}
+
+
+def load_run(suite: str, estimator: str, seed: int, iterations: int, out_root: str) -> dict:
+    """A finished run's `summarize`d history, read back from its metrics.jsonl (for --report-only)."""
+    path = run_dir(out_root, suite, estimator, seed) / "metrics.jsonl"
+    if not path.is_file():
+        raise SystemExit(f"--report-only: {path} does not exist; train that run first (drop --report-only)")
+    history = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    done = max((m["iteration"] for m in history if m.get("phase") == "rl"), default=0)
+    if done < iterations:
+        raise SystemExit(f"--report-only: {path} stops at iteration {done} of {iterations}; let it finish")
+    return summarize([m for m in history if m["iteration"] <= iterations], SUITES[suite]["report"],
+                     sum(m.get("time/iteration", 0.0) for m in history))
 
 
 def spread(values: list[float]) -> str:
@@ -107,19 +131,25 @@ def main() -> None:
     parser.add_argument("--suite", choices=sorted(SUITES), default="maze")
     parser.add_argument("--estimators", nargs="*", help="a subset of the suite's estimators")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
-    parser.add_argument("--iterations", type=int, default=40)
+    parser.add_argument("--iterations", type=int, help="RL iterations per run (default: the suite's, else 40)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
     parser.add_argument("--out", default="runs/credit_assignment")
+    parser.add_argument("--report-only", action="store_true", help="print the tables of runs already under --out")
     args = parser.parse_args()
     spec = SUITES[args.suite]
     unknown = sorted(set(args.estimators or ()) - set(spec["estimators"]))
     if unknown:
         parser.error(f"suite {args.suite!r} has no estimator {unknown[0]!r}; it has: {', '.join(spec['estimators'])}")
     estimators = args.estimators or list(spec["estimators"])
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {e: [pool.submit(run, args.suite, e, seed, args.iterations, args.out) for seed in args.seeds]
-                   for e in estimators}
-        results = {e: [f.result() for f in runs] for e, runs in futures.items()}
+    iterations = args.iterations or spec.get("iterations", 40)
+    if args.report_only:
+        results = {e: [load_run(args.suite, e, seed, iterations, args.out) for seed in args.seeds] for e in estimators}
+    else:
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            # seed-major, so every estimator's first seed is done early
+            futures = {(e, seed): pool.submit(run, args.suite, e, seed, iterations, args.out)
+                       for seed in args.seeds for e in estimators}
+            results = {e: [futures[e, seed].result() for seed in args.seeds] for e in estimators}
 
     evaluated = sorted(set.intersection(*(set(r["curve"]) for runs in results.values() for r in runs)))
     print_table(f"held-out success, suite {args.suite}, seeds {args.seeds}: mean [min-max]; "
@@ -142,7 +172,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"summary-{args.suite}.json").write_text(json.dumps({"suite": args.suite, "seeds": args.seeds,
-                                                                "iterations": args.iterations, "runs": results}))
+                                                                "iterations": iterations, "runs": results}))
 
 
 if __name__ == "__main__":
