@@ -145,3 +145,17 @@ def test_the_tiny_model_reads_every_word_of_an_oracle_game(view):
     assert len(texts) > 20 and not unknown, unknown[:2]
     # what the model writes decodes to the same text ("red round", not "redround")
     assert all(tokenizer.decode(tokenizer.encode(a)) == a for a in actions) and any(" " in a for a in actions)
+
+
+def test_igpo_trains_the_tiny_model_on_it_and_reports_the_information_gain_profile(tmp_path):
+    from envgym.trainers import Trainer, config_from_dict
+
+    config = config_from_dict({
+        "iterations": 1, "threads": 1, "out_dir": str(tmp_path / "run"), "model": {"name": "tiny-questions"},
+        "env": {"id": "games/TwentyQuestions-v0", "kwargs": {"attributes": 2, "values": 3}},
+        "rollout": {"n_groups": 2, "group_size": 4, "max_new_tokens": 3, "context": "full"},
+        "algorithm": {"estimator": "igpo"}, "turn_reward": {"kind": "info_gain"},
+        "optim": {"epochs": 1}, "sft": {"steps": 20, "episodes": 32}, "eval": {"every": 1, "episodes": 2}})
+    metrics = Trainer(config).fit()[-1]
+    assert {"info_gain/informative", "info_gain/answer_prob_last", "eval/success"} <= set(metrics)
+    assert metrics["train/invalid_rate"] < 0.5  # the warm start taught the reply format through the tokenizer
