@@ -56,10 +56,10 @@ SUITES = {
     "questions": {  # 4 attributes x 3 values (81 items, 14 held out, each played 8 times), 9 turns, full history;
         # no entropy bonus (the maze's memoryless policy needs one, this one does not: it raised invalid replies)
         "overrides": ["model.name=tiny-questions", "env.id=games/TwentyQuestions-v0", "env.kwargs={}",
-                      "env.max_turns=null", "rollout.context=full", "rollout.max_new_tokens=5", "rollout.n_groups=8",
+                      "env.max_turns=null", "rollout.context=full", "rollout.max_new_tokens=7", "rollout.n_groups=8",
                       "optim.minibatches=2", "loss.entropy_coef=0", "sft.steps=120", "eval.episodes=112"],
         "iterations": 30,
-        "estimators": {"grpo": GRPO, "gigpo": GIGPO, "igpo": IGPO},
+        "estimators": {"grpo": GRPO, "gigpo": GIGPO, "igpo": [*IGPO, "turn_reward.answer_template='it is {answer}'"]},
         "report": ["info_gain/informative", "info_gain/redundant", "info_gain/outcome_corr", "train/success",
                    "train/invalid_rate"],
     },

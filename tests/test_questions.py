@@ -153,7 +153,7 @@ def test_igpo_trains_the_tiny_model_on_it_and_reports_the_information_gain_profi
     config = config_from_dict({
         "iterations": 1, "threads": 1, "out_dir": str(tmp_path / "run"), "model": {"name": "tiny-questions"},
         "env": {"id": "games/TwentyQuestions-v0", "kwargs": {"attributes": 2, "values": 3}},
-        "rollout": {"n_groups": 2, "group_size": 4, "max_new_tokens": 3, "context": "full"},
+        "rollout": {"n_groups": 2, "group_size": 4, "max_new_tokens": 5, "context": "full"},
         "algorithm": {"estimator": "igpo"}, "turn_reward": {"kind": "info_gain"},
         "optim": {"epochs": 1}, "sft": {"steps": 20, "episodes": 32}, "eval": {"every": 1, "episodes": 2}})
     metrics = Trainer(config).fit()[-1]

@@ -8,18 +8,23 @@ policy that wins held-out items has learnt to ask and to compose, not the items.
 
 Each turn the agent either asks whether the item has one value ("red?"), and is
 told yes or no together with what is left of that attribute ("No, its color is
-green or blue."), or names the item with one value of every attribute, which
-ends the game (reward 1 if right). The default budget is the information-
-maximising questioner's worst case plus the answer, `attributes * (values - 1)
-+ 1` turns, so a repeated or already-answered question can cost the game;
-`turns` tightens or loosens it. With `view="summary"` every observation also
-lists the values left of every attribute, so the current observation alone
-holds all the agent has learnt (a memoryless policy can play; cheap to train).
+green or blue."), or names the item with one value of every attribute ("it is
+red round tiny wood"; words other than values are ignored), which ends the game
+(reward 1 if right). The default budget is the information-maximising
+questioner's worst case plus the answer, `attributes * (values - 1) + 1` turns,
+so a repeated or already-answered question can cost the game; `turns` tightens
+or loosens it. With `view="summary"` every observation also lists the values
+left of every attribute, so the current observation alone holds all the agent
+has learnt (a memoryless policy can play; cheap to train).
+
+`info["answer"]` is the values alone ("red round tiny wood"); the oracle says
+"it is" first, so a policy's first word says whether it asks or answers, and an
+information-gain reward scored with the template "it is {answer}" keeps the
+policy's readiness to answer in one token, the rest measuring its belief.
 
 The state key is the set of candidates still possible (per attribute, the
 values left), so two question orders that learnt the same things share an
-anchor and a repeated question stays on its anchor. The answer is known
-(`info["answer"]`), so information-gain turn rewards can be measured against it.
+anchor and a repeated question stays on its anchor.
 """
 
 from __future__ import annotations
@@ -74,7 +79,7 @@ class TwentyQuestions(Env):
         self._attribute_of = {value: a for a, domain in enumerate(self.domains) for value in domain}
         self._items = partition_tasks(product(*self.domains), self._item_key, TEST_FRACTION)
         self.num_tasks = {split: len(items) for split, items in self._items.items()}
-        example = " ".join(domain[0] for domain in self.domains)
+        example = "it is " + " ".join(domain[0] for domain in self.domains)
         described = "; ".join(f"{name}: {or_list(domain)}" for name, domain in zip(self.names, self.domains))
         self.instructions = (
             f"I am thinking of an item with {self.attributes} attributes ({described}). Find it within "
@@ -83,7 +88,8 @@ class TwentyQuestions(Env):
             f"value of every attribute, e.g. '{example}', which ends the game. A question about something you "
             "already know wastes a turn."
         )
-        self.action_format = f"one value to ask about, e.g. '{self.domains[0][0]}?', or one value of every attribute, e.g. '{example}'"
+        self.action_format = (f"one value to ask about, e.g. '{self.domains[0][0]}?', or one value of every attribute, "
+                              f"e.g. '{example}'")
         self.item: tuple[str, ...] = tuple(domain[0] for domain in self.domains)
         self.left: list[tuple[str, ...]] = list(self.domains)
         self.turns_left = self.turns
@@ -150,6 +156,6 @@ class TwentyQuestions(Env):
         attribute with the fewest values left (a yes/no on one of m values carries H(1/m) bits, most for small m)."""
         open_attributes = [a for a, values in enumerate(self.left) if len(values) > 1]
         if not open_attributes or self.turns_left <= 1:
-            return " ".join(values[0] for values in self.left)
+            return "it is " + " ".join(values[0] for values in self.left)  # "it is": answering, not asking
         a = min(open_attributes, key=lambda a: len(self.left[a]))
         return f"{self.left[a][0]}?"
