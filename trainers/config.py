@@ -41,7 +41,7 @@ class LoraOptions:
 class ModelOptions:
     """Which policy to train.
 
-    `name`: ``"tiny-maze"`` or ``"tiny-guess"`` (embedded 0.5M-parameter Llamas with
+    `name`: ``"tiny-maze"``, ``"tiny-guess"`` or ``"tiny-questions"`` (embedded 0.5M-parameter Llamas with
     word-level tokenizers, see `envgym.trainers.tiny_model`), ``"default"`` (SmolLM2-135M-Instruct
     from `envgym.models.load_default_model`), or a directory saved with
     `save_pretrained` (a checkpoint of this trainer works too).
