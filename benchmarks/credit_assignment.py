@@ -59,7 +59,9 @@ SUITES = {
                       "env.max_turns=null", "rollout.context=full", "rollout.max_new_tokens=7", "rollout.n_groups=8",
                       "optim.minibatches=2", "loss.entropy_coef=0", "sft.steps=120", "eval.episodes=112"],
         "iterations": 30,
-        "estimators": {"grpo": GRPO, "gigpo": GIGPO, "igpo": [*IGPO, "turn_reward.answer_template='it is {answer}'"]},
+        "estimators": {"grpo": GRPO, "gigpo": GIGPO, "igpo": [*IGPO, "turn_reward.answer_template='it is {answer}'"],
+                       # ablation: the anchors without the invalid-reply penalty GRPO does not get
+                       "gigpo-no-penalty": [*GIGPO, "algorithm.options={invalid_penalty: 0.0}"]},
         "report": ["info_gain/informative", "info_gain/redundant", "info_gain/outcome_corr", "train/success",
                    "train/invalid_rate"],
     },
