@@ -26,7 +26,7 @@ def episode(actions, won, answer="7", obs=(5, 6), row_starts=(0,), states=None, 
 class LengthScoringPolicy:
     """score = -len(prompt)/100 for every continuation token: log p_t is a known function of the context."""
 
-    tokenizer = word_level_tokenizer(["7"])
+    tokenizer = word_level_tokenizer(["7", "it", "is", "."])
 
     def __init__(self):
         self.calls = []
@@ -45,8 +45,7 @@ def test_info_gain_is_the_change_of_answer_probability_between_turns(kind):
     (prompts, continuations), = policy.calls
     # the context before action t: every earlier obs and action of the row, then obs_t
     assert prompts == [[5, 6], [5, 6, 1, 2, 5], [5, 6, 1, 2, 5, 3, 5]]
-    eos = policy.tokenizer.eos_token_id
-    assert all(c == (policy.tokenizer.convert_tokens_to_ids("7"), eos) for c in continuations)
+    assert all(c == [policy.tokenizer.convert_tokens_to_ids("7")] for c in continuations)  # the answer's tokens only
     logp = [-len(p) / 100 for p in prompts]
     value = logp if kind == "log_prob_diff" else [math.exp(x) for x in logp]
     assert intrinsic == pytest.approx([value[1] - value[0], value[2] - value[1], 0.0])
@@ -136,3 +135,20 @@ def test_info_gain_scores_prefixes_in_any_order_and_returns_them_in_episode_orde
     # log p_t = -len(context)/100; the long episode's contexts are 4 and 6 tokens, the short one's 1 and 5
     assert intrinsic == pytest.approx([-0.02, 0.0, -0.04, 0.0])
     assert [len(p) for p in policy.calls[0][0]] == sorted(len(p) for p in policy.calls[0][0])
+
+
+def test_info_gain_forces_the_templates_prefix_and_scores_only_the_answer():
+    policy = LengthScoringPolicy()
+    e = episode([(1,), (2,)], won=True)
+    InfoGainReward(policy, TurnRewardOptions(kind="info_gain", answer_template="it is {answer}.")).turn_rewards(
+        [Group("test/Env-v0", "train", 0, 0, (e,))], rows=None)
+    (prompts, continuations), = policy.calls
+    it_is = policy.tokenizer.encode("it is ", add_special_tokens=False)
+    assert prompts == [[5, 6, *it_is], [5, 6, 1, 5, *it_is]]  # the context, then "it is" forced
+    assert continuations == [policy.tokenizer.encode("7", add_special_tokens=False)] * 2  # not " ." nor eos
+
+
+def test_info_gain_template_without_placeholder_fails_with_a_message():
+    with pytest.raises(ValueError, match=r"no '\{answer\}' placeholder"):
+        InfoGainReward(LengthScoringPolicy(), TurnRewardOptions(kind="info_gain", answer_template="it is")).turn_rewards(
+            [Group("test/Env-v0", "train", 0, 0, (episode([(1,)], won=True),))], rows=None)

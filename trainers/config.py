@@ -127,7 +127,7 @@ class TurnRewardOptions:
 
     kind: Literal["none", "info_gain", "implicit_prm"] = "none"
     info_gain: Literal["prob_diff", "log_prob_diff"] = "log_prob_diff"
-    answer_template: str = "{answer}"  # how the gold answer is written as an assistant reply
+    answer_template: str = "{answer}"  # the gold answer as a reply; text before {answer} is forced, not scored
     prm_beta: float = 0.05
     prm_update: Literal["before", "after"] = "after"
     prm_loss: Literal["ce", "dpo"] = "ce"  # "dpo": trajectory-level DPO (OPRL)

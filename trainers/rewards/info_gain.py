@@ -1,8 +1,14 @@
 """IGPO's information-gain turn rewards (ALGORITHMS.md, "IGPO").
 
-log p_t = mean_j log pi(a*_j | context before action t), the length-normalised
-log-probability of the gold answer a* written as the assistant's reply,
-teacher-forced through the policy's `score` (no grad). Turn t < L-1 earns
+log p_t = mean_j log pi(a*_j | context before action t, prefix), the length-
+normalised log-probability of the tokens of the gold answer a* written as the
+assistant's reply, teacher-forced through the policy's `score` (no grad). As in
+IGPO's released code, the reply is the `answer_template` with the answer filled
+in, the template's text before `{answer}` is forced as context (there: "Now
+there's enough information to answer ... <answer>") and only the answer's own
+tokens are scored: p_t then measures what the policy believes the answer is,
+not whether it is about to answer (scoring the prefix too lets a turn earn
+"information" by making the policy ready to answer). Turn t < L-1 earns
 IG = p_{t+1} - p_t (`prob_diff`) or log p_{t+1} - log p_t (`log_prob_diff`);
 the last turn earns nothing here, the estimator gives it the outcome.
 
@@ -24,18 +30,34 @@ from envgym.trainers.config import TurnRewardOptions
 from envgym.trajectory import Episode, Group, TokenRows
 
 
+def answer_tokens(tokenizer: Any, template: str, answer: str) -> tuple[list[int], list[int]]:
+    """(forced prefix ids, scored answer ids) of `template` with `answer` filled in, tokenised as one reply."""
+    before, marker, after = template.partition("{answer}")
+    if not marker:
+        raise ValueError(f"turn_reward.answer_template {template!r} has no '{{answer}}' placeholder")
+    ids = encode(tokenizer, before + answer + after)
+    start = len(encode(tokenizer, before)) if before else 0
+    stop = len(ids) - (len(encode(tokenizer, after)) if after else 0)
+    if ids[:start] != encode(tokenizer, before) or stop <= start:
+        raise ValueError(f"turn_reward.answer_template {template!r} with answer {answer!r}: the answer does not "
+                         "tokenise apart from the template's text; end the text before {answer} with a space or "
+                         "newline, and check the answer is not empty")
+    return ids[:start], ids[start:stop]
+
+
 def answer_logprob_per_turn(policy: Any, episodes: list[Episode], template: str) -> list[list[float]]:
-    """For each episode, mean log pi(answer tokens | context before action t) for t = 0..L-1, in one batched call."""
+    """For each episode, mean log pi(answer tokens | context before action t, template prefix) for t = 0..L-1,
+    in one batched call."""
     tokenizer = policy.tokenizer
     prompts, continuations, owners = [], [], []
     for e, episode in enumerate(episodes):
         if episode.answer is None:
             raise ValueError(f"turn_reward.kind info_gain needs the gold answer in info['answer'], but {episode.env_id} "
                              "gives none; use it on known-answer envs (QA, search, games/GuessNumber-v0)")
-        answer = (*encode(tokenizer, template.format(answer=episode.answer)), tokenizer.eos_token_id)
+        prefix, answer = answer_tokens(tokenizer, template, episode.answer)
         for r, turns in enumerate(episode.rows()):
             for t in turns:
-                prompts.append(episode.row_ids(r, upto_turn=t))
+                prompts.append(episode.row_ids(r, upto_turn=t) + prefix)
                 continuations.append(answer)
                 owners.append(e)
     # shortest first: the policy pads each of its batches to its longest row, and one episode's prefixes differ
