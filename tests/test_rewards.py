@@ -10,7 +10,8 @@ import torch
 from envgym.models import tiny_model, word_level_tokenizer
 from envgym.trainers.config import TurnRewardOptions
 from envgym.trainers.rewards import ImplicitPRM, InfoGainReward
-from envgym.trainers.rewards.implicit_prm import PRMHealth, _pair_accuracy
+from envgym.trainers.rewards.health import FailureStreak
+from envgym.trainers.rewards.implicit_prm import _pair_accuracy
 from envgym.trainers.rewards.info_gain import info_gain_profile
 from envgym.trajectory import Episode, EpisodeEnd, Group, Turn, to_token_rows
 
@@ -119,12 +120,25 @@ def test_pair_accuracy_ranks_winners_against_losers_of_their_own_group_only():
     assert _pair_accuracy(scores, torch.ones(5), group) is None
 
 
-def test_prm_health_warns_once_per_streak_below_chance(caplog):
-    health = PRMHealth(patience=3)
-    with caplog.at_level(logging.WARNING, logger="envgym.trainers.rewards.implicit_prm"):
-        streaks = [health.observe(a)["prm/below_chance_streak"] for a in (0.4, 0.3, None, 0.45, 0.2, 0.6, 0.4)]
-    assert streaks == [1, 2, 2, 3, 4, 0, 1]
-    assert len(caplog.records) == 1 and "below chance for 3 iterations" in caplog.records[0].getMessage()
+def test_a_failure_streak_warns_once_when_it_reaches_its_patience(caplog):
+    streak = FailureStreak("prm/below_chance_streak", "its rewards point away from winning", patience=3)
+    with caplog.at_level(logging.WARNING, logger="envgym.trainers.rewards.health"):
+        counts = [streak.observe(f)["prm/below_chance_streak"] for f in (True, True, None, True, True, False, True)]
+    assert counts == [1, 2, 2, 3, 4, 0, 1]
+    (record,) = caplog.records
+    assert record.getMessage() == "prm/below_chance_streak = 3: its rewards point away from winning"
+
+
+def test_info_gain_warns_when_redundant_turns_earn_as_much_as_informative_ones(caplog):
+    e = episode([(1,), (1,), (1,)], won=False, states=["a", "a", "a"])  # two repeated questions
+    f = episode([(1,), (1,), (1,)], won=True, states=["a", "b", "c"])  # two informative ones
+    # every turn adds the same tokens, so the length-scoring policy gives every turn the same IG
+    reward = InfoGainReward(LengthScoringPolicy(), TurnRewardOptions(kind="info_gain"))
+    with caplog.at_level(logging.WARNING, logger="envgym.trainers.rewards.health"):
+        streaks = [reward.turn_rewards([Group("test/Env-v0", "train", 0, 0, (e, f))], rows=None)[1]
+                   ["info_gain/redundant_streak"] for _ in range(5)]
+    assert streaks == [1, 2, 3, 4, 5]
+    assert caplog.records[0].getMessage().startswith("info_gain/redundant_streak = 5 (-0.010 against -0.010 now)")
 
 
 def test_info_gain_scores_prefixes_in_any_order_and_returns_them_in_episode_order():

@@ -16,13 +16,13 @@ The PRM's health is measured on each iteration's fresh batch before its update:
 it ranks the right way round (ties count half; 0.5 is chance whatever the success
 rate), and `prm/reward_invalid_minus_valid` the mean turn reward of invalid turns
 minus that of valid ones. A PRM exploited by the policy ranks below chance and
-rewards invalid replies; `PRMHealth` warns when the ranking stays below chance.
+rewards invalid replies; a warning is logged when the ranking stays below chance
+for 5 iterations in a row (`health.FailureStreak`).
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 from typing import Any
 
 import torch
@@ -30,11 +30,11 @@ import torch.nn.functional as F
 
 from envgym.trainers.config import TurnRewardOptions
 from envgym.trainers.losses import sampled_logprobs
+from envgym.trainers.rewards.health import FailureStreak
 from envgym.trainers.token_rows import to_device
 from envgym.trajectory import Group, TokenRows
 
 MICRO_BATCH_TOKENS = 8192
-log = logging.getLogger(__name__)
 
 
 class ImplicitPRM:
@@ -45,7 +45,12 @@ class ImplicitPRM:
         self.reference = copy.deepcopy(model).eval().requires_grad_(False)
         self.options = options
         self.optimizer = torch.optim.AdamW([p for p in self.prm.parameters() if p.requires_grad], lr=options.prm_lr)
-        self.health = PRMHealth()
+        # a PRM that ranks a fresh batch's winners below its losers pays the wrong turns; PRIME then pushes
+        # the policy away from what wins (at a high prm_lr the policy drifts to invalid replies)
+        self.below_chance = FailureStreak(
+            "prm/below_chance_streak", "the implicit PRM ranks fresh episodes below chance, so its turn rewards "
+            "point away from winning. Lower turn_reward.prm_lr, try turn_reward.prm_update: before, or use an "
+            "outcome estimator (grpo, gigpo)")
 
     def turn_rewards(self, groups: list[Group], rows: TokenRows) -> tuple[list[float], dict[str, float]]:
         labels, episode_group, turn_episode = _episode_layout(groups)
@@ -100,7 +105,9 @@ class ImplicitPRM:
         pair_accuracy = _pair_accuracy(scores, labels, episode_group)
         if pair_accuracy is not None:
             metrics["prm/pair_accuracy"] = pair_accuracy
-        return {**metrics, **self.health.observe(pair_accuracy)}
+        if pair_accuracy is None:
+            return {**metrics, **self.below_chance.observe(None)}
+        return {**metrics, **self.below_chance.observe(pair_accuracy < 0.5, f"pair accuracy {pair_accuracy:.2f} now")}
 
     def _loss(self, episode_reward: torch.Tensor, labels: torch.Tensor, episode_group: torch.Tensor) -> torch.Tensor:
         if self.options.prm_loss == "ce":
@@ -113,35 +120,13 @@ class ImplicitPRM:
 
     def state_dict(self) -> dict[str, Any]:
         return {"prm": self.prm.state_dict(), "reference": self.reference.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "below_chance_streak": self.health.streak}
+                "optimizer": self.optimizer.state_dict(), "below_chance_streak": self.below_chance.streak}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.prm.load_state_dict(state["prm"])
         self.reference.load_state_dict(state["reference"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.health.streak = state.get("below_chance_streak", 0)  # absent from checkpoints written before it
-
-
-class PRMHealth:
-    """Warns once per streak when the PRM ranks fresh episodes below chance for `patience` iterations in a row.
-
-    An implicit PRM that ranks the winners of a fresh batch below its losers is rewarding the wrong turns;
-    PRIME then pushes the policy away from what wins (at a high `prm_lr` the policy drifts to invalid replies).
-    An iteration without a (won, lost) pair neither extends nor breaks a streak.
-    """
-
-    def __init__(self, patience: int = 5, chance: float = 0.5):
-        self.patience, self.chance, self.streak = patience, chance, 0
-
-    def observe(self, pair_accuracy: float | None) -> dict[str, float]:
-        if pair_accuracy is not None:
-            self.streak = self.streak + 1 if pair_accuracy < self.chance else 0
-            if self.streak == self.patience:
-                log.warning("the implicit PRM has ranked fresh episodes below chance for %d iterations in a row "
-                            "(pair accuracy %.2f now): its turn rewards point away from winning. Lower "
-                            "turn_reward.prm_lr, raise turn_reward.prm_beta, or switch to an outcome estimator "
-                            "(grpo, gigpo)", self.streak, pair_accuracy)
-        return {"prm/below_chance_streak": float(self.streak)}
+        self.below_chance.streak = state.get("below_chance_streak", 0)  # absent from checkpoints written before it
 
 
 def _winner_loser_pairs(labels: torch.Tensor, episode_group: torch.Tensor) -> torch.Tensor:

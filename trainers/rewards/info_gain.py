@@ -15,7 +15,9 @@ the last turn earns nothing here, the estimator gives it the outcome.
 Besides the rewards it reports what the signal looks like (`info_gain_profile`):
 the mean IG of turns that changed the env's state (an informative question)
 and of valid turns that left it as it was (a repeated or already-answered one),
-and the correlation of an episode's summed IG with its outcome.
+and the correlation of an episode's summed IG with its outcome; a warning is
+logged when redundant turns earn at least as much as informative ones for 5
+iterations in a row (`health.FailureStreak`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 
 from envgym.chat import encode
 from envgym.trainers.config import TurnRewardOptions
+from envgym.trainers.rewards.health import FailureStreak
 from envgym.trajectory import Episode, Group, TokenRows
 
 
@@ -105,6 +108,11 @@ class InfoGainReward:
 
     def __init__(self, policy: Any, options: TurnRewardOptions):
         self.policy, self.kind, self.template = policy, options.info_gain, options.answer_template
+        self.redundant_paid = FailureStreak(
+            "info_gain/redundant_streak", "turns that left the env's state unchanged (repeated or already-answered "
+            "questions) earn as much information gain as turns that changed it, so IGPO pays for wasted turns: the "
+            "policy's probability of the answer is not tracking what it learnt. Check turn_reward.answer_template, "
+            "or use gigpo where states recur")
 
     def turn_rewards(self, groups: list[Group], rows: TokenRows) -> tuple[list[float], dict[str, float]]:
         episodes = [e for g in groups for e in g.episodes]
@@ -116,10 +124,16 @@ class InfoGainReward:
             first.append(math.exp(logp[0]))
             last.append(math.exp(logp[-1]))
         intrinsic = [g for episode_gains in gains for g in episode_gains]
+        profile = info_gain_profile(episodes, gains)
+        informative, redundant = profile.get("info_gain/informative"), profile.get("info_gain/redundant")
+        if informative is None or redundant is None:
+            streak = self.redundant_paid.observe(None)
+        else:
+            streak = self.redundant_paid.observe(redundant >= informative,
+                                                 f"{redundant:.3f} against {informative:.3f} now")
         return intrinsic, {"info_gain/mean": sum(intrinsic) / max(len(intrinsic), 1),
                            "info_gain/answer_prob_first": sum(first) / len(first),
-                           "info_gain/answer_prob_last": sum(last) / len(last),
-                           **info_gain_profile(episodes, gains)}
+                           "info_gain/answer_prob_last": sum(last) / len(last), **profile, **streak}
 
     def state_dict(self) -> dict[str, Any]:
         return {}
