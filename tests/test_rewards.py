@@ -138,7 +138,7 @@ def test_info_gain_warns_when_redundant_turns_earn_as_much_as_informative_ones(c
         streaks = [reward.turn_rewards([Group("test/Env-v0", "train", 0, 0, (e, f))], rows=None)[1]
                    ["info_gain/redundant_streak"] for _ in range(5)]
     assert streaks == [1, 2, 3, 4, 5]
-    assert caplog.records[0].getMessage().startswith("info_gain/redundant_streak = 5 (-0.010 against -0.010 now)")
+    assert caplog.records[0].getMessage().startswith("info_gain/redundant_streak = 5 (-0.020 against -0.020 now)")
 
 
 def test_info_gain_scores_prefixes_in_any_order_and_returns_them_in_episode_order():
