@@ -2,8 +2,11 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.envgym-setup
+# vLLM pins its own torch and transformers, so its tests run from a venv of their own.
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.envgym-setup
 
-.PHONY: setup test quickstart clean
+.PHONY: setup setup-vllm test test-vllm quickstart clean
 
 setup: $(STAMP)
 
@@ -11,11 +14,22 @@ $(STAMP): pyproject.toml setup.py scripts/setup.sh
 	bash scripts/setup.sh $(VENV)
 	touch $@
 
+setup-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml setup.py scripts/setup_vllm.sh
+	bash scripts/setup_vllm.sh $(VLLM_VENV)
+	touch $@
+
 test: setup
 	$(PY) -m pytest -q
+	$(MAKE) test-vllm
+
+# The tests marked vllm (real engines on the embedded SmolLM2); the main suite skips them.
+test-vllm: setup-vllm
+	ENVGYM_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/test_vllm.py
 
 quickstart: setup
-	$(VENV)/bin/envgym train trainers/recipes/quickstart.yaml
+	$(VENV)/bin/envgym train trainers/recipes/quickstart.yaml --overwrite
 
 clean:
-	rm -rf $(VENV) build *.egg-info runs reports
+	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info runs reports

@@ -89,7 +89,9 @@ def run(suite: str, estimator: str, seed: int, iterations: int, out_root: str) -
     spec = SUITES[suite]
     overrides = [*spec["overrides"], *spec["estimators"][estimator], f"seed={seed}", f"iterations={iterations}",
                  f"out_dir={run_dir(out_root, suite, estimator, seed)}", "eval.every=5", "threads=1"]
-    history = Trainer(load_config(recipes_dir() / "quickstart.yaml", overrides)).fit()
+    # a re-run measures afresh: the previous run of this suite, estimator and seed is replaced
+    with Trainer(load_config(recipes_dir() / "quickstart.yaml", overrides), overwrite=True) as trainer:
+        history = trainer.fit()
     result = summarize(history, spec["report"], time.perf_counter() - started)
     print(f"{estimator} seed {seed}: {result['curve']} ({result['seconds']:.0f} s)", flush=True)
     return result

@@ -27,8 +27,9 @@ def measure(name: str, rows: int, length: int, sampled: int, steps: int) -> dict
 
     from envgym.trainers.config import LoraOptions, ModelOptions
     from envgym.trainers.losses import ppo_clip_loss, sampled_logprobs
+    from envgym.trainers.batch import RolloutBatch
     from envgym.trainers.trainer import load_model
-    from envgym.trajectory import TokenRows
+    from envgym.trajectory import Episode, EpisodeEnd, Group, Turn
 
     torch.set_num_threads(1)
     options = {"tiny-maze": ModelOptions(name="tiny-maze"), "smollm2-full": ModelOptions(name="default"),
@@ -36,10 +37,12 @@ def measure(name: str, rows: int, length: int, sampled: int, steps: int) -> dict
     model, tokenizer = load_model(options, seed=0)
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, len(tokenizer), (rows, length), generator=generator).tolist()
-    mask = [[False] * (length - sampled) + [True] * sampled for _ in range(rows)]
-    batch = next(TokenRows(tuple(map(tuple, ids)), tuple(map(tuple, mask)),
-                           tuple((-1.0,) * length for _ in range(rows)),
-                           tuple((0,) * length for _ in range(rows))).batches(10**9))
+    prompt = length - sampled
+    episodes = tuple(Episode("bench", "train", 0, 0, (Turn("", "", 0.0, "s", False, obs_ids=tuple(row[:prompt]),
+                                                           action_ids=tuple(row[prompt:]),
+                                                           logprobs=(-1.0,) * sampled),), EpisodeEnd.TERMINATED)
+                     for row in ids)
+    batch = next(RolloutBatch.from_groups([Group("bench", "train", 0, 0, episodes)]).micro_batches(max_tokens=10**9))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
     model.train()
     advantages = torch.ones(1)

@@ -20,8 +20,8 @@ tool) messages and actions are assistant messages. Two context modes:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -31,12 +31,19 @@ if TYPE_CHECKING:
 ContextMode = Literal["full", "window"]
 
 
-def render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], generation_prompt: bool) -> str:
-    """The chat template's text for `messages` (with the assistant generation prompt if asked)."""
+def render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], generation_prompt: bool,
+           tools: Sequence[Mapping[str, Any]] | None = None) -> str:
+    """The chat template's text for `messages` (with the assistant generation prompt if asked).
+
+    `tools` (OpenAI-format function schemas, a tool env's `info["tools"]`) go to the
+    template's `tools` variable; templates that render tools (Qwen2.5, Hermes, Llama 3.x)
+    show them to the model, others ignore them.
+    """
     if tokenizer.chat_template is None:
         raise ValueError(f"tokenizer {type(tokenizer).__name__} has no chat_template; set tokenizer.chat_template "
                          "(a Jinja template, e.g. envgym.models.CHATML_TEMPLATE) before rolling out")
-    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=generation_prompt)
+    return tokenizer.apply_chat_template(list(messages), tools=list(tools) if tools else None, tokenize=False,
+                                         add_generation_prompt=generation_prompt)
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
@@ -52,16 +59,18 @@ class EpisodeChat:
     `(obs_ids, starts_row)`: the tokens to append before the next generation,
     and whether they begin a new token row (then `obs_ids` is a whole prompt).
     With `tokenizer=None` (text policies) it only keeps `messages` and returns no ids.
+    `tools` are rendered by the template in every prompt (see `render`).
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase | None, instructions: str, *, context: ContextMode = "full",
-                 window: int = 4, observation_role: str = "user"):
+                 window: int = 4, observation_role: str = "user", tools: Sequence[Mapping[str, Any]] | None = None):
         if context not in ("full", "window"):
             raise ValueError(f"context must be 'full' or 'window', got {context!r}")
         if context == "window" and window < 0:
             raise ValueError(f"window must be >= 0 turns, got {window}")
         self.tokenizer = tokenizer
         self.context, self.window, self.observation_role = context, int(window), observation_role
+        self.tools = list(tools) if tools else None
         self.messages: list[dict[str, str]] = [{"role": "system", "content": instructions}] if instructions else []
         self._system = len(self.messages)
         self._base: list[dict[str, str]] = []
@@ -77,7 +86,7 @@ class EpisodeChat:
         if self.tokenizer is None:
             return [], True
         self._base = list(self.messages)
-        self._base_prompt = render(self.tokenizer, self._base, True)
+        self._base_prompt = render(self.tokenizer, self._base, True, self.tools)
         return encode(self.tokenizer, self._base_prompt), True
 
     def advance(self, action_ids: Sequence[int], action_text: str, observation: str) -> tuple[list[int], bool]:
@@ -105,8 +114,8 @@ class EpisodeChat:
         a newline); if the sampled ids already end with that special token, only
         the rest is appended (a cut-off action gets the whole closing).
         """
-        with_action = render(self.tokenizer, [*self._base, action], False)
-        with_reply = render(self.tokenizer, [*self._base, action, reply], True)
+        with_action = render(self.tokenizer, [*self._base, action], False, self.tools)
+        with_reply = render(self.tokenizer, [*self._base, action, reply], True, self.tools)
         opening = self._base_prompt + action["content"]
         if not (with_action.startswith(opening) and with_reply.startswith(with_action)):
             return None
@@ -122,4 +131,5 @@ class EpisodeChat:
         history = self.messages[self._system:]
         if self.context == "window":
             history = history[max(0, len(history) - 1 - 2 * self.window):]
-        return encode(self.tokenizer, render(self.tokenizer, [*self.messages[:self._system], *history], True))
+        return encode(self.tokenizer, render(self.tokenizer, [*self.messages[:self._system], *history], True,
+                                            self.tools))

@@ -1,6 +1,8 @@
-"""The `envgym` command: list, info, check, play, and (where installed) eval, train, sft.
+"""The `envgym` command: list, info, check, play, eval, view, diagnose, and (where installed) train, sft.
 
-Exit codes: 0 success, 1 a check or run failed, 2 bad usage (unknown id, bad option).
+Exit codes: 0 success, 1 a check or run failed (or a file, disk or network error
+stopped it), 2 bad usage (unknown id, bad option or config value), 130 interrupted.
+Expected errors print one line naming what is wrong; only a bug prints a traceback.
 """
 
 from __future__ import annotations
@@ -10,17 +12,19 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 import envgym
+from envgym.core import RunFailed
 from envgym.registration import spec as env_spec
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 #: Modules that add subcommands through `register_cli(subparsers)`; a missing one is skipped.
-SUBCOMMAND_MODULES = ("envgym.evaluation", "envgym.trainers.cli")
+SUBCOMMAND_MODULES = ("envgym.trainers.cli",)
 
 console = Console()
 
@@ -85,6 +89,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         style = "green" if report.ok else "red"
         console.print(f"[{style}]{report.render()}[/{style}]", highlight=False)
         failed += not report.ok
+        if args.diagnose:  # warnings only: a finding does not fail the check
+            from envgym.diagnose import diagnose
+
+            diagnosis = diagnose(env_id, env_kwargs=parse_kwargs(args.kwargs), groups=args.groups,
+                                 group_size=args.group_size, probe_tasks=args.probe_tasks, max_turns=args.max_turns)
+            console.print(diagnosis.render(), style="yellow" if diagnosis.warnings else None, highlight=False,
+                          markup=False)
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -119,6 +130,193 @@ def cmd_play(args: argparse.Namespace) -> int:
             return EXIT_OK
 
 
+#: `envgym eval` settings a training config supplies with --config: option name -> (section, key) in the config.
+EVAL_FROM_CONFIG = {"split": ("eval", "split"), "episodes": ("eval", "episodes"), "temperature": ("eval", "temperature"),
+                    "max_turns": ("env", "max_turns"), "context": ("rollout", "context"), "window": ("rollout", "window"),
+                    "max_new_tokens": ("rollout", "max_new_tokens"), "extract_action": ("env", "extract_action"),
+                    "show_admissible": ("env", "show_admissible"), "backend": ("rollout", "pool"),
+                    "num_envs": ("rollout", "num_envs"), "retries": ("rollout", "retries"),
+                    "step_timeout": ("rollout", "step_timeout")}
+#: Their values when neither the command line nor a config gives one.
+EVAL_DEFAULTS = {"split": "test", "episodes": 16, "temperature": 1.0, "max_turns": None, "context": "full",
+                 "window": 4, "max_new_tokens": 64, "extract_action": "none", "show_admissible": False,
+                 "backend": "auto", "num_envs": 0, "retries": 2, "step_timeout": 60.0}
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """`envgym eval`: print the Markdown table; write report.json/.md/.png under --out.
+
+    With --config, the env (id, knobs, wrappers, turn limit), the rollout layout and the
+    evaluation settings come from a training config, so a checkpoint is evaluated exactly
+    as its run evaluated it; options given on the command line still win.
+    """
+    from envgym.evaluation import evaluate, failure_summary
+    from envgym.policies import SamplingParams
+
+    out = _writable_directory(args.out) if args.out else None  # before the evaluation, not after it
+    settings = dict(EVAL_DEFAULTS)
+    env_ids, env_kwargs = args.env, parse_kwargs(args.env_kwarg)
+    if args.config:
+        from envgym.trainers.config import load_config
+
+        config = load_config(args.config)
+        settings.update({name: getattr(getattr(config, section), key)
+                         for name, (section, key) in EVAL_FROM_CONFIG.items()})
+        env_ids = env_ids or [config.env.id]
+        env_kwargs = {**config.env.kwargs, **env_kwargs}
+    settings.update({name: value for name in EVAL_DEFAULTS if (value := getattr(args, name)) is not None})
+    if not env_ids:
+        raise ValueError("name an env with --env ID, or give a training config with --config RUN.yaml")
+    sampling = SamplingParams(temperature=settings["temperature"], top_p=args.top_p,
+                              max_new_tokens=settings["max_new_tokens"])
+    report = evaluate(env_ids, args.policy, env_kwargs=env_kwargs, extract_action=settings["extract_action"],
+                      show_admissible=settings["show_admissible"], split=settings["split"],
+                      episodes=settings["episodes"], samples=args.samples, seed=args.seed, sampling=sampling,
+                      context=settings["context"], window=settings["window"], max_turns=settings["max_turns"],
+                      backend=settings["backend"], num_envs=settings["num_envs"] or None,
+                      step_timeout=settings["step_timeout"], retries=settings["retries"],
+                      request_timeout=args.request_timeout, engine_args=parse_kwargs(args.engine_arg), progress=True)
+    print(report.to_markdown(), end="")  # plain print: a console would wrap the table's rows
+    if out is not None:
+        paths = report.save(out)
+        print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    problems = failure_summary(report)  # a crashed env or a dead endpoint must not read as a 0% policy
+    for line in problems:
+        console.print(line, style="red", markup=False, highlight=False, soft_wrap=True)
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+def _writable_directory(path: str) -> Path:
+    """`path`, created if needed, after proving a file can be written there; ValueError naming --out if not."""
+    import tempfile
+
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise ValueError(f"--out {path}: cannot write there ({exc.strerror or exc})") from None
+    return out
+
+
+def add_eval_parser(sub: argparse._SubParsersAction) -> None:
+    from envgym.evaluation import ARGUMENT_RANGES, EVAL_SEED
+    from envgym.policies import POLICY_SPECS
+
+    def checked(name: str, kind: type) -> Any:  # an argparse type: `kind`, within the range `evaluate` accepts
+        return ARGUMENT_RANGES[name].parser(kind)
+
+    p = sub.add_parser("eval", help="evaluate policies on envs: success with 95%% CI, return, pass@k, ...",
+                       description="Evaluate policies on envs with the rollout code training uses: success rate with a "
+                                   "95% Wilson interval, mean return and turns, pass@k, invalid-action rate and "
+                                   "tokens generated, per env and policy. Every evaluation plays the first tasks of "
+                                   "the split with fixed seeds. Exits 1 when an episode failed past its retries "
+                                   "or none was played.")
+    p.add_argument("--env", action="append", default=[], metavar="ID", help="env id (repeatable)")
+    p.add_argument("--policy", action="append", required=True, metavar="SPEC",
+                   help=f"policy (repeatable): {' | '.join(POLICY_SPECS)}")
+    p.add_argument("--config", default=None, metavar="RUN.yaml",
+                   help="take the env, its wrappers and the evaluation settings from a training config "
+                        "(a recipe, or a checkpoint's config.yaml); options given here override it")
+    p.add_argument("--env-kwarg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a knob of every env, e.g. size=4 (repeatable; see `envgym info ID`)")
+    p.add_argument("--extract-action", default=None, choices=["none", "tag", "admissible"],
+                   help="find the action in chatty replies (the ActionExtraction wrapper; default none)")
+    p.add_argument("--show-admissible", default=None, action=argparse.BooleanOptionalAction,
+                   help="append the valid actions to each observation (default: no)")
+    p.add_argument("--split", default=None, choices=["train", "test"], help="default test")
+    p.add_argument("--episodes", type=checked("episodes", int), default=None,
+                   help="episodes per env (default 16): the first tasks of the split, each played several times "
+                        "when the split is smaller and the policy samples")
+    p.add_argument("--samples", type=checked("samples", int), default=1,
+                   help="episodes per task, for pass@k (default 1)")
+    p.add_argument("--seed", type=int, default=EVAL_SEED, help=f"default {EVAL_SEED}, as in training")
+    p.add_argument("--max-turns", type=checked("max_turns", int), default=None,
+                   help="cap on turns per episode (default: the env's)")
+    p.add_argument("--context", default=None, choices=["full", "window"],
+                   help="chat context of token policies (default full)")
+    p.add_argument("--window", type=checked("window", int), default=None,
+                   help="turns kept with --context window (default 4)")
+    p.add_argument("--temperature", type=float, default=None, help="default 1.0 (0: greedy)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default 64")
+    p.add_argument("--backend", default=None, choices=["auto", "sync", "process", "ray"],
+                   help="EnvPool backend (default auto: worker processes for envs with slow steps)")
+    p.add_argument("--num-envs", type=checked("num_envs", int), default=None, metavar="N",
+                   help="EnvPool slots (default: one per episode with sync, else 4 worker processes per core)")
+    p.add_argument("--step-timeout", type=checked("step_timeout", float), default=None, metavar="SECONDS",
+                   help="a reset or step taking longer fails its episode (default 60)")
+    p.add_argument("--retries", type=checked("retries", int), default=None,
+                   help="attempts after a failed episode before its group is dropped (default 2)")
+    p.add_argument("--request-timeout", type=checked("request_timeout", float), default=None, metavar="SECONDS",
+                   help="timeout of each HTTP request of openai: policies (default: the policy's, 60)")
+    p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting of the vllm: policies' engine, a keyword of vllm.LLM, e.g. max_model_len=2048 "
+                        "(repeatable; CPU defaults: see README)")
+    p.add_argument("--out", default=None, metavar="DIR", help="write report.json, report.md and report.png here")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    """`envgym view`: write the page; with --open, open it in a browser where one exists."""
+    import time
+
+    from envgym.viewer import write_view
+
+    started = time.perf_counter()
+    target = write_view(args.path, args.out)
+    print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - started:.1f} s)")
+    if args.open:
+        import webbrowser
+
+        try:
+            opened = webbrowser.get().open(target.resolve().as_uri())
+        except webbrowser.Error:
+            opened = False
+        if not opened:
+            print(f"no browser found here; open {target.resolve().as_uri()} on a machine with one")
+    return EXIT_OK
+
+
+def add_view_parser(sub: argparse._SubParsersAction) -> None:
+    from envgym.viewer import PAGE_FILE
+
+    text = "write one self-contained HTML page showing a training run or an evaluation report"
+    p = sub.add_parser("view", help=text, description=text + " (no server, no network; it opens from disk)")
+    p.add_argument("path", metavar="PATH", help="a training run's out_dir or the --out directory of `envgym eval`")
+    p.add_argument("--out", default=None, metavar="FILE", help=f"where to write the page (default PATH/{PAGE_FILE})")
+    p.add_argument("--open", action="store_true", help="open the page in a browser where one exists")
+    p.set_defaults(func=cmd_view)
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    """`envgym diagnose`: print the report; exit 0 (findings are warnings, not failures)."""
+    from envgym.diagnose import diagnose
+
+    print(diagnose(args.id, env_kwargs=parse_kwargs(args.kwargs), groups=args.groups, group_size=args.group_size,
+                   probe_tasks=args.probe_tasks, seed=args.seed, max_turns=args.max_turns).render())
+    return EXIT_OK
+
+
+def _add_diagnose_options(p: argparse.ArgumentParser) -> None:
+    """The options `envgym diagnose` and `envgym check --diagnose` share."""
+    p.add_argument("--groups", type=int, default=8, help="groups per scripted policy (default 8)")
+    p.add_argument("--group-size", type=int, default=8, help="episodes per group, G (default 8)")
+    p.add_argument("--probe-tasks", type=int, default=3, help="train tasks the probes play (default 3)")
+    p.add_argument("--max-turns", type=int, default=None, help="cap on turns per episode (default: the env's)")
+
+
+def add_diagnose_parser(sub: argparse._SubParsersAction) -> None:
+    text = "play scripted policies on an env: anchor hit rate, reward range, turns to win, reward-hacking probes"
+    p = sub.add_parser("diagnose", help=text, description=text)
+    p.add_argument("id", help="env id, e.g. games/Maze-v0")
+    p.add_argument("kwargs", nargs="*", metavar="KEY=VALUE", help="constructor overrides, e.g. size=7")
+    p.add_argument("--seed", type=int, default=0)
+    _add_diagnose_options(p)
+    p.set_defaults(func=cmd_diagnose)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="envgym", description="Multi-turn text and tool environments for LLM agents, with turn-level RL.")
@@ -137,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="*", metavar="ID", help="env ids to check")
     p.add_argument("--all", action="store_true", help="check every registered env")
     p.add_argument("--kwargs", nargs="*", default=[], metavar="KEY=VALUE", help="constructor overrides")
+    p.add_argument("--diagnose", action="store_true",
+                   help="also run `envgym diagnose` (anchor hit rate, reward range, reward-hacking probes)")
+    _add_diagnose_options(p)
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("play", help="play an env in the terminal")
@@ -147,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.set_defaults(func=cmd_play)
 
+    add_eval_parser(sub)
+    add_view_parser(sub)
+    add_diagnose_parser(sub)
     for module_name in SUBCOMMAND_MODULES:
         if importlib.util.find_spec(module_name) is not None:
             importlib.import_module(module_name).register_cli(sub)
@@ -159,12 +363,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (KeyError, ValueError, TypeError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        console.print(f"[red]envgym {args.command}: {message}[/red]", highlight=False)
-        return EXIT_USAGE
-    except FloatingPointError as exc:  # a training run stopped on a NaN (its batch is saved)
-        console.print(f"[red]envgym {args.command}: {exc}[/red]", highlight=False)
-        return EXIT_FAILED
+        return _error(args.command, exc.args[0] if isinstance(exc, KeyError) and exc.args else exc, EXIT_USAGE)
+    except (FloatingPointError, RunFailed, OSError) as exc:  # a run stopped (a NaN, no groups left), disk, file, net
+        return _error(args.command, exc, EXIT_FAILED)
+    except KeyboardInterrupt:
+        return _error(args.command, "interrupted", EXIT_INTERRUPTED)
+
+
+def _error(command: str, message: object, code: int) -> int:
+    """Print `envgym COMMAND: MESSAGE` on one line (never wrapped, never read as markup); return `code`."""
+    console.print(f"envgym {command}: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
+    return code
 
 
 if __name__ == "__main__":

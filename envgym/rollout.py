@@ -5,7 +5,14 @@ episodes of a group reset with one seed and one task, so their first
 observations are equal and anchor states can match across them. All active
 episodes of all groups advance together: each turn step makes one batched
 policy call for every episode that is waiting for an action, then one
-concurrent pool step.
+concurrent pool step. A policy that keeps KV caches (`CachingTokenPolicy`)
+gets one cache key per episode attempt, released when the attempt ends.
+
+Context: an episode whose context fills the policy's context window ends
+there (`EpisodeEnd.CONTEXT`): its last action, cut where the window filled,
+has `FinishReason.CONTEXT`; when the window is already full before the
+policy can write anything, the episode ends after its previous turn (an
+episode whose first prompt does not fit fails, with that cause).
 
 Failure policy: an episode whose env raises, hangs, crashes or returns a
 malformed result (or whose policy cannot answer) is retried from the start
@@ -19,6 +26,7 @@ actions) and are recorded with their `FinishReason`.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import time
 from collections import deque
@@ -28,11 +36,12 @@ from typing import Any
 
 from envgym.chat import ContextMode, EpisodeChat
 from envgym.core import stable_hash
-from envgym.policies.base import Policy, PolicyError, SamplingParams, TextRequest, TokenPolicy
-from envgym.pool import Backend, EnvFactory, EnvPool, EnvResult
+from envgym.policies.base import CachingTokenPolicy, Policy, PolicyError, SamplingParams, TextRequest, TokenPolicy
+from envgym.pool import Backend, EnvFactory, EnvPool, EnvResult, default_num_envs
 from envgym.trajectory import Episode, EpisodeEnd, FinishReason, Group, Turn
 
 log = logging.getLogger(__name__)
+_collections = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -53,7 +62,12 @@ class RolloutResult:
     Metrics: `groups`, `episodes`, `turns`, `retries`, `dropped_groups`,
     `failed_attempts`, `template_fallbacks` (episodes whose chat template
     rewrote history), `generated_tokens`, `empty_actions`, `cut_off_actions`,
-    `invalid_actions`, `env_time` and `model_time` (seconds), `wall_time`.
+    `invalid_actions`, `context_full` (episodes ended by the context window),
+    `prompt_tokens` (summed over turns), `cached_prompt_tokens` (of those,
+    served from a policy's KV cache), `cache_misses` (turns that continued a
+    token row but were prefilled afresh: the cache was evicted for its
+    budget, or the weights changed), `env_workers` (processes or actors stepping the envs; 0 =
+    in-process), `env_time` and `model_time` (seconds), `wall_time`.
     """
 
     groups: list[Group]
@@ -79,6 +93,7 @@ class _Live:
     observation: str
     pending_ids: list[int]
     starts_row: bool
+    cache_key: tuple[int, int, int, int]
     context: list[int] = field(default_factory=list)
     turns: list[Turn] = field(default_factory=list)
     row_starts: list[int] = field(default_factory=list)
@@ -99,6 +114,8 @@ class _Collector:
         self.max_turns, self.retries, self.tasks = max_turns, retries, tasks
         self.on_episode = on_episode
         self.tokenizer = policy.tokenizer if isinstance(policy, TokenPolicy) else None
+        self.caching = isinstance(policy, CachingTokenPolicy)
+        self.serial = next(_collections)  # keeps cache keys apart across collections sharing a policy
         self.queue = deque((g, m, 0) for g in range(n_groups) for m in range(group_size))
         self.free = list(range(pool.num_envs))[::-1]
         self.live: dict[int, _Live] = {}
@@ -109,16 +126,25 @@ class _Collector:
         self.failures: list[EpisodeFailure] = []
         self.metrics = dict.fromkeys(
             ("retries", "dropped_groups", "failed_attempts", "template_fallbacks", "generated_tokens",
-             "empty_actions", "cut_off_actions", "invalid_actions", "turns", "env_time", "model_time"), 0.0)
+             "empty_actions", "cut_off_actions", "invalid_actions", "context_full", "prompt_tokens",
+             "cached_prompt_tokens", "cache_misses", "turns", "env_time", "model_time"), 0.0)
         self.finished_episodes = 0
         self.total_episodes = n_groups * group_size
 
     def run(self) -> list[Group]:
-        while self.queue or self.live:
-            self._start_waiting_episodes()
-            if self.live:
-                self._advance_one_turn()
+        try:
+            while self.queue or self.live:
+                self._start_waiting_episodes()
+                if self.live:
+                    self._advance_one_turn()
+        finally:
+            self._release(list(self.live.values()))
         return [self._group(g, episodes) for g, episodes in self.done.items() if g not in self.dropped]
+
+    def _release(self, episodes: list[_Live]) -> None:
+        """Free the policy's caches of episodes that ended (or are abandoned)."""
+        if self.caching and episodes:
+            self.policy.release([ep.cache_key for ep in episodes])
 
     # -- starting and ending episodes -----------------------------------------------------------------
 
@@ -141,16 +167,18 @@ class _Collector:
                 self._fail(g, m, attempt, slot, f"reset: {result.error}")
                 continue
             chat = EpisodeChat(self.tokenizer, result.instructions, context=self.context, window=self.window,
-                               observation_role=self.observation_role)
+                               observation_role=self.observation_role, tools=result.info.get("tools"))
             ids, starts_row = chat.start(result.observation)
             answer = result.info.get("answer")
             self.live[slot] = _Live(g, m, attempt, slot, chat, result.info, result.observation, ids, starts_row,
-                                    answer=None if answer is None else str(answer))
+                                    (self.serial, g, m, attempt), answer=None if answer is None else str(answer))
             if result.task is not None:
                 self.tasks_seen[g] = result.task
 
     def _fail(self, g: int, m: int, attempt: int, slot: int, cause: str) -> None:
-        self.live.pop(slot, None)
+        ep = self.live.pop(slot, None)
+        if ep is not None:
+            self._release([ep])
         self.free.append(slot)
         self.metrics["failed_attempts"] += 1
         self.failures.append(EpisodeFailure(g, m, attempt, group_seed(self.seed, g), cause))
@@ -166,12 +194,13 @@ class _Collector:
         self.dropped.add(g)
         self.metrics["dropped_groups"] += 1
         for other_slot in [s for s, ep in self.live.items() if ep.group == g]:
-            self.live.pop(other_slot)
+            self._release([self.live.pop(other_slot)])
             self.free.append(other_slot)
         self._report_progress(self.group_size - sum(e is not None for e in self.done[g]))
 
     def _finish(self, ep: _Live, end: EpisodeEnd, final: EnvResult) -> None:
         self.live.pop(ep.slot)
+        self._release([ep])
         self.free.append(ep.slot)
         if ep.chat.rewrote_history:
             self.metrics["template_fallbacks"] += 1
@@ -212,6 +241,9 @@ class _Collector:
                 self._fail(ep.group, ep.member, ep.attempt, ep.slot, f"policy: {action}")
                 continue
             text, ids, logprobs, finish = action
+            if finish is FinishReason.CONTEXT and not ids:
+                self._end_without_room(ep)
+                continue
             stepping[ep.slot] = (ep, text, ids, logprobs, finish)
         results = self.pool.step({slot: text for slot, (_, text, *_) in stepping.items()})
         for slot, (ep, text, ids, logprobs, finish) in stepping.items():
@@ -228,14 +260,25 @@ class _Collector:
                 invalid_action=invalid, finish=finish, obs_ids=tuple(ep.pending_ids), action_ids=tuple(ids),
                 logprobs=tuple(logprobs), env_time=result.seconds, model_time=model_time))
             self._count_turn(ids, finish, invalid)
-            if result.done or (self.max_turns is not None and len(ep.turns) >= self.max_turns):
-                end = (EpisodeEnd.TERMINATED if result.terminated else
-                       EpisodeEnd.TRUNCATED if result.truncated else EpisodeEnd.MAX_TURNS)
+            full = finish is FinishReason.CONTEXT
+            if result.done or full or (self.max_turns is not None and len(ep.turns) >= self.max_turns):
+                end = (EpisodeEnd.TERMINATED if result.terminated else EpisodeEnd.TRUNCATED if result.truncated
+                       else EpisodeEnd.CONTEXT if full else EpisodeEnd.MAX_TURNS)
+                self.metrics["context_full"] += end is EpisodeEnd.CONTEXT
                 self._finish(ep, end, result)
                 continue
             ep.context += ids
             ep.pending_ids, ep.starts_row = ep.chat.advance(ids, text, result.observation)
             ep.observation, ep.info = result.observation, result.info
+
+    def _end_without_room(self, ep: _Live) -> None:
+        """The context window was full before the policy could write: the episode ends after its last turn."""
+        if not ep.turns:
+            self._fail(ep.group, ep.member, ep.attempt, ep.slot,
+                       f"the first prompt ({len(ep.context)} tokens) does not fit the policy's context window")
+            return
+        self.metrics["context_full"] += 1
+        self._finish(ep, EpisodeEnd.CONTEXT, EnvResult(observation=ep.observation, info=ep.info))
 
     def _count_turn(self, ids: list[int], finish: FinishReason, invalid: bool) -> None:
         self.metrics["turns"] += 1
@@ -247,8 +290,19 @@ class _Collector:
     def _act(self, episodes: list[_Live]) -> list[tuple[str, list[int], list[float], FinishReason] | PolicyError]:
         """One batched policy call for all `episodes`: (text, sampled ids, logprobs, finish) or a PolicyError."""
         if self.tokenizer is not None:
-            completions = self.policy.generate([ep.context for ep in episodes], self.sampling)
+            prompts = [ep.context for ep in episodes]
+            if self.caching:
+                completions = self.policy.generate(prompts, self.sampling,
+                                                   cache_keys=[ep.cache_key for ep in episodes])
+            else:
+                completions = self.policy.generate(prompts, self.sampling)
+            for ep, completion in zip(episodes, completions):
+                self.metrics["prompt_tokens"] += len(ep.context)
+                self.metrics["cached_prompt_tokens"] += completion.cached_tokens
+                continues_row = len(ep.turns) > ep.row_starts[-1]
+                self.metrics["cache_misses"] += self.caching and continues_row and completion.cached_tokens == 0
             return [(c.text, list(c.token_ids), list(c.logprobs),
+                     FinishReason.CONTEXT if c.finish_reason == "context" else
                      FinishReason.EMPTY if not c.text.strip() else
                      FinishReason.LENGTH if c.finish_reason == "length" else FinishReason.STOP)
                     for c in completions]
@@ -264,9 +318,11 @@ class _Collector:
 
 
 def _env_name(env: str | EnvFactory) -> str:
-    """The id recorded in episodes: the env id, also inside `functools.partial(envgym.make, id, ...)`."""
+    """The id recorded in episodes: the env id, an `EnvMaker`'s id, or the id inside `partial(envgym.make, id)`."""
     if isinstance(env, str):
         return env
+    if isinstance(getattr(env, "env_id", None), str):
+        return env.env_id
     if isinstance(env, functools.partial) and env.args and isinstance(env.args[0], str):
         return env.args[0]
     return getattr(env, "__name__", type(env).__name__)
@@ -285,7 +341,7 @@ def collect_groups(
     window: int = 4,
     observation_role: str = "user",
     pool: EnvPool | None = None,
-    backend: Backend = "sync",
+    backend: Backend = "auto",
     num_envs: int | None = None,
     max_turns: int | None = None,
     retries: int = 2,
@@ -296,8 +352,10 @@ def collect_groups(
 
     Group g resets with seed `group_seed(seed, g)` and `options={"split": split}`
     (plus `"task": tasks[g]` when `tasks` is given). Without `pool`, a pool of
-    `num_envs` envs (default: one per episode) with `backend` is made and
-    closed here. Observations are chat messages of `observation_role`
+    `num_envs` envs (default: `envgym.pool.default_num_envs`) with `backend` is made and
+    closed here; "auto" keeps cheap envs in this process and steps slow ones
+    (TextWorld, sandboxed tools) in worker processes (see `envgym.pool`).
+    Observations are chat messages of `observation_role`
     ("user", or "tool" for tool envs whose template has that role); `context`
     and `window` choose the token layout (see `envgym.chat`). `max_turns`
     caps episodes (end `MAX_TURNS`) on top of the env's own limit.
@@ -315,7 +373,7 @@ def collect_groups(
     env_name = _env_name(env)
     own_pool = pool is None
     if own_pool:
-        pool = EnvPool(env, num_envs or max(1, n_groups * group_size), backend=backend)
+        pool = EnvPool(env, num_envs or default_num_envs(backend, n_groups * group_size, env), backend=backend)
     started = time.perf_counter()
     try:
         collector = _Collector(env_name, policy, pool, n_groups=n_groups, group_size=group_size, split=split,
@@ -327,5 +385,7 @@ def collect_groups(
         if own_pool:
             pool.close()
     metrics = {**collector.metrics, "groups": float(len(groups)),
-               "episodes": float(sum(len(g.episodes) for g in groups)), "wall_time": time.perf_counter() - started}
+               "episodes": float(sum(len(g.episodes) for g in groups)),
+               "env_workers": 0.0 if pool.backend == "sync" else float(pool.num_envs),
+               "wall_time": time.perf_counter() - started}
     return RolloutResult(groups, metrics, collector.failures)

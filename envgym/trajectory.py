@@ -1,4 +1,4 @@
-"""Turn-level trajectories: `Turn`, `Episode`, `Group`, their token rows, and JSONL/Parquet storage.
+"""Turn-level trajectories: `Turn`, `Episode`, `Group`, and their JSONL/Parquet storage.
 
 A turn keeps the exact tokens the policy saw and sampled: `obs_ids` are the
 tokens added to the context before generation (the rendered observation and
@@ -10,24 +10,19 @@ context or a template that rewrites history: one row per turn). Only sampled
 tokens train.
 
 Text policies (scripted, random, an OpenAI endpoint) leave the token fields
-empty; their episodes evaluate but carry nothing to train on.
+empty; their episodes evaluate but carry nothing to train on. The trainer packs
+groups into its batch type, `envgym.trainers.batch.RolloutBatch`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from envgym.core import stable_hash
-
-if TYPE_CHECKING:
-    import torch
-
-    from envgym.trainers.advantages import TurnBatch
+from typing import Any
 
 
 class FinishReason(str, Enum):
@@ -36,6 +31,7 @@ class FinishReason(str, Enum):
     STOP = "stop"  # end-of-sequence token or a stop string
     LENGTH = "length"  # hit max_new_tokens: the action may be cut off
     EMPTY = "empty"  # stopped before writing any text
+    CONTEXT = "context"  # prompt and action filled the model's context window: the action may be cut off
 
 
 class EpisodeEnd(str, Enum):
@@ -44,6 +40,7 @@ class EpisodeEnd(str, Enum):
     TERMINATED = "terminated"  # the env reached a terminal state (won or lost)
     TRUNCATED = "truncated"  # the env cut the episode (its turn limit)
     MAX_TURNS = "max_turns"  # the rollout's own max_turns
+    CONTEXT = "context"  # the model's context window is full
 
 
 @dataclass(frozen=True)
@@ -56,8 +53,9 @@ class Turn:
     otherwise) plus this step; `model_time` is this turn's share of the
     batched generation time. `annotations` holds values computed after the
     rollout and stored with the turn for inspection (a trainer writes
-    `advantage`, `intrinsic`, `anchor_size`, `new_logprobs`, `tokens`; an
-    evaluation writes what it measured); the rollout never reads them.
+    `advantage`, `intrinsic`, `anchor_size`, `new_logprobs`, `obs_tokens` and
+    `action_tokens`: see `envgym.trainers.episode_log`); the rollout never
+    reads them.
     """
 
     observation: str
@@ -135,6 +133,15 @@ class Group:
     task: int
     seed: int
     episodes: tuple[Episode, ...]
+
+    def anchor_sizes(self) -> list[list[int]]:
+        """Per episode, per turn: how many turns of this group act from the same `state_key` (itself included).
+
+        This is the size of the turn's GiGPO anchor bucket with exact keys (loops within an episode count);
+        1 means the state occurs nowhere else in the group, so GiGPO's step-level advantage is 0 there.
+        """
+        counts = Counter(t.state_key for e in self.episodes for t in e.turns)
+        return [[counts[t.state_key] for t in e.turns] for e in self.episodes]
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; `Group.from_dict` inverts it exactly."""
@@ -255,155 +262,3 @@ def _load_parquet(path: Path) -> list[Group]:
         episode["turns"].append({k: row[k] for k in turn_keys} | {"annotations": json.loads(row["annotations"])})
     return [Group.from_dict({**g, "episodes": [g["episodes"][i] for i in sorted(g["episodes"])]})
             for _, g in sorted(groups.items())]
-
-
-# ---------------------------------------------------------------------------------------------- training views
-
-@dataclass(frozen=True)
-class TokenBatch:
-    """Right-padded tensors of some token rows, shape [B, T] each.
-
-    `loss_mask` is True only on sampled tokens; `old_logprobs` holds the
-    rollout's logprobs there (0 elsewhere); `token_turn` is the global turn
-    index (into `to_turn_batch`'s turns) of each sampled token, -1 elsewhere
-    (prompt tokens and padding); `rows` are the indices into `TokenRows`.
-    """
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    loss_mask: torch.Tensor
-    old_logprobs: torch.Tensor
-    token_turn: torch.Tensor
-    rows: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class TokenRows:
-    """The token rows of some groups, in the order of `to_turn_batch`'s turns (see TokenBatch for fields)."""
-
-    input_ids: tuple[tuple[int, ...], ...]
-    loss_mask: tuple[tuple[bool, ...], ...]
-    old_logprobs: tuple[tuple[float, ...], ...]
-    token_turn: tuple[tuple[int, ...], ...]
-    pad_token_id: int = 0
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(len(r) for r in self.input_ids)
-
-    def batches(self, max_tokens: int) -> Iterator[TokenBatch]:
-        """Consecutive rows collated so that rows x longest row <= `max_tokens` (a longer row goes alone)."""
-        if max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-        chosen: list[int] = []
-        width = 0
-        for i, row in enumerate(self.input_ids):
-            if chosen and (len(chosen) + 1) * max(width, len(row)) > max_tokens:
-                yield self._collate(chosen)
-                chosen, width = [], 0
-            chosen.append(i)
-            width = max(width, len(row))
-        if chosen:
-            yield self._collate(chosen)
-
-    def _collate(self, rows: list[int]) -> TokenBatch:
-        import torch
-
-        width = max(len(self.input_ids[i]) for i in rows)
-
-        def padded(values, fill, dtype):
-            out = torch.full((len(rows), width), fill, dtype=dtype)
-            for b, i in enumerate(rows):
-                out[b, : len(values[i])] = torch.tensor(values[i], dtype=dtype)
-            return out
-
-        lengths = torch.tensor([len(self.input_ids[i]) for i in rows])
-        return TokenBatch(
-            input_ids=padded(self.input_ids, self.pad_token_id, torch.long),
-            attention_mask=(torch.arange(width)[None, :] < lengths[:, None]).long(),
-            loss_mask=padded(self.loss_mask, False, torch.bool),
-            old_logprobs=padded(self.old_logprobs, 0.0, torch.float32),
-            token_turn=padded(self.token_turn, -1, torch.long),
-            rows=tuple(rows),
-        )
-
-
-def _iter_turns(groups: Sequence[Group]) -> Iterator[tuple[int, int, int, Episode, Turn]]:
-    """(group index, global episode index, turn index, episode, turn) in packed order."""
-    episode_index = 0
-    for g, group in enumerate(groups):
-        for episode in group.episodes:
-            for t, turn in enumerate(episode.turns):
-                yield g, episode_index, t, episode, turn
-            episode_index += 1
-
-
-def _rows_with_turns(groups: Sequence[Group]) -> Iterator[list[tuple[int, Turn]]]:
-    """Each token row as a list of (global turn index, turn)."""
-    offset = 0
-    for group in groups:
-        for episode in group.episodes:
-            for row in episode.rows():
-                yield [(offset + t, episode.turns[t]) for t in row]
-            offset += len(episode.turns)
-
-
-def to_token_rows(groups: Sequence[Group], pad_token_id: int = 0) -> TokenRows:
-    """The token rows of `groups` with loss masks on the sampled tokens only.
-
-    Raises ValueError if a turn has no sampled ids (episodes of a text policy cannot train).
-    """
-    input_ids, loss_mask, old_logprobs, token_turn = [], [], [], []
-    for row in _rows_with_turns(groups):
-        ids: list[int] = []
-        mask: list[bool] = []
-        logprobs: list[float] = []
-        owner: list[int] = []
-        for global_turn, turn in row:
-            if not turn.action_ids:
-                raise ValueError(f"turn {global_turn} has no sampled token ids (action {turn.action[:40]!r}); "
-                                 "only episodes of a token policy (hf, vllm) can be turned into token rows")
-            ids += [*turn.obs_ids, *turn.action_ids]
-            mask += [False] * len(turn.obs_ids) + [True] * len(turn.action_ids)
-            logprobs += [0.0] * len(turn.obs_ids) + list(turn.logprobs)
-            owner += [-1] * len(turn.obs_ids) + [global_turn] * len(turn.action_ids)
-        input_ids.append(tuple(ids))
-        loss_mask.append(tuple(mask))
-        old_logprobs.append(tuple(logprobs))
-        token_turn.append(tuple(owner))
-    return TokenRows(tuple(input_ids), tuple(loss_mask), tuple(old_logprobs), tuple(token_turn), pad_token_id)
-
-
-def to_turn_batch(groups: Sequence[Group], *, intrinsic: Sequence[float] | None = None,
-                  with_tokens: bool = True) -> TurnBatch:
-    """The packed turn layout of ALGORITHMS.md for `groups`, in the order of `to_token_rows`.
-
-    Group ids are positions in `groups`, episode ids count episodes in order,
-    `state` is `envgym.stable_hash(turn.state_key)`. With `with_tokens`, the
-    token fields cover the concatenated rows of `to_token_rows(groups)`: there
-    `token_turn` is the turn each token belongs to (prompt tokens belong to the
-    turn they were added in) and `loss_mask` marks the sampled ones.
-    """
-    from envgym.trainers.advantages import TurnBatch
-
-    group, episode, reward, state, invalid = [], [], [], [], []
-    for g, e, _, _, turn in _iter_turns(groups):
-        group.append(g)
-        episode.append(e)
-        reward.append(turn.reward)
-        state.append(stable_hash(turn.state_key))
-        invalid.append(turn.invalid_action)
-    if intrinsic is not None and len(intrinsic) != len(reward):
-        raise ValueError(f"intrinsic has {len(intrinsic)} values but the groups have {len(reward)} turns")
-    token_turn = loss_mask = None
-    if with_tokens:
-        token_turn, loss_mask = [], []
-        for row in _rows_with_turns(groups):
-            for global_turn, turn in row:
-                token_turn += [global_turn] * (len(turn.obs_ids) + len(turn.action_ids))
-                loss_mask += [False] * len(turn.obs_ids) + [True] * len(turn.action_ids)
-    return TurnBatch.from_lists(group=group, episode=episode, reward=reward, state=state, intrinsic=intrinsic,
-                                invalid=invalid, token_turn=token_turn, loss_mask=loss_mask)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -199,3 +201,27 @@ class EpisodeRecorder(gymnasium.Wrapper):
                     f.write(json.dumps(_jsonable(self._episode), ensure_ascii=False) + "\n")
                 self._episode = None
         return obs, reward, terminated, truncated, info
+
+
+@dataclass(frozen=True)
+class EnvMaker:
+    """A picklable zero-argument factory of one env: `envgym.make(env_id, **kwargs)` and the rollout wrappers.
+
+    `extract_action` ("none", "tag" or "admissible") adds `ActionExtraction`;
+    `show_admissible` adds `ObservationFormat`. Training and evaluation build
+    their envs through one of these, so the same config gives the same env in
+    both, in this process or in a pool's worker.
+    """
+
+    env_id: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    extract_action: Literal["none", "tag", "admissible"] = "none"
+    show_admissible: bool = False
+
+    def __call__(self) -> gymnasium.Env:
+        from envgym.registration import make
+
+        env = make(self.env_id, **self.kwargs)
+        if self.extract_action != "none":
+            env = ActionExtraction(env, mode=self.extract_action)
+        return ObservationFormat(env) if self.show_admissible else env

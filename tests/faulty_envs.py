@@ -77,3 +77,20 @@ class FailOnce(GuessNumber):
 class NoOracle(GuessNumber):
     def oracle_action(self):
         raise NotImplementedError("NoOracle has no oracle")
+
+
+class SegfaultsOnStep(GuessNumber):
+    """Dereferences a null pointer, as a buggy native extension would."""
+
+    def step(self, action):
+        import ctypes
+
+        ctypes.string_at(0)
+
+
+class AllocatesOnStep(GuessNumber):
+    """Asks for 16 GiB at once, as a runaway simulator would."""
+
+    def step(self, action):
+        self.hoard = bytearray(16 * 2**30)
+        return super().step(action)

@@ -48,9 +48,11 @@ def turn_batches(draw, max_episodes=10, max_len=6):
     invalid = per_turn(st.booleans()) if draw(st.booleans()) else None
     token_turn = [row for row in range(n) for _ in range(draw(st.integers(0, 3)))]
     token_turn = draw(st.permutations(token_turn))
+    states = per_turn(st.sampled_from(STATES))
     return TurnBatch.from_lists(group=[g for g, k in zip(groups, lengths) for _ in range(k)],
                                 episode=[7 * i - 3 for i, k in zip(ids, lengths) for _ in range(k)],
-                                reward=per_turn(st.sampled_from(REWARDS)), state=per_turn(st.sampled_from(STATES)),
+                                reward=per_turn(st.sampled_from(REWARDS)), state=states,
+                                state_text=[TEXTS[s % len(TEXTS)] for s in states],
                                 intrinsic=intrinsic, invalid=invalid, token_turn=token_turn,
                                 loss_mask=[draw(st.booleans()) for _ in token_turn])
 
@@ -60,8 +62,8 @@ def draw_options(draw, name, batch):
     spec = ESTIMATORS[name]
     options = {k: draw(st.sampled_from(spec.choices[k])) for k in spec.choices}
     options.update({k: draw(st.sampled_from(NUMERIC[k])) for k in spec.defaults if k in NUMERIC})
-    if options.get("grouping") == "similarity":
-        options["state_texts"] = [TEXTS[s % len(TEXTS)] for s in batch.state.tolist()]
+    if options.get("penalty_scope") == "step_and_outcome":
+        options["episode_stats"] = "turns"  # the only statistics it is defined with
     if options.get("normalize") == "separate":
         options["order"] = "normalize_then_discount"
     return options

@@ -3,6 +3,7 @@
 Every case runs on the vectorised ("torch") and the plain-loop ("reference") backends.
 """
 
+import dataclasses
 import math
 
 import pytest
@@ -147,11 +148,12 @@ def test_gigpo_episode_stats_over_turn_rows():
 
 def test_gigpo_similarity_grouping_merges_near_identical_texts():
     # Distinct int states, but "kitchen." and "kitchen!" have ratio 2 * 22 / 46 = 0.957 >= 0.95.
-    batch = TurnBatch.from_episodes([[0, 1], [0, 0, 0]], group=[0, 0], states=[[10, 20], [11, 30, 12]])
     texts = ["You are in the kitchen.", "You see a door.", "You are in the kitchen!", "A long hallway here.",
              "You are in the kitchen."]
+    batch = dataclasses.replace(TurnBatch.from_episodes([[0, 1], [0, 0, 0]], group=[0, 0],
+                                                        states=[[10, 20], [11, 30, 12]]), state_text=tuple(texts))
     exact = compute_advantages(TurnBatch.from_episodes(**GIGPO_EPISODES), "gigpo", gamma=0.5)
-    check(batch, "gigpo", exact.tolist(), gamma=0.5, grouping="similarity", state_texts=texts)
+    check(batch, "gigpo", exact.tolist(), gamma=0.5, grouping="similarity")
 
 
 def test_similar_state_keys_is_greedy_with_the_first_representative():
@@ -261,3 +263,66 @@ def test_empty_batch_gives_empty_advantages():
     for estimator in ("grpo", "drgrpo", "rloo", "reinforce_pp", "turn_grpo", "gigpo", "igpo", "prime"):
         for backend in BACKENDS:
             assert compute_advantages(empty, estimator, backend=backend).shape == (0,)
+
+
+# Two 218-character observations whose difflib ratio depends on the argument order (autojunk drops the
+# popular characters of the second string): ratio(A, B) = 0.991, ratio(B, A) = 0.479.
+LONG_A = ("a here the key north an table table key north see north is north an table you closed the a open closed "
+          "key closed is kitchen door is here open you kitchen here see closed here here key closed a key open "
+          "closed is north")
+LONG_B = LONG_A.replace("closed the a open", "closed the you open")
+
+
+def test_similarity_compares_the_new_text_with_the_representative_as_verl_agent_does():
+    import difflib
+
+    assert difflib.SequenceMatcher(None, LONG_A, LONG_B).ratio() > 0.95 > difflib.SequenceMatcher(
+        None, LONG_B, LONG_A).ratio()
+    # LONG_A comes first and represents its bucket; verl-agent asks are_similar(LONG_B, LONG_A): ratio 0.479
+    assert similar_state_keys([LONG_A, LONG_B], [0, 0]).tolist() == [0, 1]
+    batch = dataclasses.replace(TurnBatch.from_episodes([[1.0], [0.0]], group=[0, 0]), state_text=(LONG_A, LONG_B))
+    # separate singleton buckets: only the episode level remains (R = [1, 0], mean 0.5, std 0.5)
+    check(batch, "gigpo", [0.5 / (0.5 + EPS), -0.5 / (0.5 + EPS)], grouping="similarity")
+
+
+# Group 0: episode 0 rewards [0, 1] with an invalid first turn, episode 1 rewards [0, 0]; both start in state 1.
+PENALTY = TurnBatch.from_episodes([[0.0, 1.0], [0.0, 0.0]], group=[0, 0], states=[[1, 2], [1, 3]],
+                                  invalid=[[True, False], [False, False]])
+
+
+def test_gigpo_penalty_on_step_only_leaves_the_episode_scores_alone():
+    # mean_norm, gamma 1, p = 0.1. Episode level: R = [1, 0] -> +-0.5. Step: G~ = [1 - 0.1, 1 | 0, 0];
+    # bucket of state 1 = {0.9, 0}: +-0.45; the others are singletons (0).
+    check(PENALTY, "gigpo", [0.5 + 0.45, 0.5, -0.5 - 0.45, -0.5], mode="mean_norm", gamma=1.0)
+
+
+def test_gigpo_penalty_on_step_and_outcome_scores_every_turn_row():
+    # verl-agent: row scores R_i - p * invalid_{i,t} = [0.9, 1.0 | 0, 0], centred on the group's row mean 0.475.
+    check(PENALTY, "gigpo", [0.425 + 0.45, 0.525, -0.475 - 0.45, -0.475], mode="mean_norm", gamma=1.0,
+          penalty_scope="step_and_outcome", episode_stats="turns")
+    with pytest.raises(ValueError, match="needs episode_stats='turns'"):
+        compute_advantages(PENALTY, "gigpo", penalty_scope="step_and_outcome")
+
+
+def test_gigpo_verl_agent_preset():
+    # the preset: mean_norm, gamma 0.95, p = 0.1 on step and outcome, row statistics. G~ of state 1 rows:
+    # 0.95 * 1 - 0.1 = 0.85 and 0: +-0.425; episode level as above: [0.425, 0.525, -0.475, -0.475].
+    check(PENALTY, "gigpo", [0.85, 0.525, -0.9, -0.475], preset="verl-agent")
+    explicit = compute_advantages(PENALTY, "gigpo", mode="mean_norm", gamma=0.95, penalty_scope="step_and_outcome",
+                                  episode_stats="turns", std="sample", episode_singleton="raw")
+    torch.testing.assert_close(compute_advantages(PENALTY, "gigpo", preset="verl-agent"), explicit)
+    # explicit options override the preset's
+    check(PENALTY, "gigpo", [0.425 + 0.45, 0.525, -0.475 - 0.45, -0.475], preset="verl-agent", gamma=1.0)
+    with pytest.raises(ValueError, match="unknown preset 'verl' for estimator 'gigpo'; its presets: verl-agent"):
+        compute_advantages(PENALTY, "gigpo", preset="verl")
+
+
+@pytest.mark.parametrize("episode_singleton, singleton, expected", [
+    ("raw", "zero", [2.0, 2.0]),  # verl-agent: a lone episode keeps its score, a lone bucket scores 0
+    ("zero", "raw", [1.0, 2.0]),  # G = [0.5 * 2, 2] kept raw at the step level
+    ("zero", "zero", [0.0, 0.0]),
+])
+def test_gigpo_singleton_rules_are_separate_for_episodes_and_anchor_buckets(episode_singleton, singleton, expected):
+    batch = TurnBatch.from_episodes([[0.0, 2.0]], group=[0])  # one episode, two distinct states: all singletons
+    check(batch, "gigpo", expected, mode="mean_norm", gamma=0.5, episode_singleton=episode_singleton,
+          singleton=singleton)

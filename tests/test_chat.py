@@ -113,3 +113,47 @@ def test_special_tokens_sampled_inside_an_action_stay_verbatim_without_fallback(
     row = first + sampled + ids
     assert tokenizer.decode(row).endswith("open<|im_start|> it<|im_end|>\n<|im_start|>user\nit is open<|im_end|>\n"
                                           "<|im_start|>assistant\n")
+
+
+# Like Qwen2.5 and Hermes: the tool schemas are listed in the system message when the chat has tools.
+TOOLS_TEMPLATE = (
+    "{%- if tools %}{{ '<|im_start|>system\n' }}{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}"
+    "{% endif %}{{ '\n\n# Tools\n<tools>' }}{% for tool in tools %}{{ '\n' + (tool | tojson) }}{% endfor %}"
+    "{{ '\n</tools><|im_end|>\n' }}{% endif -%}"
+    "{%- for m in messages %}{% if not (tools and m['role'] == 'system') %}"
+    "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endif %}{% endfor -%}"
+    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif -%}"
+)
+TOOL_WORDS = ["#", "Tools", "tools", "type", "function", "name", "description", "parameters", "properties",
+              "required", "object", "string", "code", "python", "run", "{", "}", ":", ",", '"', "[", "]"]
+TOOLS = [{"type": "function", "function": {"name": "python", "description": "run the code",
+                                           "parameters": {"type": "object", "properties": {"code": {"type": "string"}},
+                                                          "required": ["code"]}}}]
+
+
+@pytest.mark.parametrize("context", ["full", "window"])
+def test_tools_reach_the_template_and_rows_stay_token_faithful(context):
+    tokenizer = word_level_tokenizer(WORDS + TOOL_WORDS, chat_template=TOOLS_TEMPLATE)
+    chat = EpisodeChat(tokenizer, "play well", context=context, window=1, tools=TOOLS)
+    rows = play(chat, tokenizer)
+    first = tokenizer.decode(rows[0])
+    assert first.startswith("<|im_start|>system\nplay well\n\n# Tools\n<tools>\n{") and '"name": "python"' in first
+    if context == "full":
+        assert len(rows) == 1 and not chat.rewrote_history
+    fresh = render(tokenizer, chat.messages if context == "full" else [chat.messages[0], *chat.messages[-3:]], True,
+                   TOOLS)
+    assert rows[-1] == encode(tokenizer, fresh)
+    without = EpisodeChat(tokenizer, "play well")
+    assert "# Tools" not in tokenizer.decode(without.start(OBSERVATIONS[0])[0])
+
+
+def test_a_tool_env_rollout_shows_its_tools_to_the_model():
+    from envgym.models import tiny_model
+    from envgym.policies import HFPolicy, SamplingParams
+    from envgym.rollout import collect_groups
+
+    tokenizer = word_level_tokenizer(WORDS + TOOL_WORDS, chat_template=TOOLS_TEMPLATE)
+    result = collect_groups("tools/MathPython-v0", HFPolicy(tiny_model(tokenizer), tokenizer), n_groups=1,
+                            group_size=1, split="test", max_turns=1, sampling=SamplingParams(max_new_tokens=2))
+    prompt = tokenizer.decode(result.groups[0].episodes[0].turns[0].obs_ids)
+    assert "# Tools\n<tools>\n{" in prompt and '"name": "python"' in prompt

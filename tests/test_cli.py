@@ -2,6 +2,8 @@
 
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -48,29 +50,39 @@ def test_check_exits_zero_on_a_good_env_and_one_on_a_broken_env(capsys):
 
 
 def test_play_in_a_terminal_until_the_game_is_won():
-    # A person (here, a pipe) plays the guessing game by bisection and wins.
+    # A person (here, a pipe) plays the guessing game by bisection and wins. The answer to each guess is read
+    # after a pause, as a reader on a loaded machine would: the game has then written its reply, and after the
+    # winning guess also its last line, into the pipe at once. Everything is read through one buffered reader:
+    # communicate() would read the pipe itself and miss what readline() had already buffered (once seen as
+    # `assert 'episode won' in ''` under load).
     proc = subprocess.Popen([sys.executable, "-m", "envgym.cli", "play", "games/GuessNumber-v0", "--seed", "3",
                              "--split", "test", "--task", "0"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lo, hi = 1, 100
-    guesses = []
-    lines = []
-    for _ in range(8):
-        guess = (lo + hi) // 2
-        guesses.append(guess)
-        proc.stdin.write(f"{guess}\n")
-        proc.stdin.flush()
-        line = ""
-        while "too low" not in line and "too high" not in line and "correct" not in line:
-            line = proc.stdout.readline()
-            assert line, proc.stderr.read()
-            lines.append(line)
-        if "correct" in line:
-            break
-        lo, hi = (guess + 1, hi) if "too low" in line else (lo, guess - 1)
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
-    assert "episode won" in out
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    watchdog = threading.Timer(120, proc.kill)  # a hung game fails the test instead of hanging it
+    watchdog.start()
+    try:
+        lo, hi = 1, 100
+        lines = []
+        for _ in range(8):
+            guess = (lo + hi) // 2
+            proc.stdin.write(f"{guess}\n")
+            proc.stdin.flush()
+            time.sleep(0.2)
+            line = ""
+            while "too low" not in line and "too high" not in line and "correct" not in line:
+                line = proc.stdout.readline()
+                assert line, f"the game ended before answering {guess}: {''.join(lines)}"
+                lines.append(line)
+            if "correct" in line:
+                break
+            lo, hi = (guess + 1, hi) if "too low" in line else (lo, guess - 1)
+        proc.stdin.close()
+        rest = proc.stdout.read()
+        returncode = proc.wait()
+    finally:
+        watchdog.cancel()
+    assert returncode == 0, "".join(lines) + rest
+    assert "episode won" in rest
     assert "turn" in "".join(lines)
 
 
@@ -96,3 +108,72 @@ def test_a_run_stopped_on_nan_exits_one_with_its_message(monkeypatch, capsys):
     monkeypatch.setattr(cli, "cmd_list", stops_on_nan)
     assert main(["list"]) == EXIT_FAILED
     assert "iteration 3: loss is nan" in capsys.readouterr().out
+
+
+def test_a_knob_of_the_wrong_type_names_the_knob(capsys):
+    assert main(["info", "games/Maze-v0", "size=banana"]) == EXIT_USAGE
+    assert "games/Maze-v0: size must be an integer, got 'banana'" in capsys.readouterr().out
+
+
+def _bad_yaml(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("iterations: 3\noptim:\n  lr: 1e-3\n   bad: 1\n")
+    return str(path)
+
+
+def _list_yaml(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    return str(path)
+
+
+QUICKSTART = "trainers/recipes/quickstart.yaml"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["info", "games/Maze-v0", "size=banana"], "size must be an integer, got 'banana'"),
+    (["check", "games/Maze-v0", "--kwargs", "size=banana"], "size must be an integer, got 'banana'"),
+    (["play", "games/Maze-v0", "size=banana"], "size must be an integer, got 'banana'"),
+    (["train", "{bad_yaml}"], "bad.yaml:4:7: invalid YAML: mapping values are not allowed here"),
+    (["train", "{list_yaml}"], "list.yaml: a config must be a mapping"),
+    (["train", QUICKSTART, "optim.lr=-1"], "optim.lr must be in [0, 1], got -1.0"),
+    (["train", QUICKSTART, "out_dir={tmp}/run", "env.kwargs={{size: banana}}"],
+     "size must be an integer, got 'banana'"),
+    (["train", "{tmp}/missing.yaml"], "does not exist"),
+    (["sft", QUICKSTART, "sft.steps=0"], "sft.steps is 0"),
+    (["eval", "--env", "games/Maze-v0", "--policy", "hf:/nonexistent"], "there is no directory '/nonexistent'"),
+    (["eval", "--env", "games/Maze-v0", "--policy", "scripted", "--env-kwarg", "size=banana"],
+     "size must be an integer"),
+    (["eval", "--env", "games/Maze-v0", "--policy", "scripted", "--out", "/proc/envgym"],
+     "--out /proc/envgym: cannot write there"),
+])
+def test_expected_errors_are_one_line_and_exit_two(tmp_path, capsys, argv, message):
+    argv = [a.format(bad_yaml=_bad_yaml(tmp_path), list_yaml=_list_yaml(tmp_path), tmp=tmp_path) for a in argv]
+    assert main(argv) == EXIT_USAGE
+    captured = capsys.readouterr()
+    assert captured.out.count("\n") == 1 and message in captured.out, captured.out  # nothing ran before it
+    assert "Traceback" not in captured.err
+
+
+def test_an_unwritable_out_fails_before_the_eval_runs(capsys):
+    assert main(["eval", "--env", "games/Maze-v0", "--policy", "scripted", "--episodes", "500",
+                 "--out", "/proc/envgym"]) == EXIT_USAGE
+    assert "| env |" not in capsys.readouterr().out
+
+
+def test_max_turns_zero_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--env", "games/Maze-v0", "--policy", "scripted", "--max-turns", "0"])
+    assert exit_info.value.code == EXIT_USAGE
+    assert "argument --max-turns: must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_an_interrupted_command_exits_130_without_a_traceback(monkeypatch, capsys):
+    import envgym.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_list", interrupted)
+    assert main(["list"]) == 130
+    assert capsys.readouterr().out == "envgym list: interrupted\n"

@@ -41,6 +41,13 @@ def test_turn_reward_estimators_need_their_model():
         config_from_dict({"algorithm": {"estimator": "igpo"}})
 
 
+def test_vllm_engine_settings_need_the_vllm_backend():
+    assert config_from_dict({"rollout": {"backend": "vllm", "vllm": {"max_model_len": 2048}}}).rollout.vllm == {
+        "max_model_len": 2048}
+    with pytest.raises(ConfigError, match="rollout.backend is 'hf'; set rollout.backend: vllm"):
+        config_from_dict({}, ["rollout.vllm={max_model_len: 2048}"])
+
+
 def test_malformed_override():
     with pytest.raises(ConfigError, match="section.key=value"):
         config_from_dict({}, ["optim.lr"])
@@ -56,3 +63,62 @@ def test_every_recipe_loads():
     assert len(recipes) >= 5
     for path in recipes:
         load_config(path)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.grad_clip=-1", "optim.grad_clip must be > 0, got -1.0 (the gradient norm is clipped to it"),
+    ("optim.grad_clip=0", "optim.grad_clip must be > 0, got 0.0"),
+    ("loss.kl_coef=-0.1", "loss.kl_coef must be >= 0, got -0.1"),
+    ("loss.entropy_coef=-0.01", "loss.entropy_coef must be >= 0, got -0.01"),
+    ("rollout.top_p=0", "rollout.top_p must be in (0, 1], got 0.0"),
+    ("env.max_turns=0", "env.max_turns must be >= 1, got 0"),
+    ("env.max_turns=-3", "env.max_turns must be >= 1, got -3"),
+    ("sft.steps=-1", "sft.steps must be >= 0, got -1"),
+    ("eval.temperature=-0.5", "eval.temperature must be >= 0, got -0.5"),
+    ("optim.lr=1e9", "optim.lr must be in [0, 1], got 1000000000.0"),
+    ("optim.lr=-1", "optim.lr must be in [0, 1], got -1.0"),
+    ("optim.lr=.nan", "optim.lr must be in [0, 1], got nan"),
+    ("eval.episodes=0", "eval.episodes must be >= 1, got 0"),
+    ("threads=-1", "threads must be >= 0, got -1"),
+    ("seed=-1", "seed must be in [0, 4294967296), got -1"),
+    ("optim.beta2=1", "optim.beta2 must be in [0, 1), got 1.0"),
+    ("model.lora.dropout=1.5", "model.lora.dropout must be in [0, 1), got 1.5"),
+    ("checkpoint.keep=0", "checkpoint.keep must be >= 1, got 0"),
+    ("turn_reward.answer_template=x", "turn_reward.answer_template must contain {answer}"),
+])
+def test_values_out_of_range_fail_naming_key_value_and_range(override, message):
+    with pytest.raises(ConfigError) as raised:
+        config_from_dict({}, [override])
+    assert message in str(raised.value)
+
+
+def test_ranges_are_checked_for_configs_built_in_python_too():
+    config = TrainConfig()
+    config.optim.grad_clip = -1.0
+    with pytest.raises(ConfigError, match="optim.grad_clip must be > 0"):
+        config.validate()
+
+
+@pytest.mark.parametrize("text, where, problem", [
+    ("iterations: 3\noptim:\n  lr: 1e-3\n   bad: 1\n", ":4:7:", "mapping values are not allowed here"),
+    ("env: {id: games/Maze-v0\n", ":2:1:", "expected ',' or '}'"),
+])
+def test_yaml_syntax_errors_name_file_line_and_column(tmp_path, text, where, problem):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert str(raised.value).startswith(f"{path}{where} invalid YAML") and problem in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_a_top_level_list_is_not_a_config(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- iterations: 3\n- seed: 1\n")
+    with pytest.raises(ConfigError, match="list.yaml: a config must be a mapping of sections and keys"):
+        load_config(path)
+
+
+def test_an_override_that_is_not_yaml_names_itself():
+    with pytest.raises(ConfigError, match=r"override 'optim.lr=\[': the value is not valid YAML"):
+        config_from_dict({}, ["optim.lr=["])

@@ -2,10 +2,16 @@
 
 import json
 import math
+import re
+import socket
+import time
 
 import pytest
 
+import envgym
+import envgym.evaluation
 from envgym.evaluation import evaluate, pass_at_k, wilson_interval
+from envgym.trajectory import load_groups
 
 
 def test_wilson_interval_known_values():
@@ -39,6 +45,10 @@ def test_evaluate_scripted_and_random_on_maze(tmp_path):
     assert [r["policy"] for r in saved["results"]] == ["scripted", "random"]
     assert "| games/Maze-v0 | scripted | 8 | 100.0%" in paths["markdown"].read_text()
     assert paths["chart"].read_bytes()[:4] == b"\x89PNG"
+    for row, result in zip(saved["results"], report.rollouts):  # every episode is stored, with the failures
+        groups = load_groups(tmp_path / row["episodes_file"])
+        assert groups == result.groups and row["failures"] == [] and row["episodes"] == 8
+        assert sum(len(g.episodes) for g in groups) == 8
 
 
 def test_eval_command(tmp_path, capsys):
@@ -48,7 +58,8 @@ def test_eval_command(tmp_path, capsys):
                  "--out", str(tmp_path)])
     assert code == 0
     assert "games/GuessNumber-v0 | scripted | 3 | 100.0%" in capsys.readouterr().out
-    assert {p.name for p in tmp_path.iterdir()} == {"report.json", "report.md", "report.png"}
+    assert {p.name for p in tmp_path.iterdir()} == {"report.json", "report.md", "report.png", "episodes"}
+    assert [p.name for p in (tmp_path / "episodes").iterdir()] == ["00_games_GuessNumber-v0_scripted.jsonl"]
 
 
 def test_eval_command_passes_env_knobs_and_rejects_unknown_ones(tmp_path, capsys):
@@ -65,6 +76,13 @@ def test_eval_command_passes_env_knobs_and_rejects_unknown_ones(tmp_path, capsys
     capsys.readouterr()
     assert main(["eval", "--env", "games/Maze-v0", "--env-kwarg", "colour=red", "--policy", "scripted"]) == 2
     assert "colour" in capsys.readouterr().out
+
+
+def test_engine_args_without_a_vllm_policy_are_refused(capsys):
+    from envgym.cli import main
+
+    assert main(["eval", "--env", "games/Maze-v0", "--policy", "random", "--engine-arg", "max_model_len=2048"]) == 2
+    assert "apply to vllm: policies only" in capsys.readouterr().out
 
 
 def test_eval_help_renders(capsys):
@@ -89,3 +107,109 @@ def test_evaluate_a_token_policy_object_counts_generated_tokens():
                       sampling=SamplingParams(max_new_tokens=3), context="window", window=1)
     row = report.rows[0]
     assert row.policy == "HFPolicy" and row.episodes == 2 and 2 <= row.generated_tokens <= 2 * 2 * 3
+
+
+def test_a_checkpoint_gets_the_same_number_in_training_and_from_envgym_eval(tmp_path, capsys):
+    """One evaluation path: `envgym eval --config` replays the run's held-out evaluation exactly (sampling too)."""
+    from envgym.cli import main
+    from envgym.trainers import Trainer, config_from_dict
+
+    config = config_from_dict({
+        "iterations": 2, "threads": 1, "out_dir": str(tmp_path / "run"),
+        "env": {"id": "games/Maze-v0", "kwargs": {"size": 3, "view": "local"}, "max_turns": 6,
+                "extract_action": "admissible"},
+        "rollout": {"n_groups": 2, "group_size": 2, "max_new_tokens": 2, "context": "window", "window": 0},
+        "optim": {"epochs": 1}, "sft": {"steps": 20, "episodes": 128, "batch_tokens": 2048},
+        "eval": {"every": 2, "episodes": 24, "temperature": 1.0}, "checkpoint": {"every": 2}})
+    trainer = Trainer(config)
+    in_run = trainer.fit()[-1]
+    checkpoint = tmp_path / "run" / "checkpoints" / "iter_000002"
+    assert main(["eval", "--config", str(checkpoint / "config.yaml"), "--policy", f"hf:{checkpoint}",
+                 "--out", str(tmp_path / "eval")]) == 0
+    row = json.loads((tmp_path / "eval" / "report.json").read_text())["results"][0]
+    settings = json.loads((tmp_path / "eval" / "report.json").read_text())["settings"]
+    assert settings["extract_action"] == "admissible" and settings["sampling"]["temperature"] == 1.0
+    assert row["episodes"] == in_run["eval/episodes"] == 24
+    assert 0.0 < row["success_rate"] < 1.0  # the warm-started policy wins some sampled episodes, not all
+    assert row["success_rate"] == in_run["eval/success"]
+    assert row["mean_return"] == pytest.approx(in_run["eval/return"], abs=1e-12)
+    assert row["invalid_action_rate"] == pytest.approx(in_run["eval/invalid_rate"], abs=1e-12)
+# -- failures are failures ---------------------------------------------------------------------------------
+
+for _name, _cls in {"Raises": "RaisesOnStep", "Hangs": "HangsOnStep", "FailOnSeed": "FailOnSeed"}.items():
+    envgym.register(f"faulty/Eval{_name}-v0", f"faulty_envs:{_cls}", max_turns=10)
+
+
+def test_eval_exits_one_when_every_episode_failed_and_says_why(capsys):
+    from envgym.cli import EXIT_FAILED, main
+
+    code = main(["eval", "--env", "faulty/EvalRaises-v0", "--policy", "scripted", "--episodes", "3",
+                 "--retries", "1"])
+    out = capsys.readouterr().out
+    assert code == EXIT_FAILED, out
+    assert ("faulty/EvalRaises-v0 · scripted: 3 of 3 episodes dropped after failing past 1 retries (counted as "
+            "losses); 6 failed attempts, causes: 6x step 0: step('50') raised RuntimeError: the simulator "
+            "exploded") in out
+
+
+def test_eval_exits_one_when_some_episodes_failed(capsys):
+    from envgym.cli import EXIT_FAILED, main
+
+    code = main(["eval", "--env", "faulty/EvalFailOnSeed-v0", "--policy", "scripted", "--episodes", "8"])
+    out = capsys.readouterr().out
+    row = evaluate("faulty/EvalFailOnSeed-v0", "scripted", episodes=8).rows[0]
+    assert 0 < row.dropped_episodes < 8 and row.episodes == 8 - row.dropped_episodes  # some seeds are odd
+    assert code == EXIT_FAILED
+    assert f"{row.dropped_episodes} of 8 episodes dropped after failing past 2 retries" in out
+    assert "ValueError: cannot start from seed" in out
+
+
+def test_a_dead_endpoint_fails_fast_with_the_timeouts_given(capsys):
+    from envgym.cli import EXIT_FAILED, main
+
+    silent = socket.socket()  # accepts connections (the backlog) and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+    started = time.monotonic()
+    try:
+        code = main(["eval", "--env", "games/GuessNumber-v0", "--policy", f"openai:{url}#m", "--episodes", "2",
+                     "--request-timeout", "0.3", "--retries", "0"])
+    finally:
+        silent.close()
+    out = capsys.readouterr().out
+    assert code == EXIT_FAILED
+    assert "2 of 2 episodes dropped after failing past 0 retries" in out
+    assert f"no answer from {url}/chat/completions" in out and "timeout 0.3s" in out
+    assert time.monotonic() - started < 30  # 4 tries x 0.3 s + backoff, not 4 x 60 s x 3 attempts
+
+
+@pytest.mark.slow
+def test_step_timeout_and_num_envs_reach_the_pool(capsys, monkeypatch):
+    from envgym.cli import EXIT_FAILED, main
+
+    pools = []
+
+    class RecordedPool(envgym.evaluation.EnvPool):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            pools.append((self.num_envs, self.step_timeout, self.backend))
+
+    monkeypatch.setattr(envgym.evaluation, "EnvPool", RecordedPool)
+    started = time.monotonic()
+    code = main(["eval", "--env", "faulty/EvalHangs-v0", "--policy", "scripted", "--episodes", "2",
+                 "--backend", "process", "--num-envs", "1", "--step-timeout", "0.5", "--retries", "0"])
+    out = capsys.readouterr().out
+    assert code == EXIT_FAILED and pools == [(1, 0.5, "process")]
+    assert "2x step 0: step timed out after 0.5s; the worker was killed and restarted" in out
+    assert time.monotonic() - started < 40  # a hung step costs 0.5 s, not the default 60
+
+
+@pytest.mark.parametrize("argument, value, message", [
+    ("episodes", 0, "episodes must be >= 1, got 0"), ("max_turns", 0, "max_turns must be >= 1, got 0"),
+    ("step_timeout", 0, "step_timeout must be > 0, got 0"), ("retries", -1, "retries must be >= 0, got -1"),
+    ("num_envs", 0, "num_envs must be >= 1, got 0"), ("request_timeout", -1.0, "request_timeout must be > 0"),
+])
+def test_evaluate_checks_its_arguments_first(argument, value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        evaluate("games/GuessNumber-v0", "hf:/not/loaded", **{argument: value})

@@ -142,3 +142,33 @@ def test_a_slot_near_its_episode_timeout_does_not_cut_the_others_short():
         results = pool.step({0: "50", 1: "50"})  # each step takes 0.2 s
         assert "timed out" in results[0].error or "past its timeout" in results[0].error
         assert results[1].error is None
+
+
+envgym.register("faulty/SlowDeclared-v0", "faulty_envs:SlowStep", max_turns=10, step_seconds=0.2)
+
+
+def test_auto_keeps_cheap_envs_in_process_and_sends_declared_slow_ones_to_workers():
+    import functools
+    import os
+
+    with EnvPool("games/GuessNumber-v0", 2, backend="auto") as pool:
+        assert pool.backend == "sync" and "declares no step_seconds" in pool.choice
+    with EnvPool("faulty/SlowDeclared-v0", 1, backend="auto") as pool:
+        assert pool.backend == "sync" and "cannot step in parallel" in pool.choice
+    # a factory's spec is read from the env it builds: the spec registered only here reaches the workers too
+    factory = functools.partial(envgym.make, "faulty/SlowDeclared-v0")
+    with EnvPool(factory, 2, backend="auto") as pool:
+        expected = "process" if (os.cpu_count() or 1) >= 2 else "sync"
+        assert pool.backend == expected, pool.choice
+        results = pool.reset({0: (0, RESET), 1: (0, RESET)})
+        assert all(r.error is None for r in results.values())
+        started = time.perf_counter()
+        stepped = pool.step({0: "50", 1: "50"})  # 0.2 s each
+        assert all(r.error is None for r in stepped.values())
+        if expected == "process":
+            assert time.perf_counter() - started < 0.38  # concurrent, not one after the other
+
+
+def test_step_seconds_must_be_a_duration():
+    with pytest.raises(ValueError, match="step_seconds of 'faulty/Negative-v0' must be >= 0"):
+        envgym.register("faulty/Negative-v0", "faulty_envs:SlowStep", step_seconds=-1)

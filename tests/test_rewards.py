@@ -10,10 +10,11 @@ import torch
 from envgym.models import tiny_model, word_level_tokenizer
 from envgym.trainers.config import TurnRewardOptions
 from envgym.trainers.rewards import ImplicitPRM, InfoGainReward
+from envgym.trainers.batch import RolloutBatch
 from envgym.trainers.rewards.health import FailureStreak
 from envgym.trainers.rewards.implicit_prm import _pair_accuracy
 from envgym.trainers.rewards.info_gain import info_gain_profile
-from envgym.trajectory import Episode, EpisodeEnd, Group, Turn, to_token_rows
+from envgym.trajectory import Episode, EpisodeEnd, Group, Turn
 
 
 def episode(actions, won, answer="7", obs=(5, 6), row_starts=(0,), states=None, invalid=()):
@@ -42,7 +43,7 @@ def test_info_gain_is_the_change_of_answer_probability_between_turns(kind):
     policy = LengthScoringPolicy()
     e = episode([(1, 2), (3,), (4,)], won=True)
     reward = InfoGainReward(policy, TurnRewardOptions(kind="info_gain", info_gain=kind))
-    intrinsic, metrics = reward.turn_rewards([Group("test/Env-v0", "train", 0, 0, (e,))], rows=None)
+    intrinsic, metrics = reward.turn_rewards(RolloutBatch.from_groups([Group("test/Env-v0", "train", 0, 0, (e,))]))
     (prompts, continuations), = policy.calls
     # the context before action t: every earlier obs and action of the row, then obs_t
     assert prompts == [[5, 6], [5, 6, 1, 2, 5], [5, 6, 1, 2, 5, 3, 5]]
@@ -57,7 +58,7 @@ def test_info_gain_with_one_row_per_turn_uses_each_rows_own_prompt():
     policy = LengthScoringPolicy()
     e = episode([(1,), (2,)], won=False, row_starts=(0, 1))
     InfoGainReward(policy, TurnRewardOptions(kind="info_gain")).turn_rewards(
-        [Group("test/Env-v0", "train", 0, 0, (e,))], rows=None)
+        RolloutBatch.from_groups([Group("test/Env-v0", "train", 0, 0, (e,))]))
     assert policy.calls[0][0] == [[5, 6], [5, 6]]
 
 
@@ -65,7 +66,7 @@ def test_info_gain_needs_a_gold_answer():
     e = episode([(1,)], won=False, answer=None)
     with pytest.raises(ValueError, match=r"info\['answer'\]"):
         InfoGainReward(LengthScoringPolicy(), TurnRewardOptions(kind="info_gain")).turn_rewards(
-            [Group("test/Env-v0", "train", 0, 0, (e,))], rows=None)
+            RolloutBatch.from_groups([Group("test/Env-v0", "train", 0, 0, (e,))]))
 
 
 @pytest.mark.parametrize("loss", ["ce", "dpo"])
@@ -76,12 +77,12 @@ def test_implicit_prm_learns_to_reward_the_winning_turns(loss):
     groups = [Group("test/Env-v0", "train", 0, 0, (episode([(a,), (a,)], won=True),
                                                    episode([(b,), (b,)], won=False, invalid=(1,))))
               for _ in range(2)]
-    rows = to_token_rows(groups)
+    batch = RolloutBatch.from_groups(groups)
     prm = ImplicitPRM(model, TurnRewardOptions(kind="implicit_prm", prm_loss=loss, prm_lr=1e-2, prm_beta=0.5))
-    first, _ = prm.turn_rewards(groups, rows)  # scored before the first update: PRM == reference
+    first, _ = prm.turn_rewards(batch)  # scored before the first update: PRM == reference
     assert first == pytest.approx([0.0] * 8, abs=1e-6)
     for _ in range(10):
-        rewards, metrics = prm.turn_rewards(groups, rows)
+        rewards, metrics = prm.turn_rewards(batch)
     won, lost = rewards[0] + rewards[1], rewards[2] + rewards[3]
     assert won > lost
     if loss == "ce":
@@ -135,7 +136,7 @@ def test_info_gain_warns_when_redundant_turns_earn_as_much_as_informative_ones(c
     # every turn adds the same tokens, so the length-scoring policy gives every turn the same IG
     reward = InfoGainReward(LengthScoringPolicy(), TurnRewardOptions(kind="info_gain"))
     with caplog.at_level(logging.WARNING, logger="envgym.trainers.rewards.health"):
-        streaks = [reward.turn_rewards([Group("test/Env-v0", "train", 0, 0, (e, f))], rows=None)[1]
+        streaks = [reward.turn_rewards(RolloutBatch.from_groups([Group("test/Env-v0", "train", 0, 0, (e, f))]))[1]
                    ["info_gain/redundant_streak"] for _ in range(5)]
     assert streaks == [1, 2, 3, 4, 5]
     assert caplog.records[0].getMessage().startswith("info_gain/redundant_streak = 5 (-0.020 against -0.020 now)")
@@ -145,7 +146,7 @@ def test_info_gain_scores_prefixes_in_any_order_and_returns_them_in_episode_orde
     policy = LengthScoringPolicy()
     long, short = episode([(1,), (2,)], won=True, obs=(5, 6, 7, 8)), episode([(1, 2, 3), (2,)], won=False, obs=(5,))
     intrinsic, _ = InfoGainReward(policy, TurnRewardOptions(kind="info_gain")).turn_rewards(
-        [Group("test/Env-v0", "train", 0, 0, (long, short))], rows=None)
+        RolloutBatch.from_groups([Group("test/Env-v0", "train", 0, 0, (long, short))]))
     # log p_t = -len(context)/100; the long episode's contexts are 4 and 6 tokens, the short one's 1 and 5
     assert intrinsic == pytest.approx([-0.02, 0.0, -0.04, 0.0])
     assert [len(p) for p in policy.calls[0][0]] == sorted(len(p) for p in policy.calls[0][0])
@@ -155,7 +156,7 @@ def test_info_gain_forces_the_templates_prefix_and_scores_only_the_answer():
     policy = LengthScoringPolicy()
     e = episode([(1,), (2,)], won=True)
     InfoGainReward(policy, TurnRewardOptions(kind="info_gain", answer_template="it is {answer}.")).turn_rewards(
-        [Group("test/Env-v0", "train", 0, 0, (e,))], rows=None)
+        RolloutBatch.from_groups([Group("test/Env-v0", "train", 0, 0, (e,))]))
     (prompts, continuations), = policy.calls
     it_is = policy.tokenizer.encode("it is ", add_special_tokens=False)
     assert prompts == [[5, 6, *it_is], [5, 6, 1, 5, *it_is]]  # the context, then "it is" forced
@@ -165,4 +166,4 @@ def test_info_gain_forces_the_templates_prefix_and_scores_only_the_answer():
 def test_info_gain_template_without_placeholder_fails_with_a_message():
     with pytest.raises(ValueError, match=r"no '\{answer\}' placeholder"):
         InfoGainReward(LengthScoringPolicy(), TurnRewardOptions(kind="info_gain", answer_template="it is")).turn_rewards(
-            [Group("test/Env-v0", "train", 0, 0, (episode([(1,)], won=True),))], rows=None)
+            RolloutBatch.from_groups([Group("test/Env-v0", "train", 0, 0, (episode([(1,)], won=True),))]))

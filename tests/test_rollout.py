@@ -51,8 +51,8 @@ def test_hf_policy_sees_exactly_the_tokens_that_are_recorded():
     policy = HFPolicy(tiny_model(tokenizer), tokenizer)
     prompts_seen = []
     generate = policy.generate
-    policy.generate = lambda prompts, params: (prompts_seen.append([list(p) for p in prompts]),
-                                               generate(prompts, params))[1]
+    policy.generate = lambda prompts, params, **keys: (prompts_seen.append([list(p) for p in prompts]),
+                                                       generate(prompts, params, **keys))[1]
     result = collect_groups("games/GuessNumber-v0", policy, n_groups=2, group_size=2, split="test",
                             sampling=SamplingParams(max_new_tokens=3), max_turns=3)
     episodes = [e for g in result.groups for e in g.episodes]
@@ -161,3 +161,52 @@ def test_episodes_name_the_env_of_a_factory():
     result = collect_groups(factory, load_policy("scripted"), n_groups=1, group_size=1)
     episode = result.groups[0].episodes[0]
     assert episode.env_id == "games/GuessNumber-v0" and episode.won and len(episode.turns) <= 4
+
+
+def test_kv_cached_rollout_plays_what_fresh_prefills_play_and_frees_its_caches():
+    tokenizer = word_level_tokenizer(WORDS)
+    model = tiny_model(tokenizer)
+    sampling = SamplingParams(temperature=0, max_new_tokens=3)
+    cached = HFPolicy(model, tokenizer)
+    runs = {reuse: collect_groups("games/GuessNumber-v0", policy, n_groups=2, group_size=2, split="test",
+                                  sampling=sampling, max_turns=4)
+            for reuse, policy in ((True, cached), (False, HFPolicy(model, tokenizer, kv_reuse=False)))}
+    episodes = {reuse: [e for g in run.groups for e in g.episodes] for reuse, run in runs.items()}
+    for a, b in zip(episodes[True], episodes[False], strict=True):
+        assert [t.action_ids for t in a.turns] == [t.action_ids for t in b.turns]
+        for ta, tb in zip(a.turns, b.turns):
+            assert ta.logprobs == pytest.approx(tb.logprobs, abs=1e-4)
+    metrics = runs[True].metrics
+    assert metrics["prompt_tokens"] == runs[False].metrics["prompt_tokens"]
+    assert 0.5 * metrics["prompt_tokens"] < metrics["cached_prompt_tokens"] < metrics["prompt_tokens"]
+    assert metrics["cache_misses"] == 0 and runs[False].metrics["cached_prompt_tokens"] == 0
+    assert metrics["env_workers"] == 0  # GuessNumber steps are cheaper than a pipe round trip
+    assert len(cached.cache) == 0  # every episode's cache was released when it ended
+
+
+def test_an_episode_that_fills_the_context_window_ends_there():
+    from envgym.chat import EpisodeChat
+
+    tokenizer = word_level_tokenizer(WORDS)
+    env = envgym.make("games/GuessNumber-v0")
+    first_observation, _ = env.reset(seed=0)
+    first = len(EpisodeChat(tokenizer, env.unwrapped.instructions).start(first_observation)[0])
+    sampling = SamplingParams(temperature=0, max_new_tokens=8)  # this greedy tiny model never ends early
+
+    def play(window):
+        policy = HFPolicy(tiny_model(tokenizer, max_positions=window), tokenizer)
+        return collect_groups("games/GuessNumber-v0", policy, n_groups=1, group_size=2, max_turns=20,
+                              sampling=sampling)
+
+    cut = play(first + 5)  # room for 5 of the 8 tokens: the action is cut where the window fills
+    assert cut.metrics["context_full"] == 2
+    for episode in cut.groups[0].episodes:
+        assert episode.end is EpisodeEnd.CONTEXT and len(episode.turns) == 1
+        assert episode.turns[0].finish is FinishReason.CONTEXT and len(episode.turns[0].action_ids) == 5
+    no_room = play(first + 9)  # 8 tokens fit; the env's reply does not leave room for another
+    assert no_room.metrics["context_full"] == 2
+    for episode in no_room.groups[0].episodes:
+        assert episode.end is EpisodeEnd.CONTEXT and len(episode.turns) == 1
+        assert episode.turns[0].finish is FinishReason.LENGTH and len(episode.turns[0].action_ids) == 8
+    failed = play(first - 1)
+    assert failed.groups == [] and f"first prompt ({first} tokens) does not fit" in failed.failures[0].cause

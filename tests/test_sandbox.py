@@ -1,5 +1,6 @@
 """The sandbox interface on every backend available here, and the Python executor and session."""
 
+import textwrap
 import time
 import warnings
 
@@ -16,15 +17,12 @@ from envgym.tools import (
 )
 from envgym.tools.sandbox import bwrap_usable
 
-BACKENDS = [pytest.param("bwrap", marks=pytest.mark.skipif(bwrap_usable() is not None, reason=str(bwrap_usable()))),
-            "subprocess"]
+from sandboxes import open_sandbox, sandbox_backends
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="module", params=sandbox_backends("bwrap", "docker", "subprocess"))
 def sandbox(request):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return make_sandbox(request.param)
+    yield from open_sandbox(request)
 
 
 def test_runs_code_with_stdin_and_files(sandbox):
@@ -146,3 +144,85 @@ def test_python_tool_renders_results(sandbox):
     assert tool.schema()["function"]["name"] == "python"
     out = tool.function(code="print(6 * 7)")
     assert out.startswith("[ok, exit code 0]") and "42" in out
+
+
+# Code in a session runs in the session server's process, so it can find the reply pipe and write to it.
+_REPLY_PIPE = textwrap.dedent("""
+    import fcntl, os, stat
+    def reply_pipe():
+        for fd in sorted(int(name) for name in os.listdir("/proc/self/fd")):
+            try:
+                if (fd > 2 and stat.S_ISFIFO(os.fstat(fd).st_mode)
+                        and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY):
+                    return fd
+            except OSError:
+                pass
+    def send(message):
+        body = json.dumps(message).encode()
+        os.write(reply_pipe(), len(body).to_bytes(8, "big") + body)
+    import json
+""")
+
+
+def assert_broke_the_protocol(result, session, started: float) -> None:
+    assert time.monotonic() - started < session.timeout + 3, "the call outlived its timeout"
+    assert result.status is ExecStatus.KILLED, result.render()
+    assert "protocol" in result.message and "restarted" in result.message
+
+
+@pytest.mark.timeout(60)  # before the fix this call never returned
+def test_session_survives_a_bogus_length_header(session):
+    session.run("x = 1")
+    started = time.monotonic()
+    result = session.run(_REPLY_PIPE + "os.write(reply_pipe(), (1 << 60).to_bytes(8, 'big'))\n"
+                                       "import time; time.sleep(600)")
+    assert_broke_the_protocol(result, session, started)
+    assert "NameError" in session.run("x").stderr  # a fresh interpreter
+    assert session.run("1 + 1").stdout == "2\n"
+
+
+@pytest.mark.timeout(60)
+def test_session_that_closes_its_reply_pipe_and_keeps_running(session):
+    started = time.monotonic()
+    result = session.run(_REPLY_PIPE + "os.close(reply_pipe())\nimport time; time.sleep(600)")
+    assert time.monotonic() - started < session.timeout + 3, "the call outlived its timeout"
+    # the subprocess backend sees the pipe close (a protocol error); in bwrap and Docker the sandbox's
+    # init still holds the pipe, so the call times out
+    assert result.status in (ExecStatus.KILLED, ExecStatus.TIMEOUT) and "restarted" in result.message
+    assert session.run("2 + 2").stdout == "4\n"
+
+
+@pytest.mark.timeout(60)
+def test_session_that_stops_reading_requests_cannot_block_the_caller(session):
+    session.run("import sys, time\nsys.modules['__main__']._read_exact = lambda stream, n: time.sleep(3600)")
+    started = time.monotonic()
+    result = session.run("x = 1  # " + "y" * (4 << 20))  # more than a pipe holds
+    assert time.monotonic() - started < session.timeout + 3
+    assert result.status is ExecStatus.TIMEOUT and "restarted" in result.message
+    assert session.run("3").stdout == "3\n"
+
+
+def test_reply_without_the_request_id_is_a_protocol_error(session):
+    started = time.monotonic()
+    forged = session.run(_REPLY_PIPE + "send({'stdout': 'forged\\n', 'stderr': '', 'error': False, 'truncated': False})"
+                                       "\nimport time; time.sleep(0.5)")
+    assert_broke_the_protocol(forged, session, started)
+    assert session.run("print('next')").stdout == "next\n"
+
+
+def test_forged_reply_cannot_shift_later_answers(session):
+    # With the right id (read from the server's frame) the code may answer its own call; the real reply
+    # that follows is then one nobody asked for, and the next call must not take it for its own.
+    forge = _REPLY_PIPE + textwrap.dedent("""
+        import sys
+        frame = sys._getframe()
+        while "request" not in frame.f_locals:
+            frame = frame.f_back
+        send({"id": frame.f_locals["request"]["id"], "stdout": "forged\\n", "stderr": "", "error": False,
+              "truncated": False})
+    """)
+    assert session.run(forge).stdout == "forged\n"
+    started = time.monotonic()
+    assert_broke_the_protocol(session.run("print('second')"), session, started)
+    assert session.run("print('third')").stdout == "third\n"
+    assert session.run("print('fourth')").stdout == "fourth\n"

@@ -1,8 +1,10 @@
-"""Escape attempts against the default (bubblewrap) sandbox: each must fail, with a clear status,
-and leave the host as it was."""
+"""Escape attempts against the isolating sandboxes (bubblewrap and Docker): each must fail, with a clear
+status, and leave the host as it was."""
 
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 import textwrap
 import time
@@ -11,49 +13,39 @@ from pathlib import Path
 
 import pytest
 
-from envgym.tools import ExecStatus, Limits, make_sandbox
+from envgym.tools import ExecStatus, Limits, PythonSession, make_sandbox
 from envgym.tools.sandbox import bwrap_usable
 
-pytestmark = pytest.mark.skipif(bwrap_usable() is not None, reason=f"bubblewrap unusable: {bwrap_usable()}")
+from sandboxes import assert_nothing_survives, open_sandbox, processes_with, sandbox_backends, unique_sleep, wait_until
 
 
-@pytest.fixture(scope="module")
-def sandbox():
-    return make_sandbox("auto")
+@pytest.fixture(scope="module", params=sandbox_backends("bwrap", "docker"))
+def sandbox(request):
+    yield from open_sandbox(request)
 
 
-def test_auto_picks_bubblewrap(sandbox):
-    assert sandbox.name == "bwrap"
+@pytest.mark.skipif(bwrap_usable() is not None, reason=f"bubblewrap unusable: {bwrap_usable()}")
+def test_auto_picks_bubblewrap():
+    assert make_sandbox("auto").name == "bwrap"
 
 
-def _processes_with(marker: str) -> list[str]:
-    found = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if marker in cmdline:
-                found.append(f"{pid}: {cmdline}")
-    return found
+_PRIVILEGES = ("status = dict(line.split(':', 1) for line in open('/proc/self/status'))\n"
+               "print(int(status['Uid'].split()[0]), status['CapEff'].strip(), status['NoNewPrivs'].strip())")
 
 
-def _wait_until(condition, seconds: float = 2.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return condition()
+def test_runs_unprivileged(sandbox):
+    result = sandbox.run(code=_PRIVILEGES, timeout=30)
+    uid, capabilities, no_new_privs = result.stdout.split()
+    assert int(uid) != 0 and capabilities == "0000000000000000" and no_new_privs == "1", result.render()
 
 
-def assert_nothing_survives(marker: str) -> None:
-    # killing a PID namespace is asynchronous to our wait, so give it a moment
-    assert _wait_until(lambda: not _processes_with(marker)), "a sandboxed process outlived its call"
-
-
-def unique_sleep() -> str:
-    """A sleep duration nobody else uses, so `ps` finds exactly our process."""
-    return f"{777 + uuid.uuid4().int % 10_000}.{uuid.uuid4().int % 1000:03d}"
+@pytest.mark.skipif(os.geteuid() != 0 or bwrap_usable() is not None, reason="bwrap as root")
+def test_bwrap_without_user_namespaces_still_drops_to_a_fresh_uid():
+    sandbox = make_sandbox("bwrap")
+    sandbox.disables_userns = False  # bwrap runs as root; setpriv drops the uid inside
+    result = sandbox.run(code=_PRIVILEGES, timeout=30)
+    uid, capabilities, no_new_privs = result.stdout.split()
+    assert int(uid) >= 1_000_000 and capabilities == "0000000000000000" and no_new_privs == "1", result.render()
 
 
 def test_cannot_read_home_or_shadow(sandbox):
@@ -182,14 +174,54 @@ def test_file_size_and_tmp_are_capped(sandbox):
     assert "File too large" in result.stderr or "Errno 27" in result.stderr
 
 
-def test_session_timeout_kills_its_children():
-    from envgym.tools import PythonSession
-
+def test_session_timeout_kills_its_children(sandbox):
     marker = unique_sleep()
-    with PythonSession("bwrap", timeout=1.0) as session:
+    with PythonSession(sandbox, timeout=1.0) as session:
         assert session.run(f"import subprocess; subprocess.Popen(['sleep', '{marker}'], start_new_session=True)").ok
         # a fresh exec's cmdline can take a moment to show in /proc
-        assert _wait_until(lambda: _processes_with(marker)), "the session's child should live while the session does"
+        assert wait_until(lambda: processes_with(marker)), "the session's child should live while the session does"
         result = session.run("import time; time.sleep(60)")
         assert result.status is ExecStatus.TIMEOUT and "restarted" in result.message
         assert_nothing_survives(marker)
+
+
+def test_cannot_create_user_namespaces(sandbox):
+    # in a user namespace of its own the program could mount, e.g. a tmpfs that ignores the /tmp cap
+    code = ("import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            "print(libc.unshare(0x10000000), os.strerror(ctypes.get_errno()))")  # CLONE_NEWUSER
+    result = sandbox.run(code=code, timeout=10)
+    assert result.status is ExecStatus.OK, result.render()
+    assert result.stdout.split()[0] == "-1", f"unshare(CLONE_NEWUSER) succeeded: {result.stdout}"
+
+
+_KILLED_CALLER = """
+import os, threading
+from envgym.tools import PythonSession, make_sandbox
+box = make_sandbox(os.environ["KIND"])
+session = PythonSession(box, timeout=600)
+session.run(f"import subprocess; subprocess.Popen(['sleep', '{os.environ['IN_SESSION']}'], start_new_session=True)")
+threading.Thread(target=box.run, kwargs=dict(argv=["sleep", os.environ["IN_RUN"]], timeout=600), daemon=True).start()
+print("ready", flush=True)
+session.run("import time; time.sleep(600)")
+"""
+
+
+def test_nothing_survives_a_killed_caller(sandbox):
+    in_session, in_run = unique_sleep(), unique_sleep()  # passed in the environment: no command line but theirs
+    caller = subprocess.Popen([sys.executable, "-c", _KILLED_CALLER], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "KIND": sandbox.name, "IN_SESSION": in_session,
+                                              "IN_RUN": in_run})
+    try:
+        assert caller.stdout.readline() == "ready\n", caller.stderr.read()
+        assert wait_until(lambda: processes_with(in_session) and processes_with(in_run), 30)
+    finally:
+        caller.kill()
+        caller.wait()
+    assert_nothing_survives(in_session, 15)
+    assert_nothing_survives(in_run, 15)
+    if sandbox.name == "docker":
+        from envgym.tools.docker_sandbox import OWNER_LABEL, sandbox_containers
+
+        def theirs():
+            return [c for c in sandbox_containers(sandbox.client) if c["Labels"][OWNER_LABEL] != sandbox.owner]
+        assert wait_until(lambda: not theirs(), 15), f"containers of the killed caller survive: {theirs()}"

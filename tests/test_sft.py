@@ -6,7 +6,7 @@ import torch
 from envgym.cli import main
 from envgym.trainers import Trainer, config_from_dict
 from envgym.trainers.losses import sampled_logprobs
-from envgym.trainers.sft import demonstration_rows, supervised_steps
+from envgym.trainers.sft import demonstration_batch, supervised_steps
 
 CONFIG = {"threads": 1, "env": {"id": "games/Maze-v0", "kwargs": {"size": 3}, "max_turns": 6},
           "rollout": {"context": "full", "max_new_tokens": 2}, "sft": {"episodes": 8, "steps": 30, "lr": 3e-3},
@@ -17,10 +17,10 @@ CONFIG = {"threads": 1, "env": {"id": "games/Maze-v0", "kwargs": {"size": 3}, "m
 def test_demonstrations_train_only_on_oracle_action_tokens(tmp_path):
     config = config_from_dict({**CONFIG, "out_dir": str(tmp_path)})
     trainer = Trainer(config)
-    rows = demonstration_rows(config, trainer.env_factory, trainer.tokenizer)
+    batch = demonstration_batch(config, trainer.env_factory, trainer.tokenizer)
     tokenizer = trainer.tokenizer
-    assert len(rows) == 8  # full context: one row per episode
-    for ids, mask in zip(rows.input_ids, rows.loss_mask):
+    assert batch.num_rows == 8  # full context: one row per episode
+    for ids, mask in zip(batch.input_ids, batch.loss_mask):
         assert tokenizer.decode(ids[:2]) == "<|im_start|>user" and not any(mask[:2])
         trained = [t for t, m in zip(ids, mask) if m]
         words = tokenizer.convert_ids_to_tokens(trained)
@@ -29,10 +29,10 @@ def test_demonstrations_train_only_on_oracle_action_tokens(tmp_path):
 
     def loss():
         with torch.no_grad():
-            return float(-sampled_logprobs(trainer.model, next(rows.batches(10**6)))[0].mean())
+            return float(-sampled_logprobs(trainer.model, next(batch.micro_batches(max_tokens=10**6)))[0].mean())
 
     before = loss()
-    stats = supervised_steps(trainer.model, rows, steps=30, lr=3e-3, batch_tokens=2048, seed=0)
+    stats = supervised_steps(trainer.model, batch, steps=30, lr=3e-3, batch_tokens=2048, seed=0)
     assert loss() < before * 0.6 and stats["sft/tokens_per_s"] > 0
 
 

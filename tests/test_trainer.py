@@ -1,6 +1,7 @@
 """The training loop end to end on a micro config: it runs, logs, checkpoints, and fails early on bad input."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -131,11 +132,77 @@ def test_eval_plays_a_small_split_several_times_when_sampling(tmp_path):
 
 def test_env_extract_action_wraps_the_training_env(tmp_path):
     from envgym.trainers.config import EnvOptions
-    from envgym.trainers.trainer import make_env
+    from envgym.trainers.trainer import env_maker
 
-    env = make_env(EnvOptions(id="games/Maze-v0", kwargs={"size": 3}, extract_action="admissible"))
+    env = env_maker(EnvOptions(id="games/Maze-v0", kwargs={"size": 3}, extract_action="admissible"))()
     _, info = env.reset(seed=0, options={"split": "test", "task": 0})
     _, _, _, _, info = env.step(f"Let's head {info['admissible_actions'][0]} now.")
     assert not info["invalid_action"]
     with pytest.raises(ConfigError, match="env.extract_action"):
         micro(tmp_path, ["env.extract_action=regex"])
+
+
+def estimator_cases():
+    """(estimator, options): the defaults and each non-default value of every choice option, and each preset."""
+    from envgym.trainers.advantages import ESTIMATORS
+
+    cases = []
+    for name, spec in ESTIMATORS.items():
+        cases.append((name, {}))
+        for key, values in spec.choices.items():
+            for value in values[1:]:
+                options = {key: value}
+                if (key, value) == ("penalty_scope", "step_and_outcome"):
+                    options["episode_stats"] = "turns"  # it scores turn rows; alone it is rejected (below)
+                cases.append((name, options))
+        cases += [(name, {"preset": preset}) for preset in spec.presets]
+    return cases
+
+
+TURN_REWARD_OF = {"igpo": ["turn_reward.kind=info_gain", "model.name=tiny-guess", "env.id=games/GuessNumber-v0",
+                           "env.kwargs={high: 16}", "env.show_admissible=false", "rollout.context=full"],
+                  "prime": ["turn_reward.kind=implicit_prm"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["none", "igpo", "prime"])
+def test_every_estimator_and_option_trains_one_iteration(tmp_path, kind):
+    """Every option the config accepts works in training: tokens for whiten_over, texts for similarity, ..."""
+    cases = [c for c in estimator_cases() if (c[0] if c[0] in TURN_REWARD_OF else "none") == kind]
+    trainer = Trainer(micro(tmp_path, [f"algorithm.estimator={cases[0][0]}", *TURN_REWARD_OF.get(kind, [])]))
+    for name, options in cases:
+        preset = options.pop("preset", None)
+        config = config_from_dict({**MICRO, "out_dir": str(tmp_path / "run"),
+                                   "algorithm": {"estimator": name, "preset": preset, "options": options}},
+                                  TURN_REWARD_OF.get(kind, []))
+        trainer.config.algorithm = config.algorithm
+        metrics = trainer.train_iteration()
+        assert all(map(math.isfinite, (metrics["adv/mean"], metrics["loss/policy"]))), (name, options, metrics)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"gamma": 1.5}, r"algorithm: gigpo: gamma=1.5 must be a number in \[0, 1\]"),
+    ({"penalty_scope": "step_and_outcome"}, "needs episode_stats='turns'"),
+    ({"state_texts": ["a"]}, "unknown option 'state_texts'"),
+    ({"invalid_penalty": -0.1}, "invalid_penalty=-0.1 must be a number >= 0"),
+])
+def test_estimator_options_fail_at_config_time(options, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({"algorithm": {"estimator": "gigpo", "options": options}})
+
+
+def test_learning_rate_warms_up_then_follows_a_cosine(tmp_path):
+    from envgym.trainers.config import OptimOptions
+    from envgym.trainers.trainer import lr_factor
+
+    options = OptimOptions(schedule="cosine", warmup_steps=4, min_lr_ratio=0.1)
+    factors = [lr_factor(step, 20, options) for step in range(21)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0] and factors[4] == 1.0
+    assert factors[12] == pytest.approx(0.1 + 0.9 * 0.5) and factors[20] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(factors[4:], factors[5:]))
+    trainer = Trainer(micro(tmp_path, ["optim.schedule=cosine", "optim.warmup_steps=2", "optim.lr=1e-3"]))
+    first = trainer.train_iteration()  # one optimizer step per iteration in the micro config
+    trainer.iteration += 1
+    second = trainer.train_iteration()
+    assert first["optim/lr"] == pytest.approx(0.5e-3) and second["optim/lr"] == pytest.approx(1e-3)
+    assert first["loss/approx_kl"] >= 0.0

@@ -1,177 +1,328 @@
-"""The Docker sandbox: one fresh container per run, from the image built from containers/python-sandbox.
+"""The Docker sandbox: one container per run or per Python session, from the image made by
+`envgym.tools.docker_image` (offline, from Debian packages; built on first use when missing).
 
-Each container runs as the image's non-root user with no network, a read-only
-root, a tmpfs /tmp, memory (no swap), CPU, pids and rlimit caps, every
-capability dropped and no-new-privileges, and the label `envgym.sandbox=1` (so
-leftovers can be found: `docker ps -a --filter label=envgym.sandbox=1`). The
-program, its files and its stdin travel over the container's stdin to a small
-bootstrap that writes the files to /tmp and execs the program, so a container
-can be created before the call: `warm_pool=N` keeps N created containers
-ready. A container is removed when its run ends, times out, or is interrupted.
+    sandbox = make_sandbox("docker")                 # the engine at $DOCKER_HOST
+    sandbox.run(code="print(1)", timeout=5)
+    PythonSession(sandbox)                           # one long-lived container per session
 
-Output is read from the container's logs (json-file, rotated at twice
-`max_output_bytes`), so an output flood runs until the timeout; the result is
-still cut to the cap and marked `output_limit`.
+What enforces what:
+- filesystem: the image's root, read-only; /tmp a tmpfs of `Limits.tmp_bytes`, the only writable
+  place and the working directory; the program's files are written there (mode 0444).
+- network: `--network none` (only a loopback of its own).
+- user: the image's unprivileged uid 10001, every capability dropped, no-new-privileges, Docker's
+  default seccomp profile (which also refuses new user namespaces).
+- processes: the pids cgroup (`Limits.max_processes`); docker-init is pid 1 and the program its
+  child, so when the program ends the container ends and the kernel kills everything left in it.
+- memory: the memory cgroup (`Limits.memory_bytes`, no swap; an OOM kill is reported as `memory`)
+  and RLIMIT_AS (MemoryError, as in bubblewrap); CPU time and file size: RLIMIT_CPU, RLIMIT_FSIZE.
+  The rlimits are set by a small bootstrap (`_BOOTSTRAP`) just before it execs the program.
+  RLIMIT_NPROC is not used: it counts a uid's processes machine-wide, and every container shares one.
+- wall clock and output: the caller reads stdout/stderr through `docker attach` and removes the
+  container at `timeout` seconds or `Limits.max_output_bytes`, exactly as for bubblewrap.
+- leftovers: every container carries the label `envgym.sandbox=1` and `envgym.owner=<token of the
+  creating process>`; it is removed when its run ends, and a watcher process removes whatever this
+  process still owns when the process ends, even by SIGKILL.
+
+A container is created and started before its job is known: the bootstrap waits for the job (argv,
+env, files, rlimits) on stdin, then execs the program with the rest of stdin as its stdin. So
+`warm_pool=N` keeps N containers started and waiting, and a call skips the container start.
 """
 
 from __future__ import annotations
 
+import atexit
 import base64
 import functools
 import json
 import os
+import shutil
+import signal
 import struct
+import subprocess
 import threading
 import time
-from pathlib import Path
+import uuid
+from collections.abc import Mapping
 
-from envgym.tools.sandbox import ExecResult, ExecStatus, Limits, Sandbox, check_files, classify
+from envgym.tools.sandbox import BASE_ENV, Limits, Sandbox, SandboxProcess, check_files, write_all
 
-IMAGE = "envgym/python-sandbox:latest"
-DOCKERFILE_DIR = Path(__file__).resolve().parent.parent / "containers" / "python-sandbox"
+try:
+    import docker
+    import requests
+except ImportError:  # the SDK is optional (envgym[tools]); docker_problem() says what to install
+    docker = requests = None
+
 LABEL = {"envgym.sandbox": "1"}
+OWNER_LABEL = "envgym.owner"
 _BOOTSTRAP = (
-    "import json, os, struct\n"
+    "import base64, json, os, resource, struct, sys\n"
     "def read(n):\n"
     "    data = b''\n"
     "    while len(data) < n:\n"
     "        chunk = os.read(0, n - len(data))\n"
     "        if not chunk:\n"
-    "            raise SystemExit('envgym bootstrap: stdin closed before the job arrived')\n"
+    "            sys.exit('envgym bootstrap: stdin closed before the job arrived')\n"
     "        data += chunk\n"
     "    return data\n"
     "job = json.loads(read(struct.unpack('>Q', read(8))[0]))\n"
     "for name, content in job['files'].items():\n"
     "    with open('/tmp/' + name, 'wb') as f:\n"
-    "        f.write(__import__('base64').b64decode(content))\n"
+    "        f.write(base64.b64decode(content))\n"
+    "    os.chmod('/tmp/' + name, 0o444)\n"
+    "for name, pair in job['rlimits'].items():\n"
+    "    resource.setrlimit(getattr(resource, name), pair)\n"
     "os.chdir('/tmp')\n"
-    "os.execvpe(job['argv'][0], job['argv'], {**os.environ, **job['env']})\n"
+    "try:\n"
+    "    os.execvpe(job['argv'][0], job['argv'], job['env'])\n"
+    "except OSError as exc:\n"
+    "    sys.exit(f'envgym bootstrap: cannot run {job[\"argv\"][0]!r}: {exc}')\n"
 )
+_JOB_TIMEOUT = 30.0  # seconds for a container's attach to take its job
+
+
+def engine_host() -> str:
+    """The engine the Docker sandbox talks to: $DOCKER_HOST, else Docker's default socket."""
+    return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+
+
+def engine_client(host: str | None = None):
+    """A docker.DockerClient for `host` (None: the environment's DOCKER_* settings)."""
+    return docker.DockerClient(base_url=host) if host else docker.from_env()
 
 
 @functools.cache
-def docker_problem() -> str | None:
-    """None when a Docker engine answers here; otherwise why not."""
-    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-    try:
-        import docker
-    except ImportError:
+def _docker_problem(host: str) -> str | None:
+    if docker is None:
         return "the docker Python SDK is not installed (pip install docker)"
+    if shutil.which("docker") is None:
+        return "the docker command-line client is not installed (Debian/Ubuntu: apt-get install docker.io)"
     try:
-        docker.from_env(timeout=5).ping()
+        engine_client(host).ping()
     except Exception as exc:  # any failure to reach the engine means: no Docker here
         return f"no Docker engine answers at {host}: {type(exc).__name__}: {exc}"
     return None
 
 
+def docker_problem(host: str | None = None) -> str | None:
+    """None when a Docker engine answers at `host` (default: `engine_host()`); otherwise why not."""
+    return _docker_problem(host or engine_host())
+
+
+def sandbox_containers(client, owner: str | None = None) -> list[dict]:
+    """The engine's sandbox containers (of the process whose token is `owner`, if given), as the engine lists
+    them: dicts with "Id", "Labels", "State" (no per-container inspect, so none vanishes mid-listing)."""
+    labels = [f"{k}={v}" for k, v in LABEL.items()] + ([f"{OWNER_LABEL}={owner}"] if owner else [])
+    return client.api.containers(all=True, filters={"label": labels})
+
+
+def container_config(image: str, python: str, limits: Limits, cpus: float, owner: str) -> dict:
+    """The keyword arguments of `client.containers.create` for a sandbox container running the bootstrap."""
+    return dict(
+        image=image, command=[python, "-E", "-s", "-c", _BOOTSTRAP], stdin_open=True, init=True,
+        network_mode="none", read_only=True, tmpfs={"/tmp": f"size={limits.tmp_bytes},mode=1777"},
+        working_dir="/tmp", mem_limit=limits.memory_bytes, memswap_limit=limits.memory_bytes,
+        nano_cpus=int(cpus * 1e9), pids_limit=limits.max_processes, cap_drop=["ALL"],
+        security_opt=["no-new-privileges"], log_config=docker.types.LogConfig(type="none"),
+        labels={**LABEL, OWNER_LABEL: owner},
+    )
+
+
+def bootstrap_job(argv, files: Mapping[str, str | bytes] | None, limits: Limits,
+                  env: Mapping[str, str] | None) -> bytes:
+    """What `_BOOTSTRAP` reads from stdin before the program's own stdin: a length, then the job as JSON."""
+    job = json.dumps({
+        "argv": list(argv), "env": {**BASE_ENV, **(env or {})},
+        "files": {n: base64.b64encode(c).decode() for n, c in check_files(files).items()},
+        "rlimits": {k: v for k, v in limits.rlimits().items() if k != "RLIMIT_NPROC"},
+    }).encode()
+    return struct.pack(">Q", len(job)) + job
+
+
+def _container_limits(limits: Limits) -> tuple[int, int, int]:
+    """The limits fixed when a container is created (the rest travel with each job)."""
+    return limits.memory_bytes, limits.max_processes, limits.tmp_bytes
+
+
+class _Owner:
+    """This process's token on the containers it creates, and a watcher that removes them when the process
+    ends, however it ends: a shell blocks reading a pipe whose only writer is this process, and at EOF
+    removes every container labelled with the token."""
+
+    _SCRIPT = 'read -r _; ids=$("$0" ps -aq --filter "label=$1"); [ -z "$ids" ] || "$0" rm -f $ids >/dev/null'
+
+    def __init__(self, cli_env: Mapping[str, str]):
+        self.token = uuid.uuid4().hex
+        read_end, self._write_end = os.pipe()  # non-inheritable: no other child holds the write end
+        try:
+            self._watcher = subprocess.Popen(
+                ["sh", "-c", self._SCRIPT, shutil.which("docker"), f"{OWNER_LABEL}={self.token}"], stdin=read_end,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(cli_env), start_new_session=True)
+        finally:
+            os.close(read_end)
+        atexit.register(self.release)
+
+    def release(self) -> None:
+        """Let the watcher remove what is left, and wait for it (at exit)."""
+        if self._write_end is not None:
+            os.close(self._write_end)
+            self._write_end = None
+            try:
+                self._watcher.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+_owners: dict[str, _Owner] = {}
+_owners_lock = threading.Lock()
+
+
+def _owner(host: str, cli_env: Mapping[str, str]) -> _Owner:
+    with _owners_lock:
+        if host not in _owners:
+            _owners[host] = _Owner(cli_env)
+        return _owners[host]
+
+
+def _forget_owners_after_fork() -> None:
+    """A forked child gets its own token and watcher; the parent's watcher must not wait for the child."""
+    global _owners_lock
+    for owner in _owners.values():
+        if owner._write_end is not None:
+            os.close(owner._write_end)
+            owner._write_end = None
+    _owners.clear()
+    _owners_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_owners_after_fork)
+
+
+class _ContainerProcess(SandboxProcess):
+    """`docker attach` to a started container; `kill()` also removes the container (first noting an OOM kill)."""
+
+    def __init__(self, popen: subprocess.Popen, container):
+        super().__init__(popen, self._remove)
+        self.container = container
+
+    def _remove(self) -> None:
+        try:
+            if self.popen.returncode == 128 + signal.SIGKILL:  # the container's program got SIGKILL: the OOM killer?
+                self.container.reload()
+                self.out_of_memory = bool(self.container.attrs.get("State", {}).get("OOMKilled"))
+            self.container.remove(force=True)
+        except docker.errors.NotFound:  # already gone (removed by the engine's owner, or the watcher)
+            pass
+
+
 class DockerSandbox(Sandbox):
-    """Runs each program in a fresh, locked-down container of `image` (built from containers/ if missing)."""
+    """Runs each program, or each Python session, in its own locked-down container of `image`.
+
+    `image` None: the offline-built sandbox image (`envgym.tools.docker_image`), made on first use if
+    the engine lacks it. `host`: the engine (None: $DOCKER_HOST). `cpus`: CPU share of a container.
+    `warm_pool`: containers kept started and waiting, for calls with this sandbox's limits.
+    """
 
     name = "docker"
 
-    def __init__(self, limits: Limits | None = None, python: str = "python3", image: str = IMAGE,
-                 cpus: float = 1.0, warm_pool: int = 0, client=None):
+    def __init__(self, limits: Limits | None = None, python: str = "python3", image: str | None = None,
+                 cpus: float = 1.0, warm_pool: int = 0, host: str | None = None):
         super().__init__(limits, python)
-        import docker
+        host = host or engine_host()
+        problem = docker_problem(host)
+        if problem:
+            raise RuntimeError(f"Docker sandbox unavailable: {problem}")
+        from envgym.tools.docker_image import ensure_image
 
-        self._docker = docker
-        self.client = client or docker.from_env()
+        self.client = engine_client(host)
+        self._cli_env = {**os.environ, "DOCKER_HOST": host}
+        if image is None:
+            image = ensure_image(self.client)
+        else:
+            try:
+                self.client.images.get(image)
+            except docker.errors.ImageNotFound:
+                raise ValueError(f"image {image!r} is not in the engine at {host}; build it first, or pass "
+                                 f"image=None for the sandbox image") from None
         self.image, self.cpus, self.warm_pool = image, float(cpus), int(warm_pool)
-        self._ensure_image()
+        self.owner = _owner(host, self._cli_env).token
         self._pool: list = []
         self._pool_lock = threading.Lock()
         self._refill()
 
-    def _ensure_image(self) -> None:
+    def _started(self, limits: Limits):
+        """A new container, started: its bootstrap waits for a job on stdin."""
+        container = self.client.containers.create(**container_config(self.image, self.python, limits, self.cpus,
+                                                                     self.owner))
         try:
-            self.client.images.get(self.image)
-        except self._docker.errors.ImageNotFound:
-            if self.image != IMAGE:
-                raise
-            self.client.images.build(path=str(DOCKERFILE_DIR), tag=IMAGE, rm=True)
-
-    def _create(self, limits: Limits):
-        """A created (not started) container that runs the bootstrap under `limits`."""
-        ulimit = self._docker.types.Ulimit
-        return self.client.containers.create(
-            self.image, [self.python, "-E", "-s", "-c", _BOOTSTRAP],
-            stdin_open=True, stdin_once=True, network_disabled=True, read_only=True,
-            tmpfs={"/tmp": f"size={limits.tmp_bytes},mode=1777"}, working_dir="/tmp",
-            mem_limit=limits.memory_bytes, memswap_limit=limits.memory_bytes, nano_cpus=int(self.cpus * 1e9),
-            pids_limit=limits.max_processes, cap_drop=["ALL"], security_opt=["no-new-privileges"],
-            ulimits=[ulimit(name="cpu", soft=limits.cpu_seconds, hard=limits.cpu_seconds + 1),
-                     ulimit(name="fsize", soft=limits.file_size_bytes, hard=limits.file_size_bytes),
-                     ulimit(name="core", soft=0, hard=0)],
-            log_config=self._docker.types.LogConfig(
-                type="json-file", config={"max-size": str(2 * limits.max_output_bytes), "max-file": "1"}),
-            labels=LABEL,
-        )
+            container.start()
+        except BaseException:
+            container.remove(force=True)
+            raise
+        return container
 
     def _refill(self) -> None:
-        while len(self._pool) < self.warm_pool:
-            container = self._create(self.limits)
+        while True:
             with self._pool_lock:
-                self._pool.append(container)
+                if len(self._pool) >= self.warm_pool:
+                    return
+            container = self._started(self.limits)
+            with self._pool_lock:
+                wanted = len(self._pool) < self.warm_pool  # `close` may have run meanwhile
+                if wanted:
+                    self._pool.append(container)
+            if not wanted:
+                container.remove(force=True)
+
+    def _refill_in_background(self) -> None:
+        def refill():
+            try:
+                self._refill()
+            except docker.errors.DockerException:  # the next call creates its own container and reports it
+                pass
+
+        threading.Thread(target=refill, daemon=True).start()
 
     def _take(self, limits: Limits):
-        if limits == self.limits:
+        if self.warm_pool and _container_limits(limits) == _container_limits(self.limits):
             with self._pool_lock:
-                container = self._pool.pop() if self._pool else None
+                container = self._pool.pop(0) if self._pool else None
+            self._refill_in_background()
             if container is not None:
-                threading.Thread(target=self._refill, daemon=True).start()
                 return container
-        return self._create(limits)
+        return self._started(limits)
 
-    def spawn(self, argv, *, files=None, limits=None, env=None):
-        raise NotImplementedError("the Docker sandbox runs whole programs (run); persistent sessions need the "
-                                  "bwrap or subprocess sandbox")
+    def spawn(self, argv, *, files=None, limits=None, env=None) -> SandboxProcess:
+        """Start `argv` in a container (a waiting one from the pool where limits allow); see `Sandbox.spawn`.
 
-    def run(self, argv=None, *, code=None, stdin=b"", files=None, timeout=10.0, limits=None, env=None) -> ExecResult:
-        """See `Sandbox.run`; one fresh container per call."""
-        argv, files = self.prepare(argv, code, files, timeout)
+        Returns once the container runs and has taken its job, so a call's timeout is the program's.
+        """
         limits = limits or self.limits
-        job = json.dumps({"argv": argv, "env": dict(env or {}),
-                          "files": {n: base64.b64encode(c).decode() for n, c in check_files(files).items()}})
-        payload = struct.pack(">Q", len(job)) + job.encode() + (stdin.encode() if isinstance(stdin, str) else stdin)
-        start = time.monotonic()
-        container = self._take(limits)
+        job = bootstrap_job(argv, files, limits, env)
         try:
-            sock = container.attach_socket(params={"stdin": 1, "stream": 1})
-            container.start()
-            raw = getattr(sock, "_sock", sock)
-            raw.sendall(payload)
-            raw.close()
-            timed_out = False
-            try:
-                exit_code = container.wait(timeout=timeout)["StatusCode"]
-            except Exception:  # requests' ReadTimeout (or a lost connection): treat as the timeout
-                timed_out, exit_code = True, None
-                container.kill()
-            cap = limits.max_output_bytes
-            stdout, out_flood = _read_logs(container, cap, stdout=True)
-            stderr, err_flood = _read_logs(container, cap, stdout=False)
-            container.reload()
-            oom = container.attrs.get("State", {}).get("OOMKilled", False)
-        finally:
+            container = self._take(limits)
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            raise OSError(f"the engine at {self._cli_env['DOCKER_HOST']} could not start a container: {exc}") from None
+        try:
+            popen = subprocess.Popen(["docker", "attach", "--sig-proxy=false", container.id], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self._cli_env,
+                                     start_new_session=True)
+        except OSError:
             container.remove(force=True)
-        duration = time.monotonic() - start
-        if oom and not timed_out:
-            return ExecResult(stdout, stderr, exit_code, False, ExecStatus.MEMORY, duration,
-                              "killed: the container ran out of memory")
-        return classify(stdout, stderr, exit_code, timed_out, out_flood or err_flood, duration, timeout, cap)
+            raise
+        proc = _ContainerProcess(popen, container)
+        try:
+            write_all(popen.stdin.fileno(), job, time.monotonic() + _JOB_TIMEOUT)
+        except (TimeoutError, BrokenPipeError) as exc:
+            proc.kill()
+            raise OSError(f"the container did not take its job: {str(exc) or type(exc).__name__}") from None
+        return proc
 
     def close(self) -> None:
+        """Remove the containers of the warm pool (running calls and sessions remove their own)."""
         with self._pool_lock:
-            pool, self._pool = self._pool, []
+            pool, self._pool, self.warm_pool = self._pool, [], 0
         for container in pool:
-            container.remove(force=True)
-
-
-def _read_logs(container, cap: int, stdout: bool) -> tuple[str, bool]:
-    """Up to `cap` bytes of one log stream, and whether there was more."""
-    data = bytearray()
-    for chunk in container.logs(stdout=stdout, stderr=not stdout, stream=True):
-        data += chunk
-        if len(data) > cap:
-            return bytes(data[:cap]).decode("utf-8", errors="replace"), True
-    return bytes(data).decode("utf-8", errors="replace"), False
+            try:
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                pass

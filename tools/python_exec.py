@@ -8,9 +8,10 @@
         session.run("x * 2").stdout              # "42\\n" (a final expression is echoed)
 
 A session runs `session_server.py` inside the sandbox and talks to it over a
-framed protocol on stdin/stdout. A call that outlives its timeout, or an
-interpreter that dies, kills the whole sandbox and starts a fresh one; the
-result says so, because the variables of earlier calls are gone.
+framed protocol on stdin/stdout in which every reply carries its request's id.
+A call that outlives its timeout, an interpreter that dies, or a reply that
+breaks the protocol kills the whole sandbox and starts a fresh one; the result
+says so, because the variables of earlier calls are gone.
 """
 
 from __future__ import annotations
@@ -20,11 +21,21 @@ import json
 import os
 import selectors
 import struct
+import subprocess
 import time
 from pathlib import Path
 
 from envgym.tools.calls import Tool
-from envgym.tools.sandbox import ExecResult, ExecStatus, Limits, Sandbox, SandboxProcess, classify, make_sandbox
+from envgym.tools.sandbox import (
+    ExecResult,
+    ExecStatus,
+    Limits,
+    Sandbox,
+    SandboxProcess,
+    classify,
+    make_sandbox,
+    write_all,
+)
 
 _SERVER_NAME = "session_server.py"
 _SERVER_SOURCE = (Path(__file__).parent / _SERVER_NAME).read_text()
@@ -50,16 +61,27 @@ class PythonExecutor:
         self.sandbox.close()
 
 
-class _SessionLost(Exception):
-    """The session's interpreter stopped answering by the protocol (it exited or wrote garbage)."""
+class _SessionExited(Exception):
+    """The session's interpreter closed its reply pipe (it exited, or the code in it closed the pipe)."""
+
+
+class _ProtocolError(Exception):
+    """The session answered outside the protocol: a bad length, unreadable JSON, a wrong id, stray bytes."""
+
+
+#: The fields of a reply to a request, and their types (see session_server.py).
+_REPLY_FIELDS = {"stdout": str, "stderr": str, "error": bool, "truncated": bool}
 
 
 class PythonSession:
     """A long-lived interpreter in `sandbox` that execs each snippet in one persistent globals dict.
 
-    `timeout` is per call (wall clock). `limits` hold for the session's life:
-    its CPU limit counts all calls together. The interpreter starts on the
-    first `run` (or `start`); `close` ends it and everything it started.
+    `timeout` is per call (wall clock) and bounds every wait of the call, whatever the code in the
+    session does to the protocol. `limits` hold for the session's life: its CPU limit counts all
+    calls together. The interpreter starts on the first `run` (or `start`); `close` ends it and
+    everything it started. A timeout, a dead interpreter or a broken protocol (a reply of the wrong
+    length, form or request id, or bytes nobody asked for) kills the session; the call's result says
+    so, and the next call starts a fresh one.
     """
 
     def __init__(self, sandbox: Sandbox | str = "auto", timeout: float = 10.0, limits: Limits | None = None,
@@ -70,6 +92,7 @@ class PythonSession:
         self.start_timeout = start_timeout
         self._proc: SandboxProcess | None = None
         self._selector: selectors.BaseSelector | None = None
+        self._last_id = 0
 
     def start(self) -> None:
         """Start the interpreter if it is not running; raises RuntimeError if it cannot start."""
@@ -79,9 +102,10 @@ class PythonSession:
                                         limits=self.limits)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._proc.popen.stdout.fileno(), selectors.EVENT_READ)
+        self._last_id = 0
         try:
-            self._read_reply(time.monotonic() + self.start_timeout)
-        except (_SessionLost, TimeoutError) as exc:
+            self._read_reply(time.monotonic() + self.start_timeout, 0)
+        except (_SessionExited, _ProtocolError, TimeoutError) as exc:
             os.set_blocking(self._proc.popen.stderr.fileno(), False)
             detail = (self._proc.popen.stderr.read() or b"").decode("utf-8", errors="replace").strip()
             self.close()
@@ -94,17 +118,28 @@ class PythonSession:
             raise TypeError(f"code must be str, got {type(code).__name__}")
         self.start()
         started = time.monotonic()
-        body = json.dumps({"code": code, "max_output": self.limits.max_output_bytes}).encode("utf-8")
-        try:
-            self._proc.popen.stdin.write(struct.pack(">Q", len(body)) + body)
-            self._proc.popen.stdin.flush()
-            reply = self._read_reply(started + self.timeout)
-        except TimeoutError:
+        deadline = started + self.timeout
+        self._last_id += 1
+        body = json.dumps({"id": self._last_id, "code": code, "max_output": self.limits.max_output_bytes}).encode()
+
+        def ended(status: ExecStatus, message: str, timed_out: bool = False) -> ExecResult:
             self.close()
-            return ExecResult("", "", None, True, ExecStatus.TIMEOUT, time.monotonic() - started,
-                              f"killed: wall-clock timeout of {self.timeout:g} s; {_RESTARTED}")
-        except (_SessionLost, BrokenPipeError) as exc:
-            exit_code = self._proc.popen.wait()
+            return ExecResult("", "", None, timed_out, status, time.monotonic() - started, f"{message}; {_RESTARTED}")
+
+        try:
+            self._check_nothing_pending()
+            write_all(self._proc.popen.stdin.fileno(), struct.pack(">Q", len(body)) + body, deadline)
+            reply = self._read_reply(deadline, self._last_id)
+        except TimeoutError:
+            return ended(ExecStatus.TIMEOUT, f"killed: wall-clock timeout of {self.timeout:g} s", timed_out=True)
+        except _ProtocolError as exc:
+            return ended(ExecStatus.KILLED, f"killed: the session broke its reply protocol ({exc})")
+        except (_SessionExited, BrokenPipeError) as exc:
+            try:
+                exit_code = self._proc.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                return ended(ExecStatus.KILLED, "killed: the session broke its reply protocol (it closed its reply "
+                                                "pipe but kept running)")
             self.close()
             lost = classify("", "", exit_code, False, False, time.monotonic() - started, self.timeout,
                             self.limits.max_output_bytes)
@@ -113,15 +148,31 @@ class PythonSession:
         return classify(reply["stdout"], reply["stderr"], 1 if reply["error"] else 0, False, reply["truncated"],
                         time.monotonic() - started, self.timeout, self.limits.max_output_bytes)
 
-    def _read_reply(self, deadline: float) -> dict:
-        header = self._read_exact(8, deadline)
-        size = struct.unpack(">Q", header)[0]
-        if size > 8 * self.limits.max_output_bytes + 4096:  # JSON escapes at most ~6 bytes per byte
-            raise _SessionLost(f"reply of {size} bytes breaks the protocol")
+    def _check_nothing_pending(self) -> None:
+        """Between calls the reply pipe must be silent: bytes there were written by nobody we asked."""
+        if self._selector.select(0):
+            stray = os.read(self._proc.popen.stdout.fileno(), 65536)
+            if not stray:
+                raise _SessionExited("the interpreter exited between calls")
+            raise _ProtocolError(f"{len(stray)} bytes arrived after the last reply, before this request")
+
+    def _read_reply(self, deadline: float, request_id: int) -> dict:
+        """The reply to request `request_id` (0: the ready message), read by `deadline`."""
+        size = struct.unpack(">Q", self._read_exact(8, deadline))[0]
+        largest = 8 * self.limits.max_output_bytes + 4096  # JSON escapes at most ~6 bytes per byte
+        if size > largest:
+            raise _ProtocolError(f"a reply claimed {size} bytes, more than the {largest} a reply can have")
         try:
-            return json.loads(self._read_exact(size, deadline))
+            reply = json.loads(self._read_exact(size, deadline))
         except ValueError as exc:
-            raise _SessionLost(f"unreadable reply: {exc}") from None
+            raise _ProtocolError(f"an unreadable reply: {exc}") from None
+        if not isinstance(reply, dict) or reply.get("id") != request_id:
+            got = reply.get("id") if isinstance(reply, dict) else reply
+            raise _ProtocolError(f"a reply with id {got!r} to request {request_id}")
+        fields = {"ready": bool} if request_id == 0 else _REPLY_FIELDS
+        if any(not isinstance(reply.get(name), kind) for name, kind in fields.items()):
+            raise _ProtocolError(f"a reply without the fields {sorted(fields)}")
+        return reply
 
     def _read_exact(self, n: int, deadline: float) -> bytes:
         fd = self._proc.popen.stdout.fileno()
@@ -129,10 +180,10 @@ class PythonSession:
         while len(data) < n:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._selector.select(remaining):
-                raise TimeoutError
+                raise TimeoutError("no reply in the time allowed")
             chunk = os.read(fd, n - len(data))
             if not chunk:
-                raise _SessionLost("the interpreter exited")
+                raise _SessionExited("the interpreter exited")
             data += chunk
         return bytes(data)
 

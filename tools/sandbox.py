@@ -19,11 +19,18 @@ What enforces what (bubblewrap backend):
 - processes: `--unshare-pid`; bwrap's init is pid 1, so when the program exits
   or is killed the kernel kills everything else in the namespace (detached,
   setsid'd and nohup'd children included). `--die-with-parent` kills the sandbox
-  if the caller dies. The count of processes is capped by RLIMIT_NPROC, which
-  the kernel enforces per uid and never for root: run as root, the program runs
-  as a fresh unprivileged uid (dropped by `setpriv`, no capabilities, no new
-  privileges), so the cap is that call's own; run as a normal user, the cap
-  counts all of that user's processes.
+  if the caller dies (armed before bwrap starts, so no instant is uncovered).
+  The count of processes is capped by RLIMIT_NPROC, which the kernel enforces
+  per uid and never for root: run as root, the program runs as a fresh
+  unprivileged uid (no groups, no capabilities, no new privileges), so the cap
+  is that call's own; run as a normal user, the cap counts all of that user's
+  processes.
+- user namespaces: where the installed bwrap and the kernel allow it (bubblewrap
+  >= 0.8, probed once), bwrap runs in a user namespace of its own with
+  `--disable-userns`, so the program cannot create nested user namespaces (in
+  which it could mount its own, uncapped tmpfs); as root, the fresh uid is taken
+  before bwrap starts. Elsewhere bwrap runs as root and `setpriv` drops the uid
+  inside.
 - CPU, memory, file size: RLIMIT_CPU (SIGXCPU, reported as a timeout),
   RLIMIT_AS (MemoryError), RLIMIT_FSIZE, set in the child before exec.
 - wall clock and output: the caller reads stdout/stderr incrementally, and kills
@@ -34,6 +41,7 @@ isolates nothing (it warns once).
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import enum
 import functools
@@ -56,7 +64,8 @@ from dataclasses import dataclass
 #: Interpreter flags for sandboxed Python: ignore PYTHON* variables and the user site, write no bytecode.
 PYTHON_FLAGS = ("-E", "-s", "-B")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
-_BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}
+#: The environment of every sandboxed program; a call's `env` adds to it.
+BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}
 
 
 class ExecStatus(str, enum.Enum):
@@ -87,13 +96,18 @@ class Limits:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"Limits.{f.name} must be a positive int, got {value!r}")
 
+    def rlimits(self) -> dict[str, tuple[int, int]]:
+        """The (soft, hard) rlimits these limits set, keyed by the name of the `resource` constant."""
+        return {"RLIMIT_CPU": (self.cpu_seconds, self.cpu_seconds + 1),
+                "RLIMIT_AS": (self.memory_bytes, self.memory_bytes),
+                "RLIMIT_NPROC": (self.max_processes, self.max_processes),
+                "RLIMIT_FSIZE": (self.file_size_bytes, self.file_size_bytes),
+                "RLIMIT_CORE": (0, 0)}
+
     def apply(self) -> None:
         """Set these limits on the current process (called in the child between fork and exec)."""
-        resource.setrlimit(resource.RLIMIT_CPU, (self.cpu_seconds, self.cpu_seconds + 1))
-        resource.setrlimit(resource.RLIMIT_AS, (self.memory_bytes, self.memory_bytes))
-        resource.setrlimit(resource.RLIMIT_NPROC, (self.max_processes, self.max_processes))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (self.file_size_bytes, self.file_size_bytes))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        for name, pair in self.rlimits().items():
+            resource.setrlimit(getattr(resource, name), pair)
 
 
 @dataclass(frozen=True)
@@ -131,7 +145,13 @@ class ExecResult:
 
 class SandboxProcess:
     """A started sandboxed process: `popen` with piped stdin/stdout/stderr, and `kill()`, which ends
-    it with everything it started and releases what the sandbox set up for it (idempotent)."""
+    it with everything it started and releases what the sandbox set up for it (idempotent).
+
+    `out_of_memory` is set by `kill()` where the backend can tell that the kernel's OOM killer
+    ended the program (a container's memory limit); rlimits show up as MemoryError instead.
+    """
+
+    out_of_memory = False
 
     def __init__(self, popen: subprocess.Popen, cleanup: Callable[[], None] | None = None):
         self.popen = popen
@@ -149,6 +169,25 @@ class SandboxProcess:
         if self._cleanup is not None:
             cleanup, self._cleanup = self._cleanup, None
             cleanup()
+
+
+def write_all(fd: int, data: bytes, deadline: float) -> None:
+    """Write all of `data` to the pipe `fd` (made non-blocking) by `deadline` (time.monotonic()).
+
+    Raises TimeoutError when the reader has not taken it all by then, BrokenPipeError when it is gone.
+    """
+    os.set_blocking(fd, False)
+    pending = memoryview(data)
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_WRITE)
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not selector.select(remaining):
+                raise TimeoutError("the sandboxed process did not read its input within the time allowed")
+            try:
+                pending = pending[os.write(fd, pending):]
+            except BlockingIOError:
+                continue
 
 
 def check_files(files: Mapping[str, str | bytes] | None) -> dict[str, bytes]:
@@ -207,7 +246,9 @@ class Sandbox(ABC):
             limits: Limits | None = None, env: Mapping[str, str] | None = None) -> ExecResult:
         """Run `argv`, or the Python program `code` (as main.py), to completion or `timeout` seconds.
 
-        Never raises for what the program does; raises ValueError/TypeError for bad arguments.
+        `timeout` counts from the moment the sandbox is up (starting a container is not charged to
+        the program); `ExecResult.duration` is the whole call. Never raises for what the program
+        does; raises ValueError/TypeError for bad arguments.
         """
         argv, files = self.prepare(argv, code, files, timeout)
         limits = limits or self.limits
@@ -218,7 +259,7 @@ class Sandbox(ABC):
             return ExecResult("", f"{type(exc).__name__}: {exc}", None, False, ExecStatus.KILLED,
                               time.monotonic() - start, f"the {self.name} sandbox could not start the program")
         stdin_bytes = stdin.encode("utf-8") if isinstance(stdin, str) else stdin
-        return collect(proc, stdin_bytes, timeout, limits.max_output_bytes, start)
+        return collect(proc, stdin_bytes, time.monotonic() + timeout, timeout, limits.max_output_bytes, start)
 
     def close(self) -> None:
         """Release anything the sandbox holds across calls (a no-op unless a backend pools resources)."""
@@ -230,9 +271,11 @@ class Sandbox(ABC):
         self.close()
 
 
-def collect(proc: SandboxProcess, stdin: bytes, timeout: float, max_output: int, start: float) -> ExecResult:
-    """Feed `stdin`, read stdout/stderr until both close, the deadline, or `max_output` bytes; then kill
-    whatever is left of the process and classify how it ended."""
+def collect(proc: SandboxProcess, stdin: bytes, deadline: float, timeout: float, max_output: int,
+            start: float) -> ExecResult:
+    """Feed `stdin`, read stdout/stderr until both close, `deadline` (time.monotonic(); `timeout` is
+    the seconds it stands for), or `max_output` bytes; then kill whatever is left of the process and
+    classify how it ended. `start` is when the call began (for `ExecResult.duration`)."""
     popen = proc.popen
     out = {popen.stdout.fileno(): bytearray(), popen.stderr.fileno(): bytearray()}
     selector = selectors.DefaultSelector()
@@ -244,7 +287,6 @@ def collect(proc: SandboxProcess, stdin: bytes, timeout: float, max_output: int,
     else:
         popen.stdin.close()
     pending = memoryview(stdin)
-    deadline = start + timeout
     timed_out = flooded = False
     exited_at = None
     while selector.get_map():
@@ -286,7 +328,8 @@ def collect(proc: SandboxProcess, stdin: bytes, timeout: float, max_output: int,
     exit_code = popen.poll()
     proc.kill()
     stdout, stderr = (_decode(b, max_output) for b in out.values())
-    return classify(stdout, stderr, exit_code, timed_out, flooded, time.monotonic() - start, timeout, max_output)
+    return classify(stdout, stderr, exit_code, timed_out, flooded, time.monotonic() - start, timeout, max_output,
+                    out_of_memory=proc.out_of_memory)
 
 
 def _decode(data: bytes, limit: int) -> str:
@@ -303,8 +346,9 @@ def _signal_of(exit_code: int) -> int | None:
 
 
 def classify(stdout: str, stderr: str, exit_code: int | None, timed_out: bool, flooded: bool,
-             duration: float, timeout: float, max_output: int) -> ExecResult:
-    """The `ExecResult` of a run that ended with `exit_code` (None: still running when killed)."""
+             duration: float, timeout: float, max_output: int, out_of_memory: bool = False) -> ExecResult:
+    """The `ExecResult` of a run that ended with `exit_code` (None: still running when killed);
+    `out_of_memory`: the kernel's OOM killer ended it."""
     def result(status: ExecStatus, message: str = "", code: int | None = exit_code, late: bool = timed_out):
         return ExecResult(stdout, stderr, code, late, status, duration, message)
 
@@ -315,6 +359,8 @@ def classify(stdout: str, stderr: str, exit_code: int | None, timed_out: bool, f
     signum = _signal_of(exit_code)
     if signum == signal.SIGXCPU:
         return result(ExecStatus.TIMEOUT, "killed: CPU time limit reached", late=True)
+    if out_of_memory:
+        return result(ExecStatus.MEMORY, "killed: out of memory (the sandbox's memory limit)")
     tail = stderr[-2000:]
     if "MemoryError" in tail or "Cannot allocate memory" in tail or "std::bad_alloc" in tail:
         return result(ExecStatus.MEMORY, "ran out of memory (the sandbox's memory limit)")
@@ -332,12 +378,34 @@ def default_python() -> str:
     return "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS = 1, 38
+
+
 def _popen(argv: Sequence[str], *, cwd: str | None, limits: Limits, env: Mapping[str, str] | None,
-           pass_fds: Sequence[int] = ()) -> subprocess.Popen:
+           pass_fds: Sequence[int] = (), uid: int | None = None, die_with_caller: bool = False) -> subprocess.Popen:
+    """Start `argv` in a session of its own under `limits`, with piped stdin/stdout/stderr.
+
+    `uid`: run as that uid and gid, with no groups, no capabilities and no new privileges.
+    `die_with_caller`: SIGKILL it when the calling thread ends, armed before exec so that no
+    instant is left uncovered before the program (bwrap) arms its own.
+    """
+    caller = os.getpid()
+
+    def child_setup() -> None:  # in the child, after the uid change, before exec
+        limits.apply()
+        if uid is not None:
+            _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        if die_with_caller:
+            _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != caller:  # the caller died before the signal was armed
+                os._exit(1)
+
+    drop = {"user": uid, "group": uid, "extra_groups": []} if uid is not None else {}
     return subprocess.Popen(
         list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
-        env={**_BASE_ENV, **(env or {})}, start_new_session=True, preexec_fn=limits.apply,
-        pass_fds=tuple(pass_fds), close_fds=True,
+        env={**BASE_ENV, **(env or {})}, start_new_session=True, preexec_fn=child_setup,
+        pass_fds=tuple(pass_fds), close_fds=True, **drop,
     )
 
 
@@ -373,7 +441,6 @@ class SubprocessSandbox(Sandbox):
 
 
 _SECRET_FILES = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-")
-_uid_counter = itertools.count()
 
 
 @functools.cache
@@ -392,14 +459,36 @@ def bwrap_usable() -> str | None:
     """None when bubblewrap can build a sandbox here; otherwise why not."""
     if shutil.which("bwrap") is None:
         return "bwrap is not installed (Debian/Ubuntu: apt-get install bubblewrap)"
-    if os.geteuid() == 0 and shutil.which("setpriv") is None:
-        return "bwrap as root needs setpriv (util-linux) to drop to an unprivileged uid"
     probe = subprocess.run(
         ["bwrap", "--ro-bind", "/", "/", "--unshare-pid", "--unshare-net", "--proc", "/proc", "true"],
         capture_output=True, text=True, timeout=30)
     if probe.returncode != 0:
         return f"bwrap cannot create namespaces here: {probe.stderr.strip()}"
+    if os.geteuid() == 0 and not bwrap_disables_userns() and shutil.which("setpriv") is None:
+        return "bwrap as root needs setpriv (util-linux) to drop to an unprivileged uid"
     return None
+
+
+_USERNS = ["--unshare-user", "--disable-userns"]
+
+
+@functools.cache
+def bwrap_disables_userns() -> bool:
+    """Whether bwrap can forbid user namespaces inside the sandbox here (bubblewrap >= 0.8 and a kernel
+    that lets an unprivileged user create one; as root, probed as the uid the sandbox drops to)."""
+    uid = _fresh_uid() if os.geteuid() == 0 else None
+    drop = {"user": uid, "group": uid, "extra_groups": []} if uid is not None else {}
+    probe = subprocess.run(["bwrap", *_USERNS, "--ro-bind", "/", "/", "true"], capture_output=True, timeout=30,
+                           **drop)
+    return probe.returncode == 0
+
+
+_uid_counter = itertools.count()
+
+
+def _fresh_uid() -> int:
+    """An uid no account uses, different for each call in this process (and, mostly, across processes)."""
+    return 1_000_000 + (os.getpid() % 1000) * 1000 + next(_uid_counter) % 1000
 
 
 class BwrapSandbox(Sandbox):
@@ -417,10 +506,15 @@ class BwrapSandbox(Sandbox):
             raise RuntimeError(f"bubblewrap sandbox unavailable: {problem}")
         super().__init__(limits, python)
         self.as_root = os.geteuid() == 0
+        self.disables_userns = bwrap_disables_userns()
         binds = ["/usr", "/etc", *_python_prefixes(self.python), *ro_binds]
         missing = [p for p in binds if not os.path.exists(p)]
         if missing:
             raise ValueError(f"ro_binds must exist on the host; missing: {missing}")
+        hidden = [p for p in binds if self.as_root and self.disables_userns and not _world_readable(p)]
+        if hidden:  # bwrap runs as the dropped uid, so it could not bind them
+            raise ValueError(f"ro_binds and the interpreter's prefix must be readable by any user (o+r, and o+x "
+                             f"on every parent directory); not so: {hidden}")
         self._mount_args = self._mounts(list(dict.fromkeys(os.path.realpath(p) for p in binds)))
 
     @staticmethod
@@ -443,6 +537,19 @@ class BwrapSandbox(Sandbox):
                 args += ["--ro-bind", "/dev/null", secret]
         return args
 
+    def _command(self, limits: Limits, file_args: list[str], argv: Sequence[str]) -> list[str]:
+        """bwrap [options] -- [setpriv ...] argv (setpriv where bwrap runs as root: no user namespaces)."""
+        cmd = ["bwrap", *(_USERNS if self.disables_userns else []),
+               "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+               "--die-with-parent", "--new-session", *self._mount_args,
+               "--size", str(limits.tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp", *file_args, "--chdir", "/tmp"]
+        if self.as_root and not self.disables_userns:
+            uid = _fresh_uid()
+            cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP", "--",
+                    "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
+                    "--bounding-set=-all", "--no-new-privs"]
+        return [*cmd, "--", *argv]
+
     def spawn(self, argv, *, files=None, limits=None, env=None) -> SandboxProcess:
         limits = limits or self.limits
         fds, file_args = [], []
@@ -453,20 +560,23 @@ class BwrapSandbox(Sandbox):
                 os.write(fd, content)
                 os.lseek(fd, 0, os.SEEK_SET)
                 file_args += ["--perms", "0444", "--ro-bind-data", str(fd), f"/tmp/{name}"]
-            cmd = ["bwrap", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-                   "--die-with-parent", "--new-session", *self._mount_args,
-                   "--size", str(limits.tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp", *file_args, "--chdir", "/tmp"]
-            if self.as_root:
-                uid = str(1_000_000 + (os.getpid() % 1000) * 1000 + next(_uid_counter) % 1000)
-                cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP", "--",
-                        "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
-                        "--bounding-set=-all", "--no-new-privs"]
-            cmd += ["--", *argv]
-            popen = _popen(cmd, cwd="/", limits=limits, env=env, pass_fds=fds)
+            # with user namespaces bwrap needs no privileges, so as root it starts as the fresh uid
+            uid = _fresh_uid() if self.as_root and self.disables_userns else None
+            popen = _popen(self._command(limits, file_args, argv), cwd="/", limits=limits, env=env, pass_fds=fds,
+                           uid=uid, die_with_caller=True)
         finally:
             for fd in fds:
                 os.close(fd)
         return SandboxProcess(popen)
+
+
+def _world_readable(path: str) -> bool:
+    """Whether a user with no relation to the owner can reach and read `path`."""
+    real = os.path.realpath(path)
+    if any(not os.stat(parent).st_mode & 0o001 for parent in ["/", *_ancestors(real)]):
+        return False
+    mode = os.stat(real).st_mode
+    return bool(mode & 0o004) and (not os.path.isdir(real) or bool(mode & 0o001))
 
 
 def _ancestors(path: str) -> list[str]:

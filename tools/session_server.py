@@ -2,13 +2,18 @@
 
 Protocol on the original stdin/stdout: each message is an 8-byte big-endian
 length and that many bytes of UTF-8 JSON. The server first sends
-{"ready": true}; then for each request {"code": str, "max_output": int} it
-execs `code` in one globals dict kept across requests (if the last statement is
-an expression, its repr is printed, as in a notebook) and answers
-{"stdout": str, "stderr": str, "error": bool, "truncated": bool}.
+{"id": 0, "ready": true}; then for each request {"id": int, "code": str,
+"max_output": int} it execs `code` in one globals dict kept across requests (if
+the last statement is an expression, its repr is printed, as in a notebook) and
+answers {"id": the request's id, "stdout": str, "stderr": str, "error": bool,
+"truncated": bool}.
 
 The snippet's fds 1 and 2 point at in-memory files, so output of child
-processes is captured too and never corrupts the protocol stream.
+processes is captured too and never corrupts the protocol stream by accident.
+Code that does write to the reply pipe on purpose (it runs in this process and
+can find it) gets no further than breaking the protocol: the caller checks
+every reply's length, form and id, and kills and restarts the session on any
+error (envgym.tools.python_exec).
 """
 
 import ast
@@ -75,7 +80,7 @@ def main():
     for target, fd in zip((1, 2), out_fds):
         os.dup2(fd, target)
     namespace = {"__name__": "__main__", "__builtins__": __builtins__}
-    _send(replies, {"ready": True})
+    _send(replies, {"id": 0, "ready": True})
     cell = 0
     while True:
         header = _read_exact(requests, 8)
@@ -100,7 +105,8 @@ def main():
         sizes = [os.fstat(fd).st_size for fd in (1, 2)]
         takes = (limit - min(sizes[1], limit // 2), min(sizes[1], limit // 2))
         texts = [os.pread(fd, take, 0).decode("utf-8", errors="replace") for fd, take in zip((1, 2), takes)]
-        _send(replies, {"stdout": texts[0], "stderr": texts[1], "error": error, "truncated": sum(sizes) > limit})
+        _send(replies, {"id": request["id"], "stdout": texts[0], "stderr": texts[1], "error": error,
+                        "truncated": sum(sizes) > limit})
 
 
 if __name__ == "__main__":

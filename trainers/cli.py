@@ -2,13 +2,15 @@
 
     envgym train trainers/recipes/quickstart.yaml                  # RL (with the recipe's warm start)
     envgym train RECIPE.yaml optim.lr=1e-4 rollout.group_size=4   # overrides, checked like the YAML
-    envgym train RECIPE.yaml --resume                              # continue from the last checkpoint
+    envgym train RECIPE.yaml --resume                              # continue from the newest intact checkpoint
+    envgym train RECIPE.yaml --overwrite                           # delete the run in out_dir, start over
     envgym sft RECIPE.yaml sft.steps=300                           # only the supervised warm start
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 
 from rich.console import Console
@@ -34,7 +36,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from envgym.trainers import Trainer, load_config
 
     config = load_config(args.config, args.overrides)
-    history = Trainer(config, resume=args.resume).fit()
+    with Trainer(config, resume=args.resume, overwrite=args.overwrite) as trainer:
+        history = trainer.fit()
     console.print(f"held-out success ({config.eval.split} split): {_summary(history)}")
     console.print(f"metrics: {config.out_dir}/metrics.jsonl, curve: {config.out_dir}/learning_curve.png, "
                   f"TensorBoard: tensorboard --logdir {config.out_dir}/tensorboard")
@@ -48,13 +51,14 @@ def cmd_sft(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     if config.sft.steps < 1:
         raise ConfigError("sft.steps is 0; pass e.g. sft.steps=200 to run a supervised warm start")
-    trainer = Trainer(config)
-    before = trainer.evaluate()
-    stats = trainer.warm_start()
-    after = trainer.evaluate()
     target = os.path.join(config.out_dir, "sft")
-    trainer.model.save_pretrained(target)
-    trainer.tokenizer.save_pretrained(target)
+    # the warm start owns OUT/sft, not OUT: it may run before, after or next to a training run in OUT
+    with Trainer(dataclasses.replace(config, out_dir=target)) as trainer:
+        before = trainer.evaluate()
+        stats = trainer.warm_start()
+        after = trainer.evaluate()
+        trainer.model.save_pretrained(target)
+        trainer.tokenizer.save_pretrained(target)
     console.print(f"SFT: {stats['sft/steps']:.0f} steps, final loss {stats['sft/loss']:.3f}; held-out success "
                   f"{before['eval/success']:.3f} -> {after['eval/success']:.3f}")
     console.print(f"saved to {target}; start RL from it with model.init_from={target}")
@@ -69,5 +73,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("config", help="a YAML recipe, e.g. trainers/recipes/quickstart.yaml")
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=1e-4")
         if name == "train":
-            p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in out_dir")
+            start = p.add_mutually_exclusive_group()
+            start.add_argument("--resume", action="store_true",
+                               help="continue the run in out_dir from its newest intact checkpoint")
+            start.add_argument("--overwrite", action="store_true",
+                               help="delete the run in out_dir (checkpoints, metrics, TensorBoard) and start over")
         p.set_defaults(func=func)

@@ -2,11 +2,12 @@
 
 A run is described by a YAML file whose sections mirror the dataclasses below
 (`model`, `env`, `rollout`, `algorithm`, `loss`, `optim`, `turn_reward`,
-`sft`, `eval`, `checkpoint`) plus a few top-level keys. `load_config(path,
+`sft`, `eval`, `checkpoint`, `log_episodes`) plus a few top-level keys. `load_config(path,
 overrides)` reads it, applies `key.sub=value` overrides and validates: an
-unknown key or a value of the wrong type fails before any work starts, naming
-the key and the closest valid key. Checks that need two fields at once (a group
-estimator with a group of one) live in `TrainConfig.validate`.
+unknown key, a value of the wrong type or a number outside the `Range` in its
+field's annotation fails before any work starts, naming the key, the value and
+what would be right. Checks that need two fields at once live in
+`TrainConfig.validate`.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+
+from envgym.option_types import Range, coerce
 
 
 class ConfigError(ValueError):
@@ -31,9 +34,9 @@ class ConfigError(ValueError):
 class LoraOptions:
     """LoRA through `peft`; `r: 0` means full fine-tuning."""
 
-    r: int = 0
-    alpha: int = 16
-    dropout: float = 0.0
+    r: Annotated[int, Range(ge=0, why="0 = full fine-tuning")] = 0
+    alpha: Annotated[int, Range(gt=0)] = 16
+    dropout: Annotated[float, Range(ge=0, lt=1)] = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
@@ -59,7 +62,7 @@ class EnvOptions:
 
     id: str = "games/Maze-v0"
     kwargs: dict[str, Any] = field(default_factory=dict)
-    max_turns: int | None = None  # None: the registered TurnLimit
+    max_turns: Annotated[int | None, Range(ge=1)] = None  # None: the registered TurnLimit
     show_admissible: bool = False  # append "Valid actions: ..." to each observation
     # find the action inside free-form replies: "tag" (<action>...</action>) or "admissible"
     # (the one admissible action the reply names); see envgym.wrappers.ActionExtraction
@@ -68,16 +71,42 @@ class EnvOptions:
 
 @dataclass
 class RolloutOptions:
-    """How episodes are collected each iteration (see `envgym.rollout.collect_groups`)."""
+    """How episodes are collected each iteration (see `envgym.rollout.collect_groups`).
 
-    n_groups: int = 16
-    group_size: int = 8
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 8
+    `backend: vllm` samples with a vLLM engine (`envgym.policies.vllm`) that is
+    sent the trained weights after each update; `vllm` holds its engine settings,
+    keywords of `vllm.LLM` (e.g. `max_model_len`, `kv_cache_memory_bytes`,
+    `enable_sleep_mode`), on top of the defaults (the model's dtype; on a CPU eager
+    mode and a 2 GiB KV cache).
+
+    Envs are stepped through one `envgym.pool.EnvPool` that the run keeps for
+    rollouts, the warm start and evaluation alike: `pool` is its backend ("sync":
+    in this process; "process" or "ray": one worker per slot, so an env that hangs,
+    crashes or runs out of memory fails only its episode; "auto": workers for envs
+    whose registration declares slow steps, TextWorld and the sandboxed tool envs,
+    in-process for the rest, workers whenever `env_memory_mb` is set). `num_envs`
+    slots (0: one per episode of an iteration in-process, 4 per CPU core in
+    workers); a step past
+    `step_timeout` seconds or an episode past `episode_timeout` (0: no limit) fails its
+    episode, which is retried from the start up to `retries` times before its group is
+    dropped; `env_memory_mb` caps each worker's address space (0: no cap).
+    """
+
+    n_groups: Annotated[int, Range(ge=1)] = 16
+    group_size: Annotated[int, Range(ge=1)] = 8  # >= 2 for every estimator here, see `validate`
+    temperature: Annotated[float, Range(gt=0, why="RL samples its episodes")] = 1.0
+    top_p: Annotated[float, Range(gt=0, le=1)] = 1.0
+    max_new_tokens: Annotated[int, Range(ge=1)] = 8
     context: Literal["full", "window"] = "full"
-    window: int = 1
+    window: Annotated[int, Range(ge=0)] = 1
     backend: Literal["hf", "vllm"] = "hf"
+    pool: Literal["auto", "sync", "process", "ray"] = "auto"
+    num_envs: Annotated[int, Range(ge=0)] = 0
+    step_timeout: Annotated[float, Range(gt=0)] = 60.0
+    episode_timeout: Annotated[float, Range(ge=0)] = 0.0
+    retries: Annotated[int, Range(ge=0)] = 2
+    env_memory_mb: Annotated[int, Range(ge=0)] = 0
+    vllm: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -85,10 +114,13 @@ class AlgorithmOptions:
     """The advantage estimator and its options, passed to `envgym.trainers.advantages.compute_advantages`.
 
     `options` are the estimator's own keyword options (e.g. gigpo: gamma, omega,
-    mode, invalid_penalty); unknown names fail at validation, listing the valid ones.
+    mode, invalid_penalty), on top of a named `preset` of the estimator (gigpo:
+    "verl-agent"); the estimator checks them, and runs once on a tiny batch, when
+    the config is validated. See docs/algorithms.md.
     """
 
     estimator: Literal["grpo", "drgrpo", "rloo", "reinforce_pp", "turn_grpo", "gigpo", "igpo", "prime"] = "gigpo"
+    preset: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -96,24 +128,35 @@ class AlgorithmOptions:
 class LossOptions:
     """The PPO-clip policy loss (`envgym.trainers.losses`)."""
 
-    clip_low: float = 0.2
-    clip_high: float = 0.2
+    clip_low: Annotated[float, Range(ge=0, lt=1)] = 0.2
+    clip_high: Annotated[float, Range(ge=0)] = 0.2
     ratio: Literal["token", "turn"] = "token"  # "turn": one geometric-mean ratio per turn
-    kl_coef: float = 0.0  # > 0 keeps a frozen reference and adds kl_coef * KL to the loss
+    kl_coef: Annotated[float, Range(ge=0)] = 0.0  # > 0 keeps a frozen reference and adds kl_coef * KL to the loss
     kl_estimator: Literal["k1", "k3"] = "k3"
-    entropy_coef: float = 0.0
+    entropy_coef: Annotated[float, Range(ge=0)] = 0.0
 
 
 @dataclass
 class OptimOptions:
-    lr: float = 3e-4
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    grad_clip: float = 1.0
-    epochs: int = 2  # passes over each iteration's episodes
-    minibatches: int = 1  # optimizer steps per epoch
-    micro_batch_tokens: int = 8192  # token budget of one forward/backward (gradient accumulation)
+    """AdamW and its learning-rate schedule.
+
+    The rate rises linearly from 0 over `warmup_steps` optimizer steps, then stays
+    at `lr` (`schedule: constant`) or follows a cosine down to `min_lr_ratio * lr` at
+    the run's last step (`schedule: cosine`). A rate above 1 is always a typo for
+    these models; 0 freezes the weights (for debugging).
+    """
+
+    lr: Annotated[float, Range(ge=0, le=1)] = 3e-4
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: Annotated[int, Range(ge=0)] = 0
+    min_lr_ratio: Annotated[float, Range(ge=0, le=1)] = 0.0
+    weight_decay: Annotated[float, Range(ge=0, le=1)] = 0.0
+    beta1: Annotated[float, Range(ge=0, lt=1)] = 0.9
+    beta2: Annotated[float, Range(ge=0, lt=1)] = 0.999
+    grad_clip: Annotated[float, Range(gt=0, why="the gradient norm is clipped to it; <= 0 flips the gradient")] = 1.0
+    epochs: Annotated[int, Range(ge=1)] = 2  # passes over each iteration's episodes
+    minibatches: Annotated[int, Range(ge=1)] = 1  # optimizer steps per epoch
+    micro_batch_tokens: Annotated[int, Range(ge=1)] = 8192  # tokens of one forward/backward (gradient accumulation)
 
 
 @dataclass
@@ -128,20 +171,20 @@ class TurnRewardOptions:
     kind: Literal["none", "info_gain", "implicit_prm"] = "none"
     info_gain: Literal["prob_diff", "log_prob_diff"] = "log_prob_diff"
     answer_template: str = "{answer}"  # the gold answer as a reply; text before {answer} is forced, not scored
-    prm_beta: float = 0.05
+    prm_beta: Annotated[float, Range(gt=0)] = 0.05
     prm_update: Literal["before", "after"] = "after"
     prm_loss: Literal["ce", "dpo"] = "ce"  # "dpo": trajectory-level DPO (OPRL)
-    prm_lr: float = 1e-4
+    prm_lr: Annotated[float, Range(ge=0, le=1)] = 1e-4
 
 
 @dataclass
 class SFTOptions:
     """Supervised warm start on oracle demonstrations (`envgym sft`, or `steps > 0` before RL)."""
 
-    steps: int = 0
-    episodes: int = 512
-    lr: float = 1e-3
-    batch_tokens: int = 8192
+    steps: Annotated[int, Range(ge=0)] = 0
+    episodes: Annotated[int, Range(ge=1)] = 512
+    lr: Annotated[float, Range(ge=0, le=1)] = 1e-3
+    batch_tokens: Annotated[int, Range(ge=1)] = 8192
 
 
 @dataclass
@@ -151,26 +194,41 @@ class EvalOptions:
     A split with fewer tasks than `episodes` has each task played several times when sampling.
     """
 
-    every: int = 5
-    episodes: int = 200
+    every: Annotated[int, Range(ge=1)] = 5
+    episodes: Annotated[int, Range(ge=1)] = 200
     split: Literal["train", "test"] = "test"
-    temperature: float = 0.0
+    temperature: Annotated[float, Range(ge=0)] = 0.0
 
 
 @dataclass
 class CheckpointOptions:
-    every: int = 10
-    keep: int = 2
+    every: Annotated[int, Range(ge=1)] = 10
+    keep: Annotated[int, Range(ge=1)] = 2
+
+
+@dataclass
+class EpisodeLogOptions:
+    """A sample of the training episodes kept for `envgym view` (see `envgym.trainers.episode_log`).
+
+    On iteration 1, every `every`-th iteration and the last, the first `groups`
+    groups of the rollout are written to `OUT/episodes/iter_NNNNNN.{format}`
+    with per-turn advantages, anchor sizes, new logprobs and decoded tokens.
+    `every: 0` or `groups: 0` keeps none.
+    """
+
+    every: Annotated[int, Range(ge=0, why="0 keeps no episodes")] = 1
+    groups: Annotated[int, Range(ge=0, why="0 keeps no episodes")] = 2
+    format: Literal["jsonl", "parquet"] = "jsonl"
 
 
 @dataclass
 class TrainConfig:
     """One training run. Build it from YAML with `load_config`, or in Python directly."""
 
-    iterations: int = 20
-    seed: int = 0
+    iterations: Annotated[int, Range(ge=1)] = 20
+    seed: Annotated[int, Range(ge=0, lt=2**32)] = 0  # numpy seeds are 32-bit
     out_dir: str = "runs/envgym"
-    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    threads: Annotated[int, Range(ge=0)] = 0  # torch intra-op threads; 0 keeps torch's default
     model: ModelOptions = field(default_factory=ModelOptions)
     env: EnvOptions = field(default_factory=EnvOptions)
     rollout: RolloutOptions = field(default_factory=RolloutOptions)
@@ -181,18 +239,11 @@ class TrainConfig:
     sft: SFTOptions = field(default_factory=SFTOptions)
     eval: EvalOptions = field(default_factory=EvalOptions)
     checkpoint: CheckpointOptions = field(default_factory=CheckpointOptions)
+    log_episodes: EpisodeLogOptions = field(default_factory=EpisodeLogOptions)
 
     def validate(self) -> TrainConfig:
-        """Cross-field checks that need no model or env; raises ConfigError saying what to change."""
-        positive = {"iterations": self.iterations, "rollout.n_groups": self.rollout.n_groups,
-                    "rollout.group_size": self.rollout.group_size,
-                    "rollout.max_new_tokens": self.rollout.max_new_tokens, "optim.epochs": self.optim.epochs,
-                    "optim.minibatches": self.optim.minibatches,
-                    "optim.micro_batch_tokens": self.optim.micro_batch_tokens, "eval.every": self.eval.every,
-                    "checkpoint.every": self.checkpoint.every, "checkpoint.keep": self.checkpoint.keep}
-        for key, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"{key} must be >= 1, got {value}")
+        """Range and cross-field checks that need no model or env; raises ConfigError saying what to change."""
+        _check_ranges(self)
         if self.rollout.group_size < 2:  # every estimator here baselines an episode against its group
             raise ConfigError(
                 f"rollout.group_size is 1, but estimator {self.algorithm.estimator!r} compares episodes within a "
@@ -200,92 +251,61 @@ class TrainConfig:
         if self.rollout.n_groups * self.rollout.group_size % self.optim.minibatches:
             raise ConfigError(f"optim.minibatches ({self.optim.minibatches}) must divide the episodes per iteration "
                               f"({self.rollout.n_groups * self.rollout.group_size})")
-        if not 0 <= self.loss.clip_low < 1 or self.loss.clip_high < 0:
-            raise ConfigError(f"loss.clip_low must be in [0, 1) and loss.clip_high >= 0, got "
-                              f"{self.loss.clip_low}, {self.loss.clip_high}")
-        if self.rollout.temperature <= 0:
-            raise ConfigError(f"rollout.temperature must be > 0 (RL samples), got {self.rollout.temperature}")
+        if self.rollout.vllm and self.rollout.backend != "vllm":
+            raise ConfigError(f"rollout.vllm sets engine settings {sorted(self.rollout.vllm)}, but rollout.backend is "
+                              f"{self.rollout.backend!r}; set rollout.backend: vllm, or drop rollout.vllm")
         if self.algorithm.estimator == "igpo" and self.turn_reward.kind != "info_gain":
             raise ConfigError("estimator 'igpo' needs turn_reward.kind: info_gain")
         if self.algorithm.estimator == "prime" and self.turn_reward.kind != "implicit_prm":
             raise ConfigError("estimator 'prime' needs turn_reward.kind: implicit_prm")
         self._validate_estimator_options()
-        if self.model.lora.r < 0:
-            raise ConfigError(f"model.lora.r must be >= 0 (0 = full fine-tuning), got {self.model.lora.r}")
+        if self.model.lora.r > 0 and not self.model.lora.target_modules:
+            raise ConfigError("model.lora.target_modules is empty, so LoRA (model.lora.r > 0) would train nothing; "
+                              "name modules, e.g. [q_proj, v_proj]")
+        if "{answer}" not in self.turn_reward.answer_template:
+            raise ConfigError(f"turn_reward.answer_template must contain {{answer}}, got "
+                              f"{self.turn_reward.answer_template!r}")
+        if not self.out_dir:
+            raise ConfigError("out_dir is empty; name the run's directory, e.g. out_dir=runs/maze")
         return self
 
     def _validate_estimator_options(self) -> None:
-        from envgym.trainers.advantages import ESTIMATORS
+        """The estimator checks its own options and runs once on a tiny synthetic batch."""
+        from envgym.trainers.advantages import check_estimator
 
-        spec = ESTIMATORS[self.algorithm.estimator]
-        for key, value in self.algorithm.options.items():
-            if key not in spec.defaults:
-                close = difflib.get_close_matches(key, spec.defaults, n=1)
-                hint = f"did you mean {close[0]!r}? " if close else ""
-                raise ConfigError(f"unknown option algorithm.options.{key} for estimator {spec.name!r}; {hint}"
-                                  f"valid options: {', '.join(sorted(spec.defaults))}")
-            if key in spec.choices and value not in spec.choices[key]:
-                raise ConfigError(f"algorithm.options.{key} must be one of {list(spec.choices[key])}, got {value!r}")
+        try:
+            check_estimator(self.algorithm.estimator, self.algorithm.options, self.algorithm.preset)
+        except ValueError as exc:
+            raise ConfigError(f"algorithm: {exc}") from None
 
 
-def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+def _check_ranges(options: Any, prefix: str = "") -> None:
+    """Check every number of the dataclass tree `options` against the `Range` in its field's annotation."""
+    hints = typing.get_type_hints(type(options), include_extras=True)
+    for f in dataclasses.fields(options):
+        key, value = f"{prefix}{f.name}", getattr(options, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_ranges(value, f"{key}.")
+            continue
+        for allowed in getattr(hints[f.name], "__metadata__", ()):
+            if isinstance(allowed, Range) and value is not None:
+                try:
+                    allowed.check(key, value)
+                except ValueError as exc:
+                    raise ConfigError(str(exc)) from None
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """`value` checked against the annotation `tp` (numbers written as strings such as '3e-4' are read)."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(key, value, arg)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
-    if origin is Literal:
-        if value not in args:
-            close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{key} must be one of {', '.join(repr(a) for a in args)}, got {value!r}{hint}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
-        return value
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping, got {value!r}")
-        return dict(value)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
-    raise TypeError(f"unsupported config annotation {tp!r} for {key}")  # a bug in this module, not in the YAML
+    """`value` checked against the annotation `tp` (see `envgym.option_types.coerce`); nested sections built here."""
+    def section(key: str, value: Any, tp: Any) -> Any:
+        if dataclasses.is_dataclass(tp):
+            return _build(tp, value, key)
+        raise TypeError(f"unsupported config annotation {tp!r} for {key}")  # a bug in this module, not in the YAML
+
+    try:
+        return coerce(key, value, tp, other=section)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _build(cls: type, data: Any, prefix: str = "") -> Any:
@@ -295,7 +315,7 @@ def _build(cls: type, data: Any, prefix: str = "") -> Any:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping of keys to values, got {data!r}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls)  # Annotated ranges stripped: they are checked in `validate`
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
@@ -320,14 +340,21 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def config_from_dict(data: dict[str, Any], overrides: typing.Sequence[str] = ()) -> TrainConfig:
+def config_from_dict(data: Mapping[str, Any] | None, overrides: typing.Sequence[str] = ()) -> TrainConfig:
     """A validated `TrainConfig` from a nested mapping plus ``"section.key=value"`` overrides (YAML values)."""
+    if data is not None and not isinstance(data, Mapping):
+        raise ConfigError(f"a config must be a mapping of sections and keys (model:, env:, optim:, ...), "
+                          f"got a {type(data).__name__}: {str(data)[:80]}")
     data = copy.deepcopy(dict(data or {}))  # overrides must not write into the caller's nested dicts
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like section.key=value, e.g. optim.lr=1e-4")
-        _set_path(data, key.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(exc)})") from None
+        _set_path(data, key.strip(), value)
     return _build(TrainConfig, data).validate()
 
 
@@ -336,12 +363,26 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Train
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist; recipes live in {recipes_dir()}")
-    with path.open(encoding="utf-8") as f:
-        data = yaml.safe_load(f)
     try:
-        return config_from_dict(data or {}, overrides)
+        with path.open(encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {_yaml_problem(exc)}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
+    try:
+        return config_from_dict(data, overrides)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """The parser's one-line reason ('mapping values are not allowed here'), without its multi-line excerpt."""
+    problem = getattr(exc, "problem", None)
+    context = getattr(exc, "context", None)
+    return " ".join(p for p in (context, problem) if p) or str(exc).splitlines()[0]
 
 
 def recipes_dir() -> Path:

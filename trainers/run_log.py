@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "learning_curve.png"
+TENSORBOARD_DIR = "tensorboard"
 
 
 class RunLog:
@@ -38,7 +39,7 @@ class RunLog:
         with (self.out_dir / METRICS_FILE).open("w", encoding="utf-8") as f:
             for metrics in self.history:
                 f.write(json.dumps(metrics) + "\n")
-        self.writer = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=self.start or None)
+        self.writer = SummaryWriter(str(self.out_dir / TENSORBOARD_DIR), purge_step=self.start or None)
         self.progress.start()
         self.task = self.progress.add_task("train", total=self.total, completed=self.start, status="")
         return self

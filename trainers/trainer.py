@@ -3,22 +3,25 @@
 One iteration:
 
 1. collect `n_groups` groups of `group_size` episodes with the current policy
-   (`envgym.rollout.collect_groups`);
-2. pack them into the turn layout (`to_turn_batch`) and, if configured, add
-   per-turn rewards of a turn-reward model (information gain, implicit PRM);
+   (`envgym.rollout.collect_groups`, through the run's `EnvPool`);
+2. pack them into one `RolloutBatch` (tokens, masks, behaviour logprobs and the
+   turn table, aligned by construction) and, if configured, add per-turn rewards
+   of a turn-reward model (information gain, implicit PRM);
 3. compute one advantage per turn (`compute_advantages`: GRPO, GiGPO, ...);
 4. update the policy with PPO-clip on the sampled tokens, `epochs` passes of
    `minibatches` optimizer steps, each accumulated over micro-batches that fit
    `micro_batch_tokens`; optional KL to a frozen reference;
-5. log, evaluate on held-out tasks every `eval.every` iterations, checkpoint
-   every `checkpoint.every`.
+5. log, keep a sample of the episodes (`log_episodes`, for `envgym view`),
+   evaluate on held-out tasks every `eval.every` iterations
+   (`envgym.evaluation.evaluate_policy`, the path `envgym eval` takes too),
+   checkpoint every `checkpoint.every`.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 import logging
+import math
 import os
 import random
 import time
@@ -29,31 +32,35 @@ import numpy as np
 import torch
 
 import envgym
+from envgym.core import RunFailed
+from envgym.evaluation import EVAL_SEED, evaluate_policy, plan_split
 from envgym.policies import HFPolicy, SamplingParams
-from envgym.rollout import collect_groups
-from envgym.trajectory import Group, TokenBatch, TokenRows, to_token_rows, to_turn_batch
+from envgym.pool import EnvPool, default_num_envs
+from envgym.rollout import RolloutResult, collect_groups
 from envgym.trainers import checkpoint as ckpt
 from envgym.trainers.advantages import compute_advantages
-from envgym.trainers.config import ConfigError, EnvOptions, ModelOptions, TrainConfig
+from envgym.trainers.batch import RolloutBatch, TokenBatch
+from envgym.trainers.config import ConfigError, EnvOptions, ModelOptions, RolloutOptions, TrainConfig
+from envgym.trainers.episode_log import log_episode_sample
 from envgym.trainers.losses import kl_penalty, ppo_clip_loss, sampled_logprobs
+from envgym.trainers.run_dir import RunDirectory
 from envgym.trainers.run_log import RunLog
 from envgym.trainers.tiny_model import VOCABULARIES, tiny_policy_model
-from envgym.trainers.token_rows import subset, to_device
-from envgym.wrappers import ActionExtraction, ObservationFormat
+from envgym.trainers.weights import merged_named_weights
+from envgym.wrappers import EnvMaker
 
 log = logging.getLogger(__name__)
 
-EVAL_SEED = 12345  # held-out evaluation always plays the same tasks with the same seeds
+
+class RolloutFailed(RunFailed):
+    """Every group of an iteration failed: there is nothing to train on. The message lists the causes."""
 
 
 # ---------------------------------------------------------------------------------------------- building blocks
 
-def make_env(options: EnvOptions) -> Any:
-    """The training env of `options` (picklable through functools.partial, for process pools)."""
-    env = envgym.make(options.id, **options.kwargs)
-    if options.extract_action != "none":
-        env = ActionExtraction(env, mode=options.extract_action)
-    return ObservationFormat(env) if options.show_admissible else env
+def env_maker(options: EnvOptions) -> EnvMaker:
+    """The picklable factory of the training env of `options` (wrappers included)."""
+    return EnvMaker(options.id, dict(options.kwargs), options.extract_action, options.show_admissible)
 
 
 def check_env_options(options: EnvOptions) -> None:
@@ -63,9 +70,16 @@ def check_env_options(options: EnvOptions) -> None:
     except KeyError as exc:
         raise ConfigError(f"env.id: {exc.args[0]}") from None
     try:
-        make_env(options).close()
+        env_maker(options)().close()
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"env.kwargs {options.kwargs} are not accepted by {options.id!r}: {exc}") from None
+
+
+def make_pool(options: RolloutOptions, maker: EnvMaker, episodes: int) -> EnvPool:
+    """The run's EnvPool for up to `episodes` concurrent episodes (`options.num_envs` slots if set)."""
+    return EnvPool(maker, options.num_envs or default_num_envs(options.pool, episodes, maker), backend=options.pool,
+                   step_timeout=options.step_timeout, episode_timeout=options.episode_timeout or None,
+                   memory_limit_mb=options.env_memory_mb or None)
 
 
 def pick_dtype(name: str) -> torch.dtype:
@@ -112,9 +126,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def episode_metrics(groups: list[Group], prefix: str) -> dict[str, float]:
-    """Episodes played, and success, return, turns and invalid-action rate over them, for the episodes of `groups`."""
-    episodes = [e for g in groups for e in g.episodes]
+def episode_metrics(rollout: RolloutResult, prefix: str) -> dict[str, float]:
+    """Episodes played and dropped, and success, return, turns and invalid-action rate over the played ones."""
+    episodes = [e for g in rollout.groups for e in g.episodes]
     turns = [t for e in episodes for t in e.turns]
     if not episodes:
         return {}
@@ -125,6 +139,16 @@ def episode_metrics(groups: list[Group], prefix: str) -> dict[str, float]:
             f"{prefix}/invalid_rate": float(np.mean([t.invalid_action for t in turns]))}
 
 
+def lr_factor(step: int, total: int, options: Any) -> float:
+    """The learning-rate multiplier at optimizer step `step` of `total` (see `OptimOptions`)."""
+    if step < options.warmup_steps:
+        return (step + 1) / options.warmup_steps
+    if options.schedule == "constant":
+        return 1.0
+    progress = (step - options.warmup_steps) / max(1, total - options.warmup_steps)
+    return options.min_lr_ratio + (1.0 - options.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
 # ---------------------------------------------------------------------------------------------- the trainer
 
 class Trainer:
@@ -133,30 +157,73 @@ class Trainer:
     Everything that can be checked without training is checked in the
     constructor (env id, kwargs, token budget, checkpoint compatibility), so a
     bad config fails in seconds with a message saying what to change.
+
+    The trainer owns `out_dir` from construction until `fit` ends (or `close`):
+    see `RunDirectory`. A directory holding another run is refused unless
+    `resume` (continue it from its newest intact checkpoint) or `overwrite`
+    (delete it, once this run's set-up has succeeded).
     """
 
-    def __init__(self, config: TrainConfig, *, resume: bool = False):
+    def __init__(self, config: TrainConfig, *, resume: bool = False, overwrite: bool = False):
         self.config = config.validate()
         self.out_dir = Path(config.out_dir)
+        # claimed first: a second run into out_dir is refused before any model loads
+        self.run_dir = RunDirectory.claim(self.out_dir, resume=resume, overwrite=overwrite)
+        try:
+            self._set_up(resume=resume, overwrite=overwrite)
+        except BaseException:
+            self.run_dir.release()
+            raise
+
+    def _set_up(self, *, resume: bool, overwrite: bool) -> None:
+        config = self.config
         if config.threads:
             torch.set_num_threads(config.threads)
         seed_everything(config.seed)
         check_env_options(config.env)
-        self.env_factory = functools.partial(make_env, config.env)
+        self.env_factory = env_maker(config.env)
         self.model, self.tokenizer = load_model(config.model, config.seed)
         self._check_token_budget()
         self.policy = self._rollout_policy()
         self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad],
                                            lr=config.optim.lr, weight_decay=config.optim.weight_decay,
                                            betas=(config.optim.beta1, config.optim.beta2))
+        total_steps = config.iterations * config.optim.epochs * config.optim.minibatches
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, total_steps, config.optim))
         self.reference = self._frozen_reference() if config.loss.kl_coef > 0 else None
         self.turn_reward = self._turn_reward_model()
         self.iteration = 0
+        self.run_id = ckpt.new_run_id()
         self.history: list[dict[str, Any]] = []
+        self.pool = make_pool(config.rollout, self.env_factory, max(config.rollout.n_groups * config.rollout.group_size,
+                                                                    self._eval_episodes()))
         if resume:
             self._resume()
+        elif overwrite:
+            self.run_dir.clear_run()
+
+    def close(self) -> None:
+        """Stop the env workers and give up `out_dir` (idempotent). `fit` leaves the workers running, so
+        `evaluate` still works after it, and gives up `out_dir` when it ends."""
+        self.pool.close()
+        self.run_dir.release()
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     # -- setup ----------------------------------------------------------------------------------------
+
+    def _eval_episodes(self) -> int:
+        """Episodes of one held-out evaluation (the split may be played several times; see `plan_split`)."""
+        cfg = self.config
+        with self.env_factory() as env:
+            split_tasks = env.unwrapped.num_tasks[cfg.eval.split]
+        tasks, samples = plan_split(split_tasks, cfg.eval.episodes, 1, greedy=cfg.eval.temperature == 0)
+        return tasks * samples
 
     def _check_token_budget(self) -> None:
         """The first prompt plus one action must fit a micro-batch, or no row could ever be trained."""
@@ -177,16 +244,31 @@ class Trainer:
                               "(rows of later turns are longer with rollout.context: full)")
 
     def _rollout_policy(self) -> Any:
-        """HFPolicy over the live model, or a vLLM engine that is sent the new weights after each update."""
+        """HFPolicy over the live model, or a vLLM engine that is sent the new weights after each update.
+
+        The engine starts on the model's checkpoint directory, in the model's
+        dtype, with `rollout.vllm` on top (EngineStartError, before any
+        training, if it cannot start).
+        """
         cfg = self.config
         if cfg.rollout.backend == "hf":
             return HFPolicy(self.model, self.tokenizer)
-        if cfg.model.lora.r > 0 or not Path(cfg.model.init_from or cfg.model.name).is_dir():
-            raise ConfigError("rollout.backend: vllm needs full fine-tuning (model.lora.r: 0) of a model saved in a "
-                              "local directory (model.name or model.init_from)")
+        source = cfg.model.init_from or cfg.model.name
+        if source != "default" and not Path(source).is_dir():
+            raise ConfigError(f"rollout.backend: vllm starts its engine from a checkpoint directory, and the model "
+                              f"{source!r} has none; set model.name to 'default' or a save_pretrained directory")
         from envgym.policies.vllm import VLLMPolicy
 
-        return VLLMPolicy.from_pretrained(cfg.model.init_from or cfg.model.name, gpu_memory_utilization=0.35)
+        dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        return VLLMPolicy.from_pretrained(source, **{"dtype": dtype, "seed": cfg.seed, **cfg.rollout.vllm})
+
+    def _sync_rollout_weights(self) -> None:
+        """Tell the rollout policy the weights changed: the vLLM engine is sent them (LoRA merged in); an
+        HFPolicy samples from the model itself and only drops its episode KV caches, computed with the old ones."""
+        if self.config.rollout.backend == "vllm":
+            self.policy.load_weights(merged_named_weights(self.model))
+        else:
+            self.policy.weights_changed()
 
     def _frozen_reference(self) -> Any:
         """The KL reference: the LoRA base (adapters switched off at use) or a frozen copy of the initial model."""
@@ -209,19 +291,22 @@ class Trainer:
         return None
 
     def _resume(self) -> None:
-        latest = ckpt.latest_checkpoint(self.out_dir)
+        latest = ckpt.checkpoint_to_resume(self.out_dir)
         if latest is None:
             log.warning("--resume: no checkpoint in %s; starting from iteration 0", self.out_dir)
             return
         ckpt.check_config_matches(latest, ckpt.config_dict(self.config))
+        self.run_id = ckpt.run_id_of(latest)
         state = ckpt.load_state(latest)
         self._load_weights(latest)
+        self._sync_rollout_weights()  # the engine started on the initial weights
         self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
         if self.turn_reward is not None and "turn_reward" in state:
             self.turn_reward.load_state_dict(state["turn_reward"])
         start = ckpt.checkpoints_dir(self.out_dir) / ckpt.RL_START
-        if self.reference is not None and (start / ckpt.STATE_FILE).exists():
-            self._load_weights(start, into=self.reference)  # the policy RL started from (after any warm start)
+        if self.reference is not None and start.exists():  # the policy RL started from (after any warm start)
+            self._load_weights(ckpt.verified(start), into=self.reference)
         self.iteration = state["iteration"]
         self.history = state["history"]
         ckpt.restore_rng_states(state["rng"])
@@ -254,7 +339,8 @@ class Trainer:
         again (phase "sft"); every RL iteration is phase "rl".
         """
         cfg = self.config
-        with RunLog(self.out_dir, start=self.iteration, total=cfg.iterations, history=self.history) as run_log:
+        with self.run_dir, RunLog(self.out_dir, start=self.iteration, total=cfg.iterations,
+                                  history=self.history) as run_log:
             if not self.history:
                 self.history.append({"iteration": 0, "phase": "init", **self.evaluate()})
                 run_log.log(self.history[-1], step=0, advance=False)
@@ -279,87 +365,115 @@ class Trainer:
 
     def warm_start(self) -> dict[str, float]:
         """`sft.steps` supervised steps on oracle demonstrations (see `envgym.trainers.sft`)."""
-        from envgym.trainers.sft import demonstration_rows, supervised_steps
+        from envgym.trainers.sft import demonstration_batch, supervised_steps
 
         cfg = self.config
-        rows = demonstration_rows(cfg, self.env_factory, self.tokenizer)
-        return supervised_steps(self.model, rows, steps=cfg.sft.steps, lr=cfg.sft.lr,
-                                batch_tokens=cfg.sft.batch_tokens, seed=cfg.seed)
+        batch = demonstration_batch(cfg, self.env_factory, self.tokenizer, pool=self.pool)
+        stats = supervised_steps(self.model, batch, steps=cfg.sft.steps, lr=cfg.sft.lr,
+                                 batch_tokens=cfg.sft.batch_tokens, seed=cfg.seed)
+        self._sync_rollout_weights()
+        return stats
+
+    def collect(self) -> RolloutResult:
+        """This iteration's groups from the current policy; raises RolloutFailed when every group failed."""
+        cfg = self.config
+        rollout = collect_groups(
+            self.env_factory, self.policy, n_groups=cfg.rollout.n_groups, group_size=cfg.rollout.group_size,
+            split="train", seed=cfg.seed * 1_000_003 + self.iteration,
+            sampling=SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                                    max_new_tokens=cfg.rollout.max_new_tokens),
+            context=cfg.rollout.context, window=cfg.rollout.window, max_turns=cfg.env.max_turns, pool=self.pool,
+            retries=cfg.rollout.retries)
+        if not rollout.groups:
+            causes = sorted({f.cause for f in rollout.failures})
+            raise RolloutFailed(f"iteration {self.iteration}: every group of {cfg.env.id} failed past its "
+                                f"{cfg.rollout.retries} retries, so there is nothing to train on; causes: "
+                                + "; ".join(causes[:3]) + (f" (and {len(causes) - 3} more)" if len(causes) > 3 else ""))
+        return rollout
 
     def train_iteration(self) -> dict[str, float]:
         """Collect, score, estimate advantages and update once; returns this iteration's metrics."""
         cfg = self.config
         started = time.perf_counter()
         self.model.eval()
-        rollout = collect_groups(
-            self.env_factory, self.policy, n_groups=cfg.rollout.n_groups, group_size=cfg.rollout.group_size,
-            split="train", seed=cfg.seed * 1_000_003 + self.iteration,
-            sampling=SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                    max_new_tokens=cfg.rollout.max_new_tokens),
-            context=cfg.rollout.context, window=cfg.rollout.window, max_turns=cfg.env.max_turns)
-        if not rollout.groups:
-            raise RuntimeError(f"iteration {self.iteration}: every group failed; causes: "
-                               f"{[f.cause for f in rollout.failures[:3]]}")
+        rollout = self.collect()
         rollout_time = time.perf_counter() - started
 
-        rows = to_token_rows(rollout.groups, pad_token_id=self.policy.pad_token_id)
-        intrinsic, reward_metrics = None, {}
+        batch = RolloutBatch.from_groups(rollout.groups, pad_token_id=self.policy.pad_token_id)
+        reward_metrics = {}
         if self.turn_reward is not None:
-            intrinsic, reward_metrics = self.turn_reward.turn_rewards(rollout.groups, rows)
-        batch = to_turn_batch(rollout.groups, intrinsic=intrinsic, with_tokens=False)
-        advantages = compute_advantages(batch, cfg.algorithm.estimator, **cfg.algorithm.options)
+            intrinsic, reward_metrics = self.turn_reward.turn_rewards(batch)
+            batch = batch.with_intrinsic(intrinsic)
+        advantages = compute_advantages(batch.turns, cfg.algorithm.estimator, preset=cfg.algorithm.preset,
+                                        **cfg.algorithm.options)
 
         update_started = time.perf_counter()
-        update_metrics = self.update(rows, advantages)
         if cfg.rollout.backend == "vllm":
-            self.policy.load_weights(self.model.state_dict().items())
+            self.policy.sleep()  # frees the GPU for the update with rollout.vllm.enable_sleep_mode; else a no-op
+        update_metrics = self.update(batch, advantages)
+        self._sync_rollout_weights()
         update_time = time.perf_counter() - update_started
-        return {**episode_metrics(rollout.groups, "train"), **reward_metrics, **update_metrics,
+        # the episodes kept for `envgym view` (annotated with advantages and the updated policy's logprobs)
+        log_episode_sample(self.out_dir, cfg, self.iteration + 1, batch, advantages, rollout.failures, self.model,
+                           self.tokenizer)
+        return {**episode_metrics(rollout, "train"), **reward_metrics, **update_metrics,
                 "adv/mean": float(advantages.mean()), "adv/std": float(advantages.std()) if len(advantages) > 1 else 0.0,
                 "adv/abs_max": float(advantages.abs().max()),
                 "time/env": rollout.metrics["env_time"], "time/model": rollout.metrics["model_time"],
                 "time/rollout": rollout_time, "time/update": update_time,
                 "time/iteration": time.perf_counter() - started,
                 "perf/generated_tokens_per_s": rollout.metrics["generated_tokens"] / max(rollout_time, 1e-9),
-                "perf/update_tokens_per_s": rows.num_tokens * cfg.optim.epochs / max(update_time, 1e-9),
-                "rollout/dropped_groups": rollout.metrics["dropped_groups"]}
+                "perf/update_tokens_per_s": batch.num_tokens * cfg.optim.epochs / max(update_time, 1e-9),
+                "rollout/dropped_groups": rollout.metrics["dropped_groups"],
+                "rollout/failed_attempts": rollout.metrics["failed_attempts"]}
 
-    def update(self, rows: TokenRows, advantages: torch.Tensor) -> dict[str, float]:
-        """PPO-clip on the sampled tokens of `rows`: `epochs` x `minibatches` optimizer steps."""
+    def update(self, batch: RolloutBatch, advantages: torch.Tensor) -> dict[str, float]:
+        """PPO-clip on the sampled tokens of `batch`: `epochs` x `minibatches` optimizer steps."""
         cfg = self.config
         self.model.train()
-        totals = dict.fromkeys(("loss", "kl", "entropy", "clipped", "ratio", "tokens", "grad_norm", "steps"), 0.0)
+        totals = dict.fromkeys(("loss", "kl", "entropy", "clipped", "ratio", "log_ratio_sq", "tokens", "grad_norm",
+                                "steps", "lr"), 0.0)
+        # |trainer - rollout| logprob of the sampled tokens before the first step: 0 up to rounding when the
+        # rollout sampled from the trained weights (a vLLM engine that missed a weight sync shows here)
+        gap = {"max": 0.0, "sum": 0.0, "tokens": 0.0}
         generator = torch.Generator().manual_seed(cfg.seed * 7919 + self.iteration)
         for _ in range(cfg.optim.epochs):
-            order = torch.randperm(len(rows), generator=generator).tolist()
+            order = torch.randperm(batch.num_rows, generator=generator).tolist()
             for chunk in np.array_split(np.array(order), cfg.optim.minibatches):
-                indices = sorted(chunk.tolist(), key=lambda i: len(rows.input_ids[i]))  # less padding
-                minibatch = subset(rows, indices)
-                num_tokens = sum(sum(m) for m in minibatch.loss_mask)
+                rows = sorted(chunk.tolist(), key=lambda i: len(batch.input_ids[i]))  # less padding
+                num_tokens = batch.num_trained_tokens(rows)
                 self.optimizer.zero_grad(set_to_none=True)
-                for micro in minibatch.batches(cfg.optim.micro_batch_tokens):
+                for micro in batch.micro_batches(rows, cfg.optim.micro_batch_tokens):
                     stats = self._accumulate(micro, advantages, num_tokens)
-                    for key, value in stats.items():
-                        totals[key] += value
+                    if totals["steps"] == 0:  # the first minibatch, before any optimizer step
+                        gap["max"] = max(gap["max"], stats["logprob_gap_max"])
+                        gap["sum"] += stats["logprob_gap"]
+                        gap["tokens"] += stats["tokens"]
+                    for key in totals.keys() & stats.keys():
+                        totals[key] += stats[key]
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
                 if not torch.isfinite(grad_norm):
-                    self._stop_on_nan(minibatch, advantages, f"gradient norm is {float(grad_norm)}")
+                    self._stop_on_nan(batch, advantages, f"gradient norm is {float(grad_norm)}")
+                totals["lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
                 self.optimizer.step()
+                self.scheduler.step()
                 totals["grad_norm"] += float(grad_norm)
                 totals["steps"] += 1
         tokens = max(totals["tokens"], 1.0)
         return {"loss/policy": totals["loss"] / totals["steps"], "loss/kl": totals["kl"] / tokens,
                 "loss/entropy": totals["entropy"] / tokens, "loss/clip_fraction": totals["clipped"] / tokens,
-                "loss/ratio": totals["ratio"] / tokens, "loss/grad_norm": totals["grad_norm"] / totals["steps"]}
+                "loss/ratio": totals["ratio"] / tokens, "loss/approx_kl": 0.5 * totals["log_ratio_sq"] / tokens,
+                "loss/grad_norm": totals["grad_norm"] / totals["steps"], "optim/lr": totals["lr"],
+                "rollout/logprob_diff_max": gap["max"],
+                "rollout/logprob_diff_mean": gap["sum"] / max(gap["tokens"], 1.0)}
 
     def _accumulate(self, micro: TokenBatch, advantages: torch.Tensor, num_tokens: int) -> dict[str, float]:
         """Forward and backward one micro-batch; the loss is scaled so micro-batches sum to the minibatch mean."""
         cfg = self.config
-        micro = to_device(micro, _device())
+        micro = micro.to(_device())
         logprobs, entropy = sampled_logprobs(self.model, micro)
-        mask = micro.loss_mask[:, 1:]
-        old = micro.old_logprobs[:, 1:][mask]
-        token_turn = micro.token_turn[:, 1:][mask]
+        old = micro.old_logprobs[:, 1:][micro.loss_mask[:, 1:]]
+        token_turn = micro.sampled_turns
         token_adv = advantages.to(logprobs.device)[token_turn]
         ones = torch.ones_like(logprobs)
         loss, stats = ppo_clip_loss(logprobs, old, token_adv, ones, num_tokens, clip_low=cfg.loss.clip_low,
@@ -375,8 +489,11 @@ class Trainer:
         if not torch.isfinite(loss):
             self._stop_on_nan(micro, advantages, f"loss is {float(loss.detach())}")
         loss.backward()
+        gap = (logprobs.detach() - old).abs()
         return {"loss": float(loss.detach()), "kl": kl_sum, "entropy": float(entropy.detach().sum()),
-                "clipped": stats.clipped, "ratio": stats.ratio, "tokens": float(len(logprobs))}
+                "clipped": stats.clipped, "ratio": stats.ratio, "log_ratio_sq": stats.log_ratio_sq,
+                "tokens": float(len(logprobs)), "logprob_gap": float(gap.sum()),
+                "logprob_gap_max": float(gap.max()) if len(gap) else 0.0}
 
     def _reference_logprobs(self, micro: TokenBatch) -> torch.Tensor:
         with torch.no_grad():
@@ -395,28 +512,38 @@ class Trainer:
     # -- evaluation and checkpoints -------------------------------------------------------------------
 
     def evaluate(self) -> dict[str, float]:
-        """Success over `eval.episodes` episodes on the first tasks of `eval.split` (greedy at temperature 0).
+        """Held-out metrics of the current policy on the fixed evaluation set of `eval.split`.
 
-        A split with fewer tasks than `eval.episodes` plays each of its tasks
-        ceil(episodes / tasks) times when sampling (temperature > 0), once when greedy.
+        The set and its seeds are `envgym.evaluation.evaluate_policy`'s (what
+        `envgym eval --config` plays): the first `eval.episodes` tasks, each played
+        several times when the split is smaller and the policy samples. An episode
+        that fails past its retries counts as a loss and is counted in
+        `eval/dropped_episodes`.
         """
         cfg = self.config
         self.model.eval()
-        num_tasks = min(cfg.eval.episodes, self.env_factory().unwrapped.num_tasks[cfg.eval.split])
-        repeats = -(-cfg.eval.episodes // num_tasks) if cfg.eval.temperature > 0 else 1
-        result = collect_groups(
-            self.env_factory, self.policy, n_groups=num_tasks, group_size=repeats, split=cfg.eval.split, seed=EVAL_SEED,
-            sampling=SamplingParams(temperature=cfg.eval.temperature, max_new_tokens=cfg.rollout.max_new_tokens),
-            context=cfg.rollout.context, window=cfg.rollout.window, max_turns=cfg.env.max_turns,
-            tasks=list(range(num_tasks)))
-        return episode_metrics(result.groups, "eval")
+        row, _ = evaluate_policy(
+            self.env_factory, self.policy, policy_name="trainer", split=cfg.eval.split, episodes=cfg.eval.episodes,
+            seed=EVAL_SEED, sampling=SamplingParams(temperature=cfg.eval.temperature,
+                                                    max_new_tokens=cfg.rollout.max_new_tokens),
+            context=cfg.rollout.context, window=cfg.rollout.window, max_turns=cfg.env.max_turns, pool=self.pool,
+            retries=cfg.rollout.retries)
+        if row.dropped_episodes:
+            log.warning("held-out evaluation: %d of %d episodes failed past their retries and count as losses: %s",
+                        row.dropped_episodes, row.dropped_episodes + row.episodes,
+                        "; ".join(f["cause"] for f in row.failures[:3]))
+        return {"eval/success": row.success_rate, "eval/episodes": float(row.episodes),
+                "eval/dropped_episodes": float(row.dropped_episodes), "eval/return": row.mean_return,
+                "eval/turns": row.mean_turns, "eval/invalid_rate": row.invalid_action_rate}
 
     def save_checkpoint(self) -> Path:
-        state = {"optimizer": self.optimizer.state_dict(), "history": self.history}
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "history": self.history}
         if self.turn_reward is not None:
             state["turn_reward"] = self.turn_reward.state_dict()
         return ckpt.save_checkpoint(self.out_dir, self.iteration, model=self.model, tokenizer=self.tokenizer,
-                                    config=ckpt.config_dict(self.config), state=state, keep=self.config.checkpoint.keep)
+                                    config=ckpt.config_dict(self.config), state=state, keep=self.config.checkpoint.keep,
+                                    run_id=self.run_id)
 
 
 def final_success(history: list[dict[str, Any]]) -> float | None:

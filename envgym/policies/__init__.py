@@ -2,7 +2,7 @@
 
     policy = load_policy("hf:default")          # the embedded SmolLM2-135M-Instruct
     policy = load_policy("hf:/path/to/checkpoint")
-    policy = load_policy("vllm:/path/to/checkpoint")   # needs envgym[vllm] and a GPU
+    policy = load_policy("vllm:/path/to/checkpoint")   # a vLLM engine (GPU, or the CPU wheel in .venv-vllm)
     policy = load_policy("openai:http://127.0.0.1:8000/v1#my-model")
     policy = load_policy("scripted")            # the env's oracle
     policy = load_policy("random")              # a random admissible action
@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from envgym.policies.base import (Completion, Message, Policy, PolicyError, SamplingParams, TextPolicy,
-                                  TextRequest, TokenPolicy)
+from envgym.policies.base import (CachingTokenPolicy, Completion, Message, Policy, PolicyError, SamplingParams,
+                                  TextPolicy, TextRequest, TokenPolicy)
 from envgym.policies.baselines import RandomPolicy, ScriptedPolicy
 from envgym.policies.hf import HFPolicy
 
-__all__ = ["POLICY_SPECS", "Completion", "HFPolicy", "Message", "Policy", "PolicyError", "RandomPolicy",
-           "SamplingParams", "ScriptedPolicy", "TextPolicy", "TextRequest", "TokenPolicy", "load_policy"]
+__all__ = ["POLICY_SPECS", "CachingTokenPolicy", "Completion", "HFPolicy", "Message", "Policy", "PolicyError",
+           "RandomPolicy", "SamplingParams", "ScriptedPolicy", "TextPolicy", "TextRequest", "TokenPolicy",
+           "load_policy"]
 
 POLICY_SPECS = ("hf:PATH", "hf:default", "vllm:PATH", "openai:URL#MODEL", "scripted", "random")
 

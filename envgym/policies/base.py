@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -46,13 +46,17 @@ class Completion:
     included when it was sampled); `logprobs[i]` is the log-probability of
     `token_ids[i]` as the policy's docstring defines it; `text` is the decoded
     completion without special tokens. `finish_reason` is "stop" (end of
-    sequence or a stop string) or "length" (hit `max_new_tokens`).
+    sequence or a stop string), "length" (hit `max_new_tokens`) or "context"
+    (prompt and completion filled the model's context window; the completion
+    may be empty). `cached_tokens` counts the prompt tokens whose keys and
+    values came from a cache instead of a prefill.
     """
 
     token_ids: list[int]
     logprobs: list[float]
     text: str
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "context"]
+    cached_tokens: int = 0
 
 
 @runtime_checkable
@@ -67,6 +71,28 @@ class TokenPolicy(Protocol):
 
     def score(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]) -> list[list[float]]:
         """Teacher-forced log-probabilities (temperature 1, no grad) of each continuation token given its prompt."""
+        ...
+
+
+@runtime_checkable
+class CachingTokenPolicy(TokenPolicy, Protocol):
+    """A token policy that keeps each episode's KV cache between turns (hf).
+
+    The rollout passes one key per episode to `generate` and releases the key
+    when the episode ends; whoever updates the weights calls `weights_changed`.
+    """
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
+                 cache_keys: Sequence[Hashable] | None = None) -> list[Completion]:
+        """As `TokenPolicy.generate`; `cache_keys[i]` names the episode of `prompts[i]`."""
+        ...
+
+    def release(self, cache_keys: Iterable[Hashable]) -> None:
+        """Drop the caches of episodes that ended."""
+        ...
+
+    def weights_changed(self) -> None:
+        """Drop every cache: the weights they were computed with are gone."""
         ...
 
 

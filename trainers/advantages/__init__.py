@@ -1,4 +1,4 @@
-"""Advantage estimators for turn-level credit assignment (ALGORITHMS.md).
+"""Advantage estimators for turn-level credit assignment (docs/algorithms.md).
 
     batch = TurnBatch.from_episodes([[0, 0, 1], [0, 1]], group=[0, 0], states=[[1, 2, 3], [1, 3]])
     adv = compute_advantages(batch, "gigpo", gamma=0.95)  # [N] float32, one per turn
@@ -12,7 +12,7 @@ from . import gigpo, igpo, outcome, prime, turn_grpo  # noqa: F401  (registers t
 from .batch import TurnBatch
 from .gigpo import anchor_buckets, similar_state_keys
 from .ops import Ops
-from .registry import ESTIMATORS, broadcast_to_tokens, compute_advantages, register_estimator
+from .registry import ESTIMATORS, broadcast_to_tokens, check_estimator, compute_advantages, register_estimator
 from .scan import discounted_returns, min_returns
 from .segment import Segments, leave_one_out, standardize, whiten
 
@@ -23,6 +23,7 @@ __all__ = [
     "TurnBatch",
     "anchor_buckets",
     "broadcast_to_tokens",
+    "check_estimator",
     "compute_advantages",
     "discounted_returns",
     "leave_one_out",

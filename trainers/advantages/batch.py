@@ -1,4 +1,4 @@
-"""TurnBatch: the packed turn layout every advantage estimator reads (ALGORITHMS.md, "The packed turn layout")."""
+"""TurnBatch: the packed turn layout every advantage estimator reads (docs/algorithms.md, "The batch every estimator reads")."""
 
 from __future__ import annotations
 
@@ -31,9 +31,11 @@ class TurnBatch:
     one id per trajectory), `turn` (int64, 0..L-1 within the episode), `reward` (float32,
     environment reward), `state` (int64, stable 64-bit hash of the state the turn acted
     from), `intrinsic` (float32, optional turn-reward-model output), `invalid` (bool,
-    optional, the turn's action was invalid). Per token (length M, optional, both or
-    neither): `token_turn` (int64 row index 0..N-1 of the token's turn) and `loss_mask`
-    (bool, the token trains). Ids may be any int64 values, gaps included.
+    optional, the turn's action was invalid), `state_text` (a tuple of N strings, optional:
+    the observation the turn acted from, for GiGPO's similarity grouping). Per token
+    (length M, optional, both or neither): `token_turn` (int64 row index 0..N-1 of the
+    token's turn) and `loss_mask` (bool, the token trains). Ids may be any int64 values,
+    gaps included.
 
     The constructor checks dtypes and layout and raises ValueError naming what is wrong;
     use `from_lists` / `from_episodes` to build one from Python lists or NumPy arrays.
@@ -47,6 +49,7 @@ class TurnBatch:
     state: Tensor
     intrinsic: Tensor | None = None
     invalid: Tensor | None = None
+    state_text: tuple[str, ...] | None = None
     token_turn: Tensor | None = None
     loss_mask: Tensor | None = None
 
@@ -63,7 +66,8 @@ class TurnBatch:
 
     def validate(self) -> None:
         """Raise ValueError unless the batch is a well-formed packed layout."""
-        present = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        present = {f.name: getattr(self, f.name) for f in fields(self)
+                   if getattr(self, f.name) is not None and f.name != "state_text"}
         for name, value in present.items():
             expected = {**_TURN_FIELDS, **_TOKEN_FIELDS}[name]
             if not isinstance(value, Tensor):
@@ -78,6 +82,11 @@ class TurnBatch:
         turn_lengths = {name: v.shape[0] for name, v in present.items() if name in _TURN_FIELDS}
         if len(set(turn_lengths.values())) > 1:
             raise ValueError(f"per-turn fields have different lengths: {turn_lengths}")
+        if self.state_text is not None:
+            if not isinstance(self.state_text, tuple) or not all(isinstance(t, str) for t in self.state_text):
+                raise ValueError("TurnBatch.state_text must be a tuple of str, one per turn")
+            if len(self.state_text) != self.num_turns:
+                raise ValueError(f"TurnBatch.state_text has {len(self.state_text)} texts for {self.num_turns} turns")
         if (self.token_turn is None) != (self.loss_mask is None):
             raise ValueError("token_turn and loss_mask come together: give both or neither")
         if self.token_turn is not None and self.token_turn.shape[0] != self.loss_mask.shape[0]:
@@ -124,11 +133,11 @@ class TurnBatch:
     def to(self, device: torch.device | str) -> TurnBatch:
         """The same batch with every tensor on `device`."""
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        return TurnBatch(**{k: None if v is None else v.to(device) for k, v in moved.items()})
+        return TurnBatch(**{k: v if v is None or k == "state_text" else v.to(device) for k, v in moved.items()})
 
     @classmethod
     def from_lists(cls, *, group: Any, episode: Any, reward: Any, state: Any = None, turn: Any = None,
-                   intrinsic: Any = None, invalid: Any = None, token_turn: Any = None,
+                   intrinsic: Any = None, invalid: Any = None, state_text: Any = None, token_turn: Any = None,
                    loss_mask: Any = None) -> TurnBatch:
         """Build from sequences, NumPy arrays or tensors, converting dtypes.
 
@@ -150,6 +159,7 @@ class TurnBatch:
                    reward=convert(reward, torch.float32),
                    state=torch.arange(n) if state is None else convert(state, torch.int64),
                    intrinsic=convert(intrinsic, torch.float32), invalid=convert(invalid, torch.bool),
+                   state_text=None if state_text is None else tuple(state_text),
                    token_turn=convert(token_turn, torch.int64), loss_mask=convert(loss_mask, torch.bool))
 
     @classmethod

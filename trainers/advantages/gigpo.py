@@ -12,38 +12,60 @@ from torch import Tensor
 from . import reference
 from .batch import TurnBatch
 from .ops import Ops
-from .outcome import episode_adv
+from .outcome import episode_adv, episode_returns
 from .registry import register_estimator
 from .segment import EpisodeStats, Segments, Singleton, Std, standardize
 
 
-@register_estimator("gigpo", reference=reference.gigpo)
+#: verl-agent's GiGPO conventions: its base config (mean_norm, penalty 0.1 on step and score, cross-step
+#: statistics with torch.std, a lone episode keeps its raw score) plus the gamma every published recipe sets.
+VERL_AGENT = {"mode": "mean_norm", "gamma": 0.95, "omega": 1.0, "invalid_penalty": 0.1,
+              "penalty_scope": "step_and_outcome", "episode_stats": "turns", "std": "sample", "eps": 1e-6,
+              "singleton": "zero", "episode_singleton": "raw"}
+
+
+@register_estimator("gigpo", reference=reference.gigpo, presets={"verl-agent": VERL_AGENT})
 def gigpo(batch: TurnBatch, ops: Ops, *, mode: Literal["mean_std_norm", "mean_norm"] = "mean_std_norm",
           gamma: float = 0.95, omega: float = 1.0, invalid_penalty: float = 0.1,
-          episode_stats: EpisodeStats = "episodes", grouping: Literal["exact", "similarity"] = "exact",
-          state_texts: Sequence[str] | None = None, similarity_threshold: float = 0.95,
-          std: Std = "population", eps: float = 1e-6, singleton: Singleton = "zero") -> Tensor:
+          penalty_scope: Literal["step", "step_and_outcome"] = "step", episode_stats: EpisodeStats = "episodes",
+          grouping: Literal["exact", "similarity"] = "exact", similarity_threshold: float = 0.95,
+          std: Std = "population", eps: float = 1e-6, singleton: Singleton = "zero",
+          episode_singleton: Singleton = "zero") -> Tensor:
     """A_{i,t} = A^E_i + omega * A^S_{i,t}, A^S_{i,t} = (G~_{i,t} - mean_B G~) / (std_B G~ + eps).
 
-    A^E_i is GRPO over the group (episode_stats as in GRPO). G_{i,t} = sum_k gamma^(k-t) r_{i,k};
-    G~_{i,t} = G_{i,t} - invalid_penalty * invalid_{i,t}: the penalty is subtracted from the
-    invalid turn's own return after the scan, so it is not discounted into earlier turns
-    and does not change R_i (no penalty when batch.invalid is None). Anchor bucket
-    B(g, s) pools every turn row of group g acting from state s, across episodes and
-    within one (loops count). mode="mean_norm" drops the std division at both levels,
-    as verl-agent does. grouping="similarity" buckets by `state_texts` (one string per
-    turn) instead of `state`: see `similar_state_keys`.
+    A^E_i is GRPO over the group (episode_stats as in GRPO; a group of one episode follows
+    `episode_singleton`). G_{i,t} = sum_k gamma^(k-t) r_{i,k}; G~_{i,t} = G_{i,t} -
+    invalid_penalty * invalid_{i,t}: the penalty is subtracted from the invalid turn's own
+    return after the scan, so it is not discounted into earlier turns (no penalty when
+    batch.invalid is None). penalty_scope="step_and_outcome" also subtracts it from the
+    score the episode level reads, per turn row: A^E_{i,t} standardises R_i - penalty *
+    invalid_{i,t} over the group's turn rows (verl-agent; needs episode_stats="turns").
+    Anchor bucket B(g, s) pools every turn row of group g acting from state s, across
+    episodes and within one (loops count); a bucket of one row follows `singleton`.
+    mode="mean_norm" drops the std division at both levels, as verl-agent does.
+    grouping="similarity" buckets by `batch.state_text` instead of `state`: see
+    `similar_state_keys`. See docs/algorithms.md, "GiGPO".
     """
     seg = Segments.of(batch)
     scale = mode == "mean_std_norm"
-    outcome_adv = episode_adv(ops, batch, seg, scale=scale, episode_stats=episode_stats, std=std, eps=eps,
-                              singleton=singleton)
+    if penalty_scope == "step_and_outcome":
+        if episode_stats != "turns":
+            raise ValueError("gigpo: penalty_scope='step_and_outcome' scores every turn row, so it needs "
+                             "episode_stats='turns' (verl-agent's cross-step statistics)")
+        scores = seg.per_turn(episode_returns(ops, batch, seg))
+        if batch.invalid is not None:
+            scores = scores - invalid_penalty * batch.invalid.to(torch.float64)
+        outcome_adv = standardize(ops, scores, seg.group_of_turn, seg.num_groups, scale=scale, std=std, eps=eps,
+                                  singleton=episode_singleton)
+    else:
+        outcome_adv = seg.per_turn(episode_adv(ops, batch, seg, scale=scale, episode_stats=episode_stats, std=std,
+                                               eps=eps, singleton=episode_singleton))
     returns = ops.reverse_scan(batch.reward.to(torch.float64), seg, gamma, "sum")
     if batch.invalid is not None:
         returns = returns - invalid_penalty * batch.invalid.to(torch.float64)
-    anchor, num_anchors = anchor_buckets(seg, _state_keys(batch, seg, grouping, state_texts, similarity_threshold))
+    anchor, num_anchors = anchor_buckets(seg, _state_keys(batch, seg, grouping, similarity_threshold))
     return standardize(ops, returns, anchor, num_anchors, scale=scale, std=std, eps=eps, singleton=singleton,
-                       base=seg.per_turn(outcome_adv), coef=omega)
+                       base=outcome_adv, coef=omega)
 
 
 def anchor_buckets(seg: Segments, state: Tensor) -> tuple[Tensor, int]:
@@ -98,8 +120,10 @@ def similar_state_keys(texts: Sequence[str], group_of_turn: Sequence[int], thres
     representative share its key.
 
     Greedy in row order: each text joins the first representative (the bucket's first
-    text) with difflib.SequenceMatcher(None, representative, text).ratio() >= threshold,
-    else it founds a new bucket. Runs on the host in Python: similarity has no tensor form.
+    text) with difflib.SequenceMatcher(None, text, representative).ratio() >= threshold,
+    else it founds a new bucket. The ratio depends on the argument order; this is
+    verl-agent's (`are_similar(obs, cluster_rep)`). Runs on the host in Python:
+    similarity has no tensor form.
     """
     keys: list[int] = []
     num_buckets = 0
@@ -109,7 +133,7 @@ def similar_state_keys(texts: Sequence[str], group_of_turn: Sequence[int], thres
         key = seen.get((g, text))
         if key is None:
             reps = representatives.setdefault(g, [])
-            key = next((k for rep, k in reps if difflib.SequenceMatcher(None, rep, text).ratio() >= threshold),
+            key = next((k for rep, k in reps if difflib.SequenceMatcher(None, text, rep).ratio() >= threshold),
                        None)
             if key is None:
                 key, num_buckets = num_buckets, num_buckets + 1
@@ -119,15 +143,10 @@ def similar_state_keys(texts: Sequence[str], group_of_turn: Sequence[int], thres
     return torch.tensor(keys, dtype=torch.int64)
 
 
-def _state_keys(batch: TurnBatch, seg: Segments, grouping: str, state_texts: Sequence[str] | None,
-                threshold: float) -> Tensor:
+def _state_keys(batch: TurnBatch, seg: Segments, grouping: str, threshold: float) -> Tensor:
     if grouping == "exact":
-        if state_texts is not None:
-            raise ValueError("gigpo: state_texts is only read with grouping='similarity'; "
-                             "exact grouping uses batch.state")
         return batch.state
-    if state_texts is None or len(state_texts) != batch.num_turns:
-        got = "None" if state_texts is None else f"{len(state_texts)} texts"
-        raise ValueError(f"gigpo: grouping='similarity' needs state_texts, one string per turn "
-                         f"({batch.num_turns}); got {got}")
-    return similar_state_keys(state_texts, seg.group_of_turn.tolist(), threshold).to(batch.device)
+    if batch.state_text is None:
+        raise ValueError("gigpo: grouping='similarity' needs batch.state_text (the observation each turn acted "
+                         "from, one string per turn); the trainer fills it, TurnBatch.from_lists takes it")
+    return similar_state_keys(batch.state_text, seg.group_of_turn.tolist(), threshold).to(batch.device)

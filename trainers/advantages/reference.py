@@ -195,7 +195,7 @@ def _similarity_buckets(groups: list[int], texts: Sequence[str], threshold: floa
     for g, text in zip(groups, texts):
         reps = buckets[g]
         for k, rep in enumerate(reps):
-            if difflib.SequenceMatcher(None, rep, text).ratio() >= threshold:
+            if difflib.SequenceMatcher(None, text, rep).ratio() >= threshold:
                 keys.append((g, k))
                 break
         else:
@@ -204,28 +204,33 @@ def _similarity_buckets(groups: list[int], texts: Sequence[str], threshold: floa
     return keys
 
 
-def gigpo(batch, *, mode="mean_std_norm", gamma=0.95, omega=1.0, invalid_penalty=0.1, episode_stats="episodes",
-          grouping="exact", state_texts=None, similarity_threshold=0.95, std="population", eps=1e-6,
-          singleton="zero") -> Tensor:
-    """A_{i,t} = A^E_i + omega * (G~_{i,t} - mean_B G~) / (std_B G~ + eps), G~ = G - penalty * invalid."""
+def gigpo(batch, *, mode="mean_std_norm", gamma=0.95, omega=1.0, invalid_penalty=0.1,
+          penalty_scope="step", episode_stats="episodes", grouping="exact", similarity_threshold=0.95,
+          std="population", eps=1e-6, singleton="zero", episode_singleton="zero") -> Tensor:
+    """A_{i,t} = A^E_{i(,t)} + omega * (G~_{i,t} - mean_B G~) / (std_B G~ + eps), G~ = G - penalty * invalid."""
     cols = _columns(batch)
     episodes = _episodes(cols["turn"])
-    episode_scale = "std" if mode == "mean_std_norm" else "none"
-    episode_level = grpo(batch, scale=episode_scale, episode_stats=episode_stats, std=std, eps=eps,
-                         singleton=singleton).tolist()
+    scale = mode == "mean_std_norm"
+    invalid = cols.get("invalid", [False] * len(cols["turn"]))
+    if penalty_scope == "step_and_outcome":
+        if episode_stats != "turns":
+            raise ValueError("gigpo: penalty_scope='step_and_outcome' needs episode_stats='turns'")
+        returns_of = _per_turn(_episode_returns(cols, episodes), episodes)
+        scores = [r - invalid_penalty * bad for r, bad in zip(returns_of, invalid)]
+        episode_level = _normalize_by(cols["group"], scores, scale=scale, std=std, eps=eps,
+                                      singleton=episode_singleton)
+    else:
+        episode_level = grpo(batch, scale="std" if scale else "none", episode_stats=episode_stats, std=std, eps=eps,
+                             singleton=episode_singleton).tolist()
     returns = _discount(cols["reward"], episodes, gamma)
-    if "invalid" in cols:
-        returns = [g - invalid_penalty * bad for g, bad in zip(returns, cols["invalid"])]
+    returns = [g - invalid_penalty * bad for g, bad in zip(returns, invalid)]
     if grouping == "exact":
-        if state_texts is not None:
-            raise ValueError("gigpo: state_texts is only read with grouping='similarity'")
         buckets = list(zip(cols["group"], cols["state"]))
     else:
-        if state_texts is None or len(state_texts) != len(returns):
-            raise ValueError("gigpo: grouping='similarity' needs state_texts, one string per turn")
-        buckets = _similarity_buckets(cols["group"], state_texts, similarity_threshold)
-    step_level = _normalize_by(buckets, returns, scale=mode == "mean_std_norm", std=std, eps=eps,
-                               singleton=singleton)
+        if batch.state_text is None:
+            raise ValueError("gigpo: grouping='similarity' needs batch.state_text, one string per turn")
+        buckets = _similarity_buckets(cols["group"], batch.state_text, similarity_threshold)
+    step_level = _normalize_by(buckets, returns, scale=scale, std=std, eps=eps, singleton=singleton)
     return _out([e + omega * s for e, s in zip(episode_level, step_level)])
 
 

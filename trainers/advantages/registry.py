@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import inspect
+import math
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,25 +23,68 @@ BACKENDS: tuple[str, ...] = typing.get_args(Backend)
 
 @dataclass(frozen=True)
 class Estimator:
-    """A registered estimator: `fn(batch, ops, **options)` and its optional plain-loop `reference(batch, **options)`."""
+    """A registered estimator: `fn(batch, ops, **options)` and its optional plain-loop `reference(batch, **options)`.
+
+    `presets` are named option sets that reproduce another codebase's conventions
+    (e.g. gigpo's "verl-agent"); explicit options override a preset's.
+    """
 
     name: str
     fn: Callable[..., Tensor]
     reference: Callable[..., Tensor] | None
     defaults: dict[str, Any]
     choices: dict[str, tuple[Any, ...]]
+    presets: dict[str, dict[str, Any]]
+
+    def resolve(self, options: dict[str, Any], preset: str | None = None) -> dict[str, Any]:
+        """`options` on top of `preset`, checked: unknown names, values outside a Literal, gamma, eps.
+
+        Raises ValueError naming the option, the value and what would be right.
+        """
+        if preset is not None and preset not in self.presets:
+            valid = ", ".join(sorted(self.presets)) or "none"
+            raise ValueError(f"unknown preset {preset!r} for estimator {self.name!r}; its presets: {valid}")
+        resolved = {**(self.presets[preset] if preset else {}), **options}
+        for key, value in resolved.items():
+            if key not in self.defaults:
+                close = difflib.get_close_matches(key, self.defaults, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ValueError(f"unknown option {key!r} for estimator {self.name!r}; {hint}"
+                                 f"valid options: {', '.join(sorted(self.defaults))}")
+            if key in self.choices and value not in self.choices[key]:
+                raise ValueError(f"{self.name}: {key}={value!r} is not one of {list(self.choices[key])}")
+        for key, check, allowed in _NUMERIC_OPTIONS:
+            if key in resolved and not (_is_number(resolved[key]) and check(resolved[key])):
+                raise ValueError(f"{self.name}: {key}={resolved[key]!r} must be {allowed}")
+        return resolved
 
 
 ESTIMATORS: dict[str, Estimator] = {}
 
+#: Numeric options shared by several estimators: (name, test, what the test allows).
+_NUMERIC_OPTIONS = (
+    ("gamma", lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
+    ("eps", lambda v: v > 0.0, "a positive number"),
+    ("omega", lambda v: v >= 0.0, "a number >= 0"),
+    ("alpha", lambda v: v >= 0.0, "a number >= 0"),
+    ("invalid_penalty", lambda v: v >= 0.0, "a number >= 0 (it is subtracted)"),
+    ("similarity_threshold", lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),
+)
 
-def register_estimator(name: str, *, reference: Callable[..., Tensor] | None = None):
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def register_estimator(name: str, *, reference: Callable[..., Tensor] | None = None,
+                       presets: dict[str, dict[str, Any]] | None = None):
     """Decorator registering `fn(batch, ops, *, option=default, ...) -> [N] float64 advantages` as `name`.
 
     The keyword-only parameters are the estimator's options, each with a default; an
     option annotated `Literal[...]` accepts only those values. `ops` is the backend's
     `Ops` (build on its primitives to run on every backend). `reference`, a plain-loop
-    `reference(batch, *, same options)`, serves backend="reference".
+    `reference(batch, *, same options)`, serves backend="reference". `presets` name option
+    sets (see `Estimator`); each is checked against the options here.
     """
 
     def decorate(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
@@ -55,7 +100,9 @@ def register_estimator(name: str, *, reference: Callable[..., Tensor] | None = N
             hints = {}
         choices = {k: typing.get_args(hints[k]) for k in defaults
                    if typing.get_origin(hints.get(k)) is Literal}
-        ESTIMATORS[name] = Estimator(name, fn, reference, defaults, choices)
+        ESTIMATORS[name] = estimator = Estimator(name, fn, reference, defaults, choices, dict(presets or {}))
+        for preset in estimator.presets:
+            estimator.resolve({}, preset)
         return fn
 
     return decorate
@@ -69,30 +116,22 @@ def _options(fn: Callable[..., Any]) -> dict[str, Any]:
     return options
 
 
-def compute_advantages(batch: TurnBatch, estimator: str, *, backend: Backend = "torch", **options: Any) -> Tensor:
+def compute_advantages(batch: TurnBatch, estimator: str, *, backend: Backend = "torch", preset: str | None = None,
+                       **options: Any) -> Tensor:
     """[N] float32 advantages, one per turn row, on the batch's device.
 
     `estimator` is a registered name (`ESTIMATORS`); `options` are that estimator's
-    options (see its docstring). `backend`: "torch" (vectorised, default), "triton"
-    (CUDA tensors, or CPU under TRITON_INTERPRET=1), "reference" (plain loops, tests only).
-    Registered estimators run under torch.inference_mode().
+    options (see its docstring), on top of the named `preset` if one is given.
+    `backend`: "torch" (vectorised, default), "triton" (CUDA tensors, or CPU under
+    TRITON_INTERPRET=1), "reference" (plain loops, tests only). Registered estimators
+    run under torch.inference_mode().
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; valid estimators: {sorted(ESTIMATORS)}")
     spec = ESTIMATORS[estimator]
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; valid backends: {list(BACKENDS)}")
-    unknown = sorted(set(options) - set(spec.defaults))
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for estimator {estimator!r}; "
-                         f"valid options: {sorted(spec.defaults)}")
-    for key, value in options.items():
-        if key in spec.choices and value not in spec.choices[key]:
-            raise ValueError(f"{estimator}: {key}={value!r} is not one of {list(spec.choices[key])}")
-    if "gamma" in options and not 0.0 <= options["gamma"] <= 1.0:
-        raise ValueError(f"{estimator}: gamma={options['gamma']} must lie in [0, 1]")
-    if "eps" in options and not options["eps"] > 0.0:
-        raise ValueError(f"{estimator}: eps={options['eps']} must be positive")
+    options = spec.resolve(options, preset)
     if backend == "reference":
         if spec.reference is None:
             raise ValueError(f"estimator {estimator!r} has no reference implementation; "
@@ -103,6 +142,31 @@ def compute_advantages(batch: TurnBatch, estimator: str, *, backend: Backend = "
         with torch.inference_mode():  # no autograd bookkeeping; the float32 copy below is an ordinary tensor
             advantages = spec.fn(batch, ops, **options)
     return advantages.to(torch.float32, copy=True)
+
+
+def check_estimator(estimator: str, options: dict[str, Any], preset: str | None = None) -> dict[str, Any]:
+    """The resolved options, after one run of the estimator on a tiny synthetic batch.
+
+    The batch has every optional field (intrinsic rewards, invalid flags, state texts,
+    tokens), so an option fails here exactly when it would fail on a real batch with
+    those fields: a config is checked in milliseconds, before any model loads.
+    Raises ValueError with the estimator's own reason.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; valid estimators: {sorted(ESTIMATORS)}")
+    resolved = ESTIMATORS[estimator].resolve(options, preset)
+    compute_advantages(_synthetic_batch(), estimator, **resolved)
+    return resolved
+
+
+def _synthetic_batch() -> TurnBatch:
+    """Two groups of two two-turn episodes, with every optional field filled."""
+    return TurnBatch.from_lists(group=[0, 0, 0, 0, 1, 1, 1, 1], episode=[0, 0, 1, 1, 2, 2, 3, 3],
+                                reward=[0.0, 1.0, 0.0, 0.0, 0.5, 0.0, 0.0, 1.0], state=[1, 2, 1, 3, 1, 2, 1, 2],
+                                intrinsic=[0.1, 0.0, -0.2, 0.0, 0.3, 0.0, 0.0, 0.0],
+                                invalid=[False, False, True, False, False, False, False, True],
+                                state_text=("a", "b", "a", "c", "a", "b", "a", "bb"),
+                                token_turn=[0, 0, 1, 2, 3, 4, 5, 6, 7, 7], loss_mask=[False, True] * 5)
 
 
 def broadcast_to_tokens(advantages: Tensor, batch: TurnBatch, *, backend: Backend = "torch") -> Tensor:

@@ -3,8 +3,8 @@
 - `InfoGainReward` (IGPO): how much each turn raised the policy's probability of the gold answer.
 - `ImplicitPRM` (PRIME): beta * log-ratio of an online-trained copy of the policy to a frozen reference.
 
-Both answer `turn_rewards(groups, rows) -> (intrinsic, metrics)` with one float per turn in the
-packed order of `envgym.trajectory.to_turn_batch`.
+Both answer `turn_rewards(batch) -> (intrinsic, metrics)` with one float per turn of a
+`envgym.trainers.batch.RolloutBatch`, in its packed order.
 """
 
 from envgym.trainers.rewards.implicit_prm import ImplicitPRM

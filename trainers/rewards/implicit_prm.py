@@ -1,4 +1,4 @@
-"""PRIME's implicit process reward model (ALGORITHMS.md, "PRIME").
+"""PRIME's implicit process reward model (docs/algorithms.md, "PRIME").
 
 The PRM pi_phi starts as a copy of the policy; pi_ref is a frozen copy.
 Token reward q_j = beta * (log pi_phi(y_j) - log pi_ref(y_j)) on each sampled
@@ -28,11 +28,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from envgym.trainers.batch import RolloutBatch, TokenBatch
 from envgym.trainers.config import TurnRewardOptions
 from envgym.trainers.losses import sampled_logprobs
 from envgym.trainers.rewards.health import FailureStreak
-from envgym.trainers.token_rows import to_device
-from envgym.trajectory import Group, TokenRows
 
 MICRO_BATCH_TOKENS = 8192
 
@@ -52,46 +51,45 @@ class ImplicitPRM:
             "point away from winning. Lower turn_reward.prm_lr, try turn_reward.prm_update: before, or use an "
             "outcome estimator (grpo, gigpo)")
 
-    def turn_rewards(self, groups: list[Group], rows: TokenRows) -> tuple[list[float], dict[str, float]]:
-        labels, episode_group, turn_episode = _episode_layout(groups)
+    def turn_rewards(self, batch: RolloutBatch) -> tuple[list[float], dict[str, float]]:
+        """One process reward per turn of `batch`, in its packed order; the PRM trains on the outcomes too."""
+        labels, episode_group = _episode_layout(batch)
         metrics: dict[str, float] = {}
         if self.options.prm_update == "before":
-            metrics = self.update(rows, labels, episode_group, turn_episode)
-        turn_reward = self._turn_rewards(rows, len(turn_episode))
+            metrics = self.update(batch, labels, episode_group)
+        turn_reward = self._turn_rewards(batch)
         if self.options.prm_update == "after":
-            metrics = self.update(rows, labels, episode_group, turn_episode)
-        invalid = torch.tensor([t.invalid_action for g in groups for e in g.episodes for t in e.turns])
+            metrics = self.update(batch, labels, episode_group)
+        invalid = batch.turns.invalid
         if invalid.any() and not invalid.all():
             metrics["prm/reward_invalid_minus_valid"] = float(turn_reward[invalid].mean() - turn_reward[~invalid].mean())
         return turn_reward.tolist(), {**metrics, "prm/turn_reward_mean": float(turn_reward.mean())}
 
-    def _token_rewards(self, micro: Any, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """q_j for the sampled tokens of `micro` (flat) and their global turn indices."""
-        device = next(self.prm.parameters()).device
-        micro = to_device(micro, device)
+    def _token_rewards(self, micro: TokenBatch, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """q_j for the sampled tokens of `micro` (flat) and their turns."""
+        micro = micro.to(next(self.prm.parameters()).device)
         with torch.no_grad():
             ref_logp, _ = sampled_logprobs(self.reference, micro)
         with torch.set_grad_enabled(grad):
             logp, _ = sampled_logprobs(self.prm, micro)
-        token_turn = micro.token_turn[:, 1:][micro.loss_mask[:, 1:]]
-        return self.options.prm_beta * (logp - ref_logp), token_turn
+        return self.options.prm_beta * (logp - ref_logp), micro.sampled_turns
 
-    def _turn_rewards(self, rows: TokenRows, num_turns: int) -> torch.Tensor:
+    def _turn_rewards(self, batch: RolloutBatch) -> torch.Tensor:
         self.prm.eval()
-        total = torch.zeros(num_turns, dtype=torch.float64)
-        for micro in rows.batches(MICRO_BATCH_TOKENS):
+        total = torch.zeros(batch.turns.num_turns, dtype=torch.float64)
+        for micro in batch.micro_batches(max_tokens=MICRO_BATCH_TOKENS):
             q, token_turn = self._token_rewards(micro, grad=False)
             total.index_add_(0, token_turn.cpu(), q.double().cpu())
         return total
 
-    def update(self, rows: TokenRows, labels: torch.Tensor, episode_group: torch.Tensor,
-               turn_episode: torch.Tensor) -> dict[str, float]:
+    def update(self, batch: RolloutBatch, labels: torch.Tensor, episode_group: torch.Tensor) -> dict[str, float]:
         """One optimizer step of the PRM on the outcome labels of this iteration's episodes."""
         self.prm.train()
         self.optimizer.zero_grad(set_to_none=True)
+        turn_episode = batch.turns.episode
         # The episode sums couple tokens across micro-batches: accumulate r_i with grad, then one backward.
         episode_reward = torch.zeros(len(labels), dtype=torch.float32)
-        for micro in rows.batches(MICRO_BATCH_TOKENS):
+        for micro in batch.micro_batches(max_tokens=MICRO_BATCH_TOKENS):
             q, token_turn = self._token_rewards(micro, grad=True)
             episode_reward = episode_reward.index_add(0, turn_episode[token_turn.cpu()], q.float().cpu())
         loss = self._loss(episode_reward, labels, episode_group)
@@ -144,12 +142,7 @@ def _pair_accuracy(scores: torch.Tensor, labels: torch.Tensor, episode_group: to
     return float(((margins > 0).float() + 0.5 * (margins == 0).float()).mean())
 
 
-def _episode_layout(groups: list[Group]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Outcome label and group of each episode, and the episode of each turn, in packed order."""
-    labels, episode_group, turn_episode = [], [], []
-    for g, group in enumerate(groups):
-        for episode in group.episodes:
-            turn_episode += [len(labels)] * len(episode.turns)
-            labels.append(float(episode.won))
-            episode_group.append(g)
-    return torch.tensor(labels), torch.tensor(episode_group), torch.tensor(turn_episode)
+def _episode_layout(batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outcome label (won) and group of each episode, indexed by episode id."""
+    starts = batch.turns.turn == 0
+    return (torch.tensor([float(e.won) for e in batch.episodes]), batch.turns.group[starts])

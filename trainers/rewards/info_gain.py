@@ -1,4 +1,4 @@
-"""IGPO's information-gain turn rewards (ALGORITHMS.md, "IGPO").
+"""IGPO's information-gain turn rewards (docs/algorithms.md, "IGPO").
 
 log p_t = mean_j log pi(a*_j | context before action t, prefix), the length-
 normalised log-probability of the tokens of the gold answer a* written as the
@@ -29,8 +29,9 @@ import numpy as np
 
 from envgym.chat import encode
 from envgym.trainers.config import TurnRewardOptions
+from envgym.trainers.batch import RolloutBatch
 from envgym.trainers.rewards.health import FailureStreak
-from envgym.trajectory import Episode, Group, TokenRows
+from envgym.trajectory import Episode
 
 
 def answer_tokens(tokenizer: Any, template: str, answer: str) -> tuple[list[int], list[int]]:
@@ -114,8 +115,9 @@ class InfoGainReward:
             "policy's probability of the answer is not tracking what it learnt. Check turn_reward.answer_template, "
             "or use gigpo where states recur")
 
-    def turn_rewards(self, groups: list[Group], rows: TokenRows) -> tuple[list[float], dict[str, float]]:
-        episodes = [e for g in groups for e in g.episodes]
+    def turn_rewards(self, batch: RolloutBatch) -> tuple[list[float], dict[str, float]]:
+        """One information gain per turn of `batch`, in its packed order, and summary metrics."""
+        episodes = batch.episodes
         gains: list[list[float]] = []
         first, last = [], []
         for logp in answer_logprob_per_turn(self.policy, episodes, self.template):

@@ -1,0 +1,1 @@
+"""Docker build contexts of envgym's containers, shipped with the package (`envgym.containers`)."""
