@@ -60,6 +60,9 @@ SUITES = {
                       "optim.minibatches=2", "loss.entropy_coef=0", "sft.steps=120", "eval.episodes=112"],
         "iterations": 30,
         "estimators": {"grpo": GRPO, "gigpo": GIGPO, "igpo": [*IGPO, "turn_reward.answer_template='it is {answer}'"],
+                       # IG in probabilities: an episode's gains sum to p_last - p_first <= 1, the outcome's scale
+                       "igpo-prob-diff": [*IGPO, "turn_reward.answer_template='it is {answer}'",
+                                          "turn_reward.info_gain=prob_diff"],
                        # ablation: the anchors without the invalid-reply penalty GRPO does not get
                        "gigpo-no-penalty": [*GIGPO, "algorithm.options={invalid_penalty: 0.0}"]},
         "report": ["info_gain/informative", "info_gain/redundant", "info_gain/outcome_corr", "train/success",
