@@ -169,6 +169,7 @@ class TurnRewardOptions:
     """
 
     kind: Literal["none", "info_gain", "implicit_prm"] = "none"
+    # log_prob_diff: IGPO's released recipe; prob_diff won on twenty questions, where log gains collapsed (README)
     info_gain: Literal["prob_diff", "log_prob_diff"] = "log_prob_diff"
     answer_template: str = "{answer}"  # the gold answer as a reply; text before {answer} is forced, not scored
     prm_beta: Annotated[float, Range(gt=0)] = 0.05
