@@ -1,60 +1,137 @@
 """Credit assignment head to head: estimators trained with identical seeds and budgets, held-out success by iteration.
 
     python benchmarks/credit_assignment.py                         # maze: GRPO vs GiGPO vs PRIME, 3 seeds
+    python benchmarks/credit_assignment.py --suite questions       # twenty questions: GRPO vs GiGPO vs IGPO
+    python benchmarks/credit_assignment.py --suite prime-sweep --seeds 0   # PRIME's prm_lr x prm_beta x prm_update
     python benchmarks/credit_assignment.py --suite guess           # GuessNumber: GRPO vs IGPO
     python benchmarks/credit_assignment.py --iterations 20 --seeds 0 1 2 3 --jobs 1
+    python benchmarks/credit_assignment.py --suite prime-sweep --seeds 0 --report-only   # tables of finished runs
 
 Every run starts from the quickstart recipe (tiny model, oracle warm start) with
 the suite's env, then changes only the estimator (and the turn-reward model it
 needs). Runs are single-threaded, `--jobs` at a time (default 2, one per core
-here); each prints its curve, and the table at the end gives mean and spread
-(min-max) of held-out success over seeds at every evaluated iteration.
+here); each prints its curve. The tables at the end give mean and spread
+(min-max) over seeds of held-out success at every evaluated iteration, then of
+the suite's diagnostic metrics (averaged over each stretch of iterations between
+evaluations), and `summary.json` under `--out` keeps every number.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import multiprocessing
 import os
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
+GRPO = ["algorithm.estimator=grpo", "algorithm.options={}"]
+GIGPO = ["algorithm.estimator=gigpo"]  # the quickstart's options: gamma 0.95, mean_std_norm, invalid penalty 0.1
+IGPO = ["algorithm.estimator=igpo", "algorithm.options={}", "turn_reward.kind=info_gain"]
+
+
+def prime(lr: float, beta: float, update: str) -> list[str]:
+    """PRIME's overrides (paper leave-one-out, gamma 1) with an implicit PRM trained at `lr`, `beta`, `update`."""
+    return ["algorithm.estimator=prime", "algorithm.options={}", "turn_reward.kind=implicit_prm",
+            f"turn_reward.prm_lr={lr}", f"turn_reward.prm_beta={beta}", f"turn_reward.prm_update={update}"]
+
+
+PRM_HEALTH = ["prm/pair_accuracy", "prm/accuracy", "prm/reward_invalid_minus_valid", "train/invalid_rate"]
 SUITES = {
     "maze": {
         "overrides": [],  # the quickstart's own: 4x4 mazes, local view
-        "estimators": {"grpo": [], "gigpo": [],
-                       "prime": ["turn_reward.kind=implicit_prm", "algorithm.options={}", "turn_reward.prm_lr=1e-5"]},
+        "estimators": {"grpo": GRPO, "gigpo": GIGPO, "prime": prime(1e-5, 0.05, "after")},
+        "report": PRM_HEALTH,
+    },
+    "prime-sweep": {  # the maze suite's env; PRIME's PRM settings on a small grid, GRPO as the yardstick
+        "overrides": [],
+        "estimators": {"grpo": GRPO, **{f"prime lr={lr:g} beta={beta:g} {update}": prime(lr, beta, update)
+                                         for lr, beta, update in itertools.product((1e-5, 3e-5, 1e-4), (0.05, 0.5),
+                                                                                   ("after", "before"))}},
+        "report": PRM_HEALTH,
+    },
+    "questions": {  # 4 attributes x 3 values (81 items, 14 held out, each played 8 times), 9 turns, full history;
+        # no entropy bonus (the maze's memoryless policy needs one, this one does not: it raised invalid replies)
+        "overrides": ["model.name=tiny-questions", "env.id=games/TwentyQuestions-v0", "env.kwargs={}",
+                      "env.max_turns=null", "rollout.context=full", "rollout.max_new_tokens=7", "rollout.n_groups=8",
+                      "optim.minibatches=2", "loss.entropy_coef=0", "sft.steps=120", "eval.episodes=112"],
+        "iterations": 30,
+        "estimators": {"grpo": GRPO, "gigpo": GIGPO, "igpo": [*IGPO, "turn_reward.answer_template='it is {answer}'"],
+                       # IG in probabilities: an episode's gains sum to p_last - p_first <= 1, the outcome's scale
+                       "igpo-prob-diff": [*IGPO, "turn_reward.answer_template='it is {answer}'",
+                                          "turn_reward.info_gain=prob_diff"],
+                       # ablation: the anchors without the invalid-reply penalty GRPO does not get
+                       "gigpo-no-penalty": [*GIGPO, "algorithm.options={invalid_penalty: 0.0}"]},
+        "report": ["info_gain/informative", "info_gain/redundant", "info_gain/outcome_corr", "train/success",
+                   "train/invalid_rate"],
     },
     "guess": {  # 1-50: 40 train and 10 test secrets, each test secret played 20 times (sampled)
         "overrides": ["model.name=tiny-guess", "env.id=games/GuessNumber-v0", "env.kwargs={low: 1, high: 50}",
                       "env.max_turns=7", "env.show_admissible=false", "rollout.context=full",
                       "rollout.max_new_tokens=2", "sft.steps=60"],
-        "estimators": {"grpo": [], "igpo": ["turn_reward.kind=info_gain", "algorithm.options={}"]},
+        "estimators": {"grpo": GRPO, "igpo": IGPO},
+        "report": ["info_gain/informative", "info_gain/redundant", "info_gain/outcome_corr", "train/success"],
     },
 }
 
 
-def run(suite: str, estimator: str, seed: int, iterations: int, out_root: str) -> dict[int, float]:
-    """Held-out success by iteration of one run (iteration 0: after the warm start)."""
+def run_dir(out_root: str, suite: str, estimator: str, seed: int) -> Path:
+    return Path(out_root) / f"{suite}-{estimator.replace(' ', '_').replace('=', '')}-{seed}"
+
+
+def run(suite: str, estimator: str, seed: int, iterations: int, out_root: str) -> dict:
+    """Train one run; returns its `summarize`d history."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
     from envgym.trainers import Trainer, load_config
     from envgym.trainers.config import recipes_dir
 
     spec = SUITES[suite]
-    overrides = [*spec["overrides"], f"algorithm.estimator={estimator}", *spec["estimators"][estimator],
-                 f"seed={seed}", f"iterations={iterations}", f"out_dir={out_root}/{suite}-{estimator}-{seed}",
-                 "eval.every=5", "threads=1"]
-    if estimator == "grpo":
-        overrides.append("algorithm.options={}")
+    overrides = [*spec["overrides"], *spec["estimators"][estimator], f"seed={seed}", f"iterations={iterations}",
+                 f"out_dir={run_dir(out_root, suite, estimator, seed)}", "eval.every=5", "threads=1"]
     # a re-run measures afresh: the previous run of this suite, estimator and seed is replaced
     with Trainer(load_config(recipes_dir() / "quickstart.yaml", overrides), overwrite=True) as trainer:
         history = trainer.fit()
+    result = summarize(history, spec["report"], time.perf_counter() - started)
+    print(f"{estimator} seed {seed}: {result['curve']} ({result['seconds']:.0f} s)", flush=True)
+    return result
+
+
+def summarize(history: list[dict], report: list[str], seconds: float) -> dict:
+    """Held-out success by iteration (0: after the warm start) and the `report` metrics of every RL iteration."""
     curve = {int(m["iteration"]): m["eval/success"] for m in history
              if m.get("phase") != "init" and "eval/success" in m}
-    print(f"{estimator} seed {seed}: {curve} ({time.perf_counter() - started:.0f} s)", flush=True)
-    return curve
+    metrics = {int(m["iteration"]): {k: m[k] for k in report if k in m} for m in history if m["phase"] == "rl"}
+    return {"curve": curve, "metrics": metrics, "seconds": seconds}
+
+
+def load_run(suite: str, estimator: str, seed: int, iterations: int, out_root: str) -> dict:
+    """A finished run's `summarize`d history, read back from its metrics.jsonl (for --report-only)."""
+    path = run_dir(out_root, suite, estimator, seed) / "metrics.jsonl"
+    if not path.is_file():
+        raise SystemExit(f"--report-only: {path} does not exist; train that run first (drop --report-only)")
+    history = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    done = max((m["iteration"] for m in history if m.get("phase") == "rl"), default=0)
+    if done < iterations:
+        raise SystemExit(f"--report-only: {path} stops at iteration {done} of {iterations}; let it finish")
+    return summarize([m for m in history if m["iteration"] <= iterations], SUITES[suite]["report"],
+                     sum(m.get("time/iteration", 0.0) for m in history))
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.mean(values):.3f} [{min(values):.2f}-{max(values):.2f}]" if values else "-"
+
+
+def print_table(title: str, rows: list[tuple[str, list[list[float]]]], estimators: list[str]) -> None:
+    """`rows`: (label, one list of per-seed values per estimator); cells are mean [min-max] over seeds."""
+    width = max(22, *(len(e) + 2 for e in estimators))
+    print(f"\n{title}")
+    print(f"{'iteration':>9}" + "".join(f"{e:>{width}}" for e in estimators))
+    for label, cells in rows:
+        print(f"{label:>9}" + "".join(f"{spread(values):>{width}}" for values in cells))
 
 
 def main() -> None:
@@ -62,24 +139,48 @@ def main() -> None:
     parser.add_argument("--suite", choices=sorted(SUITES), default="maze")
     parser.add_argument("--estimators", nargs="*", help="a subset of the suite's estimators")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
-    parser.add_argument("--iterations", type=int, default=40)
+    parser.add_argument("--iterations", type=int, help="RL iterations per run (default: the suite's, else 40)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
     parser.add_argument("--out", default="runs/credit_assignment")
+    parser.add_argument("--report-only", action="store_true", help="print the tables of runs already under --out")
     args = parser.parse_args()
-    estimators = args.estimators or list(SUITES[args.suite]["estimators"])
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {estimator: [pool.submit(run, args.suite, estimator, seed, args.iterations, args.out)
-                               for seed in args.seeds] for estimator in estimators}
-        curves = {estimator: [f.result() for f in runs] for estimator, runs in futures.items()}
-    iterations = sorted(set.intersection(*(set(c) for runs in curves.values() for c in runs)))
-    print(f"\nheld-out success, suite {args.suite}, seeds {args.seeds}: mean [min-max]; iteration 0 = after warm start")
-    print(f"{'iteration':>9}" + "".join(f"{e:>22}" for e in estimators))
-    for it in iterations:
-        cells = []
-        for estimator in estimators:
-            values = [c[it] for c in curves[estimator]]
-            cells.append(f"{statistics.mean(values):.3f} [{min(values):.2f}-{max(values):.2f}]")
-        print(f"{it:>9}" + "".join(f"{c:>22}" for c in cells))
+    spec = SUITES[args.suite]
+    unknown = sorted(set(args.estimators or ()) - set(spec["estimators"]))
+    if unknown:
+        parser.error(f"suite {args.suite!r} has no estimator {unknown[0]!r}; it has: {', '.join(spec['estimators'])}")
+    estimators = args.estimators or list(spec["estimators"])
+    iterations = args.iterations or spec.get("iterations", 40)
+    if args.report_only:
+        results = {e: [load_run(args.suite, e, seed, iterations, args.out) for seed in args.seeds] for e in estimators}
+    else:
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            # seed-major, so every estimator's first seed is done early
+            futures = {(e, seed): pool.submit(run, args.suite, e, seed, iterations, args.out)
+                       for seed in args.seeds for e in estimators}
+            results = {e: [futures[e, seed].result() for seed in args.seeds] for e in estimators}
+
+    evaluated = sorted(set.intersection(*(set(r["curve"]) for runs in results.values() for r in runs)))
+    print_table(f"held-out success, suite {args.suite}, seeds {args.seeds}: mean [min-max]; "
+                "iteration 0 = after warm start", [(str(it), [[r["curve"][it] for r in results[e]] for e in estimators])
+                                                   for it in evaluated], estimators)
+    stretches = [(a + 1, b) for a, b in zip(evaluated, evaluated[1:])]
+    for metric in spec["report"]:
+        shown = [e for e in estimators if any(metric in m for r in results[e] for m in r["metrics"].values())]
+        if not shown:
+            continue
+        rows = []
+        for a, b in stretches:
+            cells = []
+            for e in shown:
+                per_seed = [[r["metrics"][it][metric] for it in range(a, b + 1) if metric in r["metrics"].get(it, {})]
+                            for r in results[e]]
+                cells.append([statistics.mean(v) for v in per_seed if v])
+            rows.append((f"{a}-{b}", cells))
+        print_table(f"{metric}, mean over the iterations of each stretch: mean [min-max] over seeds", rows, shown)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"summary-{args.suite}.json").write_text(json.dumps({"suite": args.suite, "seeds": args.seeds,
+                                                                "iterations": iterations, "runs": results}))
 
 
 if __name__ == "__main__":

@@ -95,3 +95,11 @@ def test_maze_local_view_passes_the_checker():
 
     report = check_env("games/Maze-v0", size=4, view="local")
     assert report.ok, report.render()
+
+
+@pytest.mark.parametrize("action", ["north", " North. ", ". north", "north .", "'n'", "\tup!\r\n"])
+def test_a_move_may_be_wrapped_in_spaces_and_punctuation(action):
+    from envgym.envs.games.maze import parse_move
+
+    assert parse_move(action) == "north"
+    assert parse_move(action + "x") is None

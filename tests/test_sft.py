@@ -21,7 +21,8 @@ def test_demonstrations_train_only_on_oracle_action_tokens(tmp_path):
     tokenizer = trainer.tokenizer
     assert batch.num_rows == 8  # full context: one row per episode
     for ids, mask in zip(batch.input_ids, batch.loss_mask):
-        assert tokenizer.decode(ids[:2]) == "<|im_start|>user" and not any(mask[:2])
+        # tokens, not decoded text: the tiny tokenizers decode with a space between words ("<|im_start|> user")
+        assert tokenizer.convert_ids_to_tokens(ids[:2]) == ["<|im_start|>", "user"] and not any(mask[:2])
         trained = [t for t, m in zip(ids, mask) if m]
         words = tokenizer.convert_ids_to_tokens(trained)
         assert set(words) <= {"north", "south", "east", "west", "<|im_end|>"}

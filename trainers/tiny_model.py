@@ -7,7 +7,8 @@ tokenizer (`envgym.models.word_level_tokenizer`) whose pre-tokenizer keeps
 words of two or more letters whole and splits single map characters (`#`,
 `.`, `A`, `G`) and commas into tokens of their own. `tiny-maze` reads maze
 maps and the maze's local view; `tiny-guess` reads guess-the-number (the
-numbers 0-100 are words). The chat template is ChatML without the system
+numbers 0-100 are words); `tiny-questions` reads twenty questions (every
+attribute value is a word). The chat template is ChatML without the system
 message: the model cannot read English, so the env's instructions would only
 cost tokens. Both save and load with `save_pretrained` / `from_pretrained`.
 """
@@ -15,6 +16,8 @@ cost tokens. Both save and load with `save_pretrained` / `from_pretrained`.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from envgym.envs.games.questions import ATTRIBUTES
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -25,6 +28,10 @@ VOCABULARIES = {
                   *map(str, range(1, 10))),
     "tiny-guess": (*map(str, range(101)), "is", "too", "low", "high", "correct!", "higher", "lower", "The",
                    "secret", "Invalid", "guess:"),
+    "tiny-questions": (*(value for values in ATTRIBUTES.values() for value in values), *ATTRIBUTES, *(f"{name}:" for name in ATTRIBUTES), "?", ",", ".", ";",
+                       "Yes", "No", "its", "is", "or", "Find", "the", "item", "turn", "turns", "left", "left:",
+                       "Right", "Wrong", "it", "was", "Invalid:", "I", "read", "no", "value", "in", "Ask", "about",
+                       "one", "name", "of", "each", *map(str, range(32))),
 }
 
 #: ChatML (as SmolLM2 uses it) that leaves out system messages.
@@ -37,7 +44,7 @@ CHATML_WITHOUT_SYSTEM = (
 
 def tiny_tokenizer(name: str = "tiny-maze") -> PreTrainedTokenizerBase:
     """The word-level tokenizer of tiny model `name` (a key of VOCABULARIES)."""
-    from tokenizers import Regex, pre_tokenizers
+    from tokenizers import Regex, decoders, pre_tokenizers
 
     from envgym.models import word_level_tokenizer
 
@@ -48,6 +55,8 @@ def tiny_tokenizer(name: str = "tiny-maze") -> PreTrainedTokenizerBase:
         pre_tokenizers.Split(Regex(r"[A-Za-z:!']{2,}|[#.AG,]"), behavior="isolated"),
         pre_tokenizers.Split(Regex(r"[ \t\r]+"), behavior="removed"),  # WhitespaceSplit would drop the newlines
     ])
+    # spaces are not tokens here: decode with one between words (none before punctuation), or "red round" -> "redround"
+    tokenizer.backend_tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=True)
     return tokenizer
 
 

@@ -1,4 +1,4 @@
-"""Puzzle and game envs: guess-the-number, maze (and more families as they land)."""
+"""Puzzle and game envs: guess-the-number, maze, Sokoban, Wordle, twenty questions."""
 
 from envgym.registration import register
 
@@ -10,3 +10,6 @@ register("games/Sokoban-v0", "envgym.envs.games.sokoban:Sokoban", max_turns=50,
          description="Push one box onto its goal in a 6x6 Sokoban room (generated, solvable, >= 5 moves).")
 register("games/Wordle-v0", "envgym.envs.games.wordle:Wordle", max_turns=12,
          description="Find a hidden five-letter word in 6 guesses from G/Y/_ feedback; the answer is known.")
+register("games/TwentyQuestions-v0", "envgym.envs.games.questions:TwentyQuestions",
+         description="Find a hidden item (4 attributes, 3 values each) with yes/no questions in 9 turns; "
+                     "the answer is known and compositional, train and test items disjoint.")

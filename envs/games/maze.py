@@ -11,6 +11,7 @@ maze, where dead ends must be learned from experience rather than read).
 
 from __future__ import annotations
 
+import string
 from collections import deque
 from typing import Any
 
@@ -24,8 +25,8 @@ MOVE_ALIASES = {"up": "north", "down": "south", "left": "west", "right": "east",
 
 
 def parse_move(action: str) -> str | None:
-    """The compass direction an action names ("North.", "up", "e"), or None if it names none."""
-    word = action.strip().strip(".!'\"").lower()
+    """The compass direction an action names ("North.", ". north", "up", "e"), or None if it names none."""
+    word = action.strip(string.whitespace + ".!'\"").lower()  # a tiny model's tokens decode as ". north"
     move = MOVE_ALIASES.get(word, word)
     return move if move in MOVES else None
 

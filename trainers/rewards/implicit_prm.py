@@ -13,6 +13,15 @@ trained on the outcome labels only:
 Under N data-parallel ranks each rank scores its own episodes, and the PRM's
 gradients are averaged over the ranks weighted by each rank's number of loss
 terms, so every rank's PRM takes the step one process would on the union.
+
+The PRM's health is measured on each iteration's fresh batch before its update:
+`prm/pair_accuracy` is the fraction of (won, lost) episode pairs of a group that
+it ranks the right way round (ties count half; 0.5 is chance whatever the success
+rate), and `prm/reward_invalid_minus_valid` the mean turn reward of invalid turns
+minus that of valid ones. A PRM exploited by the policy ranks below chance and
+rewards invalid replies; a warning is logged when the ranking stays below chance
+for 5 iterations in a row (`health.FailureStreak`). Under N ranks these two are
+measured on rank 0's groups.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import torch.nn.functional as F
 from envgym.trainers.batch import RolloutBatch, TokenBatch
 from envgym.trainers.config import TurnRewardOptions
 from envgym.trainers.losses import sampled_logprobs
+from envgym.trainers.rewards.health import FailureStreak
 
 MICRO_BATCH_TOKENS = 8192
 
@@ -39,6 +49,12 @@ class ImplicitPRM:
         self.reference = copy.deepcopy(model).eval().requires_grad_(False)
         self.options = options
         self.optimizer = torch.optim.AdamW([p for p in self.prm.parameters() if p.requires_grad], lr=options.prm_lr)
+        # a PRM that ranks a fresh batch's winners below its losers pays the wrong turns; PRIME then pushes
+        # the policy away from what wins (at a high prm_lr the policy drifts to invalid replies)
+        self.below_chance = FailureStreak(
+            "prm/below_chance_streak", "the implicit PRM ranks fresh episodes below chance, so its turn rewards "
+            "point away from winning. Lower turn_reward.prm_lr, try turn_reward.prm_update: before, or use an "
+            "outcome estimator (grpo, gigpo)")
 
     def turn_rewards(self, batch: RolloutBatch) -> tuple[list[float], dict[str, float]]:
         """One process reward per turn of `batch`, in its packed order; the PRM trains on the outcomes too."""
@@ -49,6 +65,9 @@ class ImplicitPRM:
         turn_reward = self._turn_rewards(batch)
         if self.options.prm_update == "after":
             metrics = self.update(batch, labels, episode_group)
+        invalid = batch.turns.invalid
+        if invalid.any() and not invalid.all():
+            metrics["prm/reward_invalid_minus_valid"] = float(turn_reward[invalid].mean() - turn_reward[~invalid].mean())
         return turn_reward.tolist(), {**metrics, "prm/turn_reward_mean": float(turn_reward.mean())}
 
     def _token_rewards(self, micro: TokenBatch, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,16 +107,21 @@ class ImplicitPRM:
             torch.nn.utils.clip_grad_norm_(self.prm.parameters(), 1.0)
             self.optimizer.step()
         self.prm.eval()
-        accuracy = float(((episode_reward.detach() > 0) == labels.bool()).float().mean())
-        return {"prm/loss": float(loss.detach()), "prm/accuracy": accuracy}
+        scores = episode_reward.detach()
+        metrics = {"prm/loss": float(loss.detach()), "prm/accuracy": float(((scores > 0) == labels.bool()).float().mean())}
+        pair_accuracy = _pair_accuracy(scores, labels, episode_group)
+        if pair_accuracy is not None:
+            metrics["prm/pair_accuracy"] = pair_accuracy
+        if pair_accuracy is None:
+            return {**metrics, **self.below_chance.observe(None)}
+        return {**metrics, **self.below_chance.observe(pair_accuracy < 0.5, f"pair accuracy {pair_accuracy:.2f} now")}
 
     def _loss(self, episode_reward: torch.Tensor, labels: torch.Tensor,
               episode_group: torch.Tensor) -> tuple[torch.Tensor, int]:
         """The PRM loss, a mean, and the number of terms it averages (episodes, or (won, lost) pairs)."""
         if self.options.prm_loss == "ce":
             return F.binary_cross_entropy_with_logits(episode_reward, labels), len(labels)
-        same_group = episode_group[:, None] == episode_group[None, :]
-        pairs = same_group & (labels[:, None] > 0.5) & (labels[None, :] < 0.5)  # (winner, loser)
+        pairs = _winner_loser_pairs(labels, episode_group)
         if not bool(pairs.any()):
             return episode_reward.sum() * 0.0, 0  # no group with both outcomes: nothing to prefer
         margins = episode_reward[:, None] - episode_reward[None, :]
@@ -105,12 +129,28 @@ class ImplicitPRM:
 
     def state_dict(self) -> dict[str, Any]:
         return {"prm": self.prm.state_dict(), "reference": self.reference.state_dict(),
-                "optimizer": self.optimizer.state_dict()}
+                "optimizer": self.optimizer.state_dict(), "below_chance_streak": self.below_chance.streak}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.prm.load_state_dict(state["prm"])
         self.reference.load_state_dict(state["reference"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.below_chance.streak = state.get("below_chance_streak", 0)  # absent from checkpoints written before it
+
+
+def _winner_loser_pairs(labels: torch.Tensor, episode_group: torch.Tensor) -> torch.Tensor:
+    """[E, E] mask of (winner, loser) episode pairs of one group."""
+    same_group = episode_group[:, None] == episode_group[None, :]
+    return same_group & (labels[:, None] > 0.5) & (labels[None, :] < 0.5)
+
+
+def _pair_accuracy(scores: torch.Tensor, labels: torch.Tensor, episode_group: torch.Tensor) -> float | None:
+    """Fraction of (won, lost) pairs within a group with the winner scored higher (ties half); None if no pair."""
+    pairs = _winner_loser_pairs(labels, episode_group)
+    if not bool(pairs.any()):
+        return None
+    margins = (scores[:, None] - scores[None, :])[pairs]
+    return float(((margins > 0).float() + 0.5 * (margins == 0).float()).mean())
 
 
 def _episode_layout(batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
