@@ -9,8 +9,17 @@ from envgym import registration
 import broken_envs
 
 
-@pytest.mark.parametrize("env_id", envgym.list_envs())
-def test_every_registered_env_passes_the_checker(env_id):
+# The envs envgym ships. Not every id registered when this module is collected: test modules collected
+# earlier register faulty envs (a memory hog, a crasher) that must never run in the test process.
+SHIPPED_ENVS = [i for i in envgym.list_envs() if str(registration.spec(i).entry_point).startswith("envgym.")]
+
+
+def test_the_shipped_envs_are_found():
+    assert {"games/Maze-v0", "games/GuessNumber-v0", "tools/MathPython-v0"} <= set(SHIPPED_ENVS)
+
+
+@pytest.mark.parametrize("env_id", SHIPPED_ENVS)
+def test_every_shipped_env_passes_the_checker(env_id):
     report = envgym.check_env(env_id)
     assert report.ok, report.render()
 
