@@ -132,10 +132,16 @@ def main(groups_file: str, out_dir: str, *variants: str) -> None:
     groups = torch.load(groups_file, weights_only=False)
     if "RANK" in os.environ:  # one process group for all variants (each Trainer uses it, and leaves it open)
         torch.distributed.init_process_group("gloo")
-    for variant in variants:
-        result = one_update(variant, groups, out_dir)
-        if os.environ.get("RANK", "0") == "0":
-            torch.save(result, Path(out_dir) / f"{variant}.pt")
+    try:
+        for variant in variants:
+            result = one_update(variant, groups, out_dir)
+            if os.environ.get("RANK", "0") == "0":
+                torch.save(result, Path(out_dir) / f"{variant}.pt")
+    finally:
+        # a gloo group left for the interpreter's exit to tear down can abort the process (SIGABRT, "terminate
+        # called without an active exception") once in a while
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
