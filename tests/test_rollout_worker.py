@@ -46,6 +46,11 @@ def test_max_staleness_must_be_zero_or_one(tmp_path):
         micro(tmp_path, ["rollout.max_staleness=2"])
 
 
+def test_sleep_mode_is_refused_when_the_engine_generates_during_the_update(tmp_path):
+    with pytest.raises(ValueError, match=r"enable_sleep_mode .* generates during the update"):
+        micro(tmp_path, ["rollout.max_staleness=1", "rollout.backend=vllm", "rollout.vllm={enable_sleep_mode: true}"])
+
+
 @pytest.mark.slow
 def test_overlapped_rollouts_are_one_update_stale_and_a_dead_worker_stops_the_run(tmp_path):
     trainer = Trainer(micro(tmp_path, ["rollout.max_staleness=1"]))

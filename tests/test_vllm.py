@@ -251,15 +251,56 @@ def test_train_cli_with_vllm_rollouts_then_resume(tmp_path, lora):
     assert_rollout_matches_the_trained_model(lines[2:])
 
 
-def test_an_engine_that_cannot_start_fails_before_training_and_names_the_setting(tmp_path):
+@pytest.mark.parametrize("staleness", [0, 1], ids=["in-process", "rollout-worker"])
+def test_an_engine_that_cannot_start_fails_before_training_and_names_the_setting(tmp_path, staleness):
     config = copy.deepcopy(SMALL_RUN)
     config["rollout"]["vllm"]["kv_cache_memory_bytes"] = 1000
+    config["rollout"]["max_staleness"] = staleness  # 1: the engine starts in the rollout worker's process
     done = train(tmp_path, config)
     assert done.returncode == 2
     message = " ".join(done.stdout.split())
     assert "vLLM engine could not start" in message and "kv_cache_memory_bytes" in message
     assert "rollout.vllm" in message and "Traceback" not in done.stdout + done.stderr
     assert not (tmp_path / "run/metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("lora", [0, 8], ids=["full", "lora"])
+def test_overlapped_vllm_rollouts_are_one_update_stale_and_keep_their_behaviour_logprobs(tmp_path, lora):
+    """With rollout.max_staleness: 1 the engine lives in the rollout worker: batch 1 is sampled with the weights
+    from before update 0, while that update runs, and carries those weights' logprobs (the PPO ratio's old
+    logprobs, see tests/test_rollout_worker.py), not the updated policy's."""
+    from envgym.trainers import Trainer, config_from_dict
+    from envgym.trainers.batch import RolloutBatch
+    from envgym.trainers.losses import sampled_logprobs
+
+    config = config_from_dict({**SMALL_RUN, "out_dir": str(tmp_path / "run"), "threads": 1},
+                              ["rollout.max_staleness=1", "optim.lr=1e-3", f"model.lora.r={lora}"])
+    trainer = Trainer(config)
+    try:
+        assert not trainer.engine_in_process
+        before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        first = trainer.collect()  # generated on the spot; batch 1 starts now, with the same weights
+        assert first.metrics["policy_version"] == 0
+        batch = RolloutBatch.from_groups(first.groups, pad_token_id=trainer.policy.pad_token_id)
+        trainer.update(batch, torch.randn(batch.turns.num_turns, generator=torch.Generator().manual_seed(0)))
+        trainer.iteration += 1
+        second = trainer.collect()
+        assert second.metrics["policy_version"] == 0  # one update behind the trainer
+        batch = RolloutBatch.from_groups(second.groups, pad_token_id=trainer.policy.pad_token_id)
+        behaviour = [torch.tensor(t.logprobs) for e in batch.episodes for t in e.turns]
+
+        def teacher_forced():
+            with torch.no_grad():
+                return torch.cat([sampled_logprobs(trainer.model, m)[0] for m in batch.micro_batches()])
+
+        now = teacher_forced()
+        trainer.model.load_state_dict(before)
+        then = teacher_forced()
+    finally:
+        trainer.close()
+    behaviour = torch.cat(behaviour)
+    assert float((then - behaviour).abs().max()) <= TOL  # sampled with the weights from before the update
+    assert float((now - behaviour).abs().max()) > 10 * TOL  # which the update has since moved
 
 
 def test_a_failed_weight_sync_stops_training_with_a_message(tmp_path, monkeypatch):

@@ -106,8 +106,9 @@ class RolloutOptions:
     episode_timeout: Annotated[float, Range(ge=0)] = 0.0
     retries: Annotated[int, Range(ge=0)] = 2
     env_memory_mb: Annotated[int, Range(ge=0)] = 0
-    # 1: the next iteration's groups are generated (by a second process) while this iteration's update runs,
-    # so each batch comes from the policy one update behind; 0: generation and update take turns
+    # 1: the next iteration's groups are generated (by a second process: a copy of the HF model, or the vLLM
+    # engine) while this iteration's update runs, so each batch comes from the policy one update behind;
+    # 0: generation and update take turns
     max_staleness: Annotated[int, Range(ge=0, le=1, why="0: generate, then update; 1: generate during the "
                                                            "update")] = 0
     vllm: dict[str, Any] = field(default_factory=dict)
@@ -284,9 +285,11 @@ class TrainConfig:
         if self.rollout.n_groups * self.rollout.group_size % self.optim.minibatches:
             raise ConfigError(f"optim.minibatches ({self.optim.minibatches}) must divide the episodes per iteration "
                               f"({self.rollout.n_groups * self.rollout.group_size})")
-        if self.rollout.max_staleness and self.rollout.backend != "hf":
-            raise ConfigError("rollout.max_staleness: 1 generates in a second process with the HF policy; "
-                              "set rollout.backend: hf (the vLLM engine does not overlap the update yet)")
+        if self.rollout.max_staleness and self.rollout.vllm.get("enable_sleep_mode"):
+            raise ConfigError("rollout.vllm.enable_sleep_mode frees the engine's memory while the update runs, but "
+                              "with rollout.max_staleness: 1 the engine generates during the update; drop "
+                              "enable_sleep_mode (and size the engine with gpu_memory_utilization), or set "
+                              "rollout.max_staleness: 0")
         if self.ray.address is not None and self.rollout.pool != "ray":
             raise ConfigError(f"ray.address is {self.ray.address!r}, but rollout.pool is {self.rollout.pool!r}; "
                               "set rollout.pool: ray to step the envs on that Ray cluster")

@@ -128,6 +128,24 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_vllm_source(options: ModelOptions) -> str:
+    """The checkpoint directory (or "default") a vLLM engine starts from; ConfigError for a model that has none."""
+    source = options.init_from or options.name
+    if source != "default" and not Path(source).is_dir():
+        raise ConfigError(f"rollout.backend: vllm starts its engine from a checkpoint directory, and the model "
+                          f"{source!r} has none; set model.name to 'default' or a save_pretrained directory")
+    return source
+
+
+def start_vllm_engine(config: TrainConfig, dtype: torch.dtype, seed: int) -> Any:
+    """The run's vLLM engine: on the model's checkpoint directory, in the trained model's `dtype`, with
+    `rollout.vllm` on top (EngineStartError if it cannot start)."""
+    from envgym.policies.vllm import VLLMPolicy
+
+    engine_args = {"dtype": str(dtype).removeprefix("torch."), "seed": seed, **config.rollout.vllm}
+    return VLLMPolicy.from_pretrained(check_vllm_source(config.model), **engine_args)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -179,11 +197,12 @@ class Trainer:
         # claimed first (by rank 0, for all ranks): a second run into out_dir is refused before any model loads
         self.run_dir = (RunDirectory.claim(self.out_dir, resume=resume, overwrite=overwrite) if self.dp.is_main
                         else NoRunDirectory())
+        self.pool: EnvPool | None = None
+        self.rollout_worker = None  # rollout.max_staleness 1: the process generating the next batch
         try:
             self._set_up(resume=resume, overwrite=overwrite)
         except BaseException:
-            self.run_dir.release()
-            self.dp.close()
+            self.close()
             raise
 
     def _set_up(self, *, resume: bool, overwrite: bool) -> None:
@@ -212,7 +231,14 @@ class Trainer:
         self.pool = make_pool(config.rollout, self.env_factory,
                               max(config.rollout.n_groups * config.rollout.group_size // self.dp.world_size,
                                   self._eval_episodes()), ray_address=config.ray.address)
-        self.rollout_worker = None  # rollout.max_staleness 1: the process generating the next batch (first collect)
+        if config.rollout.max_staleness:
+            from envgym.trainers.rollout_worker import RolloutWorker
+
+            # waits for the worker's policy (a vLLM engine: EngineStartError here, before any training) and pool
+            self.rollout_worker = RolloutWorker(
+                config, self.env_factory, dtype=next(self.model.parameters()).dtype,
+                episodes=config.rollout.n_groups * config.rollout.group_size // self.dp.world_size,
+                rank=self.dp.rank, local_rank=self.dp.local_rank)
         if resume:
             self._resume()
         elif overwrite:
@@ -224,7 +250,8 @@ class Trainer:
         up `out_dir` when it ends."""
         if self.rollout_worker is not None:
             self.rollout_worker.close()
-        self.pool.close()
+        if self.pool is not None:
+            self.pool.close()
         self.run_dir.release()
         self.dp.close()
 
@@ -262,29 +289,31 @@ class Trainer:
                               f"{self.config.rollout.max_new_tokens} sampled; set optim.micro_batch_tokens >= {need} "
                               "(rows of later turns are longer with rollout.context: full)")
 
+    @property
+    def engine_in_process(self) -> bool:
+        """Whether this process runs the vLLM engine (`rollout.backend: vllm` without a rollout worker)."""
+        return self.config.rollout.backend == "vllm" and not self.config.rollout.max_staleness
+
     def _rollout_policy(self) -> Any:
         """HFPolicy over the live model, or a vLLM engine that is sent the new weights after each update.
 
-        The engine starts on the model's checkpoint directory, in the model's
-        dtype, with `rollout.vllm` on top (EngineStartError, before any
-        training, if it cannot start).
+        The engine starts before any training (EngineStartError if it cannot; see
+        `start_vllm_engine`). With `rollout.max_staleness: 1` the engine is the
+        rollout worker's, and this process's policy, for the held-out evaluation
+        and information-gain scoring, is an HFPolicy over the live model.
         """
         cfg = self.config
-        if cfg.rollout.backend == "hf":
+        if cfg.rollout.backend == "vllm":
+            check_vllm_source(cfg.model)  # before a rollout worker is started on it
+        if not self.engine_in_process:
             return HFPolicy(self.model, self.tokenizer)
-        source = cfg.model.init_from or cfg.model.name
-        if source != "default" and not Path(source).is_dir():
-            raise ConfigError(f"rollout.backend: vllm starts its engine from a checkpoint directory, and the model "
-                              f"{source!r} has none; set model.name to 'default' or a save_pretrained directory")
-        from envgym.policies.vllm import VLLMPolicy
-
-        dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
-        return VLLMPolicy.from_pretrained(source, **{"dtype": dtype, "seed": cfg.seed, **cfg.rollout.vllm})
+        return start_vllm_engine(cfg, next(self.model.parameters()).dtype, cfg.seed)
 
     def _sync_rollout_weights(self) -> None:
         """Tell the rollout policy the weights changed: the vLLM engine is sent them (LoRA merged in); an
-        HFPolicy samples from the model itself and only drops its episode KV caches, computed with the old ones."""
-        if self.config.rollout.backend == "vllm":
+        HFPolicy samples from the model itself and only drops its episode KV caches, computed with the old ones.
+        (A rollout worker is sent the weights with its next request.)"""
+        if self.engine_in_process:
             self.policy.load_weights(merged_named_weights(self.model))
         else:
             self.policy.weights_changed()
@@ -414,13 +443,7 @@ class Trainer:
         number of updates the generating policy had seen. Raises RolloutFailed when every group of every rank
         failed."""
         cfg = self.config
-        if cfg.rollout.max_staleness:
-            if self.rollout_worker is None:
-                from envgym.trainers.rollout_worker import RolloutWorker
-
-                self.rollout_worker = RolloutWorker(
-                    cfg, self.env_factory, episodes=cfg.rollout.n_groups * cfg.rollout.group_size // self.dp.world_size,
-                    rank=self.dp.rank, local_rank=self.dp.local_rank)
+        if self.rollout_worker is not None:
             rollout = self.rollout_worker.next(self.iteration, self.collect_options, self.model,
                                                last_iteration=cfg.iterations - 1)
         else:
@@ -453,7 +476,7 @@ class Trainer:
         advantages = union_advantages[mine]
 
         update_started = time.perf_counter()
-        if cfg.rollout.backend == "vllm":
+        if self.engine_in_process:
             self.policy.sleep()  # frees the GPU for the update with rollout.vllm.enable_sleep_mode; else a no-op
         update_metrics = self.update(batch, advantages)
         self._sync_rollout_weights()
