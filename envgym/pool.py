@@ -317,7 +317,7 @@ class EnvPool:
             self._actors: list[Any] = []  # what `close` stops if connecting fails
             self._ray = _import_ray(ray_address)
             self._actor_class = self._ray.remote(num_cpus=0)(EnvHost)
-            self._actors = [self._start_actor(slot) for slot in range(num_envs)]
+            self._actors = [self._start_actor(slot, soft=False) for slot in range(num_envs)]
         else:
             self._hosts = [EnvHost(make_env, self.make_kwargs, self._spec) for _ in range(num_envs)]
             if probe is not None:
@@ -567,19 +567,20 @@ class EnvPool:
         self._restart_worker(slot)
         return EnvResult(error=f"the worker process died during {command} ({how}); restarted")
 
-    def _start_actor(self, slot: int) -> Any:
+    def _start_actor(self, slot: int, soft: bool = True) -> Any:
         """Slot `slot`'s env actor, on the cluster's live nodes with CPUs in turn (slot i on the i-th, modulo).
 
         Envs reserve no CPU, so Ray's default policy would pack every actor onto
         this node, and SPREAD is best effort (seen placing 4 of 4 on one of two
-        nodes); the affinity is soft, so a node gone since the list was read
-        leaves the choice to Ray.
+        nodes). The pool's first actors hold to their node (a soft affinity fell
+        back to this node under load); a restarted one's affinity is soft, so a
+        node gone since the list was read leaves the choice to Ray.
         """
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         nodes = sorted(node["NodeID"] for node in self._ray.nodes()
                        if node["Alive"] and node["Resources"].get("CPU", 0) > 0)
-        strategy = NodeAffinitySchedulingStrategy(nodes[slot % len(nodes)], soft=True) if nodes else "DEFAULT"
+        strategy = NodeAffinitySchedulingStrategy(nodes[slot % len(nodes)], soft=soft) if nodes else "DEFAULT"
         return self._actor_class.options(scheduling_strategy=strategy).remote(self.make_env, self.make_kwargs,
                                                                              self._spec)
 

@@ -141,6 +141,7 @@ def main(groups_file: str, out_dir: str, *variants: str) -> None:
         # a gloo group left for the interpreter's exit to tear down can abort the process (SIGABRT, "terminate
         # called without an active exception") once in a while
         if torch.distributed.is_initialized():
+            torch.distributed.barrier()  # no rank tears its connections down while another still uses them
             torch.distributed.destroy_process_group()
 
 
