@@ -194,6 +194,24 @@ def test_cannot_create_user_namespaces(sandbox):
     assert result.stdout.split()[0] == "-1", f"unshare(CLONE_NEWUSER) succeeded: {result.stdout}"
 
 
+
+_KILLED_AT_SPAWN = """
+import os, signal
+from envgym.tools import make_sandbox
+box = make_sandbox(os.environ["KIND"])
+box.spawn(["sleep", os.environ["MARKER"]])
+os.kill(os.getpid(), signal.SIGKILL)  # while bwrap may still be building the namespaces
+"""
+
+
+def test_nothing_survives_a_caller_killed_as_the_sandbox_starts(sandbox):
+    # bwrap arms --die-with-parent only once its namespaces are built; the lifeline covers the moments before
+    for _ in range(5):
+        marker = unique_sleep()
+        subprocess.run([sys.executable, "-c", _KILLED_AT_SPAWN], env={**os.environ, "KIND": sandbox.name,
+                                                                        "MARKER": marker}, timeout=120)
+        assert_nothing_survives(marker, 15)
+
 _KILLED_CALLER = """
 import os, threading
 from envgym.tools import PythonSession, make_sandbox

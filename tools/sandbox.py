@@ -19,7 +19,11 @@ What enforces what (bubblewrap backend):
 - processes: `--unshare-pid`; bwrap's init is pid 1, so when the program exits
   or is killed the kernel kills everything else in the namespace (detached,
   setsid'd and nohup'd children included). `--die-with-parent` kills the sandbox
-  if the caller dies (armed before bwrap starts, so no instant is uncovered).
+  if the caller dies once bwrap is set up; bwrap's own setup is a window it does
+  not cover (its inner processes arm the signal only after building the
+  namespaces, and a caller killed in between orphaned them 8 times in 10), so the
+  program runs under a lifeline: a pipe whose only write end the caller holds,
+  watched from inside the sandbox, which kills everything in it at EOF.
   The count of processes is capped by RLIMIT_NPROC, which the kernel enforces
   per uid and never for root: run as root, the program runs as a fresh
   unprivileged uid (no groups, no capabilities, no new privileges), so the cap
@@ -537,14 +541,13 @@ class BwrapSandbox(Sandbox):
                 args += ["--ro-bind", "/dev/null", secret]
         return args
 
-    def _command(self, limits: Limits, file_args: list[str], argv: Sequence[str]) -> list[str]:
-        """bwrap [options] -- [setpriv ...] argv (setpriv where bwrap runs as root: no user namespaces)."""
+    def _command(self, limits: Limits, file_args: list[str], argv: Sequence[str], uid: int | None) -> list[str]:
+        """bwrap [options] -- [setpriv ...] argv (setpriv to `uid` where bwrap runs as root: no user namespaces)."""
         cmd = ["bwrap", *(_USERNS if self.disables_userns else []),
                "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
                "--die-with-parent", "--new-session", *self._mount_args,
                "--size", str(limits.tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp", *file_args, "--chdir", "/tmp"]
-        if self.as_root and not self.disables_userns:
-            uid = _fresh_uid()
+        if uid is not None and not self.disables_userns:
             cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP", "--",
                     "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
                     "--bounding-set=-all", "--no-new-privs"]
@@ -552,8 +555,13 @@ class BwrapSandbox(Sandbox):
 
     def spawn(self, argv, *, files=None, limits=None, env=None) -> SandboxProcess:
         limits = limits or self.limits
+        uid = _fresh_uid() if self.as_root else None  # the program's uid on the host, where the caller is root
         fds, file_args = [], []
+        lifeline, lifeline_end = os.pipe()  # the write end stays here, non-inheritable: the caller's alone
+        fds.append(lifeline)
         try:
+            if uid is not None:
+                os.fchown(lifeline, uid, uid)  # the watcher reopens it through /proc, as the program's uid
             for name, content in check_files(files).items():
                 fd = os.memfd_create(name)
                 fds.append(fd)
@@ -561,13 +569,24 @@ class BwrapSandbox(Sandbox):
                 os.lseek(fd, 0, os.SEEK_SET)
                 file_args += ["--perms", "0444", "--ro-bind-data", str(fd), f"/tmp/{name}"]
             # with user namespaces bwrap needs no privileges, so as root it starts as the fresh uid
-            uid = _fresh_uid() if self.as_root and self.disables_userns else None
-            popen = _popen(self._command(limits, file_args, argv), cwd="/", limits=limits, env=env, pass_fds=fds,
-                           uid=uid, die_with_caller=True)
+            popen = _popen(self._command(limits, file_args, _on_lifeline(lifeline, argv), uid), cwd="/",
+                           limits=limits, env=env, pass_fds=fds, uid=uid if self.disables_userns else None,
+                           die_with_caller=True)
+        except BaseException:
+            os.close(lifeline_end)
+            raise
         finally:
             for fd in fds:
                 os.close(fd)
-        return SandboxProcess(popen)
+        return SandboxProcess(popen, lambda: os.close(lifeline_end))
+
+
+def _on_lifeline(fd: int, argv: Sequence[str]) -> list[str]:
+    """`argv` behind a shell that first starts a watcher on the pipe `fd`: at EOF (every write end closed,
+    e.g. the caller killed) it SIGKILLs every process in the sandbox's PID namespace but init, whose exit
+    then ends the namespace. The program keeps its pid (exec); the watcher keeps no stdio open."""
+    watch = f'{{ read -r _ < /proc/self/fd/{fd}; kill -s KILL -- -1; }} </dev/null >/dev/null 2>&1 & exec "$@"'
+    return ["/bin/sh", "-c", watch, "sh", *argv]
 
 
 def _world_readable(path: str) -> bool:
