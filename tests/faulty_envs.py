@@ -27,11 +27,14 @@ class HangsOnStep(GuessNumber):
 
 
 class SlowStep(GuessNumber):
-    """Each step takes 0.2 s (more than the tests' short timeouts, less than a hang)."""
+    """Each step takes 0.2 s (more than the tests' short timeouts, less than a hang); `info["slept"]` is the
+    (start, end) of that sleep in wall-clock seconds, comparable across processes."""
 
     def step(self, action):
+        start = time.time()
         time.sleep(0.2)
-        return super().step(action)
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, reward, terminated, truncated, {**info, "slept": (start, time.time())}
 
 
 class CrashesOnStep(GuessNumber):
