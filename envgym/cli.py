@@ -177,7 +177,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                       max_context_tokens=args.max_context_tokens, backend=settings["backend"],
                       num_envs=settings["num_envs"] or None,
                       step_timeout=settings["step_timeout"], retries=settings["retries"],
-                      request_timeout=args.request_timeout, engine_args=parse_kwargs(args.engine_arg), progress=True)
+                      request_timeout=args.request_timeout, request_retries=args.request_retries,
+                      max_concurrency=args.max_concurrency, engine_args=parse_kwargs(args.engine_arg), progress=True)
     print(report.to_markdown(), end="")  # plain print: a console would wrap the table's rows
     if out is not None:
         paths = report.save(out)
@@ -259,6 +260,11 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
                    help="attempts after a failed episode before its group is dropped (default 2)")
     p.add_argument("--request-timeout", type=checked("request_timeout", float), default=None, metavar="SECONDS",
                    help="timeout of each HTTP request of openai: policies (default: the policy's, 60)")
+    p.add_argument("--request-retries", type=checked("request_retries", int), default=None, metavar="N",
+                   help="retries of an HTTP request of openai: policies after a rate limit (429), a server error "
+                        "(5xx), a timeout or a refused connection, with exponential backoff (default 3)")
+    p.add_argument("--max-concurrency", type=checked("max_concurrency", int), default=None, metavar="N",
+                   help="HTTP requests of an openai: policy in flight at once (default 8)")
     p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting of the vllm: policies' engine, a keyword of vllm.LLM, e.g. max_model_len=2048 "
                         "(repeatable; CPU defaults: see README)")

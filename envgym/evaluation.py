@@ -37,7 +37,8 @@ EVAL_SEED = 0
 #: Allowed values of `evaluate`'s numeric arguments; `envgym eval` checks its options of the same names against them.
 ARGUMENT_RANGES = {"episodes": Range(ge=1), "samples": Range(ge=1), "window": Range(ge=0), "max_turns": Range(ge=1),
                    "num_envs": Range(ge=1), "retries": Range(ge=0), "step_timeout": Range(gt=0),
-                   "request_timeout": Range(gt=0), "max_context_tokens": Range(ge=1)}
+                   "request_timeout": Range(gt=0), "request_retries": Range(ge=0), "max_concurrency": Range(ge=1),
+                   "max_context_tokens": Range(ge=1)}
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -330,6 +331,8 @@ def evaluate(
     step_timeout: float = 60.0,
     retries: int = 2,
     request_timeout: float | None = None,
+    request_retries: int | None = None,
+    max_concurrency: int | None = None,
     engine_args: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> EvalReport:
@@ -339,7 +342,9 @@ def evaluate(
     show_admissible)`. Policies are spec strings (see
     `envgym.policies.POLICY_SPECS`, loaded once) or policy objects. Token
     policies sample with `sampling` (default: temperature 1, 64 new tokens);
-    `request_timeout` bounds each HTTP request of `openai:` policies; `engine_args`
+    `request_timeout` bounds each HTTP request of `openai:` policies, `request_retries` is how often
+    one is retried after a transient failure and `max_concurrency` how many are in flight at once
+    (None: the policy's defaults, 60 s, 3 and 8); `engine_args`
     are settings of the engine of every `vllm:` policy (keyword arguments of
     `vllm.LLM`, e.g. ``{"max_model_len": 2048}``); `max_context_tokens` bounds
     every prompt plus completion. Numbers
@@ -350,7 +355,8 @@ def evaluate(
     policies = [policy] if isinstance(policy, str) or not isinstance(policy, Sequence) else list(policy)
     arguments = {"episodes": episodes, "samples": samples, "window": window, "max_turns": max_turns,
                  "num_envs": num_envs, "retries": retries, "step_timeout": step_timeout,
-                 "request_timeout": request_timeout, "max_context_tokens": max_context_tokens}
+                 "request_timeout": request_timeout, "request_retries": request_retries,
+                 "max_concurrency": max_concurrency, "max_context_tokens": max_context_tokens}
     for key, value in arguments.items():
         if value is not None:
             ARGUMENT_RANGES[key].check(key, value)
@@ -373,7 +379,8 @@ def evaluate(
     with _progress_bar(progress) as bar:
         for name, spec in named:
             loaded = spec if not isinstance(spec, str) else load_policy(spec, **_policy_options(
-                spec, sampling=sampling, timeout=request_timeout, engine_args=engine_args or {}))
+                spec, sampling=sampling, timeout=request_timeout, max_retries=request_retries,
+                max_concurrency=max_concurrency, engine_args=engine_args or {}))
             for maker in makers:
                 task = bar.add_task(f"{maker.env_id} · {name}", total=None) if bar else None
                 row, result = evaluate_policy(
@@ -389,6 +396,7 @@ def evaluate(
                 "seed": seed, "context": context, "window": window, "max_turns": max_turns,
                 "max_context_tokens": max_context_tokens, "backend": backend, "num_envs": num_envs,
                 "step_timeout": step_timeout, "retries": retries, "request_timeout": request_timeout,
+                "request_retries": request_retries, "max_concurrency": max_concurrency,
                 "engine_args": dict(engine_args or {}), "sampling": asdict(sampling or SamplingParams()),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     return EvalReport(rows, settings, rollouts)
@@ -403,11 +411,15 @@ def check_policy_spec(spec: str) -> None:
 
 
 def _policy_options(spec: str, *, sampling: SamplingParams | None, timeout: float | None,
+                    max_retries: int | None, max_concurrency: int | None,
                     engine_args: Mapping[str, Any]) -> dict[str, Any]:
-    """What `load_policy` needs beyond the spec: an endpoint samples with the same settings and its request
-    timeout, an engine takes its own settings; other policies need nothing."""
+    """What `load_policy` needs beyond the spec: an endpoint samples with the same settings and takes the
+    request settings given (None keeps its default), an engine takes its own settings; other policies need
+    nothing."""
     if spec.startswith("openai:"):
-        return {**({"sampling": sampling} if sampling else {}), **({"timeout": timeout} if timeout else {})}
+        given = {"sampling": sampling, "timeout": timeout, "max_retries": max_retries,
+                 "max_concurrency": max_concurrency}
+        return {key: value for key, value in given.items() if value is not None}
     if spec.startswith("vllm:"):
         return dict(engine_args)
     return {}

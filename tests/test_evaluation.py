@@ -210,6 +210,8 @@ def test_step_timeout_and_num_envs_reach_the_pool(capsys, monkeypatch):
     ("episodes", 0, "episodes must be >= 1, got 0"), ("max_turns", 0, "max_turns must be >= 1, got 0"),
     ("step_timeout", 0, "step_timeout must be > 0, got 0"), ("retries", -1, "retries must be >= 0, got -1"),
     ("num_envs", 0, "num_envs must be >= 1, got 0"), ("request_timeout", -1.0, "request_timeout must be > 0"),
+    ("request_retries", -1, "request_retries must be >= 0, got -1"),
+    ("max_concurrency", 0, "max_concurrency must be >= 1, got 0"),
 ])
 def test_evaluate_checks_its_arguments_first(argument, value, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -276,6 +278,29 @@ def endpoint():
     yield f"http://127.0.0.1:{server.server_address[1]}/v1"
     server.shutdown()
     server.server_close()
+
+
+def test_request_retries_and_concurrency_reach_the_endpoint(tmp_path, endpoint, capsys):
+    from envgym.cli import EXIT_FAILED, main
+
+    from test_policies import FakeEndpoint
+
+    FakeEndpoint.calls.clear()
+    code = main(["eval", "--env", "games/GuessNumber-v0", "--policy", f"openai:{endpoint}#down", "--episodes", "1",
+                 "--retries", "0", "--request-retries", "1"])
+    out = capsys.readouterr().out
+    assert code == EXIT_FAILED and "HTTP 500" in out and "gave up after 2 attempts" in out, out
+    assert FakeEndpoint.calls["down"] == 2  # one request, retried once
+
+    most = {}
+    for concurrency in (1, 4):
+        FakeEndpoint.most_in_flight = 0
+        code = main(["eval", "--env", "games/GuessNumber-v0", "--policy", f"openai:{endpoint}#queue", "--episodes",
+                     "4", "--max-turns", "1", "--max-concurrency", str(concurrency), "--out", str(tmp_path)])
+        assert code == 0, capsys.readouterr().out
+        most[concurrency] = FakeEndpoint.most_in_flight
+        assert json.loads((tmp_path / "report.json").read_text())["settings"]["max_concurrency"] == concurrency
+    assert most[1] == 1 and most[4] >= 2, most  # the 4 episodes' first requests go out together unless capped
 
 
 def test_eval_of_an_endpoint_counts_its_tokens_cut_offs_and_context_endings(tmp_path, endpoint, capsys):

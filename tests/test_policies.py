@@ -141,11 +141,13 @@ OVERFLOWS = {
 
 
 class FakeEndpoint(BaseHTTPRequestHandler):
-    """Behaviour by model name: ok, flaky (503 then ok), refuse (400), down (500), slow (sleeps), junk, cut
-    (finish_reason length), overflow-* (OVERFLOWS). /models lists ok (max_model_len 512) and cut; usage counts
-    one token per word."""
+    """Behaviour by model name: ok, flaky (503 then ok), refuse (400), down (500), slow (sleeps), queue (sleeps
+    0.3 s, counting the requests in flight at once in `most_in_flight`), junk, cut (finish_reason length),
+    overflow-* (OVERFLOWS). /models lists ok (max_model_len 512) and cut; usage counts one token per word."""
 
     calls: dict = {}
+    in_flight = most_in_flight = 0
+    lock = threading.Lock()
 
     def do_GET(self):
         FakeEndpoint.calls["GET " + self.path] = FakeEndpoint.calls.get("GET " + self.path, 0) + 1
@@ -165,6 +167,13 @@ class FakeEndpoint(BaseHTTPRequestHandler):
             return self._send(400, OVERFLOWS[model])
         if model == "slow":
             time.sleep(1.0)
+        if model == "queue":
+            with FakeEndpoint.lock:
+                FakeEndpoint.in_flight += 1
+                FakeEndpoint.most_in_flight = max(FakeEndpoint.most_in_flight, FakeEndpoint.in_flight)
+            time.sleep(0.3)
+            with FakeEndpoint.lock:
+                FakeEndpoint.in_flight -= 1
         if model == "junk":
             return self._send(200, {"choices": []})
         last = body["messages"][-1]["content"]
