@@ -100,10 +100,18 @@ def _check_info(info: Any) -> str | None:
     return None
 
 
+def cores_of_this_process() -> int:
+    """The CPU cores this process may count on: the machine's, shared among the ranks torchrun started on it
+    (LOCAL_WORLD_SIZE), at least 1."""
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE") or 1)
+    return max(1, (os.cpu_count() or 1) // max(1, ranks_here))
+
+
 def default_num_envs(backend: Backend, episodes: int, env: str | EnvFactory | None = None) -> int:
     """Slots for `episodes` episodes: all at once in-process (cheap, and every episode joins each batched
-    policy call), at most 4 per CPU core in workers (a process each). For "auto", in-process when `env`'s
-    spec declares steps cheaper than PROCESS_STEP_SECONDS or none (as `EnvPool` then decides)."""
+    policy call), at most 4 per core of `cores_of_this_process` in workers (a process each). For "auto",
+    in-process when `env`'s spec declares steps cheaper than PROCESS_STEP_SECONDS or none (as `EnvPool`
+    then decides)."""
     if backend == "auto":
         env_id = env if isinstance(env, str) else getattr(env, "env_id", None)
         if isinstance(env_id, str):
@@ -111,7 +119,7 @@ def default_num_envs(backend: Backend, episodes: int, env: str | EnvFactory | No
 
             declared = envgym.spec(env_id).step_seconds
             backend = "sync" if declared is None or declared <= PROCESS_STEP_SECONDS else "process"
-    return max(1, episodes if backend == "sync" else min(episodes, 4 * (os.cpu_count() or 1)))
+    return max(1, episodes if backend == "sync" else min(episodes, 4 * cores_of_this_process()))
 
 
 class EnvHost:
@@ -345,9 +353,9 @@ class EnvPool:
             return "sync", f"in-process ({name} declares no step_seconds; {threshold})", probe
         if declared <= PROCESS_STEP_SECONDS:
             return "sync", f"in-process (steps of {name} take ~{declared * 1e3:g} ms; {threshold})", probe
-        if self.num_envs < 2 or (os.cpu_count() or 1) < 2:
-            return "sync", f"in-process ({self.num_envs} slot(s) on {os.cpu_count()} core(s) cannot step in " \
-                           "parallel)", probe
+        if self.num_envs < 2 or cores_of_this_process() < 2:
+            return "sync", f"in-process ({self.num_envs} slot(s) on {cores_of_this_process()} core(s) cannot " \
+                           "step in parallel)", probe
         if probe is not None:
             probe.close()
         self._spec = spec  # workers register it before calling the factory, should it be registered only here

@@ -1,11 +1,12 @@
 """EnvPool: concurrent stepping, checked results, timeouts and crash recovery in every backend."""
 
+import os
 import time
 
 import pytest
 
 import envgym
-from envgym.pool import EnvPool
+from envgym.pool import EnvPool, cores_of_this_process, default_num_envs
 
 FAULTS = {
     "Raises": "RaisesOnStep", "Hangs": "HangsOnStep", "Slow": "SlowStep", "Crashes": "CrashesOnStep",
@@ -160,7 +161,6 @@ envgym.register("faulty/SlowDeclared-v0", "faulty_envs:SlowStep", max_turns=10, 
 
 def test_auto_keeps_cheap_envs_in_process_and_sends_declared_slow_ones_to_workers():
     import functools
-    import os
 
     with EnvPool("games/GuessNumber-v0", 2, backend="auto") as pool:
         assert pool.backend == "sync" and "declares no step_seconds" in pool.choice
@@ -169,7 +169,7 @@ def test_auto_keeps_cheap_envs_in_process_and_sends_declared_slow_ones_to_worker
     # a factory's spec is read from the env it builds: the spec registered only here reaches the workers too
     factory = functools.partial(envgym.make, "faulty/SlowDeclared-v0")
     with EnvPool(factory, 2, backend="auto") as pool:
-        expected = "process" if (os.cpu_count() or 1) >= 2 else "sync"
+        expected = "process" if cores_of_this_process() >= 2 else "sync"
         assert pool.backend == expected, pool.choice
         results = pool.reset({0: (0, RESET), 1: (0, RESET)})
         assert all(r.error is None for r in results.values())
@@ -178,6 +178,16 @@ def test_auto_keeps_cheap_envs_in_process_and_sends_declared_slow_ones_to_worker
         if expected == "process":  # concurrent, not one after the other: the two sleeps overlap
             (start_0, end_0), (start_1, end_1) = (stepped[slot].info["slept"] for slot in (0, 1))
             assert max(start_0, start_1) < min(end_0, end_1), stepped
+
+
+def test_worker_slots_share_the_machine_among_the_ranks_on_it(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert default_num_envs("process", 1000) == 64 and default_num_envs("sync", 1000) == 1000
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # as torchrun --nproc-per-node 4 sets it
+    assert cores_of_this_process() == 4 and default_num_envs("process", 1000) == 16
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert cores_of_this_process() == 1 and default_num_envs("process", 10) == 4
 
 
 def test_step_seconds_must_be_a_duration():
