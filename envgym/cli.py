@@ -178,7 +178,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                       num_envs=settings["num_envs"] or None,
                       step_timeout=settings["step_timeout"], retries=settings["retries"],
                       request_timeout=args.request_timeout, request_retries=args.request_retries,
-                      max_concurrency=args.max_concurrency, engine_args=parse_kwargs(args.engine_arg), progress=True)
+                      max_concurrency=args.max_concurrency, send_tools=args.send_tools, engine_args=parse_kwargs(args.engine_arg), progress=True)
     print(report.to_markdown(), end="")  # plain print: a console would wrap the table's rows
     if out is not None:
         paths = report.save(out)
@@ -265,6 +265,10 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
                         "(5xx), a timeout or a refused connection, with exponential backoff (default 3)")
     p.add_argument("--max-concurrency", type=checked("max_concurrency", int), default=None, metavar="N",
                    help="HTTP requests of an openai: policy in flight at once (default 8)")
+    p.add_argument("--send-tools", action="store_true",
+                   help="send a tool env's tool schemas with each request of openai: policies and read the "
+                        "endpoint's tool calls back as <tool_call> text (the server must accept tools; vLLM: "
+                        "--enable-auto-tool-choice --tool-call-parser NAME); default: calls travel as text only")
     p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting of the vllm: policies' engine, a keyword of vllm.LLM, e.g. max_model_len=2048 "
                         "(repeatable; CPU defaults: see README)")

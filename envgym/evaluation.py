@@ -333,6 +333,7 @@ def evaluate(
     request_timeout: float | None = None,
     request_retries: int | None = None,
     max_concurrency: int | None = None,
+    send_tools: bool = False,
     engine_args: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> EvalReport:
@@ -344,7 +345,8 @@ def evaluate(
     policies sample with `sampling` (default: temperature 1, 64 new tokens);
     `request_timeout` bounds each HTTP request of `openai:` policies, `request_retries` is how often
     one is retried after a transient failure and `max_concurrency` how many are in flight at once
-    (None: the policy's defaults, 60 s, 3 and 8); `engine_args`
+    (None: the policy's defaults, 60 s, 3 and 8), and `send_tools` sends tool envs' schemas with their
+    requests (see `envgym.policies.openai_chat`); `engine_args`
     are settings of the engine of every `vllm:` policy (keyword arguments of
     `vllm.LLM`, e.g. ``{"max_model_len": 2048}``); `max_context_tokens` bounds
     every prompt plus completion. Numbers
@@ -374,13 +376,16 @@ def evaluate(
     if engine_args and not any(isinstance(p, str) and p.startswith("vllm:") for p in policies):
         raise ValueError(f"engine settings {sorted(engine_args)} apply to vllm: policies only; "
                          "name one with --policy vllm:DIR, or drop --engine-arg")
+    if send_tools and not any(isinstance(p, str) and p.startswith("openai:") for p in policies):
+        raise ValueError("sending tool schemas applies to openai: policies only; name one with "
+                         "--policy openai:URL#MODEL, or drop --send-tools")
     named = [(p, p) if isinstance(p, str) else (type(p).__name__, p) for p in policies]
     rows, rollouts = [], []
     with _progress_bar(progress) as bar:
         for name, spec in named:
             loaded = spec if not isinstance(spec, str) else load_policy(spec, **_policy_options(
                 spec, sampling=sampling, timeout=request_timeout, max_retries=request_retries,
-                max_concurrency=max_concurrency, engine_args=engine_args or {}))
+                max_concurrency=max_concurrency, tools=send_tools, engine_args=engine_args or {}))
             for maker in makers:
                 task = bar.add_task(f"{maker.env_id} · {name}", total=None) if bar else None
                 row, result = evaluate_policy(
@@ -396,7 +401,7 @@ def evaluate(
                 "seed": seed, "context": context, "window": window, "max_turns": max_turns,
                 "max_context_tokens": max_context_tokens, "backend": backend, "num_envs": num_envs,
                 "step_timeout": step_timeout, "retries": retries, "request_timeout": request_timeout,
-                "request_retries": request_retries, "max_concurrency": max_concurrency,
+                "request_retries": request_retries, "max_concurrency": max_concurrency, "send_tools": send_tools,
                 "engine_args": dict(engine_args or {}), "sampling": asdict(sampling or SamplingParams()),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     return EvalReport(rows, settings, rollouts)
@@ -411,14 +416,14 @@ def check_policy_spec(spec: str) -> None:
 
 
 def _policy_options(spec: str, *, sampling: SamplingParams | None, timeout: float | None,
-                    max_retries: int | None, max_concurrency: int | None,
+                    max_retries: int | None, max_concurrency: int | None, tools: bool,
                     engine_args: Mapping[str, Any]) -> dict[str, Any]:
     """What `load_policy` needs beyond the spec: an endpoint samples with the same settings and takes the
     request settings given (None keeps its default), an engine takes its own settings; other policies need
     nothing."""
     if spec.startswith("openai:"):
         given = {"sampling": sampling, "timeout": timeout, "max_retries": max_retries,
-                 "max_concurrency": max_concurrency}
+                 "max_concurrency": max_concurrency, "tools": tools}
         return {key: value for key, value in given.items() if value is not None}
     if spec.startswith("vllm:"):
         return dict(engine_args)

@@ -303,6 +303,23 @@ def test_request_retries_and_concurrency_reach_the_endpoint(tmp_path, endpoint, 
     assert most[1] == 1 and most[4] >= 2, most  # the 4 episodes' first requests go out together unless capped
 
 
+def test_an_endpoint_with_send_tools_calls_a_tool_env_s_tools_through_its_schemas(tmp_path, endpoint, capsys):
+    from envgym.cli import EXIT_USAGE, main
+
+    code = main(["eval", "--env", "tools/MathPython-v0", "--policy", f"openai:{endpoint}#caller", "--episodes", "1",
+                 "--max-turns", "2", "--send-tools", "--out", str(tmp_path)])
+    assert code == 0, capsys.readouterr().out
+    saved = json.loads((tmp_path / "report.json").read_text())
+    [episode] = [e for g in load_groups(tmp_path / saved["results"][0]["episodes_file"]) for e in g.episodes]
+    first, second = episode.turns
+    assert first.action.startswith('<tool_call>{"name": "python"') and not first.invalid_action
+    assert "42" in second.observation  # the sandbox ran the endpoint's call
+    assert saved["settings"]["send_tools"] is True
+
+    assert main(["eval", "--env", "tools/MathPython-v0", "--policy", "scripted", "--send-tools"]) == EXIT_USAGE
+    assert "applies to openai: policies only" in capsys.readouterr().out
+
+
 def test_eval_of_an_endpoint_counts_its_tokens_cut_offs_and_context_endings(tmp_path, endpoint, capsys):
     from envgym.cli import main
 

@@ -142,8 +142,9 @@ OVERFLOWS = {
 
 class FakeEndpoint(BaseHTTPRequestHandler):
     """Behaviour by model name: ok, flaky (503 then ok), refuse (400), down (500), slow (sleeps), queue (sleeps
-    0.3 s, counting the requests in flight at once in `most_in_flight`), junk, cut (finish_reason length),
-    overflow-* (OVERFLOWS). /models lists ok (max_model_len 512) and cut; usage counts one token per word."""
+    0.3 s, counting the requests in flight at once in `most_in_flight`), caller (offered tools: calls the
+    first with {"code": "print(6*7)"}), junk, cut (finish_reason length), overflow-* (OVERFLOWS). /models lists
+    ok (max_model_len 512) and cut; usage counts one token per word."""
 
     calls: dict = {}
     in_flight = most_in_flight = 0
@@ -176,6 +177,12 @@ class FakeEndpoint(BaseHTTPRequestHandler):
                 FakeEndpoint.in_flight -= 1
         if model == "junk":
             return self._send(200, {"choices": []})
+        if model == "caller" and body.get("tools"):
+            call = {"id": "call-1", "type": "function",
+                    "function": {"name": body["tools"][0]["function"]["name"],
+                                 "arguments": json.dumps({"code": "print(6*7)"})}}
+            return self._send(200, {"choices": [{"message": {"role": "assistant", "content": None,
+                                                             "tool_calls": [call]}, "finish_reason": "tool_calls"}]})
         last = body["messages"][-1]["content"]
         reply = f"echo {last}"
         prompt = sum(len(m["content"].split()) for m in body["messages"])
@@ -211,6 +218,20 @@ def endpoint():
 
 def chat(text):
     return request(messages=({"role": "system", "content": "rules"}, {"role": "user", "content": text}))
+
+
+def test_openai_policy_sends_tool_schemas_when_asked_and_reads_tool_calls_back_as_text(endpoint):
+    from envgym.tools import Tool, ToolCall, ToolSet
+
+    schema = {"type": "function", "function": {"name": "python", "description": "Run Python.", "parameters": {
+        "type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"]}}}
+    with_tools = request(messages=({"role": "user", "content": "six times seven?"},), info={"tools": [schema]})
+    [plain] = OpenAIChatPolicy(endpoint, "caller").act([with_tools])
+    assert plain.text == "echo six times seven?"  # by default the schemas stay home
+    [called] = OpenAIChatPolicy(endpoint, "caller", tools=True).act([with_tools])
+    assert called.text == '<tool_call>{"name": "python", "arguments": {"code": "print(6*7)"}}</tool_call>'
+    tool = Tool("python", "Run Python.", schema["function"]["parameters"], lambda code: code)
+    assert ToolSet([tool]).parse(called.text) == [ToolCall("python", {"code": "print(6*7)"}, called.text)]
 
 
 def test_openai_policy_answers_and_retries_transient_errors(endpoint):

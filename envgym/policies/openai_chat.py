@@ -16,6 +16,15 @@ its context (an HTTP 4xx whose message says so: llama.cpp's
 `context_length_exceeded`) is a `ContextOverflow`: the episode ends there and
 is never retried.
 
+Tool envs: by default a tool env's calls travel as text, as the env's
+instructions show them (``<tool_call>{...}</tool_call>``). With `tools=True`
+each request also carries the env's schemas (`info["tools"]`) as the request's
+``tools``, for the server's chat template to render and its tool-call parser
+to read, and the ``tool_calls`` of an answer come back as that same
+``<tool_call>`` text after the reply's content, so the env parses them as it
+parses any model's. The server must accept ``tools`` (vLLM:
+``--enable-auto-tool-choice --tool-call-parser NAME``).
+
 Failures: rate limits (429), server errors (5xx), timeouts and refused
 connections are retried `max_retries` times with exponential backoff; other
 4xx answers are not retried. A request that still fails becomes a
@@ -34,7 +43,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -60,7 +69,7 @@ class OpenAIChatPolicy:
 
     def __init__(self, base_url: str, model: str, *, sampling: SamplingParams | None = None,
                  api_key: str | None = None, timeout: float = 60.0, max_retries: int = 3, backoff: float = 0.5,
-                 max_concurrency: int = 8):
+                 max_concurrency: int = 8, tools: bool = False):
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
         if not model:
@@ -71,6 +80,7 @@ class OpenAIChatPolicy:
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         self.timeout, self.max_retries, self.backoff = float(timeout), int(max_retries), float(backoff)
         self.max_concurrency = int(max_concurrency)
+        self.tools = bool(tools)
         self.context_window: int | None = None
         self.served_models: list[str] = []
         self._checked = False
@@ -125,6 +135,8 @@ class OpenAIChatPolicy:
                 "max_tokens": self.sampling.max_new_tokens}
         if self.sampling.stop:
             body["stop"] = list(self.sampling.stop)
+        if self.tools and request.info.get("tools"):
+            body["tools"] = list(request.info["tools"])
         cause = ""
         for attempt in range(self.max_retries + 1):
             if attempt:
@@ -151,14 +163,30 @@ class OpenAIChatPolicy:
 
     @staticmethod
     def _reply(answer: dict[str, Any]) -> TextReply:
-        """The first choice's content, finish reason and the answer's token usage."""
+        """The first choice's content (then its tool calls, as ``<tool_call>`` text), finish reason and the
+        answer's token usage."""
         choice = answer["choices"][0]
-        content = choice["message"]["content"]
+        message = choice["message"]
+        content = message.get("content")
         if content is not None and not isinstance(content, str):
             raise TypeError(f"message content must be a string, got {type(content).__name__}")
+        text = (content or "") + "".join(_as_text(call) for call in message.get("tool_calls") or [])
         usage = answer.get("usage") or {}
-        return TextReply(content or "", "length" if choice.get("finish_reason") == "length" else "stop",
+        return TextReply(text, "length" if choice.get("finish_reason") == "length" else "stop",
                          _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")))
+
+
+def _as_text(call: Mapping[str, Any]) -> str:
+    """An answer's tool call as the ``<tool_call>`` text tool envs parse; arguments that are not JSON stay the
+    string they were, for the env to reject with its message."""
+    function = call["function"]
+    arguments = function.get("arguments")
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            pass
+    return f'<tool_call>{json.dumps({"name": function["name"], "arguments": arguments})}</tool_call>'
 
 
 def _count(value: Any) -> int | None:
