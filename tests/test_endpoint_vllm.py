@@ -185,16 +185,17 @@ def test_a_wrong_model_name_is_named_with_the_served_ones(server, tmp_path):
     assert done.returncode == 1 and "HTTP 404" in done.stdout  # vLLM refuses the name it does not serve
 
 
-def test_send_tools_puts_a_tool_envs_schemas_in_requests_a_real_server_accepts(server, tmp_path):
-    # SmolLM2's template ignores `tools` and this server runs no tool-call parser, so the replies stay text;
-    # what a real server shows here is that it takes the schemas as sent (the fake endpoint's test reads calls)
+def test_send_tools_to_a_server_without_tool_calling_fails_with_the_servers_reason(server, tmp_path):
+    # this server runs no tool-call parser, so vLLM refuses `tools`; the eval must say why, not score 0%
+    # (the fake endpoint's test reads tool calls back; SmolLM2 emits none a parser would find)
     out = tmp_path / "eval"
     done = envgym_eval("--env", "tools/SearchQA-v0", "--policy", f"openai:{server.url}#{SERVED_NAME}", "--send-tools",
-                       "--episodes", "2", "--max-turns", "2", "--max-new-tokens", "16", "--retries", "0",
-                       "--out", str(out))
-    assert done.returncode == 0, done.stdout + done.stderr
+                       "--episodes", "2", "--max-turns", "2", "--retries", "0", "--out", str(out))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "2 of 2 episodes dropped" in done.stdout and "HTTP 400" in done.stdout
+    assert "--enable-auto-tool-choice" in done.stdout  # vLLM's own words: what to start the server with
     [row] = json.loads((out / "report.json").read_text())["results"]
-    assert row["episodes"] == 2 and row["dropped_episodes"] == 0 and row["generated_tokens"] > 0
+    assert row["dropped_episodes"] == 2 and all("enable-auto-tool-choice" in f["cause"] for f in row["failures"])
 
 
 def test_a_server_killed_mid_eval_fails_the_rest_with_their_causes(server, tmp_path):
