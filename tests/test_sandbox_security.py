@@ -212,6 +212,16 @@ def test_nothing_survives_a_caller_killed_as_the_sandbox_starts(sandbox):
                                                                         "MARKER": marker}, timeout=120)
         assert_nothing_survives(marker, 15)
 
+
+@pytest.mark.skipif(bwrap_usable() is not None, reason=f"bubblewrap unusable: {bwrap_usable()}")
+def test_a_lifeline_that_cannot_be_opened_leaves_the_program_running():
+    from envgym.tools.sandbox import _on_lifeline
+
+    with make_sandbox("bwrap") as box:  # fd 77 is open nowhere: the watcher's read fails to open, not at EOF
+        result = box.run(_on_lifeline(77, ["sh", "-c", "sleep 0.5; echo alive"]), timeout=10)
+    assert result.status is ExecStatus.OK and result.stdout == "alive\n", result.render()
+
+
 _KILLED_CALLER = """
 import os, threading
 from envgym.tools import PythonSession, make_sandbox

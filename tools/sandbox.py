@@ -583,9 +583,12 @@ class BwrapSandbox(Sandbox):
 
 def _on_lifeline(fd: int, argv: Sequence[str]) -> list[str]:
     """`argv` behind a shell that first starts a watcher on the pipe `fd`: at EOF (every write end closed,
-    e.g. the caller killed) it SIGKILLs every process in the sandbox's PID namespace but init, whose exit
-    then ends the namespace. The program keeps its pid (exec); the watcher keeps no stdio open."""
-    watch = f'{{ read -r _ < /proc/self/fd/{fd}; kill -s KILL -- -1; }} </dev/null >/dev/null 2>&1 & exec "$@"'
+    e.g. the caller killed; `read` exits 1) it SIGKILLs every process in the sandbox's PID namespace but
+    init, whose exit then ends the namespace. Should the pipe not open (`read` exits 2) the program runs
+    without the lifeline, as it would without this. The program keeps its pid (exec); the watcher keeps no
+    stdio open."""
+    watch = (f'{{ read -r _ < /proc/self/fd/{fd}; [ $? -eq 1 ] && kill -s KILL -- -1; }} </dev/null >/dev/null 2>&1 '
+             '& exec "$@"')
     return ["/bin/sh", "-c", watch, "sh", *argv]
 
 
