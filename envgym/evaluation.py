@@ -373,12 +373,10 @@ def evaluate(
     for spec in policies:
         if isinstance(spec, str):
             check_policy_spec(spec)
-    if engine_args and not any(isinstance(p, str) and p.startswith("vllm:") for p in policies):
-        raise ValueError(f"engine settings {sorted(engine_args)} apply to vllm: policies only; "
-                         "name one with --policy vllm:DIR, or drop --engine-arg")
-    if send_tools and not any(isinstance(p, str) and p.startswith("openai:") for p in policies):
-        raise ValueError("sending tool schemas applies to openai: policies only; name one with "
-                         "--policy openai:URL#MODEL, or drop --send-tools")
+    if engine_args:
+        _require_policy_kind(policies, "vllm:DIR", f"engine settings {sorted(engine_args)} apply", "--engine-arg")
+    if send_tools:
+        _require_policy_kind(policies, "openai:URL#MODEL", "sending tool schemas applies", "--send-tools")
     named = [(p, p) if isinstance(p, str) else (type(p).__name__, p) for p in policies]
     rows, rollouts = [], []
     with _progress_bar(progress) as bar:
@@ -413,6 +411,14 @@ def check_policy_spec(spec: str) -> None:
     if kind in ("hf", "vllm") and target and target != "default" and not os.path.isdir(target):
         raise ValueError(f"policy {spec}: there is no directory {target!r}; expected a checkpoint written by "
                          "save_pretrained" + (", or hf:default for the embedded SmolLM2" if kind == "hf" else ""))
+
+
+def _require_policy_kind(policies: Sequence[Any], spec: str, what: str, option: str) -> None:
+    """ValueError unless a policy spec of `spec`'s kind (e.g. "vllm:DIR") is among `policies`: `what`, set by
+    `option`, applies to such policies only."""
+    kind = spec.partition(":")[0] + ":"
+    if not any(isinstance(p, str) and p.startswith(kind) for p in policies):
+        raise ValueError(f"{what} to {kind} policies only; name one with --policy {spec}, or drop {option}")
 
 
 def _policy_options(spec: str, *, sampling: SamplingParams | None, timeout: float | None,

@@ -353,9 +353,9 @@ class EnvPool:
             return "sync", f"in-process ({name} declares no step_seconds; {threshold})", probe
         if declared <= PROCESS_STEP_SECONDS:
             return "sync", f"in-process (steps of {name} take ~{declared * 1e3:g} ms; {threshold})", probe
-        if self.num_envs < 2 or cores_of_this_process() < 2:
-            return "sync", f"in-process ({self.num_envs} slot(s) on {cores_of_this_process()} core(s) cannot " \
-                           "step in parallel)", probe
+        cores = cores_of_this_process()
+        if self.num_envs < 2 or cores < 2:
+            return "sync", f"in-process ({self.num_envs} slot(s) on {cores} core(s) cannot step in parallel)", probe
         if probe is not None:
             probe.close()
         self._spec = spec  # workers register it before calling the factory, should it be registered only here

@@ -140,10 +140,11 @@ def check_vllm_source(options: ModelOptions) -> str:
 def start_vllm_engine(config: TrainConfig, dtype: torch.dtype, seed: int) -> Any:
     """The run's vLLM engine: on the model's checkpoint directory, in the trained model's `dtype`, with
     `rollout.vllm` on top (EngineStartError if it cannot start)."""
+    source = check_vllm_source(config.model)
     from envgym.policies.vllm import VLLMPolicy
 
     engine_args = {"dtype": str(dtype).removeprefix("torch."), "seed": seed, **config.rollout.vllm}
-    return VLLMPolicy.from_pretrained(check_vllm_source(config.model), **engine_args)
+    return VLLMPolicy.from_pretrained(source, **engine_args)
 
 
 def seed_everything(seed: int) -> None:
@@ -228,17 +229,16 @@ class Trainer:
         self.iteration = 0
         self.run_id = ckpt.new_run_id()
         self.history: list[dict[str, Any]] = []
-        self.pool = make_pool(config.rollout, self.env_factory,
-                              max(config.rollout.n_groups * config.rollout.group_size // self.dp.world_size,
-                                  self._eval_episodes()), ray_address=config.ray.address)
+        episodes_per_rank = config.rollout.n_groups * config.rollout.group_size // self.dp.world_size
+        self.pool = make_pool(config.rollout, self.env_factory, max(episodes_per_rank, self._eval_episodes()),
+                              ray_address=config.ray.address)
         if config.rollout.max_staleness:
             from envgym.trainers.rollout_worker import RolloutWorker
 
             # waits for the worker's policy (a vLLM engine: EngineStartError here, before any training) and pool
             self.rollout_worker = RolloutWorker(
                 config, self.env_factory, dtype=next(self.model.parameters()).dtype,
-                episodes=config.rollout.n_groups * config.rollout.group_size // self.dp.world_size,
-                rank=self.dp.rank, local_rank=self.dp.local_rank)
+                episodes=episodes_per_rank, rank=self.dp.rank, local_rank=self.dp.local_rank)
         if resume:
             self._resume()
         elif overwrite:
@@ -303,11 +303,11 @@ class Trainer:
         and information-gain scoring, is an HFPolicy over the live model.
         """
         cfg = self.config
+        if self.engine_in_process:
+            return start_vllm_engine(cfg, next(self.model.parameters()).dtype, cfg.seed)
         if cfg.rollout.backend == "vllm":
             check_vllm_source(cfg.model)  # before a rollout worker is started on it
-        if not self.engine_in_process:
-            return HFPolicy(self.model, self.tokenizer)
-        return start_vllm_engine(cfg, next(self.model.parameters()).dtype, cfg.seed)
+        return HFPolicy(self.model, self.tokenizer)
 
     def _sync_rollout_weights(self) -> None:
         """Tell the rollout policy the weights changed: the vLLM engine is sent them (LoRA merged in); an
