@@ -325,7 +325,8 @@ class EnvPool:
             self._actors: list[Any] = []  # what `close` stops if connecting fails
             self._ray = _import_ray(ray_address)
             self._actor_class = self._ray.remote(num_cpus=0)(EnvHost)
-            self._actors = [self._start_actor(slot, soft=False) for slot in range(num_envs)]
+            nodes = self._cpu_nodes()
+            self._actors = [self._start_actor(slot, nodes, soft=False) for slot in range(num_envs)]
         else:
             self._hosts = [EnvHost(make_env, self.make_kwargs, self._spec) for _ in range(num_envs)]
             if probe is not None:
@@ -575,8 +576,13 @@ class EnvPool:
         self._restart_worker(slot)
         return EnvResult(error=f"the worker process died during {command} ({how}); restarted")
 
-    def _start_actor(self, slot: int, soft: bool = True) -> Any:
-        """Slot `slot`'s env actor, on the cluster's live nodes with CPUs in turn (slot i on the i-th, modulo).
+    def _cpu_nodes(self) -> list[str]:
+        """The ids of the cluster's live nodes with CPUs, sorted."""
+        return sorted(node["NodeID"] for node in self._ray.nodes()
+                      if node["Alive"] and node["Resources"].get("CPU", 0) > 0)
+
+    def _start_actor(self, slot: int, nodes: list[str], soft: bool = True) -> Any:
+        """Slot `slot`'s env actor, on the `nodes` in turn (slot i on the i-th, modulo; see `_cpu_nodes`).
 
         Envs reserve no CPU, so Ray's default policy would pack every actor onto
         this node, and SPREAD is best effort (seen placing 4 of 4 on one of two
@@ -586,15 +592,13 @@ class EnvPool:
         """
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        nodes = sorted(node["NodeID"] for node in self._ray.nodes()
-                       if node["Alive"] and node["Resources"].get("CPU", 0) > 0)
         strategy = NodeAffinitySchedulingStrategy(nodes[slot % len(nodes)], soft=soft) if nodes else "DEFAULT"
         return self._actor_class.options(scheduling_strategy=strategy).remote(self.make_env, self.make_kwargs,
                                                                              self._spec)
 
     def _restart_actor(self, slot: int) -> None:
         self._ray.kill(self._actors[slot])
-        self._actors[slot] = self._start_actor(slot)
+        self._actors[slot] = self._start_actor(slot, self._cpu_nodes())
         self.restarts += 1
 
 
