@@ -31,7 +31,8 @@ def test_container_is_locked_down_and_labelled():
     assert kw["pids_limit"] == 16 and kw["mem_limit"] == kw["memswap_limit"] == 256 << 20
     assert kw["nano_cpus"] == 500_000_000 and kw["tmpfs"] == {"/tmp": "size=1048576,mode=1777"}
     assert kw["cap_drop"] == ["ALL"] and kw["security_opt"] == ["no-new-privileges"]
-    assert "user" not in kw  # the image's unprivileged USER
+    # init and bootstrap run as root with only what dropping to the program's uid takes; no /dev/shm
+    assert kw["user"] == "0:0" and kw["cap_add"] == ["SETUID", "SETGID"] and kw["ipc_mode"] == "none"
 
 
 @pytest.mark.skipif(bwrap_usable() is not None, reason=str(bwrap_usable()))

@@ -85,6 +85,117 @@ def test_cannot_write_outside_its_tmp(sandbox, tmp_path):
     assert not any(t.exists() for t in targets)
 
 
+_FILL_EVERY_WRITABLE_PATH = """
+import os
+places = {line.split()[1] for line in open("/proc/self/mounts")}
+places |= {"/", "/tmp", "/dev", "/dev/shm", "/dev/mqueue", "/run", "/var/tmp", "/var/lock", "/home", os.getcwd()}
+chunk, written = b"x" * (64 << 10), {}
+for place in sorted(places):
+    for n in range(1000):  # files of at most RLIMIT_FSIZE each, until the place is full or refuses
+        try:
+            fd = os.open(os.path.join(place, f"fill-{n}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError:
+            break
+        try:
+            while True:
+                written[place] = written.get(place, 0) + os.write(fd, chunk)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno != 27:  # EFBIG: the next file may still fit; anything else: this place is done
+                break
+print(written)
+"""
+
+
+def test_every_writable_path_counts_against_the_tmp_cap(sandbox):
+    # a program writes all it can through every mount it sees (and the usual scratch places): only /tmp takes
+    # bytes, and no more than its cap, so a few sandboxes cannot fill the host's memory with tmpfs pages
+    cap = 4 << 20
+    result = sandbox.run(code=_FILL_EVERY_WRITABLE_PATH, timeout=60,
+                         limits=Limits(tmp_bytes=cap, file_size_bytes=1 << 20, cpu_seconds=30))
+    assert result.status is ExecStatus.OK, result.render()
+    written = eval(result.stdout)  # a dict literal: path -> bytes
+    assert set(written) == {"/tmp"}, f"writable outside /tmp: {written}"
+    assert cap // 2 < written["/tmp"] <= cap, written
+
+
+_REACH_INTO = """
+import ctypes, os, signal, sys
+libc = ctypes.CDLL(None, use_errno=True)
+target = int(sys.argv[1]) if len(sys.argv) > 1 else os.getppid()
+
+def outcome(ret):
+    return "refused" if ret == -1 else f"ALLOWED ({ret})"
+
+print("ptrace", outcome(libc.ptrace(16, target, 0, 0)))  # PTRACE_ATTACH
+try:
+    open(f"/proc/{target}/mem", "r+b").close()
+    print("mem ALLOWED")
+except OSError:
+    print("mem refused")
+class iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+buf = ctypes.create_string_buffer(8)
+iov = iovec(ctypes.cast(buf, ctypes.c_void_p), 8)
+libc.process_vm_writev.restype = ctypes.c_ssize_t
+ret = libc.process_vm_writev(target, ctypes.byref(iov), 1, ctypes.byref(iov), 1, 0)
+print("process_vm_writev", "refused" if ret == -1 and ctypes.get_errno() == 1 else f"ALLOWED ({ret})")
+if "--no-kill" not in sys.argv:
+    try:
+        os.kill(target, signal.SIGKILL)
+    except PermissionError:
+        pass
+print("target alive", os.path.exists(f"/proc/{target}"), flush=True)
+"""
+
+
+def test_a_program_cannot_reach_into_the_sandbox_init(sandbox):
+    # pid 1 is the lifeline's shell (bwrap) or Docker's init: attaching, writing its memory or killing it fails
+    result = sandbox.run(code=_REACH_INTO, timeout=20)
+    assert result.status is ExecStatus.OK, result.render()
+    assert "ALLOWED" not in result.stdout and result.stdout.count("refused") == 3, result.stdout
+    assert "target alive True" in result.stdout
+
+
+def test_a_snippet_cannot_reach_into_its_session_server(sandbox):
+    # a session runs snippets in its server; a child of a snippet must not be able to rewrite the server
+    # (killing it only ends the snippet's own session, which the host restarts: not tried here)
+    with PythonSession(sandbox, timeout=20) as session:
+        session.run(f"import os, subprocess, sys\nREACH = {_REACH_INTO!r}")
+        result = session.run("print(subprocess.run([sys.executable, '-c', REACH, str(os.getpid()), '--no-kill'], "
+                             "capture_output=True, text=True).stdout)")
+    assert result.ok, result.render()
+    assert "ALLOWED" not in result.stdout and result.stdout.count("refused") == 3, result.stdout
+
+
+_ATTACKS_THEN_KILLED = """
+import os
+from envgym.tools import make_sandbox
+box = make_sandbox(os.environ["KIND"])
+proc = box.spawn([box.python, "-c", os.environ["REACH"] + os.environ["THEN"]])
+for line in proc.popen.stdout:
+    print(line.decode().strip(), flush=True)
+"""
+
+
+def test_the_lifeline_holds_after_a_program_attacked_init(sandbox):
+    # after the attempts above, killing the caller still ends everything the program started
+    marker = unique_sleep()
+    caller = subprocess.Popen([sys.executable, "-c", _ATTACKS_THEN_KILLED], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "KIND": sandbox.name, "REACH": _REACH_INTO,
+                                   "THEN": f"import subprocess, time\nsubprocess.Popen(['sleep', '{marker}'], "
+                                           "start_new_session=True)\nprint('ready', flush=True)\ntime.sleep(600)\n"})
+    try:
+        lines = [caller.stdout.readline().strip() for _ in range(5)]
+        assert lines[-1] == "ready" and not any("ALLOWED" in line for line in lines), lines
+        assert wait_until(lambda: processes_with(marker), 10)
+    finally:
+        caller.kill()
+        caller.wait()
+    assert_nothing_survives(marker, 15)
+    assert_no_containers_of_other_owners(sandbox, 15)
+
+
 def test_cannot_reach_a_host_port(sandbox):
     server = socket.socket()
     server.bind(("127.0.0.1", 0))

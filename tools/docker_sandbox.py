@@ -7,10 +7,15 @@
 
 What enforces what:
 - filesystem: the image's root, read-only; /tmp a tmpfs of `Limits.tmp_bytes`, the only writable
-  place and the working directory; the program's files are written there (mode 0444).
+  place and the working directory; the program's files are written there (mode 0444, owned by root);
+  no /dev/shm (`--ipc none`), so no shared memory outside that cap.
 - network: `--network none` (only a loopback of its own).
-- user: the image's unprivileged uid 10001, every capability dropped, no-new-privileges, Docker's
-  default seccomp profile (which also refuses new user namespaces).
+- user: programs run as uid 10001 (`SANDBOX_UID`) with no capabilities and no-new-privileges; the
+  container's init and the bootstrap run as root holding only CAP_SETUID/CAP_SETGID, which the bootstrap
+  drops with the uid, so a program can neither signal, trace nor write (/proc/PID/mem) them.
+- system calls: Docker's default seccomp profile (which also refuses new user namespaces), and on top
+  envgym's filter (`envgym.tools.seccomp`: no ptrace, no process_vm_readv/writev), installed by the
+  bootstrap before it execs the program.
 - processes: the pids cgroup (`Limits.max_processes`); docker-init is pid 1 and the program its
   child, so when the program ends the container ends and the kernel kills everything left in it.
 - memory: the memory cgroup (`Limits.memory_bytes`, no swap; an OOM kill is reported as `memory`)
@@ -45,6 +50,7 @@ import uuid
 from collections.abc import Mapping
 
 from envgym.tools.sandbox import BASE_ENV, Limits, Sandbox, SandboxProcess, check_files, write_all
+from envgym.tools.seccomp import INSTALL_SOURCE, filter_program
 
 try:
     import docker
@@ -54,7 +60,10 @@ except ImportError:  # the SDK is optional (envgym[tools]); docker_problem() say
 
 LABEL = {"envgym.sandbox": "1"}
 OWNER_LABEL = "envgym.owner"
-_BOOTSTRAP = (
+#: The uid programs run as in a container (the image's `sandbox` user); the container's init and the
+#: bootstrap run as root with only CAP_SETUID/CAP_SETGID, so a program cannot signal, trace or write them.
+SANDBOX_UID = 10001
+_BOOTSTRAP = INSTALL_SOURCE + (
     "import base64, json, os, resource, struct, sys\n"
     "def read(n):\n"
     "    data = b''\n"
@@ -71,6 +80,11 @@ _BOOTSTRAP = (
     "    os.chmod('/tmp/' + name, 0o444)\n"
     "for name, pair in job['rlimits'].items():\n"
     "    resource.setrlimit(getattr(resource, name), pair)\n"
+    "if os.getuid() == 0:\n"
+    "    os.setgroups([])\n"
+    "    os.setgid(job['uid'])\n"
+    "    os.setuid(job['uid'])\n"
+    "install_seccomp(base64.b64decode(job['seccomp']))\n"
     "os.chdir('/tmp')\n"
     "try:\n"
     "    os.execvpe(job['argv'][0], job['argv'], job['env'])\n"
@@ -118,10 +132,11 @@ def sandbox_containers(client, owner: str | None = None) -> list[dict]:
 def container_config(image: str, python: str, limits: Limits, cpus: float, owner: str) -> dict:
     """The keyword arguments of `client.containers.create` for a sandbox container running the bootstrap."""
     return dict(
-        image=image, command=[python, "-E", "-s", "-c", _BOOTSTRAP], stdin_open=True, init=True,
-        network_mode="none", read_only=True, tmpfs={"/tmp": f"size={limits.tmp_bytes},mode=1777"},
+        image=image, command=[python, "-E", "-s", "-c", _BOOTSTRAP], stdin_open=True, init=True, user="0:0",
+        network_mode="none", ipc_mode="none", read_only=True, tmpfs={"/tmp": f"size={limits.tmp_bytes},mode=1777"},
         working_dir="/tmp", mem_limit=limits.memory_bytes, memswap_limit=limits.memory_bytes,
         nano_cpus=int(cpus * 1e9), pids_limit=limits.max_processes, cap_drop=["ALL"],
+        cap_add=["SETUID", "SETGID"],
         security_opt=["no-new-privileges"], log_config=docker.types.LogConfig(type="none"),
         labels={**LABEL, OWNER_LABEL: owner},
     )
@@ -134,6 +149,7 @@ def bootstrap_job(argv, files: Mapping[str, str | bytes] | None, limits: Limits,
         "argv": list(argv), "env": {**BASE_ENV, **(env or {})},
         "files": {n: base64.b64encode(c).decode() for n, c in check_files(files).items()},
         "rlimits": {k: v for k, v in limits.rlimits().items() if k != "RLIMIT_NPROC"},
+        "uid": SANDBOX_UID, "seccomp": base64.b64encode(filter_program()).decode(),
     }).encode()
     return struct.pack(">Q", len(job)) + job
 

@@ -12,18 +12,23 @@ blow-up or an output flood all come back as an `ExecResult` with a status.
 What enforces what (bubblewrap backend):
 - filesystem: a fresh root holding read-only binds of /usr, /etc (with
   /etc/shadow and /etc/gshadow masked), the interpreter's prefix and any
-  `ro_binds`; /home and /root do not exist; /tmp is a private tmpfs of
+  `ro_binds`; /home and /root do not exist; `/`, `/dev` (so /dev/shm) and `/proc`
+  are remounted read-only once set up; /tmp is a private tmpfs of
   `Limits.tmp_bytes`, the only writable place; the program's files are
   read-only copies in /tmp, which is the working directory.
 - network: `--unshare-net` (a namespace with only a downed loopback).
-- processes: `--unshare-pid`; bwrap's init is pid 1, so when the program exits
-  or is killed the kernel kills everything else in the namespace (detached,
-  setsid'd and nohup'd children included). `--die-with-parent` kills the sandbox
-  if the caller dies once bwrap is set up; bwrap's own setup is a window it does
-  not cover (its inner processes arm the signal only after building the
-  namespaces, and a caller killed in between orphaned them 8 times in 10), so the
-  program runs under a lifeline: a pipe whose only write end the caller holds,
-  watched from inside the sandbox, which kills everything in it at EOF.
+- processes: `--unshare-pid`, and the lifeline's shell is pid 1 (`--as-pid-1`):
+  the program is its child, and when the program exits or is killed the shell
+  exits and the kernel kills everything else in the namespace (detached,
+  setsid'd and nohup'd children included). No process inside can signal pid 1.
+  `--die-with-parent` kills the sandbox if the caller dies once bwrap is set up;
+  bwrap's own setup is a window it does not cover (a caller killed in it
+  orphaned the sandbox 8 times in 10), so the shell first checks a pipe whose
+  only write end the caller holds, and does not start the program if the
+  caller is gone (see `_on_lifeline`).
+- other processes: a seccomp filter (`envgym.tools.seccomp`) refuses ptrace and
+  process_vm_readv/writev, and the read-only /proc refuses /proc/PID/mem
+  writes, so a program cannot reach into the shell or a session's server.
   The count of processes is capped by RLIMIT_NPROC, which the kernel enforces
   per uid and never for root: run as root, the program runs as a fresh
   unprivileged uid (no groups, no capabilities, no new privileges), so the cap
@@ -541,16 +546,24 @@ class BwrapSandbox(Sandbox):
                 args += ["--ro-bind", "/dev/null", secret]
         return args
 
-    def _command(self, limits: Limits, file_args: list[str], argv: Sequence[str], uid: int | None) -> list[str]:
-        """bwrap [options] -- [setpriv ...] argv (setpriv to `uid` where bwrap runs as root: no user namespaces)."""
+    def _command(self, limits: Limits, fd_args: list[str], argv: Sequence[str], uid: int | None) -> list[str]:
+        """bwrap [options] -- [setpriv ...] argv (setpriv to `uid` where bwrap runs as root: no user namespaces);
+        `fd_args` are the options that pass file descriptors (the seccomp filter, the program's files).
+
+        `argv` runs as pid 1 of the sandbox (`--as-pid-1`; the lifeline's shell, see `_on_lifeline`), which no
+        process inside can signal. `/`, `/dev` and `/proc` are remounted read-only once everything is mounted,
+        so the capped /tmp is the only place a program can write (and /proc/PID/mem opens for reading only).
+        """
         cmd = ["bwrap", *(_USERNS if self.disables_userns else []),
                "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-               "--die-with-parent", "--new-session", *self._mount_args,
-               "--size", str(limits.tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp", *file_args, "--chdir", "/tmp"]
+               "--die-with-parent", "--new-session", "--as-pid-1", *self._mount_args,
+               "--size", str(limits.tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp", *fd_args, "--chdir", "/tmp",
+               "--remount-ro", "/", "--remount-ro", "/dev", "--remount-ro", "/proc"]
         if uid is not None and not self.disables_userns:
+            # setpriv's uid change clears the parent-death signal bwrap armed: arm it again
             cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP", "--",
                     "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
-                    "--bounding-set=-all", "--no-new-privs"]
+                    "--bounding-set=-all", "--no-new-privs", "--pdeathsig=KILL"]
         return [*cmd, "--", *argv]
 
     def spawn(self, argv, *, files=None, limits=None, env=None) -> SandboxProcess:
@@ -560,8 +573,10 @@ class BwrapSandbox(Sandbox):
         lifeline, lifeline_end = os.pipe()  # the write end stays here, non-inheritable: the caller's alone
         fds.append(lifeline)
         try:
+            fds.append(_seccomp_fd())
+            seccomp = ["--seccomp", str(fds[-1])]
             if uid is not None:
-                os.fchown(lifeline, uid, uid)  # the watcher reopens it through /proc, as the program's uid
+                os.fchown(lifeline, uid, uid)  # the lifeline check reopens it through /proc, as the program's uid
             for name, content in check_files(files).items():
                 fd = os.memfd_create(name)
                 fds.append(fd)
@@ -569,7 +584,7 @@ class BwrapSandbox(Sandbox):
                 os.lseek(fd, 0, os.SEEK_SET)
                 file_args += ["--perms", "0444", "--ro-bind-data", str(fd), f"/tmp/{name}"]
             # with user namespaces bwrap needs no privileges, so as root it starts as the fresh uid
-            popen = _popen(self._command(limits, file_args, _on_lifeline(lifeline, argv), uid), cwd="/",
+            popen = _popen(self._command(limits, seccomp + file_args, _on_lifeline(lifeline, argv), uid), cwd="/",
                            limits=limits, env=env, pass_fds=fds, uid=uid if self.disables_userns else None,
                            die_with_caller=True)
         except BaseException:
@@ -582,14 +597,34 @@ class BwrapSandbox(Sandbox):
 
 
 def _on_lifeline(fd: int, argv: Sequence[str]) -> list[str]:
-    """`argv` behind a shell that first starts a watcher on the pipe `fd`: at EOF (every write end closed,
-    e.g. the caller killed; `read` exits 1) it SIGKILLs every process in the sandbox's PID namespace but
-    init, whose exit then ends the namespace. Should the pipe not open (`read` exits 2) the program runs
-    without the lifeline, as it would without this. The program keeps its pid (exec); the watcher keeps no
-    stdio open."""
-    watch = (f'{{ read -r _ < /proc/self/fd/{fd}; [ $? -eq 1 ] && kill -s KILL -- -1; }} </dev/null >/dev/null 2>&1 '
-             '& exec "$@"')
-    return ["/bin/sh", "-c", watch, "sh", *argv]
+    """`argv` behind a shell that first checks the lifeline, the pipe `fd` whose only write end the caller holds.
+
+    The shell is the sandbox's pid 1, started by bwrap once bwrap has armed its parent-death signal (so from
+    then on the caller's death kills it, and with it the whole PID namespace). Before that, in bwrap's setup,
+    the caller may already have died: so the shell first reads the pipe without blocking, and at EOF (every
+    write end closed: the caller is gone; `dd` exits 0) it exits without starting the program. Should the pipe
+    not open, the program runs without the check, as it would without this. The shell then runs the program
+    as its child, reaping any orphans while it waits, and exits with the program's status (128+N for signal N).
+    Nothing inside can signal pid 1, so the program cannot end the shell without ending itself.
+    """
+    check = f"dd if=/proc/self/fd/{fd} of=/dev/null iflag=nonblock bs=1 count=1 status=none 2>/dev/null && exit 1"
+    quiet = 'exec 9>&2 2>/dev/null; (exec "$@" 2>&9 9>&-)'  # the shell's own notes ("Killed") stay out of the output
+    return ["/bin/sh", "-c", f"{check}; {quiet}; exit $?", "sh", *argv]
+
+
+def _seccomp_fd() -> int:
+    """A file descriptor holding the compiled seccomp filter (`envgym.tools.seccomp`), for bwrap's --seccomp."""
+    fd = os.memfd_create("seccomp")
+    os.write(fd, _seccomp_program())
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+@functools.cache
+def _seccomp_program() -> bytes:
+    from envgym.tools.seccomp import filter_program
+
+    return filter_program()
 
 
 def _world_readable(path: str) -> bool:
