@@ -22,7 +22,9 @@ retry (a replay would not fit either).
 Failure policy: an episode whose env raises, hangs, crashes or returns a
 malformed result (or whose policy cannot answer) is retried from the start
 with a fresh env up to `retries` times; after that its whole group is
-dropped. A failed episode never becomes a row of training data; every failure
+dropped. A failure that repeats the previous attempt's (the same cause at the
+same step, numbers and quoted text aside) is taken as deterministic: the group
+is dropped at once, and the failure's cause says so. A failed episode never becomes a row of training data; every failure
 is logged with its cause and listed in `RolloutResult.failures`. Empty and
 cut-off completions are not failures: they go to the env (which flags invalid
 actions) and are recorded with their `FinishReason`.
@@ -34,6 +36,7 @@ import dataclasses
 import functools
 import itertools
 import logging
+import re
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -67,7 +70,8 @@ class RolloutResult:
     """The complete groups (dropped groups left out, order by group index), metrics and failures.
 
     Metrics: `groups`, `episodes`, `turns`, `retries`, `dropped_groups`,
-    `failed_attempts`, `template_fallbacks` (episodes whose chat template
+    `failed_attempts`, `repeated_failures` (failures that repeated the previous
+    attempt's, so were not retried), `template_fallbacks` (episodes whose chat template
     rewrote history), `generated_tokens`, `empty_actions`, `cut_off_actions`,
     `invalid_actions`, `context_full` (episodes ended by the context budget),
     `prompt_tokens` (summed over turns), `cached_prompt_tokens` (of those,
@@ -124,6 +128,13 @@ def context_budget(policy: Policy, max_context_tokens: int | None) -> int | None
     return min(limits) if limits else None
 
 
+def failure_signature(cause: str) -> str:
+    """`cause` with its numbers (past the step that failed) and quoted text masked: two attempts whose failures
+    share it failed the same way (a hang, a crash, an exception) at the same point."""
+    where, _, what = cause.partition(": ")
+    return where + ": " + re.sub(r"'[^']*'|\"[^\"]*\"|\d+(?:\.\d+)?", "#", what)
+
+
 def group_seed(seed: int, group: int) -> int:
     """The reset seed of group `group` in a collection seeded with `seed` (stable across processes)."""
     return stable_hash(f"rollout|{seed}|{group}") & 0x7FFF_FFFF
@@ -176,10 +187,11 @@ class _Collector:
         self.tasks_seen: dict[int, int] = {}
         self.dropped: set[int] = set()
         self.failures: list[EpisodeFailure] = []
+        self.last_failure: dict[tuple[int, int], str] = {}  # (group, member) -> its last failure's signature
         self.action_sources: Counter[str] = Counter()
         self.metrics = dict.fromkeys(
-            ("retries", "dropped_groups", "failed_attempts", "template_fallbacks", "generated_tokens",
-             "empty_actions", "cut_off_actions", "invalid_actions", "context_full", "prompt_tokens",
+            ("retries", "dropped_groups", "failed_attempts", "repeated_failures", "template_fallbacks",
+             "generated_tokens", "empty_actions", "cut_off_actions", "invalid_actions", "context_full", "prompt_tokens",
              "cached_prompt_tokens", "cache_misses", "turns", "env_time", "model_time"), 0.0)
         self.finished_episodes = 0
         self.total_episodes = n_groups * group_size
@@ -231,14 +243,22 @@ class _Collector:
             if result.task is not None:
                 self.tasks_seen[g] = result.task
 
-    def _fail(self, g: int, m: int, attempt: int, slot: int, cause: str, *, retry: bool = True) -> None:
-        """Record a failed attempt; replay the episode from the start, or (past its retries, or when a
-        replay cannot succeed) drop its group."""
+    def _fail(self, g: int, m: int, attempt: int, slot: int, cause: str, *, retry: bool = True,
+              by_env: bool = True) -> None:
+        """Record a failed attempt; replay the episode from the start, or (past its retries, when a
+        replay cannot succeed, or when its env failed as in its previous attempt) drop its group. `by_env`:
+        the env failed (a policy's errors, such as an endpoint's 503, are not taken as deterministic)."""
         ep = self.live.pop(slot, None)
         if ep is not None:
             self._release([ep])
         self.free.append(slot)
         self.metrics["failed_attempts"] += 1
+        signature = failure_signature(cause)
+        if retry and by_env and self.last_failure.get((g, m)) == signature:
+            retry = False
+            self.metrics["repeated_failures"] += 1
+            cause += " (as in the previous attempt, at the same step: deterministic, not retried)"
+        self.last_failure[(g, m)] = signature
         self.failures.append(EpisodeFailure(g, m, attempt, self._group_seed(g), cause))
         if g in self.dropped:
             return
@@ -298,7 +318,7 @@ class _Collector:
             if ep.group in self.dropped:  # a member failed just before: its slot is free already
                 continue
             if isinstance(action, PolicyError):
-                self._fail(ep.group, ep.member, ep.attempt, ep.slot, f"policy: {action}")
+                self._fail(ep.group, ep.member, ep.attempt, ep.slot, f"policy: {action}", by_env=False)
             elif isinstance(action, _NoRoom):
                 self._end_without_room(ep, action)
             else:

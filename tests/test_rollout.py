@@ -7,12 +7,12 @@ from envgym.chat import encode
 from envgym.models import tiny_model, word_level_tokenizer
 from envgym.policies import (Completion, ContextOverflow, HFPolicy, PolicyError, RandomPolicy, SamplingParams,
                              TextReply, load_policy)
-from envgym.rollout import collect_groups, group_seed
+from envgym.rollout import collect_groups, failure_signature, group_seed
 from envgym.trajectory import EpisodeEnd, FinishReason
 from test_chat import THINK_DROPPING_TEMPLATE
 
 for name, cls in {"FailOnSeed": "FailOnSeed", "FailOnce": "FailOnce", "Hangs": "HangsOnStep",
-                  "Crashes": "CrashesOnStep", "NoOracle": "NoOracle"}.items():
+                  "Crashes": "CrashesOnStep", "Raises": "RaisesOnStep", "NoOracle": "NoOracle"}.items():
     envgym.register(f"faulty/Rollout{name}-v0", f"faulty_envs:{cls}", max_turns=10)
 
 WORDS = ["Guess", "the", "secret", "integer", "between", "and", "1", "100", "50", "25", "is", "too", "low", "high",
@@ -133,6 +133,25 @@ def test_process_pool_crashes_and_hangs_drop_groups_with_their_cause():
                              backend="process", retries=1)
     assert crashed.groups == [] and crashed.metrics["retries"] == 1
     assert all("exit code 3" in f.cause for f in crashed.failures)
+
+
+def test_a_failure_that_repeats_at_the_same_step_is_not_retried_again():
+    from envgym.pool import EnvPool
+
+    # a hang is deterministic: the replay hangs at the same step, so the third attempt is never made
+    with EnvPool("faulty/RolloutHangs-v0", 1, backend="process", step_timeout=0.3) as pool:
+        hung = collect_groups("faulty/RolloutHangs-v0", load_policy("random"), n_groups=1, group_size=1, pool=pool,
+                              retries=2)
+    assert hung.groups == [] and [f.attempt for f in hung.failures] == [0, 1]
+    assert hung.metrics["retries"] == 1 and hung.metrics["repeated_failures"] == 1
+    assert "timed out" in hung.failures[1].cause and "deterministic, not retried" in hung.failures[1].cause
+    # an exception whose message names the action still repeats (the quoted action is masked)
+    raised = collect_groups("faulty/RolloutRaises-v0", load_policy("random"), n_groups=1, group_size=1, retries=5)
+    assert len(raised.failures) == 2 and "deterministic" in raised.failures[1].cause
+    # a transient failure differs from the next attempt's outcome, so retries go on as before
+    assert failure_signature("step 2: step took 1.50s, past the timeout of 1s") == \
+        failure_signature("step 2: step took 1.73s, past the timeout of 1s")
+    assert failure_signature("step 2: x raised E") != failure_signature("step 3: x raised E")
 
 
 def test_policy_errors_fail_the_episode():
