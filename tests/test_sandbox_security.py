@@ -307,11 +307,14 @@ def test_cannot_create_user_namespaces(sandbox):
 
 
 _KILLED_AT_SPAWN = """
-import os, signal
+import os, signal, time
 from envgym.tools import make_sandbox
 box = make_sandbox(os.environ["KIND"])
+if os.environ.get("NO_USERNS"):
+    box.disables_userns = False  # bwrap runs as root; setpriv drops the uid inside
 box.spawn(["sleep", os.environ["MARKER"]])
-os.kill(os.getpid(), signal.SIGKILL)  # while bwrap may still be building the namespaces
+time.sleep(float(os.environ.get("DELAY", 0)))
+os.kill(os.getpid(), signal.SIGKILL)  # while bwrap may still be building the namespaces, or once it runs
 """
 
 
@@ -325,6 +328,16 @@ def test_nothing_survives_a_caller_killed_as_the_sandbox_starts(sandbox):
         # no process shows the marker until then: only once the caller's containers are gone can none appear
         assert_no_containers_of_other_owners(sandbox, 15)
         assert_nothing_survives(marker, 15)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or bwrap_usable() is not None, reason="bwrap as root")
+@pytest.mark.parametrize("delay", [0.0, 0.5])
+def test_nothing_survives_a_killed_caller_without_user_namespaces(delay):
+    # there bwrap runs as root and the program as another uid: the sandbox's pid 1 must stay one bwrap can signal
+    marker = unique_sleep()
+    subprocess.run([sys.executable, "-c", _KILLED_AT_SPAWN], timeout=120,
+                   env={**os.environ, "KIND": "bwrap", "MARKER": marker, "NO_USERNS": "1", "DELAY": str(delay)})
+    assert_nothing_survives(marker, 15)
 
 
 def assert_no_containers_of_other_owners(sandbox, seconds: float) -> None:

@@ -546,13 +546,16 @@ class BwrapSandbox(Sandbox):
                 args += ["--ro-bind", "/dev/null", secret]
         return args
 
-    def _command(self, limits: Limits, fd_args: list[str], argv: Sequence[str], uid: int | None) -> list[str]:
-        """bwrap [options] -- [setpriv ...] argv (setpriv to `uid` where bwrap runs as root: no user namespaces);
-        `fd_args` are the options that pass file descriptors (the seccomp filter, the program's files).
+    def _command(self, limits: Limits, fd_args: list[str], lifeline: int, argv: Sequence[str],
+                 uid: int | None) -> list[str]:
+        """bwrap [options] -- the lifeline's shell -- [setpriv ...] argv: setpriv drops to `uid` where bwrap runs
+        as root (no user namespaces); `fd_args` are the options that pass file descriptors (the seccomp filter,
+        the program's files), `lifeline` the pipe of `_on_lifeline`.
 
-        `argv` runs as pid 1 of the sandbox (`--as-pid-1`; the lifeline's shell, see `_on_lifeline`), which no
-        process inside can signal. `/`, `/dev` and `/proc` are remounted read-only once everything is mounted,
-        so the capped /tmp is the only place a program can write (and /proc/PID/mem opens for reading only).
+        The shell runs as pid 1 of the sandbox (`--as-pid-1`), which no process inside can signal; without user
+        namespaces it stays root (without setpriv's uid change, which would keep bwrap from signalling it when
+        the caller dies). `/`, `/dev` and `/proc` are remounted read-only once everything is mounted, so the
+        capped /tmp is the only place a program can write (and /proc/PID/mem opens for reading only).
         """
         cmd = ["bwrap", *(_USERNS if self.disables_userns else []),
                "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
@@ -560,11 +563,10 @@ class BwrapSandbox(Sandbox):
                "--size", str(limits.tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp", *fd_args, "--chdir", "/tmp",
                "--remount-ro", "/", "--remount-ro", "/dev", "--remount-ro", "/proc"]
         if uid is not None and not self.disables_userns:
-            # setpriv's uid change clears the parent-death signal bwrap armed: arm it again
-            cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP", "--",
-                    "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
-                    "--bounding-set=-all", "--no-new-privs", "--pdeathsig=KILL"]
-        return [*cmd, "--", *argv]
+            cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
+            argv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
+                    "--bounding-set=-all", "--no-new-privs", "--", *argv]
+        return [*cmd, "--", *_on_lifeline(lifeline, argv)]
 
     def spawn(self, argv, *, files=None, limits=None, env=None) -> SandboxProcess:
         limits = limits or self.limits
@@ -584,7 +586,7 @@ class BwrapSandbox(Sandbox):
                 os.lseek(fd, 0, os.SEEK_SET)
                 file_args += ["--perms", "0444", "--ro-bind-data", str(fd), f"/tmp/{name}"]
             # with user namespaces bwrap needs no privileges, so as root it starts as the fresh uid
-            popen = _popen(self._command(limits, seccomp + file_args, _on_lifeline(lifeline, argv), uid), cwd="/",
+            popen = _popen(self._command(limits, seccomp + file_args, lifeline, argv, uid), cwd="/",
                            limits=limits, env=env, pass_fds=fds, uid=uid if self.disables_userns else None,
                            die_with_caller=True)
         except BaseException:
