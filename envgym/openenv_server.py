@@ -36,6 +36,8 @@ from pydantic import Field
 
 import envgym
 from envgym.remote import BAD_REQUEST, ENV_FAILED, SESSION_CLOSED, TASK_KEYS_BLOCK, TASK_KEYS_ROUTE
+
+SESSIONS_ROUTE = "/envgym/sessions"
 from envgym.wrappers import _jsonable
 
 
@@ -182,6 +184,11 @@ def build_app(env_id: str, env_kwargs: Mapping[str, Any] | None = None, *, max_s
     app.add_exception_handler(RequestError, _answer(400))
     app.add_exception_handler(EnvFailure, _answer(500))
 
+    @app.get(SESSIONS_ROUTE)
+    def sessions() -> dict[str, int]:
+        """How many sessions are open, of how many allowed."""
+        return server.get_capacity_status().model_dump()
+
     @app.get(TASK_KEYS_ROUTE)
     def task_keys(split: str, start: int = 0) -> list[str]:
         """`task_key(split, k)` for k in [start, start + TASK_KEYS_BLOCK) within the split (the checker's
@@ -224,6 +231,7 @@ def serve(env_id: str, env_kwargs: Mapping[str, Any] | None = None, *, host: str
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         listener.bind((host, port))
+        listener.listen(2048)  # before the address is printed: connections wait in the backlog until uvicorn serves
     except OSError as exc:
         raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     bound_port = listener.getsockname()[1]

@@ -130,17 +130,21 @@ class RemoteEnv(Env):
         try:
             # no compression, no client pings: a step is a few hundred bytes and latency is what counts
             self._ws = connect(self.ws_url, open_timeout=self.timeout, compression=None, proxy=None,
-                               ping_interval=None, max_size=None)
+                               ping_interval=None, max_size=None, legacy=True)
         except (OSError, InvalidHandshake, TimeoutError) as exc:
             raise RemoteEnvError(f"cannot open a session on the env server {self.ws_url}: {_reason(exc)}; "
                                  "is `envgym serve` running there?") from None
-        state = self._call("state", None)
-        self._declared = {
-            "instructions": self._field(state, "instructions", str),
-            "action_format": self._field(state, "action_format", str),
-            "num_tasks": self._field(state, "num_tasks", dict),
-            "reset_options": self._field(state, "reset_options", list),
-        }
+        try:
+            state = self._call("state", None)
+            self._declared = {
+                "instructions": self._field(state, "instructions", str),
+                "action_format": self._field(state, "action_format", str),
+                "num_tasks": self._field(state, "num_tasks", dict),
+                "reset_options": self._field(state, "reset_options", list),
+            }
+        except Exception:
+            self._disconnect()  # the next call starts over with a new connection
+            raise
 
     def _disconnect(self) -> None:
         ws, self._ws = self._ws, None
