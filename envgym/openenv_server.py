@@ -21,9 +21,10 @@ HTTP `/reset` and `/step` build a fresh env per request (its design): episodes n
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import uvicorn
@@ -35,6 +36,7 @@ from openenv.core.env_server.types import Action, ConcurrencyConfig, Environment
 from pydantic import Field
 
 import envgym
+from envgym.pool import PROCESS_STEP_SECONDS
 from envgym.remote import BAD_REQUEST, ENV_FAILED, SESSION_CLOSED, TASK_KEYS_BLOCK, TASK_KEYS_ROUTE
 
 SESSIONS_ROUTE = "/envgym/sessions"
@@ -98,6 +100,8 @@ class EnvgymEnvironment(Environment):
         super().__init__()
         self.env_id = env_id
         self.env = envgym.make(env_id, **env_kwargs)
+        declared = envgym.spec(env_id).step_seconds
+        self.steps_inline = declared is None or declared <= PROCESS_STEP_SECONDS
         self.started = self.closed = False
         self.episode_id: str | None = None
         self.step_count = 0
@@ -134,6 +138,21 @@ class EnvgymEnvironment(Environment):
             raise EnvFailure(f"step({action.message[:40]!r})", exc) from exc
         self.step_count += 1
         return self._observation(text, float(reward), bool(terminated), bool(truncated), info, None)
+
+    async def reset_async(self, seed: int | None = None, episode_id: str | None = None,
+                          **fields: Any) -> EnvgymObservation:
+        return await self._run(self.reset, seed=seed, episode_id=episode_id, **fields)
+
+    async def step_async(self, action: EnvgymAction, timeout_s: float | None = None,
+                         **kwargs: Any) -> EnvgymObservation:
+        return await self._run(self.step, action)
+
+    async def _run(self, call: Callable[..., EnvgymObservation], *args: Any, **kwargs: Any) -> EnvgymObservation:
+        """`call` on the event loop where the env's steps are cheap (no thread hop: most of a step's round trip),
+        else in a thread, so one slow session does not hold up the others."""
+        if self.steps_inline:
+            return call(*args, **kwargs)
+        return await asyncio.to_thread(call, *args, **kwargs)
 
     def _observation(self, text: str, reward: float, terminated: bool, truncated: bool, info: dict[str, Any],
                      instructions: str | None) -> EnvgymObservation:
