@@ -17,6 +17,8 @@ HTTP, and over the WebSocket with an error whose message starts with `bad reques
 that raises fails that session's call with `env failed:` and the cause, and other sessions go
 on. A session idle past the idle timeout is closed; its next call says so. OpenEnv's stateless
 HTTP `/reset` and `/step` build a fresh env per request (its design): episodes need `/ws`.
+Two routes of envgym's own: `GET /envgym/sessions` (open and allowed sessions) and
+`GET /envgym/task_keys?split=S&start=K` (what `RemoteEnv.task_key` reads).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import uvicorn
@@ -38,9 +40,9 @@ from pydantic import Field
 import envgym
 from envgym.pool import PROCESS_STEP_SECONDS
 from envgym.remote import BAD_REQUEST, ENV_FAILED, SESSION_CLOSED, TASK_KEYS_BLOCK, TASK_KEYS_ROUTE
+from envgym.wrappers import _jsonable
 
 SESSIONS_ROUTE = "/envgym/sessions"
-from envgym.wrappers import _jsonable
 
 
 class EnvgymAction(Action):
@@ -141,18 +143,16 @@ class EnvgymEnvironment(Environment):
 
     async def reset_async(self, seed: int | None = None, episode_id: str | None = None,
                           **fields: Any) -> EnvgymObservation:
-        return await self._run(self.reset, seed=seed, episode_id=episode_id, **fields)
+        """In a thread: a reset may generate a task (seconds), and resets are rare enough to pay the hop."""
+        return await asyncio.to_thread(self.reset, seed=seed, episode_id=episode_id, **fields)
 
     async def step_async(self, action: EnvgymAction, timeout_s: float | None = None,
                          **kwargs: Any) -> EnvgymObservation:
-        return await self._run(self.step, action)
-
-    async def _run(self, call: Callable[..., EnvgymObservation], *args: Any, **kwargs: Any) -> EnvgymObservation:
-        """`call` on the event loop where the env's steps are cheap (no thread hop: most of a step's round trip),
-        else in a thread, so one slow session does not hold up the others."""
+        """On the event loop where the env's steps are cheap (a thread hop was half the round trip), else in a
+        thread, so that one slow session does not hold up the others."""
         if self.steps_inline:
-            return call(*args, **kwargs)
-        return await asyncio.to_thread(call, *args, **kwargs)
+            return self.step(action)
+        return await asyncio.to_thread(self.step, action)
 
     def _observation(self, text: str, reward: float, terminated: bool, truncated: bool, info: dict[str, Any],
                      instructions: str | None) -> EnvgymObservation:
