@@ -218,19 +218,39 @@ def test_a_server_down_or_answering_garbage_fails_with_its_cause(bad_servers, ki
         env.reset(seed=0)
 
 
-def test_a_websocket_answering_garbage_fails_with_what_it_sent():
+STATE = {"type": "state", "data": {"instructions": "Say hi.", "action_format": "hi", "num_tasks": {"train": 1,
+                                                                                                  "test": 1},
+                                    "reset_options": []}}
+RESET = {"type": "observation", "data": {"observation": {"text": "hello", "info": {"state_key": "0"}, "split": "train",
+                                                         "task": 0, "instructions": "Say hi."}, "reward": None}}
+
+
+def nonsense(connection):
+    for _ in connection:
+        connection.send("{not json")
+
+
+def stops_answering_steps(connection):
+    for raw in connection:
+        kind = json.loads(raw)["type"]
+        if kind != "step":
+            connection.send(json.dumps(STATE if kind == "state" else RESET))
+
+
+@pytest.mark.parametrize("handler, cause", [
+    (nonsense, r"answered state with something that is not an OpenEnv message: '\{not json'"),
+    (stops_answering_steps, r"did not answer step within 0.5 s \(the env's timeout option\)"),
+])
+def test_a_websocket_server_answering_garbage_or_nothing_fails_with_its_cause(handler, cause):
     from websockets.sync.server import serve
 
-    def nonsense(connection):
-        for _ in connection:
-            connection.send("{not json")
-
-    with serve(nonsense, "127.0.0.1", 0) as ws_server:
+    with serve(handler, "127.0.0.1", 0) as ws_server:
         threading.Thread(target=ws_server.serve_forever, daemon=True).start()
-        env = envgym.make(f"openenv:http://127.0.0.1:{ws_server.socket.getsockname()[1]}", timeout=5)
-        with pytest.raises(RemoteEnvError, match=r"answered state with something that is not an OpenEnv message: "
-                                                  r"'\{not json'"):
+        env = envgym.make(f"openenv:http://127.0.0.1:{ws_server.socket.getsockname()[1]}", timeout=0.5)
+        with pytest.raises(RemoteEnvError, match=cause):
             env.reset(seed=0)
+            env.step("hi")
+        env.close()
         ws_server.shutdown()
 
 
