@@ -1,4 +1,4 @@
-"""The `envgym` command: list, info, check, play, eval, view, diagnose, and (where installed) train, sft.
+"""The `envgym` command: list, info, check, play, eval, view, diagnose, serve, and (where installed) train, sft.
 
 Exit codes: 0 success, 1 a check or run failed (or a file, disk or network error
 stopped it), 2 bad usage (unknown id, bad option or config value), 130 interrupted.
@@ -335,6 +335,32 @@ def add_diagnose_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_diagnose)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """`envgym serve`: serve the env over OpenEnv until interrupted."""
+    try:
+        from envgym.openenv_server import serve
+    except ImportError as exc:
+        raise RunFailed(f"serving needs openenv-core ({exc.name} is missing): pip install 'envgym[openenv]'") from None
+    env_spec(args.id)  # an unknown id fails before the server's imports and its first env
+    serve(args.id, parse_kwargs(args.kwargs), host=args.host, port=args.port, max_sessions=args.max_sessions,
+          idle_timeout=args.idle_timeout or None)
+    return EXIT_OK
+
+
+def add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    text = "serve an env as an OpenEnv server (WebSocket /ws): one env per session; train on it elsewhere " \
+           "with env id openenv:http://HOST:PORT"
+    p = sub.add_parser("serve", help=text, description=text)
+    p.add_argument("id", help="env id, e.g. games/Maze-v0")
+    p.add_argument("kwargs", nargs="*", metavar="KEY=VALUE", help="constructor overrides, e.g. size=7")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
+    p.add_argument("--port", type=int, default=8000, help="default 8000; 0 picks a free port (printed)")
+    p.add_argument("--max-sessions", type=int, default=16, metavar="N", help="concurrent sessions (default 16)")
+    p.add_argument("--idle-timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="close a session idle this long (default 600; 0: never)")
+    p.set_defaults(func=cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="envgym", description="Multi-turn text and tool environments for LLM agents, with turn-level RL.")
@@ -369,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_view_parser(sub)
     add_diagnose_parser(sub)
+    add_serve_parser(sub)
     for module_name in SUBCOMMAND_MODULES:
         if importlib.util.find_spec(module_name) is not None:
             importlib.import_module(module_name).register_cli(sub)

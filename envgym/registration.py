@@ -123,6 +123,10 @@ def list_envs() -> list[str]:
 
 def spec(id: str) -> EnvSpec:
     """The spec of `id`; raises KeyError naming the closest registered ids."""
+    if id.startswith("openenv:"):  # OPENENV HOOK (issue 29): stand-in until the adapter-prefix registry merges
+        from envgym.remote import openenv_spec
+
+        return openenv_spec(id)
     _load_plugins()
     if id not in _registry:
         close = difflib.get_close_matches(id, _registry, n=3, cutoff=0.5)
@@ -140,6 +144,10 @@ def make(id: str, *, wrap: bool = True, **kwargs: Any) -> gymnasium.Env:
     """
     from envgym.wrappers import TurnLimit
 
+    if id.startswith("openenv:"):  # OPENENV HOOK (issue 29): stand-in until the adapter-prefix registry merges
+        from envgym.remote import make_openenv_env
+
+        return make_openenv_env(id.removeprefix("openenv:"), **kwargs)
     spec_ = spec(id)
     factory = spec_.load()
     env = factory(**_checked_kwargs(id, factory, {**spec_.kwargs, **kwargs}))

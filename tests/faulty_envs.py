@@ -97,3 +97,12 @@ class AllocatesOnStep(GuessNumber):
     def step(self, action):
         self.hoard = bytearray(16 * 2**30)
         return super().step(action)
+
+
+class RaisesOnExplode(GuessNumber):
+    """Raises on the action "explode" only, so a served session can fail while others go on."""
+
+    def step(self, action):
+        if action == "explode":
+            raise RuntimeError("the simulator exploded")
+        return super().step(action)
