@@ -147,8 +147,9 @@ def _transcript_in_subprocess(env_id: str, make_kwargs: dict[str, Any], seed: in
         "print(json.dumps(play(env, a['seed'], None, 0, a['actions'])['state_keys']))\n"
     )
     entry = _entry_point_path(env_id)
-    prelude = (f"import envgym\nif {env_id!r} not in envgym.list_envs(): envgym.register({env_id!r}, {entry!r}, "
-               f"max_turns={spec(env_id).max_turns!r}, kwargs={dict(spec(env_id).kwargs)!r})\n")
+    # an id registered only in this process (a test, a notebook) is registered there too; others resolve there
+    prelude = (f"import envgym\ntry:\n    envgym.spec({env_id!r})\nexcept KeyError:\n    envgym.register({env_id!r}, "
+               f"{entry!r}, max_turns={spec(env_id).max_turns!r}, kwargs={dict(spec(env_id).kwargs)!r})\n")
     payload = json.dumps({"id": env_id, "kwargs": make_kwargs, "seed": seed, "actions": actions})
     environ = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     out = subprocess.run([sys.executable, "-c", prelude + code], input=payload, capture_output=True, text=True,
