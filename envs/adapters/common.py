@@ -42,6 +42,19 @@ class PrivateRandom:
             random.setstate(python)
             np.random.set_state(numpy)
 
+    @contextmanager
+    def seeded(self, seed: int) -> Iterator[None]:
+        """Run the block on fresh streams seeded with `seed`, leaving this env's streams where they were."""
+        with self.active():
+            python, numpy = random.getstate(), np.random.get_state()
+            random.seed(seed)
+            np.random.seed(seed)
+            try:
+                yield
+            finally:
+                random.setstate(python)
+                np.random.set_state(numpy)
+
 
 def game_seed(family: str, split: str, index: int) -> int:
     """The reset seed of task `index` of `split`: even for train, odd for test, below 2**31."""

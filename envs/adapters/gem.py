@@ -6,13 +6,17 @@
 - a step is invalid when GEM scores it as a format error (its `format_error_reward`); GEM
   gives other invalid moves (a repeated guess) the same reward as a plain step, so they
   are not flagged;
-- won: the episode ended with GEM's `success_reward`.
+- won: the episode ended with GEM's `success_reward`;
+- `sample_action` is the game's own `sample_random_action`, drawn with the caller's rng, for the games
+  whose sampler writes well-formed moves (not FifteenPuzzle's or Crosswords' in gem 0.1.0).
 """
 
 from __future__ import annotations
 
 import difflib
 from typing import Any
+
+import numpy as np
 
 from envgym.core import Env
 from envgym.envs.adapters.common import PrivateRandom, first_words, game_seed, state_key
@@ -24,7 +28,9 @@ from envgym.envs.adapters.common import PrivateRandom, first_words, game_seed, s
 OFFLINE_GAMES = ("game:GuessTheNumber-v0", "game:Mastermind-v0", "game:Minesweeper-v0", "game:FifteenPuzzle-v0",
                  "game:Sudoku-v0", "game:TowerofHanoi-v0", "game:Game2048-v0", "game:Sokoban-v0",
                  "game:Crosswords-v0")
-
+#: The games whose `sample_random_action` writes moves GEM parses (`envgym check` tests each one).
+SAMPLED_GAMES = ("game:GuessTheNumber-v0", "game:Mastermind-v0", "game:Minesweeper-v0", "game:Sudoku-v0",
+                 "game:TowerofHanoi-v0", "game:Game2048-v0", "game:Sokoban-v0")
 OFFLINE_HINT = ", ".join(f"{game}-easy" for game in OFFLINE_GAMES) + " (and -hard, -random)"
 
 
@@ -83,3 +89,9 @@ class GemEnv(Env):
         self.won = bool(terminated) and reward >= self._rewards.success_reward
         return (self._observation(text, info), reward, bool(terminated), bool(truncated),
                 self._info(invalid_action=reward == self._rewards.format_error_reward))
+
+    def sample_action(self, rng: np.random.Generator) -> str:
+        if not self.env_id.startswith(SAMPLED_GAMES):
+            raise NotImplementedError(f"GEM's sampler of {self.env_id} writes moves the game refuses")
+        with self._random.seeded(int(rng.integers(2**31))):
+            return self.game.sample_random_action()
