@@ -146,6 +146,19 @@ def register_prefix(
     return _prefixes[prefix]
 
 
+#: Specs of prefixed ids whose prefix this process does not know, handed over by the process that resolved them.
+_adopted: dict[str, EnvSpec] = {}
+
+
+def adopt(spec_: EnvSpec) -> None:
+    """Make `spec_` resolvable here: an id registered, or a prefix registered, only in another process
+    (an `EnvPool` worker gets its owner's spec this way)."""
+    if ":" in spec_.id:
+        _adopted[spec_.id] = spec_
+    else:
+        register(**{f.name: getattr(spec_, f.name) for f in dataclasses.fields(spec_)})
+
+
 def prefixes() -> dict[str, AdapterPrefix]:
     """The adapter prefixes known (built-in and from plugins), by prefix."""
     _load_plugins()
@@ -242,6 +255,8 @@ def spec(id: str) -> EnvSpec:
     is not installed.
     """
     _load_plugins()
+    if id in _adopted:
+        return _adopted[id]
     if id not in _registry and ":" in id:
         prefix = id.partition(":")[0]
         if prefix not in _prefixes:

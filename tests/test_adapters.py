@@ -84,6 +84,23 @@ def test_a_prefix_passes_the_name_and_kwargs_to_its_entry_point(scratch_prefix):
         envgym.register_prefix("no spaces", "x:y", argument="a", source="s")
 
 
+@needs("reasoning_gym")
+def test_a_prefix_registered_at_run_time_reaches_pool_workers(scratch_prefix):
+    """A worker process knows only the built-in prefixes; the pool hands it the spec of the others."""
+    from envgym.pool import EnvPool
+
+    envgym.register_prefix(scratch_prefix, "envgym.envs.adapters.reasoning_gym:ReasoningGymEnv",
+                           argument="dataset", source="reasoning-gym under another name")
+    options = {"split": "test", "task": 2}
+    pool = EnvPool("scratch:leg_counting", 1, backend="process")
+    try:
+        result = pool.reset({0: (0, options)})[0]
+    finally:
+        pool.close()
+    assert result.error is None
+    assert result.observation == envgym.make("scratch:leg_counting").reset(seed=0, options=options)[0]
+
+
 def test_list_source_says_where_each_id_comes_from(capsys, monkeypatch):
     from envgym import cli
 
