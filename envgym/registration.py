@@ -171,7 +171,7 @@ def source_of(id: str) -> str:
     spec_ = spec(id)
     if id not in _registry:
         prefix = id.partition(":")[0]
-        return f"adapter {prefix}: {_prefixes[prefix].source}"
+        return f"adapter {prefix}: " + (_prefixes[prefix].source if prefix in _prefixes else "known to another process")
     if id in _plugin_of:
         return _plugin_of[id]
     entry = spec_.entry_point
