@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from envgym.core import stable_hash, task_seed
+from envgym.core import Env, stable_hash, task_seed
 
 
 class PrivateRandom:
@@ -59,6 +59,22 @@ class PrivateRandom:
 def game_seed(family: str, split: str, index: int) -> int:
     """The reset seed of task `index` of `split`: even for train, odd for test, below 2**31."""
     return (task_seed(family, split, index) % 2**30) * 2 + (split == "test")
+
+
+class SeededGame(Env):
+    """Base of the adapted games whose tasks are reset seeds: the task key, the seed and the private streams."""
+
+    def __init__(self, family: str):
+        self.family = family  # the game and its options: tasks of two families never share a key
+        self.num_tasks = {"train": 1_000_000, "test": 10_000}
+        self._random = PrivateRandom()
+        self.won = False
+
+    def game_seed(self, split: str, index: int) -> int:
+        return game_seed(self.family, split, index)
+
+    def task_key(self, split: str, index: int) -> str:
+        return f"{self.family}|seed {self.game_seed(split, index)}"
 
 
 def canonical(value: Any, depth: int = 0) -> Any:

@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from envgym.core import Env
-from envgym.envs.adapters.common import PrivateRandom, first_words, game_seed, state_key
+from envgym.envs.adapters.common import SeededGame, first_words, state_key
 
 #: GEM's games that run offline, each with -easy, -hard and -random variants (FifteenPuzzle's -random fails
 #: in gem 0.1.0; Sokoban-v0-hard takes seconds per reset); Game2048 also has -extreme-hard, Crosswords has no
@@ -34,7 +33,7 @@ SAMPLED_GAMES = ("game:GuessTheNumber-v0", "game:Mastermind-v0", "game:Minesweep
 OFFLINE_HINT = ", ".join(f"{game}-easy" for game in OFFLINE_GAMES) + " (and -hard, -random)"
 
 
-class GemEnv(Env):
+class GemEnv(SeededGame):
     """GEM env `env_id` (an id of `gem.envs.registration.ENV_REGISTRY`) made with `game_kwargs`."""
 
     instructions = ("You are playing a game from GEM. Its first message states the rules and how to write a move; "
@@ -51,20 +50,14 @@ class GemEnv(Env):
             hint = f"did you mean {', '.join(close)}? " if close else ""
             raise ValueError(f"unknown GEM env {env_id!r}; {hint}games that run offline: {OFFLINE_HINT}")
         self.env_id, self.game_kwargs = env_id, dict(game_kwargs)
-        self.family = f"gem:{env_id}|{sorted(game_kwargs.items())}"
-        self.num_tasks = {"train": 1_000_000, "test": 10_000}
+        super().__init__(f"gem:{env_id}|{sorted(game_kwargs.items())}")
         self._rewards = LanguageGameReward
-        self._random = PrivateRandom()
         with self._random.active():
             try:
                 self.game = gem.make(env_id, **game_kwargs)
             except Exception as exc:  # noqa: BLE001 - nltk data or a hub dataset it cannot fetch, a broken variant
                 raise ValueError(f"GEM env {env_id!r} could not start ({type(exc).__name__}: {first_words(exc)}); "
                                  f"games that run offline: {OFFLINE_HINT}") from None
-        self.won = False
-
-    def task_key(self, split: str, index: int) -> str:
-        return f"{self.family}|seed {game_seed(self.family, split, index)}"
 
     def _observation(self, text: str, info: dict[str, Any]) -> str:
         suffix = info.get("suffix")
@@ -78,7 +71,7 @@ class GemEnv(Env):
         split, task = self.select_task(seed, options)
         self.won = False
         with self._random.active():
-            text, info = self.game.reset(seed=game_seed(self.family, split, task))
+            text, info = self.game.reset(seed=self.game_seed(split, task))
         return self._observation(text, info), self._info()
 
     def step(self, action: str):

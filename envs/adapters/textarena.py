@@ -18,8 +18,7 @@ import difflib
 import importlib
 from typing import Any
 
-from envgym.core import Env
-from envgym.envs.adapters.common import PrivateRandom, first_words, game_seed, state_key
+from envgym.envs.adapters.common import SeededGame, first_words, state_key
 
 #: TextArena's single-player games that run offline here (Python 3.11): the others call `nltk.download`
 #: (Hangman, WordLadder, SpellingBee...), read files the wheel lacks, or fail to import (Python 3.12 syntax).
@@ -30,7 +29,7 @@ OFFLINE_GAMES = ("2048-v0", "Bandit-v0", "Blackjack-v0", "Crosswords-v0", "Fifte
 OFFLINE_HINT = f"single-player games that run offline: {', '.join(OFFLINE_GAMES)}"
 
 
-class TextArenaEnv(Env):
+class TextArenaEnv(SeededGame):
     """TextArena game `env_id` (an id of `textarena.envs.registration.ENV_REGISTRY`) made with `game_kwargs`."""
 
     instructions = ("You are playing a single-player game from TextArena. Its first message states the rules "
@@ -47,9 +46,7 @@ class TextArenaEnv(Env):
             raise ValueError(f"unknown TextArena env {env_id!r}; {hint}{OFFLINE_HINT}")
         spec = ENV_REGISTRY[env_id]
         self.env_id, self.game_kwargs = env_id, dict(game_kwargs)
-        self.family = f"textarena:{env_id}|{sorted(game_kwargs.items())}"
-        self.num_tasks = {"train": 1_000_000, "test": 10_000}
-        self._random = PrivateRandom()
+        super().__init__(f"textarena:{env_id}|{sorted(game_kwargs.items())}")
         with self._random.active():
             try:
                 entry = spec.entry_point
@@ -64,10 +61,6 @@ class TextArenaEnv(Env):
         if type(self.game.state).__name__ != "SinglePlayerState":
             raise ValueError(f"TextArena env {env_id!r} is a game of {type(self.game.state).__name__} (it needs "
                              f"opponents); envgym adapts single-player games: {OFFLINE_HINT}")
-        self.won = False
-
-    def task_key(self, split: str, index: int) -> str:
-        return f"{self.family}|seed {game_seed(self.family, split, index)}"
 
     def _new_messages(self) -> str:
         """What the game said since the last move (TextArena hands each message out once)."""
@@ -86,7 +79,7 @@ class TextArenaEnv(Env):
         split, task = self.select_task(seed, options)
         self.won = False
         with self._random.active():
-            self.game.reset(num_players=1, seed=game_seed(self.family, split, task))
+            self.game.reset(num_players=1, seed=self.game_seed(split, task))
             text = self._new_messages()
         return text, self._info()
 
