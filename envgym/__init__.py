@@ -7,11 +7,12 @@
 """
 
 from envgym.core import Env, TextSpace, split_of, stable_hash, task_seed
-from envgym.registration import EnvSpec, list_envs, make, register, spec
+from envgym.registration import EnvSpec, list_envs, make, prefixes, register, register_prefix, spec
 
 __version__ = "0.1.0"
 
-__all__ = ["Env", "EnvSpec", "TextSpace", "check_env", "list_envs", "make", "register", "spec", "split_of",
+__all__ = ["Env", "EnvSpec", "TextSpace", "check_env", "list_envs", "make", "prefixes", "register",
+           "register_prefix", "spec", "split_of",
            "stable_hash", "task_seed"]
 
 

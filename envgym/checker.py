@@ -147,6 +147,7 @@ def _transcript_in_subprocess(env_id: str, make_kwargs: dict[str, Any], seed: in
         "print(json.dumps(play(env, a['seed'], None, 0, a['actions'])['state_keys']))\n"
     )
     entry = _entry_point_path(env_id)
+    # an id registered only in this process (a test, a notebook) is registered there too; others resolve there
     prelude = (f"import envgym\ntry:\n    envgym.spec({env_id!r})\nexcept KeyError:\n    envgym.register({env_id!r}, "
                f"{entry!r}, max_turns={spec(env_id).max_turns!r}, kwargs={dict(spec(env_id).kwargs)!r})\n")
     payload = json.dumps({"id": env_id, "kwargs": make_kwargs, "seed": seed, "actions": actions})

@@ -44,13 +44,24 @@ def parse_kwargs(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
+    from envgym.registration import source_of
+
     table = Table(title="registered envs")
     table.add_column("id", style="bold")
     table.add_column("max turns", justify="right")
+    if args.source:
+        table.add_column("source")
     table.add_column("description")
     for env_id in envgym.list_envs():
         s = env_spec(env_id)
-        table.add_row(env_id, str(s.max_turns or "-"), s.description)
+        table.add_row(env_id, str(s.max_turns or "-"), *([source_of(env_id)] if args.source else []), s.description)
+    for prefix, adapter in envgym.prefixes().items():  # whole families: PREFIX:NAME
+        extra = f"; pip install 'envgym[{adapter.extra}]'" if adapter.extra else ""
+        table.add_row(f"{prefix}:NAME", str(adapter.max_turns or "-"),
+                      *([escape(f"adapter {prefix}: {adapter.source}{extra}")] if args.source else []),
+                      f"{adapter.description} E.g. {adapter.example}")
     console.print(table)
     return EXIT_OK
 
@@ -367,7 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"envgym {envgym.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("list", help="list registered env ids")
+    p = sub.add_parser("list", help="list registered env ids and adapter prefixes")
+    p.add_argument("--source", action="store_true",
+                   help="say where each id comes from: built-in, a plugin (entry point), or an adapter prefix")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("info", help="describe an env: instructions, action format, splits, difficulty knobs")

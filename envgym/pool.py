@@ -31,7 +31,6 @@ Close the pool (or use it as a context manager): every env is closed.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import multiprocessing
@@ -137,10 +136,12 @@ class EnvHost:
 
         self.close()
         if self.spec is not None:  # an id registered only in the pool owner's process (a test, a notebook)
+            from envgym.registration import adopt
+
             try:
                 envgym.spec(self.spec.id)
             except KeyError:
-                envgym.register(**{f.name: getattr(self.spec, f.name) for f in dataclasses.fields(self.spec)})
+                adopt(self.spec)
         if isinstance(self.make_env, str):
             self.env = envgym.make(self.make_env, **self.make_kwargs)
         else:

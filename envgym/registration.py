@@ -8,6 +8,15 @@ Third-party packages register envs through the entry-point group `envgym.envs`:
 each entry point is a zero-argument callable that calls `envgym.register`.
 Plugins load lazily, on the first `make`, `spec` or `list_envs`; a plugin that
 raises is reported in a warning that names it, and the others still load.
+
+Adapter prefixes open whole families of envs from other packages: after
+`register_prefix("gem", "envgym.envs.adapters.gem:GemEnv", argument="env_id", ...)`,
+`make("gem:game:Sudoku-v0-easy")` builds `GemEnv(env_id="game:Sudoku-v0-easy")`.
+The rest of the id after `PREFIX:` is the adapter's argument; the id resolves to
+an `EnvSpec` like any registered one (so `spec`, `envgym check`, `EnvPool` and
+the trainer take it), but `list_envs` lists registered ids only. Gymnasium reads
+`"a:b"` as "import module a, make id b", so prefixed ids are not Gymnasium ids;
+`gymnasium.make(envgym.make(id).unwrapped.spec)` builds one through Gymnasium.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import importlib.util
 import inspect
 import re
 import typing
@@ -58,6 +68,117 @@ _registry: dict[str, EnvSpec] = {}
 _plugins_loaded = False
 
 
+@dataclass(frozen=True)
+class AdapterPrefix:
+    """A family of envs reached as ``PREFIX:NAME``: `entry_point` called with ``argument=NAME``.
+
+    `requires` are the modules the adapter imports (checked before any import,
+    so a missing one fails with the `extra` to install); `source` says in a few
+    words where the envs come from (`envgym list --source` shows it).
+    """
+
+    prefix: str
+    entry_point: str | Callable[..., Env]
+    argument: str
+    source: str
+    extra: str | None = None
+    requires: tuple[str, ...] = ()
+    max_turns: int | None = None
+    step_seconds: float | None = None
+    description: str = ""
+    example: str = ""
+
+    def spec(self, id: str) -> EnvSpec:
+        """The spec of the prefixed `id`; ValueError naming the extra when a required module is missing."""
+        missing = [module for module in self.requires if importlib.util.find_spec(module) is None]
+        if missing:
+            install = f"pip install 'envgym[{self.extra}]'" if self.extra else f"pip install {' '.join(missing)}"
+            raise MissingExtra(f"{id!r} needs {', '.join(missing)} ({self.source}), which is not installed: {install}")
+        name = id.partition(":")[2]
+        if not name:
+            raise KeyError(f"env id {id!r} names no env after {self.prefix + ':'!r}, e.g. {self.example!r}")
+        return EnvSpec(id, self.entry_point, self.max_turns, {self.argument: name}, self.description,
+                       self.step_seconds)
+
+
+class MissingExtra(ImportError, ValueError):
+    """An adapter's optional package is not installed; the message names the extra to install.
+
+    A ValueError too, so the CLI and config checks report it in one line as a bad choice of env.
+    """
+
+
+_prefixes: dict[str, AdapterPrefix] = {}
+#: The plugin ("plugin NAME (VALUE)") that registered each id it registered.
+_plugin_of: dict[str, str] = {}
+_registering_plugin: str | None = None
+
+
+def register_prefix(
+    prefix: str,
+    entry_point: str | Callable[..., Env],
+    *,
+    argument: str,
+    source: str,
+    extra: str | None = None,
+    requires: tuple[str, ...] = (),
+    max_turns: int | None = None,
+    step_seconds: float | None = None,
+    description: str = "",
+    example: str = "",
+) -> AdapterPrefix:
+    """Make ids ``PREFIX:NAME`` build ``entry_point(**{argument: NAME}, **kwargs)``.
+
+    `entry_point` is ``"package.module:Factory"`` (imported only when such an env
+    is made) or a callable returning an `envgym.Env`; it should raise ValueError
+    for a NAME it does not know, naming some it does. `requires` lists the modules
+    it needs, `extra` the envgym extra that installs them (``pip install
+    'envgym[EXTRA]'``). `description` is one line on the family, `example` an id of it.
+    Registering a prefix twice replaces the first with a warning.
+    """
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.\-]*", prefix):
+        raise ValueError(f"adapter prefix {prefix!r} must be a word such as 'gem' (letters, digits, _ . -)")
+    if prefix in _prefixes:
+        warnings.warn(f"adapter prefix {prefix!r} was registered already; the new registration replaces it",
+                      stacklevel=2)
+    _prefixes[prefix] = AdapterPrefix(prefix, entry_point, argument, source, extra, tuple(requires), max_turns,
+                                      step_seconds, description, example)
+    return _prefixes[prefix]
+
+
+#: Specs of prefixed ids whose prefix this process does not know, handed over by the process that resolved them.
+_adopted: dict[str, EnvSpec] = {}
+
+
+def adopt(spec_: EnvSpec) -> None:
+    """Make `spec_` resolvable here: an id registered, or a prefix registered, only in another process
+    (an `EnvPool` worker gets its owner's spec this way)."""
+    if ":" in spec_.id:
+        _adopted[spec_.id] = spec_
+    else:
+        register(**{f.name: getattr(spec_, f.name) for f in dataclasses.fields(spec_)})
+
+
+def prefixes() -> dict[str, AdapterPrefix]:
+    """The adapter prefixes known (built-in and from plugins), by prefix."""
+    _load_plugins()
+    return dict(sorted(_prefixes.items()))
+
+
+def source_of(id: str) -> str:
+    """Where env `id` comes from: "built-in", "plugin NAME (VALUE)", "adapter PREFIX: SOURCE", or
+    "registered by MODULE" (a `register` call outside a plugin, e.g. in a script)."""
+    spec_ = spec(id)
+    if id not in _registry:
+        prefix = id.partition(":")[0]
+        return f"adapter {prefix}: " + (_prefixes[prefix].source if prefix in _prefixes else "known to another process")
+    if id in _plugin_of:
+        return _plugin_of[id]
+    entry = spec_.entry_point
+    module = entry.partition(":")[0] if isinstance(entry, str) else getattr(entry, "__module__", "?")
+    return "built-in" if module.startswith("envgym.") else f"registered by {module}"
+
+
 def register(
     id: str,
     entry_point: str | Callable[..., Env],
@@ -88,6 +209,8 @@ def register(
         gymnasium.registry.pop(id, None)
     spec_ = EnvSpec(id, entry_point, max_turns, dict(kwargs or {}), description, step_seconds)
     _registry[id] = spec_
+    if _registering_plugin is not None:
+        _plugin_of[id] = _registering_plugin
     gymnasium.register(
         id=id,
         entry_point=entry_point,
@@ -100,12 +223,13 @@ def register(
 
 def _load_plugins() -> None:
     """Import the built-in families, then call every `envgym.envs` entry point once."""
-    global _plugins_loaded
+    global _plugins_loaded, _registering_plugin
     if _plugins_loaded:
         return
     _plugins_loaded = True
     importlib.import_module("envgym.envs")
     for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        _registering_plugin = f"plugin {entry.name} ({entry.value})"
         try:
             entry.load()()
         except Exception as exc:  # a broken plugin must not break the others
@@ -113,6 +237,8 @@ def _load_plugins() -> None:
                 f"envgym plugin {entry.name!r} ({entry.value}) failed to register: {type(exc).__name__}: {exc}",
                 stacklevel=2,
             )
+        finally:
+            _registering_plugin = None
 
 
 def list_envs() -> list[str]:
@@ -122,12 +248,21 @@ def list_envs() -> list[str]:
 
 
 def spec(id: str) -> EnvSpec:
-    """The spec of `id`; raises KeyError naming the closest registered ids."""
-    if id.startswith("openenv:"):  # OPENENV HOOK (issue 29): stand-in until the adapter-prefix registry merges
-        from envgym.remote import openenv_spec
+    """The spec of `id` (registered, or ``PREFIX:NAME`` of an adapter prefix).
 
-        return openenv_spec(id)
+    Raises KeyError naming the closest registered ids, or the known prefixes for
+    an unknown ``PREFIX:``; MissingExtra (a ValueError) when an adapter's package
+    is not installed.
+    """
     _load_plugins()
+    if id in _adopted:
+        return _adopted[id]
+    if id not in _registry and ":" in id:
+        prefix = id.partition(":")[0]
+        if prefix not in _prefixes:
+            known = "; ".join(f"{p}: {a.source}" for p, a in sorted(_prefixes.items())) or "none"
+            raise KeyError(f"unknown adapter prefix {prefix + ':'!r} in env id {id!r}; known prefixes: {known}")
+        return _prefixes[prefix].spec(id)
     if id not in _registry:
         close = difflib.get_close_matches(id, _registry, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "; `envgym list` shows them all"
@@ -144,19 +279,30 @@ def make(id: str, *, wrap: bool = True, **kwargs: Any) -> gymnasium.Env:
     """
     from envgym.wrappers import TurnLimit
 
-    if id.startswith("openenv:"):  # OPENENV HOOK (issue 29): stand-in until the adapter-prefix registry merges
-        from envgym.remote import make_openenv_env
-
-        return make_openenv_env(id.removeprefix("openenv:"), **kwargs)
     spec_ = spec(id)
     factory = spec_.load()
     env = factory(**_checked_kwargs(id, factory, {**spec_.kwargs, **kwargs}))
     if not isinstance(env, Env):
         raise TypeError(f"entry point of {id!r} returned {type(env).__name__}, which is not an envgym.Env")
-    env.spec = dataclasses.replace(gymnasium.spec(id), kwargs={**spec_.kwargs, **kwargs})
+    env.spec = _gymnasium_spec(spec_, {**spec_.kwargs, **kwargs})
     if wrap and spec_.max_turns is not None:
         env = TurnLimit(env, spec_.max_turns)
     return env
+
+
+def _gymnasium_spec(spec_: EnvSpec, kwargs: dict[str, Any]) -> gymnasium.envs.registration.EnvSpec | None:
+    """The Gymnasium spec of an env `make` built: the registered one, or one made for a prefixed id (None for
+    an id outside Gymnasium's grammar, such as ``openenv:http://HOST:PORT``, which Gymnasium's tools would reject)."""
+    if spec_.id in _registry:
+        return dataclasses.replace(gymnasium.spec(spec_.id), kwargs=kwargs)
+    try:
+        gymnasium.envs.registration.parse_env_id(spec_.id)
+    except gymnasium.error.Error:
+        return None
+    made = gymnasium.envs.registration.EnvSpec("adapter-v0", spec_.entry_point, max_episode_steps=spec_.max_turns,
+                                               kwargs=kwargs, disable_env_checker=True)
+    made.id, made.namespace, made.name, made.version = spec_.id, None, spec_.id, None  # not Gymnasium's id grammar
+    return made
 
 
 def _checked_kwargs(id: str, factory: Callable[..., Env], kwargs: dict[str, Any]) -> dict[str, Any]:

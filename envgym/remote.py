@@ -27,7 +27,6 @@ from typing import Any
 
 from envgym.core import Env
 
-OPENENV_PREFIX = "openenv:"
 #: How the server's error messages start, so the client can tell a bad request from a failed env.
 BAD_REQUEST, ENV_FAILED, SESSION_CLOSED = "bad request:", "env failed:", "session closed"
 #: The server's extra route for task keys, and how many one request returns.
@@ -228,15 +227,6 @@ def make_openenv_env(url: str, **kwargs: Any) -> RemoteEnv:
     """
     unknown = sorted(set(kwargs) - {"timeout"})
     if unknown:
-        raise TypeError(f"{OPENENV_PREFIX}{url} takes no option(s) {unknown}; its one option is timeout (seconds "
-                        "per request); set the served env's knobs where it is served: envgym serve ID KEY=VALUE")
+        raise TypeError(f"openenv:{url} takes no option(s) {unknown}; its one option is timeout (seconds per "
+                        "request); set the served env's knobs where it is served: envgym serve ID KEY=VALUE")
     return RemoteEnv(url, **kwargs)
-
-
-def openenv_spec(env_id: str):
-    """The `EnvSpec` of ``"openenv:URL"`` (no request: a server that is down fails the first reset, not this)."""
-    from envgym.registration import EnvSpec
-
-    url = env_id[len(OPENENV_PREFIX):]
-    return EnvSpec(env_id, "envgym.remote:RemoteEnv", kwargs={"url": url},
-                   description=f"the env served over OpenEnv at {url}")

@@ -90,8 +90,13 @@ def test_plugin_packages_register_through_the_entry_point_group(tmp_path):
         import envgym
         from envgym.envs.games.guess import GuessNumber
 
+        def guess_up_to(high):
+            return GuessNumber(high=int(high))
+
         def register_envs():
             envgym.register("plugin/TinyGuess-v0", GuessNumber, max_turns=5, kwargs={"high": 16})
+            envgym.register_prefix("guessupto", "envgym_plugin_good:guess_up_to", argument="high",
+                                   source="a test plugin")
     """)
     bad = _write_plugin(tmp_path, "envgym_plugin_bad", """
         def register_envs():
@@ -107,11 +112,16 @@ def test_plugin_packages_register_through_the_entry_point_group(tmp_path):
             warnings.simplefilter("always")
             ids = envgym.list_envs()
         env = envgym.make("plugin/TinyGuess-v0")
-        print("plugin/TinyGuess-v0" in ids, "games/Maze-v0" in ids, env.unwrapped.high)
+        print("plugin/TinyGuess-v0" in ids, "games/Maze-v0" in ids, env.unwrapped.high,
+              envgym.make("guessupto:40").unwrapped.high)
+        from envgym.registration import source_of
+        print(" | ".join(source_of(i) for i in ("plugin/TinyGuess-v0", "games/Maze-v0", "guessupto:40")))
         print(" | ".join(str(w.message) for w in caught))
     """)
     env = {**os.environ, "PYTHONPATH": str(target)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    found, warned = out.strip().splitlines()
-    assert found == "True True 16"
+    found, sources, warned = out.strip().splitlines()
+    assert found == "True True 16 40"
+    assert sources == ("plugin envgym_plugin_good (envgym_plugin_good:register_envs) | built-in | "
+                       "adapter guessupto: a test plugin")
     assert "envgym_plugin_bad" in warned and "RuntimeError: boom" in warned
