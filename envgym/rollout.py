@@ -254,7 +254,7 @@ class _Collector:
         self.free.append(slot)
         self.metrics["failed_attempts"] += 1
         signature = failure_signature(cause)
-        if retry and by_env and self.last_failure.get((g, m)) == signature:
+        if retry and by_env and attempt < self.retries and self.last_failure.get((g, m)) == signature:
             retry = False
             self.metrics["repeated_failures"] += 1
             cause += " (as in the previous attempt, at the same step: deterministic, not retried)"
