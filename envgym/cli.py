@@ -178,7 +178,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
                       num_envs=settings["num_envs"] or None,
                       step_timeout=settings["step_timeout"], retries=settings["retries"],
                       request_timeout=args.request_timeout, request_retries=args.request_retries,
-                      max_concurrency=args.max_concurrency, send_tools=args.send_tools, engine_args=parse_kwargs(args.engine_arg), progress=True)
+                      max_concurrency=args.max_concurrency, send_tools=args.send_tools, engine_args=parse_kwargs(args.engine_arg),
+                      agent=args.agent or (config.rollout.agent or None if args.config else None),
+                      episode_timeout=args.episode_timeout or (config.rollout.episode_timeout or None if args.config
+                                                               else None), progress=True)
     print(report.to_markdown(), end="")  # plain print: a console would wrap the table's rows
     if out is not None:
         paths = report.save(out)
@@ -272,6 +275,11 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting of the vllm: policies' engine, a keyword of vllm.LLM, e.g. max_model_len=2048 "
                         "(repeatable; CPU defaults: see README)")
+    p.add_argument("--agent", default=None, metavar="MODULE:FUNCTION",
+                   help="play every episode with this agent program, agent(env, client), through an "
+                        "OpenAI-compatible gateway in front of each policy (default: the built-in loop; see README)")
+    p.add_argument("--episode-timeout", type=float, default=None, metavar="SECONDS",
+                   help="with --agent: an agent that has not returned by then fails its episode (default: none)")
     p.add_argument("--out", default=None, metavar="DIR", help="write report.json, report.md and report.png here")
     p.set_defaults(func=cmd_eval)
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 import envgym
+from envgym.agents import collect_agent_groups
 from envgym.core import RunFailed
 from envgym.evaluation import EVAL_SEED, evaluate_policy, plan_split
 from envgym.policies import HFPolicy, SamplingParams
@@ -446,6 +447,10 @@ class Trainer:
         if self.rollout_worker is not None:
             rollout = self.rollout_worker.next(self.iteration, self.collect_options, self.model,
                                                last_iteration=cfg.iterations - 1)
+        elif cfg.rollout.agent:
+            rollout = collect_agent_groups(self.env_factory, self.policy, cfg.rollout.agent,
+                                           episode_timeout=cfg.rollout.episode_timeout,
+                                           **self.collect_options(self.iteration))
         else:
             rollout = collect_groups(self.env_factory, self.policy, pool=self.pool,
                                      **self.collect_options(self.iteration))
@@ -606,7 +611,8 @@ class Trainer:
             seed=EVAL_SEED, sampling=SamplingParams(temperature=cfg.eval.temperature,
                                                     max_new_tokens=cfg.rollout.max_new_tokens),
             context=cfg.rollout.context, window=cfg.rollout.window, max_turns=cfg.env.max_turns, pool=self.pool,
-            retries=cfg.rollout.retries, shard=(self.dp.rank, self.dp.world_size),
+            retries=cfg.rollout.retries, shard=(self.dp.rank, self.dp.world_size), agent=cfg.rollout.agent or None,
+            episode_timeout=cfg.rollout.episode_timeout,
             gather=self.dp.gather if self.dp.launched else None)  # each rank plays its share of the set
         if row.dropped_episodes:
             log.warning("held-out evaluation: %d of %d episodes failed past their retries and count as losses: %s",

@@ -1,0 +1,191 @@
+"""The OpenAI-compatible gateway and agents as rollouts: token-faithful rows, the HTTP protocol through the
+real `openai` SDK, structured tool calls, bad input, and training and evaluating real agent programs."""
+
+import json
+import threading
+
+import openai
+import pytest
+import torch
+
+from envgym.agents import EpisodeClosed, collect_agent_groups
+from envgym.chat import encode, render
+from envgym.example_agents import chat_agent, sdk_agent, window_agent
+from envgym.gateway import Gateway
+from envgym.models import HERMES_TOOLS_TEMPLATE, tiny_model, word_level_tokenizer
+from envgym.policies import Completion, HFPolicy, SamplingParams
+from envgym.wrappers import EnvMaker
+
+WORDS = ["tool_call", "name", "arguments", "python", "code", "answer", "print", "{", "}", ":", ",", '"', "<", ">", "/",
+         "1", "2", "the", "is", "hello"]
+MATH = EnvMaker("tools/MathPython-v0")
+TOOLS = [{"type": "function", "function": {"name": "python", "description": "run code", "parameters": {
+    "type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"]}}}]
+CALL = '<tool_call>\n{"name": "python", "arguments": {"code": "1"}}\n</tool_call>'
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return word_level_tokenizer(WORDS, chat_template=HERMES_TOOLS_TEMPLATE)
+
+
+@pytest.fixture(scope="module")
+def policy(tokenizer):
+    torch.set_num_threads(1)
+    return HFPolicy(tiny_model(tokenizer), tokenizer)
+
+
+@pytest.fixture(scope="module")
+def gateway(policy):
+    with Gateway(policy, sampling=SamplingParams(max_new_tokens=6)) as gateway:
+        yield gateway
+
+
+class ScriptedTokens:
+    """A token policy that writes the given texts in turn (the model under test is the gateway's parsing)."""
+
+    def __init__(self, tokenizer, texts):
+        self.tokenizer, self.texts = tokenizer, list(texts)
+
+    def generate(self, prompts, params):
+        out = []
+        for _ in prompts:
+            ids = encode(self.tokenizer, self.texts.pop(0)) + [self.tokenizer.eos_token_id]
+            out.append(Completion(ids, [-0.5] * len(ids), self.tokenizer.decode(ids, skip_special_tokens=True), "stop"))
+        return out
+
+    def score(self, prompts, continuations):
+        raise NotImplementedError
+
+
+def stored_vs_teacher_forced(model, episode):
+    """The largest gap between an episode's stored logprobs and a forward pass over each of its token rows."""
+    gap = 0.0
+    for r, turns in enumerate(episode.rows()):
+        ids = episode.row_ids(r)
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+        offset = 0
+        for t in turns:
+            turn = episode.turns[t]
+            offset += len(turn.obs_ids)
+            for k, (token, stored) in enumerate(zip(turn.action_ids, turn.logprobs)):
+                gap = max(gap, abs(float(logprobs[offset + k - 1, token]) - stored))
+            offset += len(turn.action_ids)
+        assert offset == len(ids)
+    return gap
+
+
+@pytest.mark.parametrize("agent, one_row", [(chat_agent, True), (window_agent, False)])
+def test_agent_rows_match_a_teacher_forced_pass(policy, agent, one_row):
+    result = collect_agent_groups(MATH, policy, agent, n_groups=1, group_size=2, max_turns=3,
+                                  sampling=SamplingParams(max_new_tokens=5))
+    episodes = result.groups[0].episodes
+    assert not result.failures and all(len(e.turns) == 3 for e in episodes)
+    for episode in episodes:
+        assert episode.row_starts == ((0,) if one_row else (0, 1, 2))  # append-only: one row; rewritten: per request
+        assert stored_vs_teacher_forced(policy.model, episode) < 1e-3
+        assert [t.invalid_action for t in episode.turns] == [True] * 3  # a random model's replies, as the env said
+    assert result.metrics["turns"] == 6 and result.metrics["template_fallbacks"] == (0 if one_row else 2)
+
+
+def test_a_request_records_the_template_rendering_and_answers_like_openai(gateway, tokenizer):
+    record = gateway.open_episode()
+    client = gateway.client(record)
+    messages = [{"role": "system", "content": "the"}, {"role": "user", "content": "hello"}]
+    reply = client.chat.completions.create(model="policy", messages=messages, tools=TOOLS, logprobs=True)
+    exchange = record.exchanges[0]
+    assert list(exchange.obs_ids) == encode(tokenizer, render(tokenizer, messages, True, TOOLS))  # tools rendered
+    assert reply.usage.prompt_tokens == len(exchange.obs_ids)
+    assert reply.usage.completion_tokens == len(exchange.action_ids) == len(reply.choices[0].logprobs.content)
+    assert [c.logprob for c in reply.choices[0].logprobs.content] == list(exchange.logprobs)
+    assert reply.choices[0].message.content == exchange.text == tokenizer.decode(exchange.action_ids,
+                                                                                 skip_special_tokens=True)
+    chunks = list(client.chat.completions.create(model="policy", messages=messages, stream=True,
+                                                 stream_options={"include_usage": True}))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == record.exchanges[1].text and chunks[-1].usage.completion_tokens == len(
+        record.exchanges[1].action_ids)
+    assert [m.id for m in client.models.list().data] == ["policy"]
+    gateway.end_episode(record, "done")
+
+
+def test_bad_requests_get_openai_errors(gateway, policy):
+    record = gateway.open_episode()
+    client = gateway.client(record)
+    hello = [{"role": "user", "content": "hello"}]
+    with pytest.raises(openai.NotFoundError, match="this gateway serves 'policy'"):
+        client.chat.completions.create(model="gpt-4o", messages=hello)
+    with pytest.raises(openai.BadRequestError, match="n must be 1"):
+        client.chat.completions.create(model="policy", messages=hello, n=2)
+    with pytest.raises(openai.BadRequestError, match="messages must be a non-empty list"):
+        client.chat.completions.create(model="policy", messages=[])
+    stranger = openai.OpenAI(base_url=f"{gateway.url}/episodes/not-an-episode/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.NotFoundError, match="no open episode 'not-an-episode'"):
+        stranger.chat.completions.create(model="policy", messages=hello)
+    assert not record.exchanges
+    gateway.end_episode(record, "done")
+    with pytest.raises(openai.ConflictError, match="has ended \\(done\\)"):
+        client.chat.completions.create(model="policy", messages=hello)
+    with Gateway(policy, max_context_tokens=12) as small:
+        record = small.open_episode()
+        with pytest.raises(openai.BadRequestError, match="maximum context length is 12 tokens"):
+            small.client(record).chat.completions.create(model="policy", messages=hello * 3)
+        assert record.end_reason == "context"
+        with pytest.raises(openai.ConflictError, match="has ended \\(context\\)"):
+            small.client(record).chat.completions.create(model="policy", messages=hello)
+
+
+def test_tool_calls_come_back_structured_and_tool_messages_continue_the_row(tokenizer):
+    scripted = ScriptedTokens(tokenizer, ["hello\n" + CALL, "the answer", '<tool_call>\n{"name": python}\n</tool_call>'])
+    with Gateway(scripted) as gateway:
+        record = gateway.open_episode()
+        client = gateway.client(record)
+        messages = [{"role": "user", "content": "hello"}]
+        reply = client.chat.completions.create(model="policy", messages=messages, tools=TOOLS)
+        choice = reply.choices[0]
+        assert choice.finish_reason == "tool_calls" and choice.message.content == "hello"
+        call = choice.message.tool_calls[0]
+        assert (call.function.name, json.loads(call.function.arguments)) == ("python", {"code": "1"})
+        messages += [{"role": "assistant", "content": "hello", "tool_calls": [call.model_dump()]},
+                     {"role": "tool", "tool_call_id": call.id, "content": "1"}]
+        client.chat.completions.create(model="policy", messages=messages, tools=TOOLS)
+        second = record.exchanges[1]
+        assert not second.starts_row  # the template rendered the call as sampled: the row goes on
+        assert tokenizer.decode(second.obs_ids) == "\n<|im_start|>tool\n1<|im_end|>\n<|im_start|>assistant\n"
+        malformed = client.chat.completions.create(model="policy", messages=messages, tools=TOOLS).choices[0]
+        assert malformed.finish_reason == "stop" and malformed.message.tool_calls is None
+        assert malformed.message.content == '<tool_call>\n{"name": python}\n</tool_call>'
+        assert record.malformed_tool_calls == 1
+
+
+def broken_agent(env, client):
+    env.reset()
+    raise ValueError("no plan for this task")
+
+
+def test_an_agent_that_raises_fails_its_episode_with_the_last_line_and_is_retried(policy):
+    result = collect_agent_groups(MATH, policy, broken_agent, n_groups=1, group_size=2, retries=1)
+    assert not result.groups and result.metrics["dropped_groups"] == 1 and result.metrics["retries"] >= 1
+    assert {f.cause for f in result.failures} == {"agent: ValueError: no plan for this task"}
+
+
+def test_an_agent_that_never_returns_is_bounded_by_the_episode_timeout(policy):
+    release, finished, seen = threading.Event(), threading.Event(), []
+
+    def stuck_agent(env, client):
+        env.reset()
+        release.wait()  # the rollout gives up on it meanwhile
+        try:
+            env.step("1")
+        except EpisodeClosed as exc:
+            seen.append(str(exc))
+        finished.set()
+
+    result = collect_agent_groups(MATH, policy, stuck_agent, n_groups=1, group_size=1, retries=0,
+                                  episode_timeout=0.2)
+    release.set()
+    assert finished.wait(30)
+    assert not result.groups
+    assert [f.cause for f in result.failures] == ["agent: did not return within rollout.episode_timeout=0.2s"]
+    assert seen == ["the episode has ended (timed out)"]
