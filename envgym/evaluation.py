@@ -342,7 +342,7 @@ def evaluate(
     max_concurrency: int | None = None,
     send_tools: bool = False,
     engine_args: Mapping[str, Any] | None = None,
-    agent: str | None = None,
+    agent: str | Callable[[Any, Any], Any] | None = None,
     episode_timeout: float | None = None,
     progress: bool = False,
 ) -> EvalReport:
@@ -358,7 +358,7 @@ def evaluate(
     requests (see `envgym.policies.openai_chat`); `engine_args`
     are settings of the engine of every `vllm:` policy (keyword arguments of
     `vllm.LLM`, e.g. ``{"max_model_len": 2048}``); `max_context_tokens` bounds
-    every prompt plus completion; `agent` ("package.module:function") plays every episode with that
+    every prompt plus completion; `agent` (a callable or "package.module:function") plays every episode with that
     agent program (see `envgym.agents`), each bounded by `episode_timeout` seconds. Numbers
     are checked against ARGUMENT_RANGES, env ids and knobs and policy paths are
     checked, before any model loads.
@@ -383,7 +383,7 @@ def evaluate(
     for spec in policies:
         if isinstance(spec, str):
             check_policy_spec(spec)
-    if agent is not None:
+    if isinstance(agent, str):
         from envgym.agents import load_agent
 
         load_agent(agent)  # a typo fails before any model loads
@@ -414,7 +414,8 @@ def evaluate(
                 "max_context_tokens": max_context_tokens, "backend": backend, "num_envs": num_envs,
                 "step_timeout": step_timeout, "retries": retries, "request_timeout": request_timeout,
                 "request_retries": request_retries, "max_concurrency": max_concurrency, "send_tools": send_tools,
-                "engine_args": dict(engine_args or {}), "agent": agent, "episode_timeout": episode_timeout,
+                "engine_args": dict(engine_args or {}), "agent": agent if agent is None or isinstance(agent, str) else f"{agent.__module__}:{agent.__qualname__}",
+                "episode_timeout": episode_timeout,
                 "sampling": asdict(sampling or SamplingParams()),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     return EvalReport(rows, settings, rollouts)

@@ -189,3 +189,49 @@ def test_an_agent_that_never_returns_is_bounded_by_the_episode_timeout(policy):
     assert not result.groups
     assert [f.cause for f in result.failures] == ["agent: did not return within rollout.episode_timeout=0.2s"]
     assert seen == ["the episode has ended (timed out)"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer):
+    path = tmp_path_factory.mktemp("tiny-tools")
+    tiny_model(tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("agent", ["envgym.example_agents:chat_agent", "envgym.example_agents:sdk_agent"])
+def test_an_agent_program_trains_and_evaluates_through_the_gateway(tmp_path, model_dir, agent):
+    from envgym.cli import EXIT_OK, main
+    from envgym.trainers import Trainer, config_from_dict
+
+    config = config_from_dict({
+        "iterations": 1, "threads": 1, "out_dir": str(tmp_path / "run"), "model": {"name": str(model_dir)},
+        "env": {"id": "tools/MathPython-v0", "max_turns": 2},
+        "rollout": {"n_groups": 1, "group_size": 2, "max_new_tokens": 4, "agent": agent},
+        "optim": {"epochs": 1, "micro_batch_tokens": 4096, "lr": 0.0}, "eval": {"every": 1, "episodes": 2}})
+    with Trainer(config) as trainer:
+        metrics = trainer.train_iteration()
+        held_out = trainer.evaluate()
+    assert metrics["train/episodes"] == 2 and metrics["rollout/failed_attempts"] == 0
+    assert metrics["loss/ratio"] == pytest.approx(1.0, abs=1e-4)  # the update sees the rollout's own logprobs
+    assert held_out["eval/episodes"] == 2 and held_out["eval/dropped_episodes"] == 0
+    out = tmp_path / "eval"
+    assert main(["eval", "--agent", agent, "--policy", f"hf:{model_dir}", "--env", "tools/MathPython-v0",
+                 "--episodes", "2", "--max-turns", "2", "--max-new-tokens", "4", "--out", str(out)]) == EXIT_OK
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["agent"] == agent and report["results"][0]["episodes"] == 2
+    assert report["results"][0]["generated_tokens"] > 0
+
+
+def test_an_agent_plays_an_openai_endpoint(gateway):
+    """`envgym eval --agent` against an `openai:` policy: the gateway forwards to the endpoint (here another
+    gateway, a real OpenAI-compatible server) and records text and usage."""
+    from envgym.evaluation import evaluate
+
+    upstream = gateway.open_episode()
+    report = evaluate("tools/MathPython-v0", f"openai:{gateway.base_url(upstream)}#policy", agent=chat_agent,
+                      episodes=2, max_turns=2, sampling=SamplingParams(max_new_tokens=4))
+    row = report.rows[0]
+    assert (row.episodes, row.dropped_episodes, row.mean_turns) == (2, 0, 2.0)
+    assert row.generated_tokens == sum(len(e.action_ids) for e in upstream.exchanges) > 0
+    gateway.end_episode(upstream, "done")

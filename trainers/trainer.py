@@ -447,13 +447,14 @@ class Trainer:
         if self.rollout_worker is not None:
             rollout = self.rollout_worker.next(self.iteration, self.collect_options, self.model,
                                                last_iteration=cfg.iterations - 1)
-        elif cfg.rollout.agent:
-            rollout = collect_agent_groups(self.env_factory, self.policy, cfg.rollout.agent,
-                                           episode_timeout=cfg.rollout.episode_timeout,
-                                           **self.collect_options(self.iteration))
         else:
-            rollout = collect_groups(self.env_factory, self.policy, pool=self.pool,
-                                     **self.collect_options(self.iteration))
+            if cfg.rollout.agent:
+                rollout = collect_agent_groups(self.env_factory, self.policy, cfg.rollout.agent,
+                                               episode_timeout=cfg.rollout.episode_timeout,
+                                               **self.collect_options(self.iteration))
+            else:
+                rollout = collect_groups(self.env_factory, self.policy, pool=self.pool,
+                                         **self.collect_options(self.iteration))
             rollout.metrics["policy_version"] = float(self.iteration)
         if not self.dp.sum([len(rollout.groups)])[0]:
             causes = sorted({f.cause for f in rollout.failures})
