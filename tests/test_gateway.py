@@ -235,3 +235,20 @@ def test_an_agent_plays_an_openai_endpoint(gateway):
     assert (row.episodes, row.dropped_episodes, row.mean_turns) == (2, 0, 2.0)
     assert row.generated_tokens == sum(len(e.action_ids) for e in upstream.exchanges) > 0
     gateway.end_episode(upstream, "done")
+
+
+def test_eval_of_an_openai_policy_sends_tool_history_structured(tokenizer):
+    """The built-in loop with `--send-tools`: an earlier call goes back as `tool_calls` and a `tool` message,
+    which the endpoint's template renders (here the gateway's, over a policy that writes one call, then text)."""
+    from envgym.evaluation import evaluate
+
+    call = '<tool_call>\n{"name": "python", "arguments": {"code": "print(1)"}}\n</tool_call>'
+    with Gateway(ScriptedTokens(word_level_tokenizer(WORDS + ["print", "(", ")"],
+                                                     chat_template=HERMES_TOOLS_TEMPLATE), [call, "2"])) as endpoint:
+        record = endpoint.open_episode()
+        report = evaluate("tools/MathPython-v0", f"openai:{endpoint.base_url(record)}#policy", send_tools=True,
+                          episodes=1, max_turns=2)
+        assert report.rows[0].invalid_action_rate == 0.5  # the call ran; "2" is no answer
+        second = endpoint.tokenizer.decode(record.exchanges[1].obs_ids)
+    assert not record.exchanges[1].starts_row  # the structured history renders as the call was sampled
+    assert second.startswith("\n<|im_start|>tool\n") and second.endswith("\n1<|im_end|>\n<|im_start|>assistant\n")
