@@ -269,8 +269,9 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-concurrency", type=checked("max_concurrency", int), default=None, metavar="N",
                    help="HTTP requests of an openai: policy in flight at once (default 8)")
     p.add_argument("--send-tools", action="store_true",
-                   help="send a tool env's tool schemas with each request of openai: policies and read the "
-                        "endpoint's tool calls back as <tool_call> text (the server must accept tools; vLLM: "
+                   help="send a tool env's tool schemas with each request of openai: policies, read the "
+                        "endpoint's tool calls back as <tool_call> text and send earlier calls back as tool_calls "
+                        "answered by tool messages (the server must accept tools; vLLM: "
                         "--enable-auto-tool-choice --tool-call-parser NAME); default: calls travel as text only")
     p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting of the vllm: policies' engine, a keyword of vllm.LLM, e.g. max_model_len=2048 "

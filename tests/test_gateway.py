@@ -252,3 +252,31 @@ def test_eval_of_an_openai_policy_sends_tool_history_structured(tokenizer):
         second = endpoint.tokenizer.decode(record.exchanges[1].obs_ids)
     assert not record.exchanges[1].starts_row  # the structured history renders as the call was sampled
     assert second.startswith("\n<|im_start|>tool\n") and second.endswith("\n1<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_the_readme_agent_is_complete_and_plays(policy):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "def agent(env, client)" in b)
+    assert len(example.strip().splitlines()) < 30
+    namespace: dict = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    result = collect_agent_groups(MATH, policy, namespace["agent"], n_groups=1, group_size=2, max_turns=2,
+                                  sampling=SamplingParams(max_new_tokens=4))
+    assert not result.failures and [len(e.turns) for e in result.groups[0].episodes] == [2, 2]
+
+
+def test_hermes_calls_parse_one_object_or_a_list_and_anything_else_is_text():
+    from envgym.tool_parsers import parse_tool_calls
+
+    listed = parse_tool_calls('<tool_call>[{"name": "a", "arguments": {}}, {"name": "b"}]</tool_call>', "hermes", 3)
+    assert [(c["id"], c["function"]["name"], c["function"]["arguments"]) for c in listed.tool_calls] == [
+        ("call_3", "a", "{}"), ("call_4", "b", "{}")] and listed.content is None
+    for text, why in [('<tool_call>{"name": "a"', "unclosed"), ('<tool_call>{"name": 1}</tool_call>', "string"),
+                      ('<tool_call>{"name": "a", "arguments": []}</tool_call>', "must be a JSON object"),
+                      ('<tool_call>{"name": "a"}</tool_call> and more', "text after")]:
+        reply = parse_tool_calls(text, "hermes")
+        assert (reply.content, reply.tool_calls) == (text, []) and why in reply.malformed
+    assert parse_tool_calls("just words", "hermes").content == "just words"
