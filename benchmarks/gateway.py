@@ -4,7 +4,9 @@ against the built-in loop on the same env.
 Overhead: `--requests` chat completions of one prompt (a MathPython first prompt with its tools) through
 the gateway with the `openai` SDK (a fresh episode each, so every request renders and prefills the same
 prompt), interleaved with the same work done directly (render with the chat template, tokenise,
-`policy.generate`); the overhead is the median of the paired differences (goal: under 5 ms on localhost).
+`policy.generate`); the overhead is the median of the paired differences (goal: under 5 ms on localhost),
+once with a policy that answers instantly (the gateway's own cost: HTTP, JSON, template, tokeniser, thread
+hand-offs) and once with the tiny Llama (plus what sharing the CPU with a generating thread costs).
 Rollout: `--groups` x `--group-size` episodes of tools/MathPython-v0 (`--turns` turns, `--new-tokens`
 tokens a reply, sampled) with the built-in loop (`collect_groups`) and with `envgym.example_agents:
 chat_agent` through the gateway (`collect_agent_groups`), same policy, seeds and limits; generated tokens
@@ -17,12 +19,31 @@ small, so the gateway's share is as large as it gets).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class InstantPolicy:
+    """A token policy that answers at once with the same four ids: what is left is the gateway's own cost."""
+
+    def __init__(self, tokenizer):
+        from envgym.chat import encode
+
+        self.tokenizer = tokenizer
+        self.ids = encode(tokenizer, "python python") + [tokenizer.eos_token_id]
+
+    def generate(self, prompts, params):
+        from envgym.policies import Completion
+
+        return [Completion(list(self.ids), [0.0] * len(self.ids), "python python", "stop") for _ in prompts]
+
+    def score(self, prompts, continuations):
+        raise NotImplementedError("not needed to time requests")
 
 
 def main() -> None:
@@ -35,6 +56,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
+    import httpx
     import torch
 
     import envgym
@@ -58,24 +80,30 @@ def main() -> None:
     env.close()
     greedy = SamplingParams(temperature=0.0, max_new_tokens=4)
 
-    with Gateway(policy, sampling=greedy) as gateway:
-        direct, through = [], []
-        for i in range(args.requests + 5):  # the first 5 pairs warm up (imports, connection, allocator)
-            start = time.perf_counter()
-            policy.generate([encode(tokenizer, render(tokenizer, messages, True, tools))], greedy)
-            middle = time.perf_counter()
-            record = gateway.open_episode()
-            gateway.client(record).chat.completions.create(model="policy", messages=messages, tools=tools)
-            gateway.end_episode(record, "measured")
-            end = time.perf_counter()
-            if i >= 5:
-                direct.append(middle - start)
-                through.append(end - middle)
-    overhead = statistics.median(t - d for t, d in zip(through, direct))
-    print(f"per request ({args.requests} pairs, prompt {len(encode(tokenizer, render(tokenizer, messages, True, tools)))}"
-          f" tokens, 4 new): direct {statistics.median(direct) * 1e3:.2f} ms, through the gateway "
-          f"{statistics.median(through) * 1e3:.2f} ms, overhead {overhead * 1e3:.2f} ms (median of paired differences; "
-          f"goal < 5 ms)")
+    prompt_tokens = len(encode(tokenizer, render(tokenizer, messages, True, tools)))
+    for name, measured in (("instant policy (the gateway's own cost)", InstantPolicy(tokenizer)),
+                           ("tiny Llama", policy)):
+        direct, raw, sdk = [], [], []
+        body = json.dumps({"model": "policy", "messages": messages, "tools": tools})
+        with Gateway(measured, sampling=greedy) as gateway, httpx.Client() as http:
+            for i in range(args.requests + 5):  # the first 5 rounds warm up (imports, connections, allocator)
+                times = [time.perf_counter()]
+                measured.generate([encode(tokenizer, render(tokenizer, messages, True, tools))], greedy)
+                times.append(time.perf_counter())
+                record = gateway.open_episode()
+                http.post(gateway.base_url(record) + "/chat/completions", content=body,
+                          headers={"Content-Type": "application/json"}).raise_for_status()
+                times.append(time.perf_counter())
+                record = gateway.open_episode()
+                gateway.client(record).chat.completions.create(model="policy", messages=messages, tools=tools)
+                times.append(time.perf_counter())
+                if i >= 5:
+                    for kept, (a, b) in zip((direct, raw, sdk), zip(times, times[1:])):
+                        kept.append(b - a)
+        print(f"{name}, {args.requests} requests of {prompt_tokens} prompt tokens, 4 new: direct "
+              f"{statistics.median(direct) * 1e3:.2f} ms; overhead (median of paired differences; goal < 5 ms): "
+              f"HTTP {statistics.median(r - d for r, d in zip(raw, direct)) * 1e3:.2f} ms, with the openai SDK "
+              f"client {statistics.median(s - d for s, d in zip(sdk, direct)) * 1e3:.2f} ms")
 
     sampling = SamplingParams(max_new_tokens=args.new_tokens)
     common = dict(n_groups=args.groups, group_size=args.group_size, max_turns=args.turns, sampling=sampling, seed=1)

@@ -43,6 +43,7 @@ import logging
 import queue
 import secrets
 import socket
+import sys
 import threading
 import time
 import urllib.error
@@ -140,6 +141,9 @@ class _Generator:
         self.policy = policy
         self.caching = isinstance(policy, CachingTokenPolicy)
         self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        torch = sys.modules.get("torch")
+        # torch's intra-op thread count is the calling thread's (OpenMP): the generating thread takes its creator's
+        self.torch_threads = torch.get_num_threads() if torch is not None else None
         self.thread = threading.Thread(target=self._run, name="gateway-generate", daemon=True)
         self.thread.start()
 
@@ -153,6 +157,8 @@ class _Generator:
         self.thread.join()
 
     def _run(self) -> None:
+        if self.torch_threads is not None:
+            sys.modules["torch"].set_num_threads(self.torch_threads)
         while True:
             waiting = [self.jobs.get()]
             while not self.jobs.empty():

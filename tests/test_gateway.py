@@ -280,3 +280,17 @@ def test_hermes_calls_parse_one_object_or_a_list_and_anything_else_is_text():
         reply = parse_tool_calls(text, "hermes")
         assert (reply.content, reply.tool_calls) == (text, []) and why in reply.malformed
     assert parse_tool_calls("just words", "hermes").content == "just words"
+
+
+def test_a_misnamed_agent_fails_before_anything_loads(capsys):
+    from envgym.cli import EXIT_USAGE, main
+    from envgym.trainers import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match="rollout.agent: agent 'envgym.example_agents:nope': envgym.example_agents "
+                                          "has no callable 'nope'"):
+        config_from_dict({"rollout": {"agent": "envgym.example_agents:nope"}}).validate()
+    with pytest.raises(ConfigError, match="set rollout.max_staleness: 0"):
+        config_from_dict({"rollout": {"agent": "envgym.example_agents:chat_agent", "max_staleness": 1}}).validate()
+    assert main(["eval", "--env", "tools/MathPython-v0", "--policy", "random", "--agent", "no_such_module:agent"]) \
+        == EXIT_USAGE
+    assert "cannot import 'no_such_module'" in capsys.readouterr().out
