@@ -98,6 +98,7 @@ class AgentEnv:
         self._env, self._seed, self._options, self._record = env, seed, options, record
         self.steps: list[_Step] = []
         self.reset_info: dict[str, Any] | None = None
+        self.task: int | None = None
         self.reset_observation = ""
         self.reset_seconds = 0.0
 
@@ -113,6 +114,7 @@ class AgentEnv:
         observation, info = self._env.reset(seed=self._seed, options=dict(self._options))
         self.reset_seconds += time.perf_counter() - started
         self.reset_info, self.reset_observation = dict(info), observation
+        self.task = getattr(self._env.unwrapped, "task", None)  # the task index drawn, as the pool reads it
         self.steps.clear()
         self._record.state_key = _state_key(info, observation)
         return observation, info
@@ -302,8 +304,8 @@ class _AgentCollector:
             end = EpisodeEnd.TRUNCATED
         won = bool(final_info.get("won", last is not None and last.terminated and last.reward > 0))
         answer = final_info.get("answer", env.reset_info.get("answer"))
-        task = env.reset_info.get("task", self.tasks[run.group] if self.tasks is not None else -1)
-        return Episode(env_id=self.env_name, split=self.split, task=int(task) if task is not None else -1,
+        task = env.task if env.task is not None else self.tasks[run.group] if self.tasks is not None else -1
+        return Episode(env_id=self.env_name, split=self.split, task=int(task),
                        seed=self._group_seed(run.group), turns=turns, end=end, won=won,
                        row_starts=tuple(i for i, e in enumerate(exchanges) if e.starts_row),
                        answer=None if answer is None else str(answer),

@@ -294,3 +294,15 @@ def test_a_misnamed_agent_fails_before_anything_loads(capsys):
     assert main(["eval", "--env", "tools/MathPython-v0", "--policy", "random", "--agent", "no_such_module:agent"]) \
         == EXIT_USAGE
     assert "cannot import 'no_such_module'" in capsys.readouterr().out
+
+
+def test_a_prompt_over_the_budget_ends_the_agent_episode_as_a_context_ending(policy):
+    first = collect_agent_groups(MATH, policy, chat_agent, n_groups=1, group_size=1, max_turns=1,
+                                 sampling=SamplingParams(max_new_tokens=4))
+    budget = first.groups[0].episodes[0].turns[0].prompt_tokens + 8  # room for the first reply, not the second
+    result = collect_agent_groups(MATH, policy, chat_agent, n_groups=1, group_size=2, max_context_tokens=budget,
+                                  sampling=SamplingParams(max_new_tokens=4))
+    assert not result.failures and result.metrics["context_full"] == 2  # the agent raised on the 400: no failure
+    for episode in result.groups[0].episodes:
+        assert episode.end.value == "context" and len(episode.turns) == 1
+        assert episode.task == first.groups[0].task
