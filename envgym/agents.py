@@ -28,6 +28,8 @@ for agents and returns the same `RolloutResult`:
   last said (TRUNCATED when the agent stopped before the env was done); CONTEXT
   when a prompt filled the context budget (the gateway answered 400, and the
   agent may raise on it: that is no failure); MAX_TURNS after `max_turns` requests.
+- metrics are `collect_groups`' plus `tool_calls` (returned structured) and
+  `malformed_tool_calls` (returned as text);
 - failures, retried from the start with a fresh env like the built-in loop's
   (`retries`, then the group is dropped): the agent raised (the cause is the
   exception's last traceback line), made no model request, or did not return
@@ -49,7 +51,7 @@ from typing import Any
 from envgym.core import stable_hash
 from envgym.gateway import EpisodeRecord, Exchange, Gateway
 from envgym.policies.base import Policy, SamplingParams
-from envgym.rollout import EpisodeFailure, RolloutResult, group_seed
+from envgym.rollout import COUNTED_METRICS, EpisodeFailure, RolloutResult, group_seed
 from envgym.trajectory import Episode, EpisodeEnd, FinishReason, Group, Turn
 
 log = logging.getLogger(__name__)
@@ -178,11 +180,7 @@ class _AgentCollector:
         self.failures: list[EpisodeFailure] = []
         self.running: list[_Attempt] = []
         self.finished = threading.Condition()
-        self.metrics = dict.fromkeys(
-            ("retries", "dropped_groups", "failed_attempts", "template_fallbacks", "generated_tokens",
-             "empty_actions", "cut_off_actions", "invalid_actions", "context_full", "prompt_tokens",
-             "cached_prompt_tokens", "cache_misses", "turns", "env_time", "model_time", "tool_calls",
-             "malformed_tool_calls"), 0.0)
+        self.metrics = dict.fromkeys((*COUNTED_METRICS, "tool_calls", "malformed_tool_calls"), 0.0)
 
     def run(self) -> list[Group]:
         try:

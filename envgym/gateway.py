@@ -32,7 +32,12 @@ one. A malformed tool call comes back as text (finish_reason "stop" or
 "length") and is counted in `EpisodeRecord.malformed_tool_calls`.
 
 Concurrent requests of many episodes are batched: one generation thread takes
-every request waiting and makes one `generate` call per sampling setting.
+every request waiting and makes one `generate` call per sampling setting. A
+policy that fails answers 500 with its cause.
+
+In front of an `openai:` policy (`envgym.policies.openai_chat.OpenAIChatPolicy`,
+for evaluation) the gateway forwards each request to the endpoint with the
+endpoint's model name and records the reply's text and usage, no token ids.
 """
 
 # no `from __future__ import annotations`: FastAPI reads the endpoints' annotations (`Request`) at runtime
@@ -48,14 +53,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 from envgym.chat import encode, render
 from envgym.policies.base import CachingTokenPolicy, Completion, SamplingParams, TokenPolicy
-from envgym.rollout import context_budget
+from envgym.rollout import context_budget, finish_of
 from envgym.tool_parsers import PARSERS, parse_tool_calls
 from envgym.trajectory import FinishReason
 
@@ -197,10 +202,10 @@ class _Generator:
 
 class Gateway:
     """The server (started by `start` or `with`), its episodes and its generation thread; see the module
-    docstring. `sampling` is the default and the bound of each request's sampling; `tool_parser` a key of
-    `envgym.tool_parsers.PARSERS`."""
+    docstring. `policy` is a token policy (hf, vllm) or an `OpenAIChatPolicy`; `sampling` is the default
+    and the bound of each request's sampling; `tool_parser` a key of `envgym.tool_parsers.PARSERS`."""
 
-    def __init__(self, policy: TokenPolicy, *, sampling: SamplingParams | None = None,
+    def __init__(self, policy: Any, *, sampling: SamplingParams | None = None,
                  max_context_tokens: int | None = None, max_turns: int | None = None, tool_parser: str = "hermes",
                  model_name: str = MODEL_NAME):
         from envgym.policies.openai_chat import OpenAIChatPolicy
@@ -375,9 +380,14 @@ class Gateway:
                                         f"context budget); the prompt has {len(prompt)} tokens and leaves no room "
                                         "for a reply. The episode has ended.", "context_length_exceeded")
             clipped = room < params.max_new_tokens
-            completion: Completion = self._generator.submit(
-                prompt, dataclasses.replace(params, max_new_tokens=room) if clipped else params,
-                self._cache_key(record)).result()
+            try:
+                completion: Completion = self._generator.submit(
+                    prompt, dataclasses.replace(params, max_new_tokens=room) if clipped else params,
+                    self._cache_key(record)).result()
+            except GatewayError:
+                raise
+            except Exception as exc:
+                raise GatewayError(500, f"the policy failed: {type(exc).__name__}: {exc}", "server_error") from None
             finish = completion.finish_reason
             if clipped and finish == "length":
                 finish = "context"
@@ -385,9 +395,10 @@ class Gateway:
             reply = parse_tool_calls(completion.text, self.tool_parser, calls_before) if parse_calls else None
             exchange = Exchange(
                 obs_ids=tuple(obs_ids), starts_row=starts_row, action_ids=tuple(completion.token_ids),
-                logprobs=tuple(completion.logprobs), finish=_finish(finish, completion.text),
+                logprobs=tuple(completion.logprobs), finish=finish_of(finish, completion.text),
                 observation=_text_of(messages[-1]) if messages else "", text=completion.text,
-                prompt_tokens=len(prompt), completion_tokens=len(completion.token_ids), state_key=record.state_key, steps_before=record.steps,
+                prompt_tokens=len(prompt), completion_tokens=len(completion.token_ids), state_key=record.state_key,
+                steps_before=record.steps,
                 tool_calls=len(reply.tool_calls) if reply else 0, malformed_tool_call=reply.malformed if reply else "",
                 cached_tokens=completion.cached_tokens, seconds=time.perf_counter() - started)
             record.exchanges.append(exchange)
@@ -426,7 +437,7 @@ class Gateway:
         usage = answer.get("usage") or {}
         text = message.get("content") or ""
         calls = message.get("tool_calls") or []
-        finish = _finish("length" if choice.get("finish_reason") == "length" else "stop", text or str(calls))
+        finish = finish_of("length" if choice.get("finish_reason") == "length" else "stop", text or str(calls))
         record.exchanges.append(Exchange(
             obs_ids=(), starts_row=True, action_ids=(), logprobs=(), finish=finish,
             observation=_text_of(messages[-1]), text=text,
@@ -508,14 +519,6 @@ class Gateway:
                 "model": self.model_name, "choices": [choice],
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(completion.token_ids),
                           "total_tokens": prompt_tokens + len(completion.token_ids)}}
-
-
-def _finish(finish_reason: str, text: str) -> FinishReason:
-    if finish_reason == "context":
-        return FinishReason.CONTEXT
-    if not text.strip():
-        return FinishReason.EMPTY
-    return FinishReason.LENGTH if finish_reason == "length" else FinishReason.STOP
 
 
 def _text_of(message: Mapping[str, Any]) -> str:

@@ -10,7 +10,7 @@ import torch
 
 from envgym.agents import EpisodeClosed, collect_agent_groups
 from envgym.chat import encode, render
-from envgym.example_agents import chat_agent, sdk_agent, window_agent
+from envgym.example_agents import chat_agent, window_agent
 from envgym.gateway import Gateway
 from envgym.models import HERMES_TOOLS_TEMPLATE, tiny_model, word_level_tokenizer
 from envgym.policies import Completion, HFPolicy, SamplingParams
@@ -137,7 +137,8 @@ def test_bad_requests_get_openai_errors(gateway, policy):
 
 
 def test_tool_calls_come_back_structured_and_tool_messages_continue_the_row(tokenizer):
-    scripted = ScriptedTokens(tokenizer, ["hello\n" + CALL, "the answer", '<tool_call>\n{"name": python}\n</tool_call>'])
+    malformed_call = '<tool_call>\n{"name": python}\n</tool_call>'
+    scripted = ScriptedTokens(tokenizer, ["hello\n" + CALL, "the answer", malformed_call])
     with Gateway(scripted) as gateway:
         record = gateway.open_episode()
         client = gateway.client(record)
@@ -155,7 +156,7 @@ def test_tool_calls_come_back_structured_and_tool_messages_continue_the_row(toke
         assert tokenizer.decode(second.obs_ids) == "\n<|im_start|>tool\n1<|im_end|>\n<|im_start|>assistant\n"
         malformed = client.chat.completions.create(model="policy", messages=messages, tools=TOOLS).choices[0]
         assert malformed.finish_reason == "stop" and malformed.message.tool_calls is None
-        assert malformed.message.content == '<tool_call>\n{"name": python}\n</tool_call>'
+        assert malformed.message.content == malformed_call
         assert record.malformed_tool_calls == 1
 
 
@@ -213,6 +214,7 @@ def test_an_agent_program_trains_and_evaluates_through_the_gateway(tmp_path, mod
         metrics = trainer.train_iteration()
         held_out = trainer.evaluate()
     assert metrics["train/episodes"] == 2 and metrics["rollout/failed_attempts"] == 0
+    assert metrics["rollout/malformed_tool_calls"] >= 0 and "rollout/tool_calls" in metrics
     assert metrics["loss/ratio"] == pytest.approx(1.0, abs=1e-4)  # the update sees the rollout's own logprobs
     assert held_out["eval/episodes"] == 2 and held_out["eval/dropped_episodes"] == 0
     out = tmp_path / "eval"

@@ -502,7 +502,9 @@ class Trainer:
                 "perf/generated_tokens_per_s": rollout.metrics["generated_tokens"] / max(rollout_time, 1e-9),
                 "perf/update_tokens_per_s": num_tokens * cfg.optim.epochs / max(update_time, 1e-9),
                 "rollout/dropped_groups": rollout.metrics["dropped_groups"],
-                "rollout/failed_attempts": rollout.metrics["failed_attempts"], "rollout/staleness": staleness}
+                "rollout/failed_attempts": rollout.metrics["failed_attempts"], "rollout/staleness": staleness,
+                **{f"rollout/{key}": rollout.metrics[key] for key in ("tool_calls", "malformed_tool_calls")
+                   if key in rollout.metrics}}  # agent rollouts: calls the gateway returned structured, or as text
 
     def update(self, batch: RolloutBatch, advantages: torch.Tensor) -> dict[str, float]:
         """PPO-clip on the sampled tokens of `batch`: `epochs` x `minibatches` optimizer steps."""
