@@ -138,7 +138,7 @@ def test_bad_requests_get_openai_errors(gateway, policy):
 
 def test_tool_calls_come_back_structured_and_tool_messages_continue_the_row(tokenizer):
     malformed_call = '<tool_call>\n{"name": python}\n</tool_call>'
-    scripted = ScriptedTokens(tokenizer, ["hello\n" + CALL, "the answer", malformed_call])
+    scripted = ScriptedTokens(tokenizer, ["hello\n" + CALL, "the answer", malformed_call, CALL])
     with Gateway(scripted) as gateway:
         record = gateway.open_episode()
         client = gateway.client(record)
@@ -158,6 +158,10 @@ def test_tool_calls_come_back_structured_and_tool_messages_continue_the_row(toke
         assert malformed.finish_reason == "stop" and malformed.message.tool_calls is None
         assert malformed.message.content == malformed_call
         assert record.malformed_tool_calls == 1
+        chunks = list(client.chat.completions.create(model="policy", messages=messages, tools=TOOLS, stream=True))
+        [streamed] = [c.choices[0].delta.tool_calls[0] for c in chunks if c.choices[0].delta.tool_calls]
+        assert (streamed.function.name, streamed.function.arguments) == ("python", '{"code": "1"}')
+        assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
 def broken_agent(env, client):
@@ -308,3 +312,19 @@ def test_a_prompt_over_the_budget_ends_the_agent_episode_as_a_context_ending(pol
     for episode in result.groups[0].episodes:
         assert episode.end.value == "context" and len(episode.turns) == 1
         assert episode.task == first.groups[0].task
+
+
+def test_the_agents_sdk_runs_a_function_tool_from_a_structured_call(tokenizer):
+    """The OpenAI Agents SDK's function tools get the gateway's structured calls; the call's output goes back
+    as a `tool` message and the history stays one token row. (A policy that writes a call, then a reply.)"""
+    from envgym.example_agents import sdk_agent
+
+    policy = ScriptedTokens(tokenizer, [CALL, "the answer is 2"])
+    result = collect_agent_groups(MATH, policy, sdk_agent, n_groups=1, group_size=1, retries=0)
+    assert not result.failures, result.failures
+    [episode] = result.groups[0].episodes
+    assert result.metrics["tool_calls"] == 1 and episode.row_starts == (0,)
+    first, second = episode.turns
+    assert not first.invalid_action  # the env ran the call the SDK made from the structured tool call
+    assert tokenizer.decode(second.obs_ids).startswith("\n<|im_start|>tool\n")
+    assert second.action == "the answer is 2" and episode.end.value == "truncated"  # the agent ended unsolved
