@@ -93,7 +93,8 @@ class RolloutOptions:
 
     `agent` ("package.module:function"; empty: the built-in loop) plays every episode with
     that agent program through an OpenAI-compatible gateway in front of the policy
-    (`envgym.agents`); `episode_timeout` then bounds each agent's run.
+    (`envgym.agents`); `episode_timeout` then bounds each agent's run and `num_envs` caps the
+    episodes played at once (0: all of an iteration's), each agent stepping its own env in this process.
     """
 
     n_groups: Annotated[int, Range(ge=1)] = 16

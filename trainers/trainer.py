@@ -451,6 +451,7 @@ class Trainer:
             if cfg.rollout.agent:
                 rollout = collect_agent_groups(self.env_factory, self.policy, cfg.rollout.agent,
                                                episode_timeout=cfg.rollout.episode_timeout,
+                                               concurrency=cfg.rollout.num_envs or None,
                                                **self.collect_options(self.iteration))
             else:
                 rollout = collect_groups(self.env_factory, self.policy, pool=self.pool,
