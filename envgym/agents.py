@@ -207,7 +207,7 @@ class _AgentCollector:
         try:
             env = AgentEnv(self.env_factory(), self._group_seed(g), options, record)
         except Exception as exc:
-            self._close_record(record, "env failed")
+            self.gateway.end_episode(record, "env failed")
             self._fail(g, m, attempt, f"make env: {_last_line(exc)}")
             return
         client = self.gateway.client(record)
@@ -246,14 +246,11 @@ class _AgentCollector:
                            f"agent: did not return within rollout.episode_timeout={self.episode_timeout:g}s")
 
     def _close(self, run: _Attempt, reason: str) -> None:
-        self._close_record(run.record, reason)
+        self.gateway.end_episode(run.record, reason)
         try:
             run.env._env.close()
         except Exception:  # the env of an abandoned episode: its close failing changes nothing
             log.debug("closing the env of an abandoned agent episode failed", exc_info=True)
-
-    def _close_record(self, record: EpisodeRecord, reason: str) -> None:
-        self.gateway.end_episode(record, reason)
 
     def _settle(self, run: _Attempt) -> None:
         context_ended = run.record.end_reason == "context"
