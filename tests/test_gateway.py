@@ -328,3 +328,16 @@ def test_the_agents_sdk_runs_a_function_tool_from_a_structured_call(tokenizer):
     assert not first.invalid_action  # the env ran the call the SDK made from the structured tool call
     assert tokenizer.decode(second.obs_ids).startswith("\n<|im_start|>tool\n")
     assert second.action == "the answer is 2" and episode.end.value == "truncated"  # the agent ended unsolved
+
+
+def test_an_agent_that_never_uses_the_env_or_the_model_fails_saying_so(policy):
+    def chatter(env, client):
+        client.chat.completions.create(model="policy", messages=[{"role": "user", "content": "hello"}])
+
+    def idler(env, client):
+        env.reset()
+
+    for agent, cause in ((chatter, "agent: never called env.reset()"), (idler, "agent: made no model request")):
+        result = collect_agent_groups(MATH, policy, agent, n_groups=1, group_size=1, retries=0,
+                                      sampling=SamplingParams(max_new_tokens=2))
+        assert not result.groups and [f.cause for f in result.failures] == [cause]
