@@ -10,7 +10,7 @@ hand-offs) and once with the tiny Llama (plus what sharing the CPU with a genera
 Rollout: `--groups` x `--group-size` episodes of tools/MathPython-v0 (`--turns` turns, `--new-tokens`
 tokens a reply, sampled) with the built-in loop (`collect_groups`) and with `envgym.example_agents:
 chat_agent` through the gateway (`collect_agent_groups`), same policy, seeds and limits; generated tokens
-per second of wall time and their ratio. The policy is a tiny random Llama (the model's own time is
+per second of wall time and the ratio of their medians over `--rounds` alternated runs. The policy is a tiny random Llama (the model's own time is
 small, so the gateway's share is as large as it gets).
 
     .venv/bin/python benchmarks/gateway.py [--requests 200] [--groups 4] [--group-size 4] [--turns 4]
@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3, help="rollouts of each kind, alternated")
     args = parser.parse_args()
 
     import httpx
@@ -94,9 +95,11 @@ def main() -> None:
                 http.post(gateway.base_url(record) + "/chat/completions", content=body,
                           headers={"Content-Type": "application/json"}).raise_for_status()
                 times.append(time.perf_counter())
+                gateway.end_episode(record, "measured")  # an open episode would be waited for (batch_wait)
                 record = gateway.open_episode()
                 gateway.client(record).chat.completions.create(model="policy", messages=messages, tools=tools)
                 times.append(time.perf_counter())
+                gateway.end_episode(record, "measured")
                 if i >= 5:
                     for kept, (a, b) in zip((direct, raw, sdk), zip(times, times[1:])):
                         kept.append(b - a)
@@ -108,15 +111,17 @@ def main() -> None:
     sampling = SamplingParams(max_new_tokens=args.new_tokens)
     common = dict(n_groups=args.groups, group_size=args.group_size, max_turns=args.turns, sampling=sampling, seed=1)
     maker = EnvMaker("tools/MathPython-v0")
-    built_in = collect_groups(maker, policy, backend="sync", **common)
-    agent = collect_agent_groups(maker, policy, chat_agent, **common)
-    rates = {}
-    for name, result in (("built-in loop", built_in), ("agent via gateway", agent)):
-        rates[name] = result.metrics["generated_tokens"] / result.metrics["wall_time"]
-        print(f"{name}: {int(result.metrics['episodes'])} episodes, {int(result.metrics['turns'])} turns, "
-              f"{int(result.metrics['generated_tokens'])} tokens in {result.metrics['wall_time']:.2f} s = "
-              f"{rates[name]:.0f} tokens/s")
-    print(f"agent/built-in tokens/s ratio: {rates['agent via gateway'] / rates['built-in loop']:.2f}")
+    rates: dict[str, list[float]] = {"built-in loop": [], "agent via gateway": []}
+    for _ in range(args.rounds):  # alternated, medians: the machine's load drifts between runs
+        for name, result in (("built-in loop", collect_groups(maker, policy, backend="sync", **common)),
+                             ("agent via gateway", collect_agent_groups(maker, policy, chat_agent, **common))):
+            rates[name].append(result.metrics["generated_tokens"] / result.metrics["wall_time"])
+            print(f"{name}: {int(result.metrics['episodes'])} episodes, {int(result.metrics['turns'])} turns, "
+                  f"{int(result.metrics['generated_tokens'])} tokens in {result.metrics['wall_time']:.2f} s = "
+                  f"{rates[name][-1]:.0f} tokens/s")
+    rates = {name: statistics.median(values) for name, values in rates.items()}
+    print(f"agent/built-in tokens/s ratio (medians of {args.rounds}): "
+          f"{rates['agent via gateway'] / rates['built-in loop']:.2f}")
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -140,10 +140,12 @@ class _Job:
 
 class _Generator:
     """One thread that runs the policy: it takes every job waiting and makes one `generate` call per
-    sampling setting (cache keys kept distinct within a call)."""
+    sampling setting (cache keys kept distinct within a call). Before a call it waits up to `batch_wait`
+    seconds for a request from each of the `open_episodes()` episodes (they arrive spread out, as each
+    agent steps its env and builds its next request; one batch is far cheaper than several)."""
 
-    def __init__(self, policy: TokenPolicy):
-        self.policy = policy
+    def __init__(self, policy: TokenPolicy, open_episodes: Callable[[], int], batch_wait: float):
+        self.policy, self.open_episodes, self.batch_wait = policy, open_episodes, batch_wait
         self.caching = isinstance(policy, CachingTokenPolicy)
         self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         torch = sys.modules.get("torch")
@@ -166,8 +168,18 @@ class _Generator:
             sys.modules["torch"].set_num_threads(self.torch_threads)
         while True:
             waiting = [self.jobs.get()]
-            while not self.jobs.empty():
-                waiting.append(self.jobs.get())
+            deadline = time.perf_counter() + self.batch_wait
+            while None not in waiting:
+                if not self.jobs.empty():
+                    waiting.append(self.jobs.get())
+                    continue
+                left = deadline - time.perf_counter()
+                if left <= 0 or len({job.key for job in waiting}) >= self.open_episodes():
+                    break
+                try:
+                    waiting.append(self.jobs.get(timeout=left))
+                except queue.Empty:
+                    break
             if None in waiting:
                 for job in waiting:
                     if job is not None:
@@ -203,11 +215,12 @@ class _Generator:
 class Gateway:
     """The server (started by `start` or `with`), its episodes and its generation thread; see the module
     docstring. `policy` is a token policy (hf, vllm) or an `OpenAIChatPolicy`; `sampling` is the default
-    and the bound of each request's sampling; `tool_parser` a key of `envgym.tool_parsers.PARSERS`."""
+    and the bound of each request's sampling; `tool_parser` a key of `envgym.tool_parsers.PARSERS`;
+    `batch_wait` the most seconds a request waits for other open episodes' requests to batch with."""
 
     def __init__(self, policy: Any, *, sampling: SamplingParams | None = None,
                  max_context_tokens: int | None = None, max_turns: int | None = None, tool_parser: str = "hermes",
-                 model_name: str = MODEL_NAME):
+                 model_name: str = MODEL_NAME, batch_wait: float = 0.05):
         from envgym.policies.openai_chat import OpenAIChatPolicy
 
         self.upstream = policy if isinstance(policy, OpenAIChatPolicy) else None
@@ -220,6 +233,7 @@ class Gateway:
         self.sampling = sampling or SamplingParams()
         self.budget = context_budget(policy, max_context_tokens)
         self.max_turns, self.tool_parser, self.model_name = max_turns, tool_parser, model_name
+        self.batch_wait = float(batch_wait)
         self.serial = next(_gateways)
         self._special_ids = frozenset(self.tokenizer.all_special_ids if self.tokenizer is not None else ())
         self.episodes: dict[str, EpisodeRecord] = {}
@@ -243,7 +257,8 @@ class Gateway:
         sock.bind(("127.0.0.1", 0))
         sock.listen(1024)
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self._generator = _Generator(self.policy) if self.upstream is None else None
+        self._generator = None if self.upstream is not None else _Generator(
+            self.policy, lambda: sum(r.end_reason is None for r in list(self.episodes.values())), self.batch_wait)
         self._server = uvicorn.Server(uvicorn.Config(self.app(), log_level="warning", lifespan="off",
                                                      access_log=False))
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, name="gateway",
