@@ -189,7 +189,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
                       num_envs=settings["num_envs"] or None,
                       step_timeout=settings["step_timeout"], retries=settings["retries"],
                       request_timeout=args.request_timeout, request_retries=args.request_retries,
-                      max_concurrency=args.max_concurrency, send_tools=args.send_tools, engine_args=parse_kwargs(args.engine_arg), progress=True)
+                      max_concurrency=args.max_concurrency, send_tools=args.send_tools, engine_args=parse_kwargs(args.engine_arg),
+                      agent=args.agent or (config.rollout.agent or None if args.config else None),
+                      episode_timeout=args.episode_timeout or (config.rollout.episode_timeout or None if args.config
+                                                               else None), progress=True)
     print(report.to_markdown(), end="")  # plain print: a console would wrap the table's rows
     if out is not None:
         paths = report.save(out)
@@ -277,12 +280,18 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-concurrency", type=checked("max_concurrency", int), default=None, metavar="N",
                    help="HTTP requests of an openai: policy in flight at once (default 8)")
     p.add_argument("--send-tools", action="store_true",
-                   help="send a tool env's tool schemas with each request of openai: policies and read the "
-                        "endpoint's tool calls back as <tool_call> text (the server must accept tools; vLLM: "
+                   help="send a tool env's tool schemas with each request of openai: policies, read the "
+                        "endpoint's tool calls back as <tool_call> text and send earlier calls back as tool_calls "
+                        "answered by tool messages (the server must accept tools; vLLM: "
                         "--enable-auto-tool-choice --tool-call-parser NAME); default: calls travel as text only")
     p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting of the vllm: policies' engine, a keyword of vllm.LLM, e.g. max_model_len=2048 "
                         "(repeatable; CPU defaults: see README)")
+    p.add_argument("--agent", default=None, metavar="MODULE:FUNCTION",
+                   help="play every episode with this agent program, agent(env, client), through an "
+                        "OpenAI-compatible gateway in front of each policy (default: the built-in loop; see README)")
+    p.add_argument("--episode-timeout", type=float, default=None, metavar="SECONDS",
+                   help="with --agent: an agent that has not returned by then fails its episode (default: none)")
     p.add_argument("--out", default=None, metavar="DIR", help="write report.json, report.md and report.png here")
     p.set_defaults(func=cmd_eval)
 

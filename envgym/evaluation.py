@@ -12,6 +12,7 @@ report.json, report.md, report.png and every episode played (episodes/, for
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -24,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from envgym.agents import collect_agent_groups
 from envgym.chat import ContextMode
 from envgym.option_types import Range
 from envgym.policies import Policy, SamplingParams, load_policy
@@ -256,7 +258,8 @@ def evaluate_policy(env: EnvMaker, policy: Policy, *, policy_name: str, split: s
                     backend: Backend = "auto", num_envs: int | None = None, step_timeout: float = 60.0,
                     retries: int = 2, on_episode: Callable[[int, int], None] | None = None,
                     shard: tuple[int, int] = (0, 1),
-                    gather: Callable[[RolloutResult], Sequence[RolloutResult]] | None = None
+                    gather: Callable[[RolloutResult], Sequence[RolloutResult]] | None = None,
+                    agent: Any = None, episode_timeout: float | None = None
                     ) -> tuple[EvalRow, RolloutResult]:
     """Play the fixed evaluation set of `split` (see `plan_split`) with `policy`; the one evaluation path.
 
@@ -270,7 +273,9 @@ def evaluate_policy(env: EnvMaker, policy: Policy, *, policy_name: str, split: s
     `shard=(i, n)` plays only the i-th of n contiguous blocks of the tasks (a
     data-parallel rank's share); `gather` then returns every shard's result in
     shard order (e.g. an all-gather across the ranks), and the row and result
-    cover the whole set. Without `gather` they cover the shard.
+    cover the whole set. Without `gather` they cover the shard. With `agent` (a callable or
+    "package.module:function") the episodes are that agent's, played through `envgym.agents`
+    (`episode_timeout` bounds each; `context`, `window` and `pool` do not apply).
     """
     sampling = sampling or SamplingParams()
     with env() as probe:
@@ -281,11 +286,13 @@ def evaluate_policy(env: EnvMaker, policy: Policy, *, policy_name: str, split: s
         raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
     first, stop = tasks * index // count, tasks * (index + 1) // count
     with contextlib.ExitStack() as stack:
-        if pool is None:
+        if pool is None and agent is None:
             pool = stack.enter_context(EnvPool(env, num_envs or default_num_envs(backend, (stop - first) * per_task, env),
                                                backend=backend, step_timeout=step_timeout))
         with _seeded_torch(seed):
-            result = collect_groups(env, policy, n_groups=stop - first, group_size=per_task, split=split, seed=seed,
+            collect = collect_groups if agent is None else functools.partial(
+                collect_agent_groups, agent=agent, episode_timeout=episode_timeout)
+            result = collect(env, policy, n_groups=stop - first, group_size=per_task, split=split, seed=seed,
                                     sampling=sampling, context=context, window=window, max_turns=max_turns,
                                     pool=pool, retries=retries, tasks=list(range(first, stop)),
                                     max_context_tokens=max_context_tokens, on_episode=on_episode,
@@ -335,6 +342,8 @@ def evaluate(
     max_concurrency: int | None = None,
     send_tools: bool = False,
     engine_args: Mapping[str, Any] | None = None,
+    agent: str | Callable[[Any, Any], Any] | None = None,
+    episode_timeout: float | None = None,
     progress: bool = False,
 ) -> EvalReport:
     """Evaluate each policy on each env with `evaluate_policy`; one row per pair.
@@ -349,7 +358,8 @@ def evaluate(
     requests (see `envgym.policies.openai_chat`); `engine_args`
     are settings of the engine of every `vllm:` policy (keyword arguments of
     `vllm.LLM`, e.g. ``{"max_model_len": 2048}``); `max_context_tokens` bounds
-    every prompt plus completion. Numbers
+    every prompt plus completion; `agent` (a callable or "package.module:function") plays every episode with that
+    agent program (see `envgym.agents`), each bounded by `episode_timeout` seconds. Numbers
     are checked against ARGUMENT_RANGES, env ids and knobs and policy paths are
     checked, before any model loads.
     """
@@ -373,6 +383,10 @@ def evaluate(
     for spec in policies:
         if isinstance(spec, str):
             check_policy_spec(spec)
+    if isinstance(agent, str):
+        from envgym.agents import load_agent
+
+        load_agent(agent)  # a typo fails before any model loads
     if engine_args:
         _require_policy_kind(policies, "vllm:DIR", f"engine settings {sorted(engine_args)} apply", "--engine-arg")
     if send_tools:
@@ -390,7 +404,7 @@ def evaluate(
                     maker, loaded, policy_name=name, split=split, episodes=episodes, samples=samples, seed=seed,
                     sampling=sampling, context=context, window=window, max_turns=max_turns,
                     max_context_tokens=max_context_tokens, backend=backend, num_envs=num_envs,
-                    step_timeout=step_timeout, retries=retries,
+                    step_timeout=step_timeout, retries=retries, agent=agent, episode_timeout=episode_timeout,
                     on_episode=(lambda done, total, t=task: bar.update(t, completed=done, total=total)) if bar else None)
                 rows.append(row)
                 rollouts.append(result)
@@ -400,7 +414,9 @@ def evaluate(
                 "max_context_tokens": max_context_tokens, "backend": backend, "num_envs": num_envs,
                 "step_timeout": step_timeout, "retries": retries, "request_timeout": request_timeout,
                 "request_retries": request_retries, "max_concurrency": max_concurrency, "send_tools": send_tools,
-                "engine_args": dict(engine_args or {}), "sampling": asdict(sampling or SamplingParams()),
+                "engine_args": dict(engine_args or {}), "agent": agent if agent is None or isinstance(agent, str) else f"{agent.__module__}:{agent.__qualname__}",
+                "episode_timeout": episode_timeout,
+                "sampling": asdict(sampling or SamplingParams()),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     return EvalReport(rows, settings, rollouts)
 

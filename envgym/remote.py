@@ -123,13 +123,16 @@ class RemoteEnv(Env):
 
     def _connect(self) -> None:
         """Open a session and read the served env's declarations from its state."""
+        import websockets
         from websockets.exceptions import InvalidHandshake
         from websockets.sync.client import connect
 
+        # websockets >= 17 warns unless told this is its classic connection (`legacy`), which older ones lack
+        classic = {"legacy": True} if int(websockets.__version__.split(".")[0]) >= 17 else {}
         try:
             # no compression, no client pings: a step is a few hundred bytes and latency is what counts
             self._ws = connect(self.ws_url, open_timeout=self.timeout, compression=None, proxy=None,
-                               ping_interval=None, max_size=None, legacy=True)
+                               ping_interval=None, max_size=None, **classic)
         except (OSError, InvalidHandshake, TimeoutError) as exc:
             raise RemoteEnvError(f"cannot open a session on the env server {self.ws_url}: {_reason(exc)}; "
                                  "is `envgym serve` running there?") from None

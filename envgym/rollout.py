@@ -52,6 +52,10 @@ from envgym.trajectory import Episode, EpisodeEnd, FinishReason, Group, Turn
 
 log = logging.getLogger(__name__)
 _collections = itertools.count()
+#: The metrics a collection counts as it goes (see `RolloutResult`).
+COUNTED_METRICS = ("retries", "dropped_groups", "failed_attempts", "repeated_failures", "template_fallbacks",
+                   "generated_tokens", "empty_actions", "cut_off_actions", "invalid_actions", "context_full",
+                   "prompt_tokens", "cached_prompt_tokens", "cache_misses", "turns", "env_time", "model_time")
 
 
 @dataclass(frozen=True)
@@ -189,10 +193,7 @@ class _Collector:
         self.failures: list[EpisodeFailure] = []
         self.last_failure: dict[tuple[int, int], str] = {}  # (group, member) -> its last failure's signature
         self.action_sources: Counter[str] = Counter()
-        self.metrics = dict.fromkeys(
-            ("retries", "dropped_groups", "failed_attempts", "repeated_failures", "template_fallbacks",
-             "generated_tokens", "empty_actions", "cut_off_actions", "invalid_actions", "context_full", "prompt_tokens",
-             "cached_prompt_tokens", "cache_misses", "turns", "env_time", "model_time"), 0.0)
+        self.metrics = dict.fromkeys(COUNTED_METRICS, 0.0)
         self.finished_episodes = 0
         self.total_episodes = n_groups * group_size
 
@@ -407,7 +408,7 @@ class _Collector:
             self.metrics["cached_prompt_tokens"] += c.cached_tokens
             continues_row = len(ep.turns) > ep.row_starts[-1]
             self.metrics["cache_misses"] += self.caching and continues_row and c.cached_tokens == 0
-            actions.append(_Action(c.text, list(c.token_ids), list(c.logprobs), _finish(c.finish_reason, c.text),
+            actions.append(_Action(c.text, list(c.token_ids), list(c.logprobs), finish_of(c.finish_reason, c.text),
                                    len(ep.context), len(c.token_ids)))
         return actions
 
@@ -437,7 +438,7 @@ class _Collector:
         return actions
 
 
-def _finish(finish_reason: str, text: str) -> FinishReason:
+def finish_of(finish_reason: str, text: str) -> FinishReason:
     """A completion's finish reason as the rollout records it (an empty reply is EMPTY unless the context cut it)."""
     if finish_reason == "context":
         return FinishReason.CONTEXT
@@ -453,7 +454,7 @@ def _text_action(reply: TextReply, budget: int | None) -> _Action | _NoRoom:
     a reply whose prompt and completion pass `budget` is played as the episode's
     last action, with `FinishReason.CONTEXT`.
     """
-    finish = _finish(reply.finish_reason, reply.text)
+    finish = finish_of(reply.finish_reason, reply.text)
     prompt, completion = reply.prompt_tokens, reply.completion_tokens
     if budget is not None and prompt is not None:
         if prompt >= budget:

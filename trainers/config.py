@@ -90,6 +90,11 @@ class RolloutOptions:
     `step_timeout` seconds or an episode past `episode_timeout` (0: no limit) fails its
     episode, which is retried from the start up to `retries` times before its group is
     dropped; `env_memory_mb` caps each worker's address space (0: no cap).
+
+    `agent` ("package.module:function"; empty: the built-in loop) plays every episode with
+    that agent program through an OpenAI-compatible gateway in front of the policy
+    (`envgym.agents`); `episode_timeout` then bounds each agent's run and `num_envs` caps the
+    episodes played at once (0: all of an iteration's), each agent stepping its own env in this process.
     """
 
     n_groups: Annotated[int, Range(ge=1)] = 16
@@ -112,6 +117,7 @@ class RolloutOptions:
     max_staleness: Annotated[int, Range(ge=0, le=1, why="0: generate, then update; 1: generate during the "
                                                            "update")] = 0
     vllm: dict[str, Any] = field(default_factory=dict)
+    agent: str = ""
 
 
 @dataclass
@@ -296,6 +302,8 @@ class TrainConfig:
         if self.rollout.vllm and self.rollout.backend != "vllm":
             raise ConfigError(f"rollout.vllm sets engine settings {sorted(self.rollout.vllm)}, but rollout.backend is "
                               f"{self.rollout.backend!r}; set rollout.backend: vllm, or drop rollout.vllm")
+        if self.rollout.agent:
+            _check_agent(self.rollout)
         if self.algorithm.estimator == "igpo" and self.turn_reward.kind != "info_gain":
             raise ConfigError("estimator 'igpo' needs turn_reward.kind: info_gain")
         if self.algorithm.estimator == "prime" and self.turn_reward.kind != "implicit_prm":
@@ -429,3 +437,16 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 
 def recipes_dir() -> Path:
     return Path(__file__).parent / "recipes"
+
+
+def _check_agent(rollout: RolloutOptions) -> None:
+    """`rollout.agent` must name an importable callable and run in this process (next to the gateway)."""
+    from envgym.agents import load_agent
+
+    try:
+        load_agent(rollout.agent)
+    except ValueError as exc:
+        raise ConfigError(f"rollout.agent: {exc}") from None
+    if rollout.max_staleness:
+        raise ConfigError("rollout.agent plays through a gateway in this process, which rollout.max_staleness: 1 "
+                          "would move to a rollout worker; set rollout.max_staleness: 0")

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 import envgym
+from envgym.agents import collect_agent_groups
 from envgym.core import RunFailed
 from envgym.evaluation import EVAL_SEED, evaluate_policy, plan_split
 from envgym.policies import HFPolicy, SamplingParams
@@ -447,8 +448,14 @@ class Trainer:
             rollout = self.rollout_worker.next(self.iteration, self.collect_options, self.model,
                                                last_iteration=cfg.iterations - 1)
         else:
-            rollout = collect_groups(self.env_factory, self.policy, pool=self.pool,
-                                     **self.collect_options(self.iteration))
+            if cfg.rollout.agent:
+                rollout = collect_agent_groups(self.env_factory, self.policy, cfg.rollout.agent,
+                                               episode_timeout=cfg.rollout.episode_timeout,
+                                               concurrency=cfg.rollout.num_envs or None,
+                                               **self.collect_options(self.iteration))
+            else:
+                rollout = collect_groups(self.env_factory, self.policy, pool=self.pool,
+                                         **self.collect_options(self.iteration))
             rollout.metrics["policy_version"] = float(self.iteration)
         if not self.dp.sum([len(rollout.groups)])[0]:
             causes = sorted({f.cause for f in rollout.failures})
@@ -497,7 +504,9 @@ class Trainer:
                 "perf/update_tokens_per_s": num_tokens * cfg.optim.epochs / max(update_time, 1e-9),
                 "rollout/dropped_groups": rollout.metrics["dropped_groups"],
                 "rollout/failed_attempts": rollout.metrics["failed_attempts"],
-                "rollout/repeated_failures": rollout.metrics["repeated_failures"], "rollout/staleness": staleness}
+                "rollout/repeated_failures": rollout.metrics["repeated_failures"], "rollout/staleness": staleness,
+                **{f"rollout/{key}": rollout.metrics[key] for key in ("tool_calls", "malformed_tool_calls")
+                   if key in rollout.metrics}}  # agent rollouts: calls the gateway returned structured, or as text
 
     def update(self, batch: RolloutBatch, advantages: torch.Tensor) -> dict[str, float]:
         """PPO-clip on the sampled tokens of `batch`: `epochs` x `minibatches` optimizer steps."""
@@ -607,7 +616,8 @@ class Trainer:
             seed=EVAL_SEED, sampling=SamplingParams(temperature=cfg.eval.temperature,
                                                     max_new_tokens=cfg.rollout.max_new_tokens),
             context=cfg.rollout.context, window=cfg.rollout.window, max_turns=cfg.env.max_turns, pool=self.pool,
-            retries=cfg.rollout.retries, shard=(self.dp.rank, self.dp.world_size),
+            retries=cfg.rollout.retries, shard=(self.dp.rank, self.dp.world_size), agent=cfg.rollout.agent or None,
+            episode_timeout=cfg.rollout.episode_timeout,
             gather=self.dp.gather if self.dp.launched else None)  # each rank plays its share of the set
         if row.dropped_episodes:
             log.warning("held-out evaluation: %d of %d episodes failed past their retries and count as losses: %s",

@@ -22,8 +22,11 @@ each request also carries the env's schemas (`info["tools"]`) as the request's
 ``tools``, for the server's chat template to render and its tool-call parser
 to read, and the ``tool_calls`` of an answer come back as that same
 ``<tool_call>`` text after the reply's content, so the env parses them as it
-parses any model's. The server must accept ``tools`` (vLLM:
-``--enable-auto-tool-choice --tool-call-parser NAME``).
+parses any model's. The history goes back structured too: an earlier reply's
+``<tool_call>`` text is sent as its ``tool_calls`` (ids ``call_<turn>_<n>``), and
+the env's answer to it as a ``tool`` message per call (the observation in the
+first; an env answers all calls of a turn in one text). The server must accept
+``tools`` (vLLM: ``--enable-auto-tool-choice --tool-call-parser NAME``).
 
 Failures: rate limits (429), server errors (5xx), timeouts and refused
 connections are retried `max_retries` times with exponential backoff; other
@@ -130,12 +133,14 @@ class OpenAIChatPolicy:
         return headers
 
     def _complete(self, request: TextRequest) -> TextReply | PolicyError:
-        body = {"model": self.model, "messages": [dict(m) for m in request.messages],
+        structured = self.tools and bool(request.info.get("tools"))
+        messages = structured_history(request.messages) if structured else [dict(m) for m in request.messages]
+        body = {"model": self.model, "messages": messages,
                 "temperature": self.sampling.temperature, "top_p": self.sampling.top_p,
                 "max_tokens": self.sampling.max_new_tokens}
         if self.sampling.stop:
             body["stop"] = list(self.sampling.stop)
-        if self.tools and request.info.get("tools"):
+        if structured:
             body["tools"] = list(request.info["tools"])
         cause = ""
         for attempt in range(self.max_retries + 1):
@@ -174,6 +179,32 @@ class OpenAIChatPolicy:
         usage = answer.get("usage") or {}
         return TextReply(text, "length" if choice.get("finish_reason") == "length" else "stop",
                          _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")))
+
+
+def structured_history(messages: Sequence[Mapping[str, str]]) -> list[dict[str, Any]]:
+    """A text chat with ``<tool_call>`` replies as OpenAI's structured chat: each assistant message whose text
+    holds well-formed calls becomes its content plus `tool_calls`, and the message after it (the env's answer)
+    one `tool` message per call, the observation in the first."""
+    from envgym.tool_parsers import parse_hermes
+
+    out: list[dict[str, Any]] = []
+    pending: list[dict[str, Any]] = []
+    for turn, message in enumerate(messages):
+        if pending and message["role"] in ("user", "tool"):
+            out += [{"role": "tool", "tool_call_id": call["id"],
+                     "content": message["content"] if n == 0 else "(answered with the first call)"}
+                    for n, call in enumerate(pending)]
+            pending = []
+            continue
+        pending = []
+        if message["role"] == "assistant":
+            reply = parse_hermes(message["content"])
+            if reply.tool_calls:
+                pending = [{**call, "id": f"call_{turn}_{n}"} for n, call in enumerate(reply.tool_calls)]
+                out.append({"role": "assistant", "content": reply.content or "", "tool_calls": pending})
+                continue
+        out.append(dict(message))
+    return out
 
 
 def _as_text(call: Mapping[str, Any]) -> str:
