@@ -51,7 +51,7 @@ from typing import Any
 from envgym.core import stable_hash
 from envgym.gateway import EpisodeRecord, Exchange, Gateway
 from envgym.policies.base import Policy, SamplingParams
-from envgym.rollout import COUNTED_METRICS, EpisodeFailure, RolloutResult, group_seed
+from envgym.rollout import COUNTED_METRICS, FailureLedger, RolloutResult, group_seed
 from envgym.trajectory import Episode, EpisodeEnd, FinishReason, Group, Turn
 
 log = logging.getLogger(__name__)
@@ -171,30 +171,29 @@ class _AgentCollector:
                  on_episode: Callable[[int, int], None] | None):
         self.env_factory, self.agent, self.gateway = env_factory, agent, gateway
         self.group_size, self.split, self.seed, self.first_group = group_size, split, seed, first_group
-        self.tasks, self.retries, self.episode_timeout = tasks, retries, episode_timeout
+        self.tasks, self.episode_timeout = tasks, episode_timeout
         self.concurrency, self.env_name, self.on_episode = concurrency, env_name, on_episode
         self.settled = 0
         self.queue = [(g, m, 0) for g in range(n_groups) for m in range(group_size)][::-1]
         self.done: dict[int, list[Episode | None]] = {g: [None] * group_size for g in range(n_groups)}
-        self.dropped: set[int] = set()
-        self.failures: list[EpisodeFailure] = []
         self.running: list[_Attempt] = []
         self.finished = threading.Condition()
         self.metrics = dict.fromkeys((*COUNTED_METRICS, "tool_calls", "malformed_tool_calls"), 0.0)
+        self.ledger = FailureLedger(retries, self.metrics, self._group_seed, "agent episode")
 
     def run(self) -> list[Group]:
         try:
             while self.queue or self.running:
                 while self.queue and len(self.running) < self.concurrency:
                     g, m, attempt = self.queue.pop()
-                    if g not in self.dropped:
+                    if g not in self.ledger.dropped:
                         self._start(g, m, attempt)
                 self._wait_and_settle()
         finally:
             for attempt in self.running:  # abandoned (an interrupt): their requests get 409 from now on
                 self._close(attempt, "the rollout stopped")
         return [Group(self.env_name, self.split, eps[0].task, eps[0].seed, tuple(eps))
-                for g, eps in self.done.items() if g not in self.dropped]
+                for g, eps in self.done.items() if g not in self.ledger.dropped]
 
     def _group_seed(self, g: int) -> int:
         return group_seed(self.seed, self.first_group + g)
@@ -324,22 +323,14 @@ class _AgentCollector:
             m["malformed_tool_calls"] += bool(exchange.malformed_tool_call)
 
     def _fail(self, g: int, m: int, attempt: int, cause: str, retry: bool = True) -> None:
-        self.metrics["failed_attempts"] += 1
-        self.failures.append(EpisodeFailure(g, m, attempt, self._group_seed(g), cause))
-        if g in self.dropped:
-            return
-        if retry and attempt < self.retries:
-            log.warning("agent episode %d of group %d failed (attempt %d of %d), retrying: %s", m, g, attempt + 1,
-                        self.retries + 1, cause)
-            self.metrics["retries"] += 1
+        """Record the failure (`FailureLedger.fail`), and replay the episode or drop its group."""
+        dropped_before = g in self.ledger.dropped
+        if self.ledger.fail(g, m, attempt, cause, retry=retry):
             self.queue.append((g, m, attempt + 1))
-            return
-        log.warning("agent episode %d of group %d failed %d times; dropping the group: %s", m, g, attempt + 1, cause)
-        self.dropped.add(g)
-        self.metrics["dropped_groups"] += 1
-        for run in [r for r in self.running if r.group == g]:
-            self.running.remove(run)
-            self._close(run, "its group was dropped")
+        elif not dropped_before:
+            for run in [r for r in self.running if r.group == g]:
+                self.running.remove(run)
+                self._close(run, "its group was dropped")
 
 
 def _turn(exchange: Exchange, reward: float, invalid: bool, env_time: float) -> Turn:
@@ -391,4 +382,4 @@ def collect_agent_groups(env: Callable[[], Any], policy: Policy, agent: Agent | 
     metrics = {**collector.metrics, "groups": float(len(groups)),
                "episodes": float(sum(len(g.episodes) for g in groups)), "env_workers": 0.0,
                "wall_time": time.perf_counter() - started}
-    return RolloutResult(groups, metrics, collector.failures)
+    return RolloutResult(groups, metrics, collector.ledger.failures)

@@ -139,6 +139,42 @@ def failure_signature(cause: str) -> str:
     return where + ": " + re.sub(r"'[^']*'|\"[^\"]*\"|\d+(?:\.\d+)?", "#", what)
 
 
+class FailureLedger:
+    """The failure policy of one collection (see the module docstring), shared by `collect_groups` and agent
+    rollouts: records each failed attempt, counts it in `metrics`, and says whether to replay the episode."""
+
+    def __init__(self, retries: int, metrics: dict[str, float], group_seed: Callable[[int], int], what: str):
+        self.retries, self.metrics, self.group_seed, self.what = retries, metrics, group_seed, what
+        self.failures: list[EpisodeFailure] = []
+        self.dropped: set[int] = set()  # the groups dropped so far
+        self._last: dict[tuple[int, int], str] = {}  # (group, member) -> its last failure's signature
+
+    def fail(self, g: int, m: int, attempt: int, cause: str, *, retry: bool = True, by_env: bool = True) -> bool:
+        """Record attempt `attempt` of member `m` of group `g` failing with `cause`; True: replay it (attempt + 1),
+        False: its group is (or was already) dropped. `retry` False: a replay cannot succeed. `by_env`: the env
+        failed, so a failure that repeats the previous attempt's is deterministic (a policy's errors, such as an
+        endpoint's 503, are not)."""
+        self.metrics["failed_attempts"] += 1
+        signature = failure_signature(cause)
+        if retry and by_env and attempt < self.retries and self._last.get((g, m)) == signature:
+            retry = False
+            self.metrics["repeated_failures"] += 1
+            cause += " (as in the previous attempt, at the same step: deterministic, not retried)"
+        self._last[(g, m)] = signature
+        self.failures.append(EpisodeFailure(g, m, attempt, self.group_seed(g), cause))
+        if g in self.dropped:
+            return False
+        if retry and attempt < self.retries:
+            log.warning("%s %d of group %d failed (attempt %d of %d), retrying with a fresh env: %s",
+                        self.what, m, g, attempt + 1, self.retries + 1, cause)
+            self.metrics["retries"] += 1
+            return True
+        log.warning("%s %d of group %d failed %d times; dropping the group: %s", self.what, m, g, attempt + 1, cause)
+        self.dropped.add(g)
+        self.metrics["dropped_groups"] += 1
+        return False
+
+
 def group_seed(seed: int, group: int) -> int:
     """The reset seed of group `group` in a collection seeded with `seed` (stable across processes)."""
     return stable_hash(f"rollout|{seed}|{group}") & 0x7FFF_FFFF
@@ -177,7 +213,7 @@ class _Collector:
         self.first_group = first_group
         self.sampling, self.context, self.window = sampling, context, window
         self.observation_role = observation_role
-        self.max_turns, self.retries, self.tasks = max_turns, retries, tasks
+        self.max_turns, self.tasks = max_turns, tasks
         self.max_context_tokens = max_context_tokens
         self.on_episode = on_episode
         self.tokenizer = policy.tokenizer if isinstance(policy, TokenPolicy) else None
@@ -189,11 +225,9 @@ class _Collector:
         self.done: dict[int, list[Episode | None]] = {g: [None] * group_size for g in range(n_groups)}
         self.first_observation: dict[int, str] = {}
         self.tasks_seen: dict[int, int] = {}
-        self.dropped: set[int] = set()
-        self.failures: list[EpisodeFailure] = []
-        self.last_failure: dict[tuple[int, int], str] = {}  # (group, member) -> its last failure's signature
         self.action_sources: Counter[str] = Counter()
         self.metrics = dict.fromkeys(COUNTED_METRICS, 0.0)
+        self.ledger = FailureLedger(retries, self.metrics, self._group_seed, "episode")
         self.finished_episodes = 0
         self.total_episodes = n_groups * group_size
 
@@ -208,7 +242,7 @@ class _Collector:
                     self._advance_one_turn()
         finally:
             self._release(list(self.live.values()))
-        return [self._group(g, episodes) for g, episodes in self.done.items() if g not in self.dropped]
+        return [self._group(g, episodes) for g, episodes in self.done.items() if g not in self.ledger.dropped]
 
     def _release(self, episodes: list[_Live]) -> None:
         """Free the policy's caches of episodes that ended (or are abandoned)."""
@@ -221,7 +255,7 @@ class _Collector:
         starting: dict[int, tuple[int, int, int]] = {}
         while self.queue and self.free:
             g, m, attempt = self.queue.popleft()
-            if g not in self.dropped:
+            if g not in self.ledger.dropped:
                 starting[self.free.pop()] = (g, m, attempt)
         options = {"split": self.split}
         requests = {slot: (self._group_seed(g), options if self.tasks is None else
@@ -246,36 +280,19 @@ class _Collector:
 
     def _fail(self, g: int, m: int, attempt: int, slot: int, cause: str, *, retry: bool = True,
               by_env: bool = True) -> None:
-        """Record a failed attempt; replay the episode from the start, or (past its retries, when a
-        replay cannot succeed, or when its env failed as in its previous attempt) drop its group. `by_env`:
-        the env failed (a policy's errors, such as an endpoint's 503, are not taken as deterministic)."""
+        """Free `slot`, record the failure (`FailureLedger.fail`), and replay the episode or drop its group."""
         ep = self.live.pop(slot, None)
         if ep is not None:
             self._release([ep])
         self.free.append(slot)
-        self.metrics["failed_attempts"] += 1
-        signature = failure_signature(cause)
-        if retry and by_env and attempt < self.retries and self.last_failure.get((g, m)) == signature:
-            retry = False
-            self.metrics["repeated_failures"] += 1
-            cause += " (as in the previous attempt, at the same step: deterministic, not retried)"
-        self.last_failure[(g, m)] = signature
-        self.failures.append(EpisodeFailure(g, m, attempt, self._group_seed(g), cause))
-        if g in self.dropped:
-            return
-        if retry and attempt < self.retries:
-            log.warning("episode %d of group %d failed (attempt %d of %d), retrying with a fresh env: %s",
-                        m, g, attempt + 1, self.retries + 1, cause)
-            self.metrics["retries"] += 1
+        dropped_before = g in self.ledger.dropped
+        if self.ledger.fail(g, m, attempt, cause, retry=retry, by_env=by_env):
             self.queue.appendleft((g, m, attempt + 1))
-            return
-        log.warning("episode %d of group %d failed %d times; dropping the group: %s", m, g, attempt + 1, cause)
-        self.dropped.add(g)
-        self.metrics["dropped_groups"] += 1
-        for other_slot in [s for s, ep in self.live.items() if ep.group == g]:
-            self._release([self.live.pop(other_slot)])
-            self.free.append(other_slot)
-        self._report_progress(self.group_size - sum(e is not None for e in self.done[g]))
+        elif not dropped_before:
+            for other_slot in [s for s, ep in self.live.items() if ep.group == g]:
+                self._release([self.live.pop(other_slot)])
+                self.free.append(other_slot)
+            self._report_progress(self.group_size - sum(e is not None for e in self.done[g]))
 
     def _finish(self, ep: _Live, end: EpisodeEnd, final: EnvResult) -> None:
         self.live.pop(ep.slot)
@@ -316,7 +333,7 @@ class _Collector:
         self.metrics["model_time"] += model_time * len(episodes)
         stepping: dict[int, tuple[_Live, _Action]] = {}
         for ep, action in zip(episodes, actions):
-            if ep.group in self.dropped:  # a member failed just before: its slot is free already
+            if ep.group in self.ledger.dropped:  # a member failed just before: its slot is free already
                 continue
             if isinstance(action, PolicyError):
                 self._fail(ep.group, ep.member, ep.attempt, ep.slot, f"policy: {action}", by_env=False)
@@ -326,7 +343,7 @@ class _Collector:
                 stepping[ep.slot] = (ep, action)
         results = self.pool.step({slot: action.text for slot, (_, action) in stepping.items()})
         for slot, (ep, action) in stepping.items():
-            if ep.group in self.dropped:
+            if ep.group in self.ledger.dropped:
                 continue
             result = results[slot]
             self.metrics["env_time"] += result.seconds
@@ -546,4 +563,4 @@ def collect_groups(
                "episodes": float(sum(len(g.episodes) for g in groups)),
                "env_workers": 0.0 if pool.backend == "sync" else float(pool.num_envs),
                "wall_time": time.perf_counter() - started}
-    return RolloutResult(groups, metrics, collector.failures, dict(collector.action_sources))
+    return RolloutResult(groups, metrics, collector.ledger.failures, dict(collector.action_sources))
