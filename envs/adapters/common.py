@@ -10,10 +10,11 @@ seed (a game with few distinct boards can still deal the same board to both).
 
 from __future__ import annotations
 
+import difflib
 import json
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -111,3 +112,12 @@ def state_key(prefix: str, state: Any) -> str:
 def first_words(error: BaseException, limit: int = 160) -> str:
     """The start of `error`'s message on one line (nltk's messages open with a row of asterisks)."""
     return " ".join(re.sub(r"\*{3,}|\x1b\[[0-9;]*m", " ", str(error)).split())[:limit]
+
+
+def check_known(what: str, name: str, known: Iterable[str], rest: str) -> None:
+    """Raise ValueError for a `name` not in `known`: "unknown WHAT 'NAME'; did you mean ...? REST"."""
+    known = list(known)
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ValueError(f"unknown {what} {name!r}; {hint}{rest}")

@@ -13,12 +13,11 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 import numpy as np
 
-from envgym.envs.adapters.common import SeededGame, first_words, state_key
+from envgym.envs.adapters.common import SeededGame, check_known, first_words, state_key
 
 #: GEM's games that run offline, each with -easy, -hard and -random variants (FifteenPuzzle's -random fails
 #: in gem 0.1.0; Sokoban-v0-hard takes seconds per reset); Game2048 also has -extreme-hard, Crosswords has no
@@ -45,10 +44,7 @@ class GemEnv(SeededGame):
         from gem.envs.registration import ENV_REGISTRY
         from gem.utils.constants import LanguageGameReward
 
-        if env_id not in ENV_REGISTRY:
-            close = difflib.get_close_matches(env_id, ENV_REGISTRY, n=3, cutoff=0.5)
-            hint = f"did you mean {', '.join(close)}? " if close else ""
-            raise ValueError(f"unknown GEM env {env_id!r}; {hint}games that run offline: {OFFLINE_HINT}")
+        check_known("GEM env", env_id, ENV_REGISTRY, f"games that run offline: {OFFLINE_HINT}")
         self.env_id, self.game_kwargs = env_id, dict(game_kwargs)
         super().__init__(f"gem:{env_id}|{sorted(game_kwargs.items())}")
         self._rewards = LanguageGameReward

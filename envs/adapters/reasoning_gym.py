@@ -12,10 +12,10 @@ split (`draw_task` over `split_of`), so train and test never share a question.
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 from envgym.core import Env, draw_task, stable_hash
+from envgym.envs.adapters.common import check_known
 
 #: Items the dataset may generate (its virtual size); task seeds index into them.
 DATASET_ITEMS = 1_000_000
@@ -39,11 +39,8 @@ class ReasoningGymEnv(Env):
         import reasoning_gym
         from reasoning_gym.factory import DATASETS
 
-        if dataset not in DATASETS:
-            close = difflib.get_close_matches(dataset, DATASETS, n=3, cutoff=0.5)
-            hint = f"did you mean {', '.join(close)}? " if close else ""
-            raise ValueError(f"unknown reasoning-gym dataset {dataset!r}; {hint}it has {len(DATASETS)}, "
-                             f"e.g. {', '.join(sorted(DATASETS)[:5])}")
+        check_known("reasoning-gym dataset", dataset, DATASETS,
+                    f"it has {len(DATASETS)}, e.g. {', '.join(sorted(DATASETS)[:5])}")
         if attempts < 1:
             raise ValueError(f"attempts must be >= 1, got {attempts}")
         self.dataset, self.attempts, self.config = dataset, int(attempts), dict(config or {})

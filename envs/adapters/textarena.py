@@ -14,11 +14,10 @@ Multi-player games (TicTacToe, Chess, ...) need opponents and are refused with t
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from typing import Any
 
-from envgym.envs.adapters.common import SeededGame, first_words, state_key
+from envgym.envs.adapters.common import SeededGame, check_known, first_words, state_key
 
 #: TextArena's single-player games that run offline here (Python 3.11): the others call `nltk.download`
 #: (Hangman, WordLadder, SpellingBee...), read files the wheel lacks, or fail to import (Python 3.12 syntax).
@@ -40,10 +39,7 @@ class TextArenaEnv(SeededGame):
         import textarena  # noqa: F401 - registers the games
         from textarena.envs.registration import ENV_REGISTRY
 
-        if env_id not in ENV_REGISTRY:
-            close = difflib.get_close_matches(env_id, ENV_REGISTRY, n=3, cutoff=0.5)
-            hint = f"did you mean {', '.join(close)}? " if close else ""
-            raise ValueError(f"unknown TextArena env {env_id!r}; {hint}{OFFLINE_HINT}")
+        check_known("TextArena env", env_id, ENV_REGISTRY, OFFLINE_HINT)
         spec = ENV_REGISTRY[env_id]
         self.env_id, self.game_kwargs = env_id, dict(game_kwargs)
         super().__init__(f"textarena:{env_id}|{sorted(game_kwargs.items())}")
