@@ -49,7 +49,7 @@ import time
 import uuid
 from collections.abc import Mapping
 
-from envgym.tools.sandbox import BASE_ENV, Limits, Sandbox, SandboxProcess, check_files, write_all
+from envgym.tools.sandbox import BASE_ENV, DeathWatch, Limits, Sandbox, SandboxProcess, check_files, write_all
 from envgym.tools.seccomp import INSTALL_SOURCE, filter_program
 
 try:
@@ -160,32 +160,15 @@ def _container_limits(limits: Limits) -> tuple[int, int, int]:
 
 
 class _Owner:
-    """This process's token on the containers it creates, and a watcher that removes them when the process
-    ends, however it ends: a shell blocks reading a pipe whose only writer is this process, and at EOF
-    removes every container labelled with the token."""
+    """This process's token on the containers it creates, and a `DeathWatch` that removes every container
+    labelled with the token when the process ends, however it ends."""
 
-    _SCRIPT = 'read -r _; ids=$("$0" ps -aq --filter "label=$1"); [ -z "$ids" ] || "$0" rm -f $ids >/dev/null'
+    _SCRIPT = 'while read -r _; do :; done; ids=$("$0" ps -aq --filter "label=$1"); [ -z "$ids" ] || "$0" rm -f $ids'
 
     def __init__(self, cli_env: Mapping[str, str]):
         self.token = uuid.uuid4().hex
-        read_end, self._write_end = os.pipe()  # non-inheritable: no other child holds the write end
-        try:
-            self._watcher = subprocess.Popen(
-                ["sh", "-c", self._SCRIPT, shutil.which("docker"), f"{OWNER_LABEL}={self.token}"], stdin=read_end,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(cli_env), start_new_session=True)
-        finally:
-            os.close(read_end)
-        atexit.register(self.release)
-
-    def release(self) -> None:
-        """Let the watcher remove what is left, and wait for it (at exit)."""
-        if self._write_end is not None:
-            os.close(self._write_end)
-            self._write_end = None
-            try:
-                self._watcher.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
+        self.watch = DeathWatch(self._SCRIPT, [shutil.which("docker"), f"{OWNER_LABEL}={self.token}"], env=cli_env)
+        atexit.register(self.watch.release)  # at a normal exit, wait until what is left is removed
 
 
 _owners: dict[str, _Owner] = {}
@@ -200,12 +183,8 @@ def _owner(host: str, cli_env: Mapping[str, str]) -> _Owner:
 
 
 def _forget_owners_after_fork() -> None:
-    """A forked child gets its own token and watcher; the parent's watcher must not wait for the child."""
+    """A forked child gets its own token and watch (`DeathWatch` lets go of the parent's in the child)."""
     global _owners_lock
-    for owner in _owners.values():
-        if owner._write_end is not None:
-            os.close(owner._write_end)
-            owner._write_end = None
     _owners.clear()
     _owners_lock = threading.Lock()
 

@@ -25,7 +25,9 @@ What enforces what (bubblewrap backend):
   bwrap's own setup is a window it does not cover (a caller killed in it
   orphaned the sandbox 8 times in 10), so the shell first checks a pipe whose
   only write end the caller holds, and does not start the program if the
-  caller is gone (see `_on_lifeline`).
+  caller is gone (see `_on_lifeline`); and bwrap's first inner process, which
+  can be left waiting for ever by a launcher killed with the caller, is killed
+  with its process group by a `DeathWatch` of the caller's (`_sandbox_groups`).
 - other processes: a seccomp filter (`envgym.tools.seccomp`) refuses ptrace and
   process_vm_readv/writev, and the read-only /proc refuses /proc/PID/mem
   writes, so a program cannot reach into the shell or a session's server.
@@ -64,6 +66,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from abc import ABC, abstractmethod
@@ -418,6 +421,58 @@ def _popen(argv: Sequence[str], *, cwd: str | None, limits: Limits, env: Mapping
     )
 
 
+class DeathWatch:
+    """A shell that outlives this process to act for it once it ends, however it ends (even by SIGKILL).
+
+    The shell reads lines this process `send`s over a pipe whose only write end this process holds; at
+    EOF (this process gone, or `release`d) it runs the rest of `script`. `script` is sh: it reads its
+    lines with `read` and gets `args` as $0, $1, ... A forked child does not share it: the child's
+    copy of the write end is closed at once (see `_forget_after_fork`).
+    """
+
+    _open: list[DeathWatch] = []
+
+    def __init__(self, script: str, args: Sequence[str] = ("sh",), env: Mapping[str, str] | None = None):
+        read_end, self._write_end = os.pipe()  # non-inheritable: no other child holds the write end
+        try:
+            self._shell = subprocess.Popen(["sh", "-c", script, *args], stdin=read_end, stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.DEVNULL, env=None if env is None else dict(env),
+                                           start_new_session=True)
+        finally:
+            os.close(read_end)
+        self._lock = threading.Lock()
+        DeathWatch._open.append(self)
+
+    def send(self, line: str) -> None:
+        """Tell the shell `line` (one line, no newline in it)."""
+        with self._lock:
+            if self._write_end is not None:
+                os.write(self._write_end, line.encode() + b"\n")
+
+    def release(self, timeout: float = 30.0) -> None:
+        """Let the shell act now, and wait up to `timeout` seconds for it (idempotent)."""
+        with self._lock:
+            if self._write_end is None:
+                return
+            os.close(self._write_end)
+            self._write_end = None
+        try:
+            self._shell.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    @classmethod
+    def _forget_after_fork(cls) -> None:
+        for watch in cls._open:
+            if watch._write_end is not None:
+                os.close(watch._write_end)
+                watch._write_end = None
+        cls._open = []
+
+
+os.register_at_fork(after_in_child=DeathWatch._forget_after_fork)
+
+
 class SubprocessSandbox(Sandbox):
     """A plain child process with rlimits, a timeout and an output cap, in a fresh temporary directory.
 
@@ -595,7 +650,32 @@ class BwrapSandbox(Sandbox):
         finally:
             for fd in fds:
                 os.close(fd)
-        return SandboxProcess(popen, lambda: os.close(lifeline_end))
+        groups = _sandbox_groups()
+        groups.send(f"+ {popen.pid}")
+
+        def release() -> None:
+            os.close(lifeline_end)
+            groups.send(f"- {popen.pid}")
+        return SandboxProcess(popen, release)
+
+
+#: Kills the process groups of this process's bubblewrap sandboxes still running when it ends: bwrap's first
+#: inner process waits for its launcher to write its uid map, and a caller killed then (which kills the
+#: launcher) would leave it waiting for ever, before any parent-death signal or lifeline check is armed.
+_GROUPS_SCRIPT = ('live=" "; while read -r op group; do case $op in +) live="$live$group ";; '
+                  '-) case $live in *" $group "*) live="${live%% $group *} ${live#* $group }";; esac;; esac; done; '
+                  'for group in $live; do kill -s KILL -- "-$group" 2>/dev/null; done')
+_groups_watch: dict[int, DeathWatch] = {}
+_groups_lock = threading.Lock()
+
+
+def _sandbox_groups() -> DeathWatch:
+    """This process's watch over its sandboxes' process groups (one per process: a fork makes its own)."""
+    with _groups_lock:
+        watch = _groups_watch.get(os.getpid())
+        if watch is None or watch._write_end is None:
+            watch = _groups_watch[os.getpid()] = DeathWatch(_GROUPS_SCRIPT)
+        return watch
 
 
 def _on_lifeline(fd: int, argv: Sequence[str]) -> list[str]:
