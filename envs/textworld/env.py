@@ -27,6 +27,7 @@ winning; with `sparse=True`, only 1.0 on winning.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 import warnings
@@ -170,6 +171,17 @@ class TextWorldEnv(Env):
         else:
             reward = float((score or 0) - old_score) + (self.win_bonus if won else 0.0)
         return clean_feedback(self._state["feedback"]), reward, bool(done), False, self._info(invalid_action=not valid)
+
+    def fork(self) -> TextWorldEnv:
+        """The engine's own copy of the running game (TextWorld's `copy`, which copies the interpreter's state)
+        instead of a replay of the episode."""
+        if self._game_env is None:
+            return self.fork_by_replay()
+        twin = copy.copy(self)
+        twin._game_env = self._game_env.copy()
+        twin._actions_taken, twin._walkthrough = list(self._actions_taken), list(self._walkthrough)
+        twin._np_random, twin._replay = copy.deepcopy(self._np_random), copy.deepcopy(self._replay)
+        return twin
 
     def oracle_action(self) -> str:
         """The walkthrough's next command while the agent follows it; otherwise TextWorld's winning policy
