@@ -436,6 +436,23 @@ class EnvPool:
         self._episode_start[target] = self._episode_start[source]
         return dataclasses.replace(result, seconds=time.perf_counter() - start)
 
+    def add_slot(self) -> int:
+        """One more slot (a fresh env; with workers or actors, a new one started); its index."""
+        if self._closed:
+            raise RuntimeError("the EnvPool is closed")
+        slot = self.num_envs
+        if self.backend == "sync":
+            self._hosts.append(EnvHost(self.make_env, self.make_kwargs, self._spec))
+        elif self.backend == "process":
+            self._workers.append(None)
+            self._start_worker(slot)
+            self._wait_until_ready(slot)
+        else:
+            self._actors.append(self._start_actor(slot, self._cpu_nodes()))
+        self._episode_start.append(0.0)
+        self.num_envs += 1
+        return slot
+
     def oracle_action(self, slot: int) -> str:
         """`env.unwrapped.oracle_action()` of slot `slot`, computed where the env lives."""
         return self._ask(slot, "oracle_action")
