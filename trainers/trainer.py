@@ -503,8 +503,8 @@ class Trainer:
         episodes no advantage (vineppo's `train_branches: false`)."""
         from envgym.trainers.advantages import ESTIMATORS
 
-        options = ESTIMATORS[self.config.algorithm.estimator].resolve(self.config.algorithm.options,
-                                                                      self.config.algorithm.preset)
+        spec = ESTIMATORS[self.config.algorithm.estimator]
+        options = {**spec.defaults, **spec.resolve(self.config.algorithm.options, self.config.algorithm.preset)}
         if options.get("train_branches", True):
             return None
         episodes = batch.episodes
