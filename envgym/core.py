@@ -244,7 +244,8 @@ def _recording_reset(reset: Callable[..., Any]) -> Callable[..., Any]:
     def recorded(self: Env, *, seed: int | None = None, options: Mapping[str, Any] | None = None, **kwargs: Any):
         if self._recording:  # a subclass's reset calling its base's: the outer call records
             return reset(self, seed=seed, options=options, **kwargs)
-        record = _Replay(seed, copy.deepcopy(options), copy.deepcopy(self.np_random) if seed is None else None)
+        record = _Replay(seed, dict(options) if options else options,
+                         copy.deepcopy(self.np_random) if seed is None else None)
         self._recording += 1
         try:
             obs, info = reset(self, seed=seed, options=options, **kwargs)
