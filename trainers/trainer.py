@@ -496,6 +496,8 @@ class Trainer:
                 "perf/generated_tokens_per_s": rollout.metrics["generated_tokens"] / max(rollout_time, 1e-9),
                 "perf/update_tokens_per_s": num_tokens * cfg.optim.epochs / max(update_time, 1e-9),
                 "rollout/dropped_groups": rollout.metrics["dropped_groups"],
+                "rollout/generated_tokens": rollout.metrics["generated_tokens"],
+                "rollout/branches": rollout.metrics.get("branches", 0.0),
                 "rollout/failed_attempts": rollout.metrics["failed_attempts"], "rollout/staleness": staleness}
 
     def _trained_rows(self, batch: RolloutBatch) -> list[int] | None:
