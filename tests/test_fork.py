@@ -103,3 +103,20 @@ def test_pool_reports_a_diverging_replay(pool_backend):
         assert forked.error.startswith("fork: cannot fork broken/ReplaysDifferently-v0") and "step 0" in forked.error
         with pytest.raises(ValueError, match="into itself"):
             pool.fork(0, 0)
+
+
+def test_textworld_forks_a_long_episode_by_copying_its_engine(monkeypatch):
+    from envgym.envs.textworld import env as textworld_env
+
+    monkeypatch.setattr(textworld_env, "COPY_AFTER_STEPS", 2)
+    env = envgym.make("textworld/CoinCollector-v0")
+    _, info = env.reset(seed=3)
+    for _ in range(2):
+        _, _, _, _, info = env.step(info["admissible_actions"][0])
+    fork = env.fork()
+    assert fork.unwrapped._game_env is not env.unwrapped._game_env  # a copy, not a replay's fresh engine
+    moves = [info["admissible_actions"][-1], "look", "inventory"]
+    # the fork plays all its moves first: the original then gives the same results only if they share nothing
+    assert [fork.step(m)[:2] for m in moves] == [env.step(m)[:2] for m in moves]
+    fork.close()
+    env.close()
