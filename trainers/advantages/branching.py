@@ -13,6 +13,8 @@ and differ in what V averages (docs/algorithms.md, "Branching methods").
 from __future__ import annotations
 
 import torch
+from typing import Literal
+
 from torch import Tensor
 
 from . import reference
@@ -20,6 +22,8 @@ from .batch import TurnBatch
 from .ops import Ops
 from .registry import register_estimator
 from .segment import Segments
+
+Scale = Literal["none", "batch_std"]
 
 
 class _Tree:
@@ -65,13 +69,16 @@ class _Tree:
 
 
 @register_estimator("vineppo", reference=reference.vineppo)
-def vineppo(batch: TurnBatch, ops: Ops, *, gamma: float = 1.0, train_branches: bool = False) -> Tensor:
+def vineppo(batch: TurnBatch, ops: Ops, *, gamma: float = 1.0, train_branches: bool = False,
+            scale: Scale = "none", eps: float = 1e-6) -> Tensor:
     """VinePPO at turn level: V(s) is the mean discounted return of the continuations that start at s.
 
     The continuations of s_{e,t} (t > 0) are the branches of e at turn t; those of a group's first
     state are its other root episodes and their turn-0 branches (leave-one-out). A state nobody else
     continued from has e's own return-to-go G_{e,t} as its (one-sample) value. With
     `train_branches=False` (the paper: its rollouts only estimate values) branch rows get advantage 0.
+    `scale="batch_std"` divides by the population std of the trained rows' advantages (+ eps), putting
+    them on the scale of group-normalised estimators (an entropy bonus tuned for those then weighs the same).
     """
     tree = _Tree(batch, ops, gamma)
     first, start = tree.seg.is_first, tree.seg.episode_start
@@ -82,15 +89,17 @@ def vineppo(batch: TurnBatch, ops: Ops, *, gamma: float = 1.0, train_branches: b
     others = count[tree.node] - first.to(torch.float64)
     value = torch.where(others > 0, others_total / others.clamp(min=1), tree.to_go)
     advantage = tree.reward + gamma * tree.next_value(value) - value
-    return _train_only_roots(advantage, tree, train_branches)
+    return _finish(advantage, tree, train_branches, scale, eps)
 
 
 @register_estimator("spo_tree", reference=reference.spo_tree)
-def spo_tree(batch: TurnBatch, ops: Ops, *, gamma: float = 1.0, train_branches: bool = True) -> Tensor:
+def spo_tree(batch: TurnBatch, ops: Ops, *, gamma: float = 1.0, train_branches: bool = True,
+             scale: Scale = "none", eps: float = 1e-6) -> Tensor:
     """SPO-tree at turn level: V(n) is the mean discounted return-to-go, from n, of every episode whose
     path passes through node n (e itself included); A = r + gamma * V(child) - V(parent node).
 
     `train_branches=True` (SPO: every sample of the tree trains) gives branch rows their advantages too.
+    `scale` as vineppo's.
     """
     tree = _Tree(batch, ops, gamma)
     count = torch.zeros(tree.num_nodes, dtype=torch.float64, device=batch.device)
@@ -108,10 +117,15 @@ def spo_tree(batch: TurnBatch, ops: Ops, *, gamma: float = 1.0, train_branches: 
         total.index_add_(0, tree.node[rows], tree.reward[rows] * child_count + gamma * child_total)
     value = total[tree.node] / count[tree.node]
     advantage = tree.reward + gamma * tree.next_value(value) - value
-    return _train_only_roots(advantage, tree, train_branches)
+    return _finish(advantage, tree, train_branches, scale, eps)
 
 
-def _train_only_roots(advantage: Tensor, tree: _Tree, train_branches: bool) -> Tensor:
-    if train_branches:
-        return advantage
-    return torch.where(tree.is_branch[tree.seg.episode_of_turn], 0.0, advantage)
+def _finish(advantage: Tensor, tree: _Tree, train_branches: bool, scale: Scale, eps: float) -> Tensor:
+    """Branch rows zeroed unless `train_branches`; then `scale` over the trained rows."""
+    trained = torch.ones_like(advantage, dtype=torch.bool)
+    if not train_branches:
+        trained = ~tree.is_branch[tree.seg.episode_of_turn]
+        advantage = torch.where(trained, advantage, 0.0)
+    if scale == "batch_std" and bool(trained.any()):
+        advantage = advantage / (advantage[trained].std(correction=0) + eps)
+    return advantage

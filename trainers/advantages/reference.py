@@ -332,11 +332,13 @@ def _to_go(rewards: list[float], gamma: float) -> list[float]:
     return out
 
 
-def _branched_advantages(batch, gamma: float, train_branches: bool, value) -> Tensor:
-    """A_{e,t} = r + gamma * V(next state) - V(state), V(after the last turn) = 0; `value(e, position)`."""
+def _branched_advantages(batch, gamma: float, train_branches: bool, scale: str, eps: float, value) -> Tensor:
+    """A_{e,t} = r + gamma * V(next state) - V(state), V(after the last turn) = 0; `value(e, position)`; with
+    scale="batch_std" divided by the population std of the trained rows' advantages (+ eps)."""
     cols, episodes, nodes, rewards, own_start = _tree_paths(batch, gamma)
     parents = batch.parent.tolist()
     out = [0.0] * batch.num_turns
+    trained = []
     for e, rows in enumerate(episodes):
         if parents[rows[0]] != -1 and not train_branches:
             continue
@@ -344,10 +346,15 @@ def _branched_advantages(batch, gamma: float, train_branches: bool, value) -> Te
             here = own_start[e] + t
             after = 0.0 if t == len(rows) - 1 else value(e, here + 1)
             out[row] = cols["reward"][row] + gamma * after - value(e, here)
+            trained.append(row)
+    if scale == "batch_std" and trained:
+        mean = sum(out[r] for r in trained) / len(trained)
+        std = math.sqrt(sum((out[r] - mean) ** 2 for r in trained) / len(trained))
+        out = [a / (std + eps) for a in out]
     return _out(out)
 
 
-def vineppo(batch, *, gamma=1.0, train_branches=False) -> Tensor:
+def vineppo(batch, *, gamma=1.0, train_branches=False, scale="none", eps=1e-6) -> Tensor:
     """V(state of e) = mean return of the other episodes that start there; e's own return-to-go if none."""
     cols, episodes, nodes, rewards, own_start = _tree_paths(batch, gamma)
     starts: dict = defaultdict(list)  # node -> (episode, its discounted return from there)
@@ -358,10 +365,10 @@ def vineppo(batch, *, gamma=1.0, train_branches=False) -> Tensor:
         others = [g for d, g in starts.get(nodes[e][position], []) if d != e]
         return sum(others) / len(others) if others else _to_go(rewards[e], gamma)[position]
 
-    return _branched_advantages(batch, gamma, train_branches, value)
+    return _branched_advantages(batch, gamma, train_branches, scale, eps, value)
 
 
-def spo_tree(batch, *, gamma=1.0, train_branches=True) -> Tensor:
+def spo_tree(batch, *, gamma=1.0, train_branches=True, scale="none", eps=1e-6) -> Tensor:
     """V(node) = mean, over every episode whose path passes through the node, of its return-to-go from there."""
     cols, episodes, nodes, rewards, own_start = _tree_paths(batch, gamma)
     through: dict = defaultdict(list)
@@ -373,4 +380,4 @@ def spo_tree(batch, *, gamma=1.0, train_branches=True) -> Tensor:
         returns = through[nodes[e][position]]
         return sum(returns) / len(returns)
 
-    return _branched_advantages(batch, gamma, train_branches, value)
+    return _branched_advantages(batch, gamma, train_branches, scale, eps, value)
