@@ -1,6 +1,6 @@
 """Branched rollouts: what a branch costs in prefilled tokens with and without a copy of its root's KV cache.
 
-    .venv/bin/python benchmarks/branching.py [--groups 4] [--group-size 4] [--k 2] [--every 3] [--budget 2]
+    .venv/bin/python benchmarks/branching.py [--groups 2] [--group-size 2] [--k 2] [--every 3] [--budget 1]
 
 The hf policy on the quickstart's tiny model ("tiny-maze") plays Maze episodes with
 `rollout.branch`-style branching, twice on the same seeds: branches starting from a
@@ -30,12 +30,12 @@ class WithoutCacheCopy(HFPolicy):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--groups", type=int, default=4)
-    parser.add_argument("--group-size", type=int, default=4)
+    parser.add_argument("--groups", type=int, default=2)
+    parser.add_argument("--group-size", type=int, default=2)
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--every", type=int, default=3)
-    parser.add_argument("--budget", type=int, default=2)
-    parser.add_argument("--max-turns", type=int, default=8)
+    parser.add_argument("--budget", type=int, default=1)
+    parser.add_argument("--max-turns", type=int, default=6)
     args = parser.parse_args()
     model, tokenizer = tiny_policy_model("tiny-maze")
     branch = BranchOptions(k=args.k, every=args.every, budget=args.budget)
