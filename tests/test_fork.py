@@ -82,9 +82,10 @@ def pool_backend(request):
 
 @pytest.mark.parametrize("env_id", ["games/Maze-v0", "toytext/FrozenLake-v0"])
 def test_pool_forks_an_episode_into_another_slot(pool_backend, env_id):
-    with EnvPool(EnvMaker(env_id), 2, backend=pool_backend) as pool:
+    with EnvPool(EnvMaker(env_id), 1, backend=pool_backend) as pool:
         pool.reset({0: (5, {"split": "test", "task": 1})})
         pool.step({0: pool.oracle_action(0) if "Maze" in env_id else "down"})
+        assert pool.add_slot() == 1 and pool.num_envs == 2
         forked = pool.fork(0, 1)
         assert forked.error is None
         for _ in range(2):
