@@ -337,18 +337,19 @@ TREE = TurnBatch.from_episodes([[0, 0, 1], [0, 0], [0, 1], [0, 0], [1]], group=[
 
 def test_vineppo_values_states_by_the_continuations_that_start_there():
     # V(first state) leaves the episode out: A sees B's 0, B sees A's 1. V(A's state before turn 1) = mean of
-    # C, D, E = 2/3 (C itself sees D and E: 1/2). States nobody continued from: the episode's own return-to-go.
-    a = [0 + 2 / 3 - 0, 0 + 1 - 2 / 3, 1 + 0 - 1]
-    b = [0 + 0 - 1, 0 + 0 - 0]
-    c = [0 + 1 - 1 / 2, 1 + 0 - 1]
-    d, e = [0 + 0 - 1, 0 + 0 - 0], [1 + 0 - 1 / 2]
+    # C, D, E = 2/3 (C itself sees D and E: 1/2). A turn from a state nobody else continued from has no
+    # baseline (0); as a next state it is valued by the episode's own return-to-go (A's 1 after turn 1).
+    a = [0 + 2 / 3 - 0, 0 + 1 - 2 / 3, 0.0]
+    b = [0 + 0 - 1, 0.0]
+    c = [0 + 1 - 1 / 2, 0.0]
+    d, e = [0 + 0 - 1, 0.0], [1 + 0 - 1 / 2]
     check(TREE, "vineppo", a + b + c + d + e, train_branches=True)
     check(TREE, "vineppo", a + b + [0.0] * 5)  # the paper: branches only estimate values
 
 
 def test_vineppo_discounts_returns_and_values():
     g = 0.5  # A's returns-to-go 0.25, 0.5, 1; C 0.5, 1; V(A's state before turn 1) = (0.5 + 0 + 1) / 3
-    check(TREE, "vineppo", [g * 0.5 - 0, g * 1 - 0.5, 1 - 1, 0 - 0.25, 0.0] + [0.0] * 5, gamma=g)
+    check(TREE, "vineppo", [g * 0.5 - 0, g * 1 - 0.5, 0.0, 0 - 0.25, 0.0] + [0.0] * 5, gamma=g)
 
 
 def test_spo_tree_values_a_node_by_every_episode_through_it():

@@ -74,8 +74,9 @@ def vineppo(batch: TurnBatch, ops: Ops, *, gamma: float = 1.0, train_branches: b
     """VinePPO at turn level: V(s) is the mean discounted return of the continuations that start at s.
 
     The continuations of s_{e,t} (t > 0) are the branches of e at turn t; those of a group's first
-    state are its other root episodes and their turn-0 branches (leave-one-out). A state nobody else
-    continued from has e's own return-to-go G_{e,t} as its (one-sample) value. With
+    state are its other root episodes and their turn-0 branches (leave-one-out). A turn whose state
+    nobody else continued from has no baseline and gets advantage 0; as the next state, such a state
+    is valued by e's own return-to-go G_{e,t+1} (a one-sample Monte Carlo value). With
     `train_branches=False` (the paper: its rollouts only estimate values) branch rows get advantage 0.
     `scale="batch_std"` divides by the population std of the trained rows' advantages (+ eps), putting
     them on the scale of group-normalised estimators (an entropy bonus tuned for those then weighs the same).
@@ -88,7 +89,7 @@ def vineppo(batch: TurnBatch, ops: Ops, *, gamma: float = 1.0, train_branches: b
     others_total = total[tree.node] - torch.where(first, tree.to_go, 0.0)  # leave e itself out where it starts
     others = count[tree.node] - first.to(torch.float64)
     value = torch.where(others > 0, others_total / others.clamp(min=1), tree.to_go)
-    advantage = tree.reward + gamma * tree.next_value(value) - value
+    advantage = torch.where(others > 0, tree.reward + gamma * tree.next_value(value) - value, 0.0)
     return _finish(advantage, tree, train_branches, scale, eps)
 
 

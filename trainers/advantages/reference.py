@@ -332,9 +332,11 @@ def _to_go(rewards: list[float], gamma: float) -> list[float]:
     return out
 
 
-def _branched_advantages(batch, gamma: float, train_branches: bool, scale: str, eps: float, value) -> Tensor:
-    """A_{e,t} = r + gamma * V(next state) - V(state), V(after the last turn) = 0; `value(e, position)`; with
-    scale="batch_std" divided by the population std of the trained rows' advantages (+ eps)."""
+def _branched_advantages(batch, gamma: float, train_branches: bool, scale: str, eps: float, value,
+                         has_baseline=lambda e, position: True) -> Tensor:
+    """A_{e,t} = r + gamma * V(next state) - V(state), V(after the last turn) = 0, and 0 where not
+    `has_baseline(e, position)`; `value(e, position)`; with scale="batch_std" divided by the population std of
+    the trained rows' advantages (+ eps)."""
     cols, episodes, nodes, rewards, own_start = _tree_paths(batch, gamma)
     parents = batch.parent.tolist()
     out = [0.0] * batch.num_turns
@@ -345,7 +347,8 @@ def _branched_advantages(batch, gamma: float, train_branches: bool, scale: str, 
         for t, row in enumerate(rows):
             here = own_start[e] + t
             after = 0.0 if t == len(rows) - 1 else value(e, here + 1)
-            out[row] = cols["reward"][row] + gamma * after - value(e, here)
+            if has_baseline(e, here):
+                out[row] = cols["reward"][row] + gamma * after - value(e, here)
             trained.append(row)
     if scale == "batch_std" and trained:
         mean = sum(out[r] for r in trained) / len(trained)
@@ -355,17 +358,22 @@ def _branched_advantages(batch, gamma: float, train_branches: bool, scale: str, 
 
 
 def vineppo(batch, *, gamma=1.0, train_branches=False, scale="none", eps=1e-6) -> Tensor:
-    """V(state of e) = mean return of the other episodes that start there; e's own return-to-go if none."""
+    """V(state of e) = mean return of the other episodes that start there; a turn from a state with none gets 0,
+    and such a state as the next state is valued by e's own return-to-go."""
     cols, episodes, nodes, rewards, own_start = _tree_paths(batch, gamma)
     starts: dict = defaultdict(list)  # node -> (episode, its discounted return from there)
     for e in range(len(episodes)):
         starts[nodes[e][own_start[e]]].append((e, _to_go(rewards[e], gamma)[own_start[e]]))
 
-    def value(e: int, position: int) -> float:
-        others = [g for d, g in starts.get(nodes[e][position], []) if d != e]
-        return sum(others) / len(others) if others else _to_go(rewards[e], gamma)[position]
+    def others(e: int, position: int) -> list[float]:
+        return [g for d, g in starts.get(nodes[e][position], []) if d != e]
 
-    return _branched_advantages(batch, gamma, train_branches, scale, eps, value)
+    def value(e: int, position: int) -> float:
+        found = others(e, position)
+        return sum(found) / len(found) if found else _to_go(rewards[e], gamma)[position]
+
+    return _branched_advantages(batch, gamma, train_branches, scale, eps, value,
+                                lambda e, position: bool(others(e, position)))
 
 
 def spo_tree(batch, *, gamma=1.0, train_branches=True, scale="none", eps=1e-6) -> Tensor:
