@@ -96,8 +96,10 @@ SUITES = {
         "report": ["info_gain/informative", "info_gain/redundant", "info_gain/outcome_corr", "train/success",
                    "train/invalid_rate"],
     },
-    "branching-maze": {  # the maze suite's env
-        "overrides": [],
+    "branching-maze": {  # the maze suite's env, without the recipe's entropy bonus: branching leaves most turns
+        # with advantage 0, where the bonus alone moved the policy (entropy 1.9 -> 3.1, invalid replies 55% -> 83%
+        # in 5 iterations, vineppo and spo_tree alike)
+        "overrides": ["loss.entropy_coef=0"],
         "estimators": {"grpo": GRPO, "gigpo": GIGPO,
                        "vineppo@tokens": branching(VINEPPO, MAZE_BRANCH, MAZE_TOKEN_ROOTS),
                        "spo_tree@tokens": branching(SPO_TREE, MAZE_BRANCH, MAZE_TOKEN_ROOTS),
