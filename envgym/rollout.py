@@ -343,7 +343,8 @@ class _Collector:
                 completion_tokens=action.completion_tokens))
             self._count_turn(action, invalid)
             full = action.finish is FinishReason.CONTEXT
-            if result.done or full or (self.max_turns is not None and len(ep.turns) >= self.max_turns):
+            played = len(ep.turns) + (ep.branch_turn or 0)  # a branch's turns continue its root's
+            if result.done or full or (self.max_turns is not None and played >= self.max_turns):
                 end = (EpisodeEnd.TERMINATED if result.terminated else EpisodeEnd.TRUNCATED if result.truncated
                        else EpisodeEnd.CONTEXT if full else EpisodeEnd.MAX_TURNS)
                 self.metrics["context_full"] += end is EpisodeEnd.CONTEXT

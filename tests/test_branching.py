@@ -29,7 +29,7 @@ def test_branch_options_pick_turns():
 
 def test_branches_continue_their_roots_state():
     progress = []
-    result = collect_groups("games/Maze-v0", load_policy("random"), n_groups=2, group_size=2, seed=3,
+    result = collect_groups("games/Maze-v0", load_policy("random"), n_groups=2, group_size=2, seed=3, max_turns=9,
                             branch=BranchOptions(k=2, every=3, budget=2), on_episode=lambda d, t: progress.append(d))
     assert progress[-1] == 4 and max(progress) == 4  # progress counts the sampled episodes, not their branches
     for group in result.groups:
@@ -41,7 +41,7 @@ def test_branches_continue_their_roots_state():
             root = roots[b.parent]
             assert b.turns[0].observation == root.turns[b.branch_turn].observation
             assert b.turns[0].state_key == root.turns[b.branch_turn].state_key
-            assert b.branch_turn + len(b.turns) <= 20  # the fork kept the TurnLimit's count
+            assert b.branch_turn + len(b.turns) <= 9  # max_turns counts the root's turns before the branch
     assert result.metrics["branches"] == sum(len(g.episodes) - 2 for g in result.groups) > 0
 
 
