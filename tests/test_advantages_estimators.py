@@ -360,8 +360,9 @@ def test_spo_tree_values_a_node_by_every_episode_through_it():
     c, d, e = [0 + 1 - 3 / 4, 1 - 1], [0 + 0 - 3 / 4, 0 - 0], [1 - 3 / 4]
     check(TREE, "spo_tree", a + b + c + d + e)
     check(TREE, "spo_tree", a + b + [0.0] * 5, train_branches=False)
-    trained = a + b  # batch_std divides by the population std of the trained rows only
-    std = math.sqrt(sum((x - sum(trained) / 5) ** 2 for x in trained) / 5)
+    trained = a + b  # batch_std divides by the population std of the trained rows' nonzero advantages only
+    nonzero = [x for x in trained if x != 0]
+    std = math.sqrt(sum((x - sum(nonzero) / len(nonzero)) ** 2 for x in nonzero) / len(nonzero))
     check(TREE, "spo_tree", [x / (std + EPS) for x in trained] + [0.0] * 5, train_branches=False, scale="batch_std")
 
 

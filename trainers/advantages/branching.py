@@ -78,8 +78,9 @@ def vineppo(batch: TurnBatch, ops: Ops, *, gamma: float = 1.0, train_branches: b
     nobody else continued from has no baseline and gets advantage 0; as the next state, such a state
     is valued by e's own return-to-go G_{e,t+1} (a one-sample Monte Carlo value). With
     `train_branches=False` (the paper: its rollouts only estimate values) branch rows get advantage 0.
-    `scale="batch_std"` divides by the population std of the trained rows' advantages (+ eps), putting
-    them on the scale of group-normalised estimators (an entropy bonus tuned for those then weighs the same).
+    `scale="batch_std"` divides by the population std of the trained rows' nonzero advantages (+ eps),
+    putting them on the scale of group-normalised estimators (an entropy bonus tuned for those then
+    weighs the same); the zeros of turns without a baseline are left out of the std.
     """
     tree = _Tree(batch, ops, gamma)
     first, start = tree.seg.is_first, tree.seg.episode_start
@@ -127,6 +128,7 @@ def _finish(advantage: Tensor, tree: _Tree, train_branches: bool, scale: Scale, 
     if not train_branches:
         trained = ~tree.is_branch[tree.seg.episode_of_turn]
         advantage = torch.where(trained, advantage, 0.0)
-    if scale == "batch_std" and bool(trained.any()):
-        advantage = advantage / (advantage[trained].std(correction=0) + eps)
+    informative = trained & (advantage.abs() > 1e-12)  # the zeros of turns without a baseline would shrink it
+    if scale == "batch_std" and bool(informative.any()):
+        advantage = advantage / (advantage[informative].std(correction=0) + eps)
     return advantage

@@ -336,7 +336,7 @@ def _branched_advantages(batch, gamma: float, train_branches: bool, scale: str, 
                          has_baseline=lambda e, position: True) -> Tensor:
     """A_{e,t} = r + gamma * V(next state) - V(state), V(after the last turn) = 0, and 0 where not
     `has_baseline(e, position)`; `value(e, position)`; with scale="batch_std" divided by the population std of
-    the trained rows' advantages (+ eps)."""
+    the trained rows' nonzero advantages (+ eps)."""
     cols, episodes, nodes, rewards, own_start = _tree_paths(batch, gamma)
     parents = batch.parent.tolist()
     out = [0.0] * batch.num_turns
@@ -350,9 +350,10 @@ def _branched_advantages(batch, gamma: float, train_branches: bool, scale: str, 
             if has_baseline(e, here):
                 out[row] = cols["reward"][row] + gamma * after - value(e, here)
             trained.append(row)
-    if scale == "batch_std" and trained:
-        mean = sum(out[r] for r in trained) / len(trained)
-        std = math.sqrt(sum((out[r] - mean) ** 2 for r in trained) / len(trained))
+    informative = [out[r] for r in trained if abs(out[r]) > 1e-12]
+    if scale == "batch_std" and informative:
+        mean = sum(informative) / len(informative)
+        std = math.sqrt(sum((a - mean) ** 2 for a in informative) / len(informative))
         out = [a / (std + eps) for a in out]
     return _out(out)
 
