@@ -234,10 +234,13 @@ class TurnBatch:
         if branches is not None and len(branches) != len(rewards):
             raise ValueError(f"branches has {len(branches)} entries but rewards has {len(rewards)} episodes")
         origin = None if branches is None else [b or (-1, -1) for b in branches]
+
+        def per_turn(values: list[int]) -> list[int]:
+            return [v for v, n in zip(values, lengths) for _ in range(n)]
+
         return cls.from_lists(group=[g for g, n in zip(group, lengths) for _ in range(n)],
                               episode=[i for i, n in enumerate(lengths) for _ in range(n)],
                               turn=[t for n in lengths for t in range(n)], reward=flat(rewards),
                               state=flat(states), intrinsic=flat(intrinsic), invalid=flat(invalid),
-                              parent=None if origin is None else [o[0] for o, n in zip(origin, lengths) for _ in range(n)],
-                              branch_turn=None if origin is None else
-                              [o[1] for o, n in zip(origin, lengths) for _ in range(n)])
+                              parent=None if origin is None else per_turn([o[0] for o in origin]),
+                              branch_turn=None if origin is None else per_turn([o[1] for o in origin]))
