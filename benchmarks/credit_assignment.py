@@ -226,7 +226,8 @@ def main() -> None:
                 cells.append([statistics.mean(v) for v in per_seed if v])
             rows.append((f"{a}-{b}", cells))
         print_table(f"{metric}, mean over the iterations of each stretch: mean [min-max] over seeds", rows, shown)
-    print_table("wall time of a run (s), warm start and evaluations included: mean [min-max] over seeds",
+    print_table("wall time of a run (s; a live run's includes its warm start and evaluations, --report-only sums "
+                "the RL iterations'): mean [min-max] over seeds",
                 [("all", [[r["seconds"] for r in results[e]] for e in estimators])], estimators)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
