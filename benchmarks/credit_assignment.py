@@ -4,6 +4,8 @@
     python benchmarks/credit_assignment.py --suite questions       # twenty questions: GRPO vs GiGPO vs IGPO
     python benchmarks/credit_assignment.py --suite prime-sweep --seeds 0   # PRIME's prm_lr x prm_beta x prm_update
     python benchmarks/credit_assignment.py --suite guess           # GuessNumber: GRPO vs IGPO
+    python benchmarks/credit_assignment.py --suite branching-maze --seeds 0 1 2 3 4        # VinePPO, SPO-tree vs ...
+    python benchmarks/credit_assignment.py --suite branching-questions --seeds 0 1 2 3 4   # ... GRPO, GiGPO, IGPO
     python benchmarks/credit_assignment.py --iterations 20 --seeds 0 1 2 3 --jobs 1
     python benchmarks/credit_assignment.py --suite prime-sweep --seeds 0 --report-only   # tables of finished runs
 
@@ -13,7 +15,15 @@ needs). Runs are single-threaded, `--jobs` at a time (default 2, one per core
 here); each prints its curve. The tables at the end give mean and spread
 (min-max) over seeds of held-out success at every evaluated iteration, then of
 the suite's diagnostic metrics (averaged over each stretch of iterations between
-evaluations), and `summary.json` under `--out` keeps every number.
+evaluations), the wall time of a run, and `summary.json` under `--out` keeps every number.
+
+The branching suites (`branching-maze`, `branching-questions`) run the branching
+estimators (`rollout.branch`: K continuations from forked states) twice: "@tokens"
+with fewer sampled episodes per iteration, so that the generated tokens per
+iteration, branch tokens counted, come close to the baselines' (the table of
+`rollout/generated_tokens` shows how close), and "@episodes" with the baselines'
+sampled episodes plus their branches. IGPO needs a gold answer, which the maze has
+not, so it runs in the questions suite only.
 """
 
 from __future__ import annotations
@@ -29,6 +39,10 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 GRPO = ["algorithm.estimator=grpo", "algorithm.options={}"]
+# advantages divided by the batch std, as GRPO and GiGPO normalise theirs: unscaled (std ~0.1 here) the recipe's
+# entropy bonus outweighed them (a first run: entropy 2.0 -> 3.7 and 98% invalid replies by iteration 4)
+VINEPPO = ["algorithm.estimator=vineppo", "algorithm.options={scale: batch_std}"]
+SPO_TREE = ["algorithm.estimator=spo_tree", "algorithm.options={scale: batch_std}"]
 GIGPO = ["algorithm.estimator=gigpo"]  # the quickstart's options: gamma 0.95, mean_std_norm, invalid penalty 0.1
 IGPO = ["algorithm.estimator=igpo", "algorithm.options={}", "turn_reward.kind=info_gain"]
 
@@ -39,7 +53,24 @@ def prime(lr: float, beta: float, update: str) -> list[str]:
             f"turn_reward.prm_lr={lr}", f"turn_reward.prm_beta={beta}", f"turn_reward.prm_update={update}"]
 
 
+def branching(estimator: list[str], branch: str, roots: list[str] = ()) -> list[str]:
+    """`estimator` collecting with `rollout.branch={branch}`, and `roots` overrides (fewer sampled episodes)."""
+    return [*estimator, f"rollout.branch={{{branch}}}", *roots]
+
+
 PRM_HEALTH = ["prm/pair_accuracy", "prm/accuracy", "prm/reward_invalid_minus_valid", "train/invalid_rate"]
+BRANCH_REPORT = ["rollout/generated_tokens", "rollout/branches", "train/success", "train/invalid_rate"]
+QUESTIONS = ["model.name=tiny-questions", "env.id=games/TwentyQuestions-v0", "env.kwargs={}", "env.max_turns=null",
+             "rollout.context=full", "rollout.max_new_tokens=7", "rollout.n_groups=8", "optim.minibatches=2",
+             "loss.entropy_coef=0", "sft.steps=120", "eval.episodes=112"]
+QUESTIONS_IGPO = [*IGPO, "turn_reward.answer_template='it is {answer}'"]
+# maze: 16 x 8 sampled episodes of <= 12 turns (~11 after the warm start); "@tokens" plays 16 x 4 and branches 2
+# continuations before turn 6 (11 + 2 x 6 = 23 turns for the 22 of two baseline episodes; branching before turns
+# 4 and 8 instead generated 2.2-2.5x the baseline's tokens)
+MAZE_BRANCH, MAZE_TOKEN_ROOTS = "k: 2, turns: [6]", ["rollout.group_size=4"]
+# questions: 8 x 8 episodes of <= 9 turns; "@tokens" plays 8 x 4 and branches 2 continuations before turn 4
+# (9 turns: 9 + 2 x 5 = 19 for 18)
+QUESTIONS_BRANCH, QUESTIONS_TOKEN_ROOTS = "k: 2, turns: [4]", ["rollout.group_size=4"]
 SUITES = {
     "maze": {
         "overrides": [],  # the quickstart's own: 4x4 mazes, local view
@@ -55,18 +86,36 @@ SUITES = {
     },
     "questions": {  # 4 attributes x 3 values (81 items, 14 held out, each played 8 times), 9 turns, full history;
         # no entropy bonus (the maze's memoryless policy needs one, this one does not: it raised invalid replies)
-        "overrides": ["model.name=tiny-questions", "env.id=games/TwentyQuestions-v0", "env.kwargs={}",
-                      "env.max_turns=null", "rollout.context=full", "rollout.max_new_tokens=7", "rollout.n_groups=8",
-                      "optim.minibatches=2", "loss.entropy_coef=0", "sft.steps=120", "eval.episodes=112"],
+        "overrides": QUESTIONS,
         "iterations": 30,
-        "estimators": {"grpo": GRPO, "gigpo": GIGPO, "igpo": [*IGPO, "turn_reward.answer_template='it is {answer}'"],
+        "estimators": {"grpo": GRPO, "gigpo": GIGPO, "igpo": QUESTIONS_IGPO,
                        # IG in probabilities: an episode's gains sum to p_last - p_first <= 1, the outcome's scale
-                       "igpo-prob-diff": [*IGPO, "turn_reward.answer_template='it is {answer}'",
-                                          "turn_reward.info_gain=prob_diff"],
+                       "igpo-prob-diff": [*QUESTIONS_IGPO, "turn_reward.info_gain=prob_diff"],
                        # ablation: the anchors without the invalid-reply penalty GRPO does not get
                        "gigpo-no-penalty": [*GIGPO, "algorithm.options={invalid_penalty: 0.0}"]},
         "report": ["info_gain/informative", "info_gain/redundant", "info_gain/outcome_corr", "train/success",
                    "train/invalid_rate"],
+    },
+    "branching-maze": {  # the maze suite's env, without the recipe's entropy bonus: branching leaves most turns
+        # with advantage 0, where the bonus alone moved the policy (entropy 1.9 -> 3.1, invalid replies 55% -> 83%
+        # in 5 iterations, vineppo and spo_tree alike)
+        "overrides": ["loss.entropy_coef=0"],
+        "estimators": {"grpo": GRPO, "gigpo": GIGPO,
+                       "vineppo@tokens": branching(VINEPPO, MAZE_BRANCH, MAZE_TOKEN_ROOTS),
+                       "spo_tree@tokens": branching(SPO_TREE, MAZE_BRANCH, MAZE_TOKEN_ROOTS),
+                       "vineppo@episodes": branching(VINEPPO, MAZE_BRANCH),
+                       "spo_tree@episodes": branching(SPO_TREE, MAZE_BRANCH)},
+        "report": BRANCH_REPORT,
+    },
+    "branching-questions": {  # the questions suite's env and settings
+        "overrides": QUESTIONS,
+        "iterations": 30,
+        "estimators": {"grpo": GRPO, "gigpo": GIGPO, "igpo": QUESTIONS_IGPO,
+                       "vineppo@tokens": branching(VINEPPO, QUESTIONS_BRANCH, QUESTIONS_TOKEN_ROOTS),
+                       "spo_tree@tokens": branching(SPO_TREE, QUESTIONS_BRANCH, QUESTIONS_TOKEN_ROOTS),
+                       "vineppo@episodes": branching(VINEPPO, QUESTIONS_BRANCH),
+                       "spo_tree@episodes": branching(SPO_TREE, QUESTIONS_BRANCH)},
+        "report": BRANCH_REPORT,
     },
     "guess": {  # 1-50: 40 train and 10 test secrets, each test secret played 20 times (sampled)
         "overrides": ["model.name=tiny-guess", "env.id=games/GuessNumber-v0", "env.kwargs={low: 1, high: 50}",
@@ -177,6 +226,9 @@ def main() -> None:
                 cells.append([statistics.mean(v) for v in per_seed if v])
             rows.append((f"{a}-{b}", cells))
         print_table(f"{metric}, mean over the iterations of each stretch: mean [min-max] over seeds", rows, shown)
+    print_table("wall time of a run (s; a live run's includes its warm start and evaluations, --report-only sums "
+                "the RL iterations'): mean [min-max] over seeds",
+                [("all", [[r["seconds"] for r in results[e]] for e in estimators])], estimators)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"summary-{args.suite}.json").write_text(json.dumps({"suite": args.suite, "seeds": args.seeds,

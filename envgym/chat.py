@@ -23,6 +23,8 @@ messages the token layout renders, so the window bounds their prompts too.
 
 from __future__ import annotations
 
+import copy
+
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -129,6 +131,12 @@ class EpisodeChat:
             if closing.startswith(sampled_end):
                 closing = closing[len(sampled_end):]
         return closing + with_reply[len(with_action):]
+
+    def fork(self) -> EpisodeChat:
+        """An independent copy for a branch episode: later turns of either leave the other's chat alone."""
+        twin = copy.copy(self)
+        twin.messages, twin._base = list(self.messages), list(self._base)
+        return twin
 
     def prompt_messages(self) -> list[dict[str, str]]:
         """The messages of the next prompt: the system message, the context turns and the latest observation."""

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ import gymnasium
 import numpy as np
 from gymnasium.utils.env_checker import check_env as gymnasium_check_env
 
-from envgym.core import Env
+from envgym.core import Env, fork_env
 from envgym.registration import make, spec
 
 BAD_ACTIONS: list[tuple[str, Any]] = [
@@ -311,6 +312,49 @@ def check_splits(env: gymnasium.Env, env_id: str | None, max_tasks: int = 2000) 
     return f"train and test disjoint over {len(keys['train'])} + {len(keys['test'])} tasks"
 
 
+def _continue(env: gymnasium.Env, actions: list[str]) -> dict[str, list[Any]]:
+    """Step `env` with `actions` (stopping where the episode ends); observations, rewards, state keys, ends."""
+    future: dict[str, list[Any]] = {"observations": [], "rewards": [], "state_keys": [], "done": []}
+    for action in actions:
+        with _deadline(STEP_SECONDS, f"step({action[:30]!r})"):
+            obs, reward, terminated, truncated, info = env.step(action)
+        for key, value in zip(future, (obs, float(reward), info.get("state_key"), bool(terminated or truncated))):
+            future[key].append(value)
+        if terminated or truncated:
+            break
+    return future
+
+
+def check_fork(env: gymnasium.Env, env_id: str | None, forks_timed: int = 5) -> str:
+    """Fork mid-episode: the fork, a fork of the fork and the original (stepped after both) have the future
+    of the unforked episode under the same actions; the detail gives what one fork costs."""
+    seed = 13
+    episode = play(env, seed, None, 12)
+    actions, middle = episode["actions"], len(episode["actions"]) // 2
+    expected = {"observations": episode["observations"][middle + 1:], "rewards": episode["rewards"][middle:],
+                "state_keys": episode["state_keys"][middle + 1:], "done": episode["done"][middle:]}
+    play(env, seed, None, 0, actions[:middle])
+    started = time.perf_counter()
+    timed = [fork_env(env) for _ in range(forks_timed)]
+    cost = (time.perf_counter() - started) / forks_timed
+    for spare in timed[1:]:
+        spare.close()
+    fork = timed[0]
+    fork_of_fork = fork_env(fork)
+    try:
+        for who, twin in (("the fork", fork), ("a fork of the fork", fork_of_fork), ("the original", env)):
+            future = _continue(twin, actions[middle:])
+            if future != expected:
+                diff = next(k for k in expected if future[k] != expected[k])
+                after = " after its fork was stepped" if twin is env else ""
+                raise CheckFailure(f"forked at step {middle}, {who}{after} has a different future than the "
+                                   f"unforked episode under the same actions ({diff} differ)")
+    finally:
+        fork.close()
+        fork_of_fork.close()
+    return f"forked at step {middle} of {len(actions)}; a fork costs {cost * 1e3:.2f} ms"
+
+
 def check_close(env: gymnasium.Env, env_id: str | None) -> str:
     env.close()
     env.close()
@@ -342,6 +386,7 @@ def check_env(env_or_id: str | gymnasium.Env, **make_kwargs: Any) -> CheckReport
         ("bad actions", lambda: check_bad_actions(env, env_id)),
         ("sampled actions", lambda: check_sampled_actions(env, env_id)),
         ("splits", lambda: check_splits(env, env_id)),
+        ("fork", lambda: check_fork(env, env_id)),
         ("close", lambda: check_close(env, env_id)),
     ]
     for name, run in checks:

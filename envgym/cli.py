@@ -333,7 +333,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     from envgym.diagnose import diagnose
 
     print(diagnose(args.id, env_kwargs=parse_kwargs(args.kwargs), groups=args.groups, group_size=args.group_size,
-                   probe_tasks=args.probe_tasks, seed=args.seed, max_turns=args.max_turns).render())
+                   probe_tasks=args.probe_tasks, seed=args.seed, max_turns=args.max_turns, branch_k=args.branch_k,
+                   branch_policy=args.branch_policy).render())
     return EXIT_OK
 
 
@@ -343,6 +344,9 @@ def _add_diagnose_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group-size", type=int, default=8, help="episodes per group, G (default 8)")
     p.add_argument("--probe-tasks", type=int, default=3, help="train tasks the probes play (default 3)")
     p.add_argument("--max-turns", type=int, default=None, help="cap on turns per episode (default: the env's)")
+    p.add_argument("--branch-k", type=int, default=8, help="branching probe: continuations from every turn (0: off)")
+    p.add_argument("--branch-policy", choices=("mix", "random"), default="mix",
+                   help="branching probe: who plays (mix: the oracle half the time; default mix)")
 
 
 def add_diagnose_parser(sub: argparse._SubParsersAction) -> None:

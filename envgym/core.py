@@ -19,9 +19,12 @@ content so the checker can prove it.
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import itertools
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import gymnasium
@@ -33,6 +36,11 @@ T = TypeVar("T")
 
 class RunFailed(RuntimeError):
     """A run (training, evaluation) stopped for a reason its message states; the CLI prints it and exits 1."""
+
+
+class ReplayDiverged(RuntimeError):
+    """`Env.fork` replayed an episode on a fresh env and got a different result: the env is not deterministic
+    under replay, so it cannot be forked that way (give it a `fork` that copies its state)."""
 
 
 class TextSpace(gymnasium.spaces.Space[str]):
@@ -119,6 +127,49 @@ class Env(gymnasium.Env[str, str]):
     split: str = "train"
     task: int = 0
 
+    #: Attributes that `reset` and `step` change (the episode's state). An env that names them forks by copying
+    #: them (and its random stream) instead of replaying the episode; everything else is shared with the fork.
+    episode_state: ClassVar[tuple[str, ...]] = ()
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Env:
+        env = super().__new__(cls)
+        env._constructor_args = (args, kwargs)  # what a replay fork builds its fresh env from
+        env._replay = None
+        env._recording = 0
+        return env
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "reset" in cls.__dict__:
+            cls.reset = _recording_reset(cls.__dict__["reset"])
+        if "step" in cls.__dict__:
+            cls.step = _recording_step(cls.__dict__["step"])
+
+    def fork(self) -> Env:
+        """An independent env in exactly this state: the same future under the same actions (random stream
+        included), and stepping either leaves the other untouched.
+
+        Envs that name their `episode_state` fork by copying it; others by replay: a fresh env built with the
+        same constructor arguments, reset with the same seed and options, then stepped with the same actions.
+        A replay whose observations, rewards or flags differ from the original's raises `ReplayDiverged`
+        naming the env and the first step that differed. Envs with a cheaper native copy override this.
+        """
+        if self.episode_state:
+            return self.fork_by_copy()
+        return self.fork_by_replay()
+
+    def fork_by_copy(self) -> Env:
+        """A shallow copy with `episode_state`, the random stream and the replay record copied deeply."""
+        twin = copy.copy(self)
+        for name in (*self.episode_state, "_np_random", "_replay"):
+            if name in self.__dict__:
+                twin.__dict__[name] = copy.deepcopy(self.__dict__[name])
+        return twin
+
+    def fork_by_replay(self) -> Env:
+        """A fresh env driven to this state by replaying the episode's reset and actions (see `fork`)."""
+        return replay(type(self), self._constructor_args, self.spec, self._replay)
+
     def select_task(self, seed: int | None, options: Mapping[str, Any] | None) -> tuple[str, int]:
         """Seed the env's RNG and resolve `options` to `(split, task)`; raises ValueError on bad options."""
         super().reset(seed=seed)
@@ -174,6 +225,143 @@ class Env(gymnasium.Env[str, str]):
         (`action_space.sample()` is any text, mostly invalid).
         """
         raise NotImplementedError(f"{type(self).__name__} has no sample_action")
+
+
+@dataclass
+class _Replay:
+    """What a replay fork needs: reset's seed, options and random stream (when unseeded), its observation, and
+    per step the action and what the step returned (observation, reward, terminated, truncated)."""
+
+    seed: int | None
+    options: Any
+    rng: np.random.Generator | None
+    observation: Any = None
+    steps: list[tuple[Any, Any, float, bool, bool]] = field(default_factory=list)
+
+
+def _recording_reset(reset: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(reset)
+    def recorded(self: Env, *, seed: int | None = None, options: Mapping[str, Any] | None = None, **kwargs: Any):
+        if self._recording:  # a subclass's reset calling its base's: the outer call records
+            return reset(self, seed=seed, options=options, **kwargs)
+        record = _Replay(seed, dict(options) if options else options,
+                         copy.deepcopy(self.np_random) if seed is None else None)
+        self._recording += 1
+        try:
+            obs, info = reset(self, seed=seed, options=options, **kwargs)
+        finally:
+            self._recording -= 1
+        record.observation = obs
+        self._replay = record
+        return obs, info
+
+    return recorded
+
+
+def _recording_step(step: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(step)
+    def recorded(self: Env, action: Any):
+        if self._recording:
+            return step(self, action)
+        self._recording += 1
+        try:
+            result = step(self, action)
+        finally:
+            self._recording -= 1
+        if self._replay is not None:
+            obs, reward, terminated, truncated, _ = result
+            self._replay.steps.append((action, obs, float(reward), terminated, truncated))
+        return result
+
+    return recorded
+
+
+def replay(cls: type[Env], constructor_args: tuple[tuple, dict], spec: Any, record: _Replay | None) -> Env:
+    """A fresh `cls(*args, **kwargs)` driven through `record` (reset, then its actions); raises ReplayDiverged
+    at the first observation, reward or end flag that differs from the record's."""
+    args, kwargs = constructor_args
+    twin = cls(*args, **kwargs)
+    twin.spec = spec
+    if record is None:  # never reset: a fresh env is in the same state
+        return twin
+    name = spec.id if spec is not None else cls.__name__
+    if record.rng is not None:  # reset(seed=None) drew from the stream as it was then
+        twin._np_random = copy.deepcopy(record.rng)
+    obs, _ = twin.reset(seed=record.seed, options=copy.deepcopy(record.options))
+    _check_replay(name, "reset", obs, record.observation)
+    for i, (action, *expected) in enumerate(record.steps):
+        obs, reward, terminated, truncated, _ = twin.step(action)
+        _check_replay(name, f"step {i} (action {_short(action, 40)})", (obs, float(reward), terminated, truncated),
+                      tuple(expected))
+    return twin
+
+
+def _check_replay(name: str, where: str, got: Any, expected: Any) -> None:
+    if got != expected:
+        raise ReplayDiverged(
+            f"cannot fork {name}: replaying its episode on a fresh env diverged at {where}: got {_short(got)}, "
+            f"the original had {_short(expected)}; the env is not deterministic under replay (draw randomness "
+            "from self.np_random, seeded by reset, or give the env a fork() that copies its state)")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _copied_wrappers(env: gymnasium.Env) -> tuple[list[gymnasium.Wrapper], Env]:
+    """Copies of `env`'s wrappers, outermost first, each with its own state copied deeply and no env inside
+    yet; and the envgym `Env` they wrap. Raises TypeError for an env that is not an envgym `Env` underneath."""
+    wrappers = []
+    while isinstance(env, gymnasium.Wrapper):
+        twin = copy.copy(env)
+        for name, value in env.__dict__.items():
+            if name != "env":
+                twin.__dict__[name] = copy.deepcopy(value)
+        twin.env = None
+        wrappers.append(twin)
+        env = env.env
+    if not isinstance(env, Env):
+        raise TypeError(f"{type(env).__name__} is not an envgym Env, so it cannot be forked")
+    return wrappers, env
+
+
+def _rewrap(wrappers: list[gymnasium.Wrapper], env: gymnasium.Env) -> gymnasium.Env:
+    for wrapper in reversed(wrappers):
+        wrapper.env, env = env, wrapper
+    return env
+
+
+def fork_env(env: gymnasium.Env) -> gymnasium.Env:
+    """`env.fork()` through any wrappers: each wrapper is copied (its own state deeply) around the fork of the
+    env it wraps. Raises TypeError for an env that is not an envgym `Env` underneath."""
+    wrappers, inner = _copied_wrappers(env)
+    return _rewrap(wrappers, inner.fork())
+
+
+@dataclass
+class ForkRecipe:
+    """A fork of an env that can travel to another process (pickled) and be built there: copies of its
+    wrappers around either a copy of the env (envs that declare `episode_state`) or a replay of its episode."""
+
+    wrappers: list[gymnasium.Wrapper]
+    copied: Env | None
+    env_class: type[Env] | None = None
+    constructor_args: tuple[tuple, dict] = ((), {})
+    spec: Any = None
+    record: _Replay | None = None
+
+    @classmethod
+    def of(cls, env: gymnasium.Env) -> ForkRecipe:
+        wrappers, inner = _copied_wrappers(env)
+        if inner.episode_state:
+            return cls(wrappers, inner.fork_by_copy())
+        return cls(wrappers, None, type(inner), inner._constructor_args, inner.spec, copy.deepcopy(inner._replay))
+
+    def build(self) -> gymnasium.Env:
+        """The forked env (raises ReplayDiverged where a replay differs from the original episode)."""
+        inner = self.copied or replay(self.env_class, self.constructor_args, self.spec, self.record)
+        return _rewrap(self.wrappers, inner)
 
 
 def split_of(key: str, test_fraction: float = 0.1) -> str:

@@ -13,6 +13,15 @@ random one: a stand-in for a policy that is learning). For each:
   oracle in a deterministic env repeats one path G times, so its rate is 1 by construction;
 - the range of per-turn rewards and of episode returns, the success rate, and turns to win.
 
+Branching probe (`branch_k` > 0): one episode of each of `groups` tasks is played by
+`branch_policy` ("mix": the oracle 50% policy, or "random"), and before every turn its env is forked
+(`Env.fork`) into `branch_k` continuations played by the same policy; the mean return of a state's
+continuations is its Monte Carlo value V_t (V after the last turn = 0). A turn's swing
+`r_t + V_{t+1} - V_t` is how much its action moved the expected outcome (VinePPO's advantage). Shown:
+the spread of V across an episode's turns (max - min, mean over episodes), the mean |swing|, and
+how much of an episode's total |swing| its most decisive turn holds, and where it falls. Values that
+barely move mean turn-level credit (vineppo, spo_tree, GiGPO) has little to assign: a warning says so.
+
 Reward-hacking probes: on a few train tasks the oracle plays up to a turn (the first turn, and
 the turn of its own last move), where a probe reply replaces its action. None of these replies
 should earn reward; one that does (reward > 0 on that turn) is a finding: a warning with an
@@ -31,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from envgym.branching import BranchOptions
 from envgym.policies import PolicyError, RandomPolicy, ScriptedPolicy, TextReply, TextRequest
 from envgym.rollout import collect_groups
 from envgym.trajectory import Episode, Group
@@ -81,6 +91,51 @@ class ProbeResult:
     findings: list[str]
 
 
+@dataclass(frozen=True)
+class BranchingStats:
+    """The branching probe's Monte Carlo values (see the module docstring); None fields: no episode had turns."""
+
+    policy: str
+    k: int
+    episodes: int
+    value_spread: float | None  # mean over episodes of max_t V_t - min_t V_t
+    mean_swing: float | None  # mean over turns of |r_t + V_{t+1} - V_t|
+    decisive_share: float | None  # mean over episodes of max_t |swing_t| / sum_t |swing_t| (episodes with a swing)
+    decisive_position: float | None  # mean over those episodes of (argmax_t |swing_t|) / (L - 1), 0 = first turn
+    values_by_turn: list[float]  # V_t averaged over the episodes that reached turn t
+    failures: list[str] = field(default_factory=list)
+
+
+def turn_values(group: Group) -> list[float]:
+    """V_t of the root episode of a branched `group` (see `branching_stats`), its turns 0..L-1, then 0."""
+    root = group.episodes[0]
+    returns: dict[int, list[float]] = {}
+    for e in group.episodes[1:]:
+        returns.setdefault(e.branch_turn, []).append(e.total_return)
+    return [mean(returns[t]) if t in returns else root.total_return - sum(x.reward for x in root.turns[:t])
+            for t in range(len(root.turns))] + [0.0]
+
+
+def branching_stats(policy: str, k: int, groups: Sequence[Group], failures: list[str]) -> BranchingStats:
+    """Value spread and turn swings over branched groups of one root episode each."""
+    spreads, swings, shares, positions = [], [], [], []
+    by_turn: dict[int, list[float]] = {}
+    for group in groups:
+        root, values = group.episodes[0], turn_values(group)
+        swing = [abs(t.reward + values[i + 1] - values[i]) for i, t in enumerate(root.turns)]
+        spreads.append(max(values[:-1]) - min(values[:-1]))
+        swings += swing
+        if sum(swing) > 0:
+            shares.append(max(swing) / sum(swing))
+            positions.append(swing.index(max(swing)) / max(1, len(swing) - 1))
+        for t, v in enumerate(values[:-1]):
+            by_turn.setdefault(t, []).append(v)
+    return BranchingStats(policy, k, len(groups), mean(spreads) if spreads else None,
+                          mean(swings) if swings else None, mean(shares) if shares else None,
+                          mean(positions) if positions else None,
+                          [mean(by_turn[t]) for t in sorted(by_turn)], failures)
+
+
 @dataclass
 class Diagnosis:
     """The result of `diagnose`: per-policy statistics and probe results; `warnings` says what to look at."""
@@ -89,6 +144,7 @@ class Diagnosis:
     group_size: int
     policies: list[PolicyStats]
     probes: list[ProbeResult]
+    branching: BranchingStats | None = None
 
     @property
     def warnings(self) -> list[str]:
@@ -100,6 +156,11 @@ class Diagnosis:
             notes.append(f"random play revisits a state of its group on {later:.1%} of "
                          "turns after the first: GiGPO's step level has little to group (it reduces to GRPO); a "
                          "coarser state_key would give it anchors")
+        b = self.branching
+        if b is not None and b.mean_swing is not None and b.mean_swing < 0.01:
+            notes.append(f"the Monte Carlo values of {b.policy} play barely change from turn to turn (mean |swing| "
+                         f"{b.mean_swing:.3f}): no turn decides the outcome more than another, so turn-level credit "
+                         "(vineppo, spo_tree, GiGPO) has little to assign")
         return notes
 
     def render(self) -> str:
@@ -115,12 +176,29 @@ class Diagnosis:
                          f"{_share(s.anchor_hit_rate_after_first):>9} "
                          f"{_range(s.turn_reward):>16} {_range(s.episode_return):>16} {_turns(s.turns_to_win):>15} "
                          f"{s.invalid_rate:>8.1%}")
+        lines += self._render_branching()
         lines.append("  reward-hacking probes (no probe reply should earn reward):")
         for p in self.probes:
             verdict = f"EARNED REWARD (max {p.max_reward:g})" if p.findings else "no reward"
             lines.append(f"    {p.probe:<21} {verdict}; {p.turns} turns probed, {p.flagged_invalid} flagged invalid")
         lines += [f"  WARNING {w}" for w in self.warnings] or ["  -> no warnings"]
         return "\n".join(lines)
+
+
+    def _render_branching(self) -> list[str]:
+        b = self.branching
+        if b is None:
+            return []
+        head = f"  branching probe ({b.policy} play, {b.k} continuations from every turn of {b.episodes} episodes)"
+        if b.value_spread is None:
+            return [f"{head}: no episodes: {b.failures[0] if b.failures else 'none played'}"]
+        decisive = ("no turn moved the value" if b.decisive_share is None else
+                    f"the most decisive turn holds {b.decisive_share:.0%} of an episode's |swing|, "
+                    f"at {b.decisive_position:.0%} of the episode")
+        values = ", ".join(f"t{t} {v:.2f}" for t, v in enumerate(b.values_by_turn[:12]))
+        more = ", ..." if len(b.values_by_turn) > 12 else ""
+        return [f"{head}:", f"    value spread per episode {b.value_spread:.3f} (max - min V_t); mean |swing| "
+                            f"{b.mean_swing:.3f}; {decisive}", f"    mean V_t by turn: {values}{more}"]
 
 
 def _share(value: float | None) -> str:
@@ -188,8 +266,13 @@ def _policy_stats(name: str, groups: list[Group], failures: list[str]) -> Policy
 
 
 def diagnose(env_id: str, *, env_kwargs: Mapping[str, Any] | None = None, groups: int = 8, group_size: int = 8,
-             probe_tasks: int = 3, seed: int = 0, max_turns: int | None = None) -> Diagnosis:
-    """Play the scripted policies and the probes of the module docstring on `env_id` (train split)."""
+             probe_tasks: int = 3, seed: int = 0, max_turns: int | None = None, branch_k: int = 8,
+             branch_policy: str = "mix") -> Diagnosis:
+    """Play the scripted policies, the branching probe and the probes of the module docstring on `env_id`
+    (train split)."""
+    if branch_k < 0 or branch_policy not in ("mix", "random"):
+        raise ValueError(f"need branch_k >= 0 (0: no branching probe) and branch_policy 'mix' or 'random', got "
+                         f"{branch_k} and {branch_policy!r}")
     import envgym
 
     if groups < 1 or group_size < 2 or probe_tasks < 0:
@@ -203,7 +286,15 @@ def diagnose(env_id: str, *, env_kwargs: Mapping[str, Any] | None = None, groups
                          ("oracle", ScriptedPolicy())):
         result = play(policy, n_groups=groups, group_size=group_size, max_turns=max_turns)
         stats.append(_policy_stats(name, result.groups, [f.cause for f in result.failures]))
-    return Diagnosis(env_id, group_size, stats, _probe(play, probe_tasks, max_turns))
+    branching = None
+    if branch_k:
+        policy = OracleMix(0.5, seed) if branch_policy == "mix" else RandomPolicy(seed)
+        limit = max_turns or envgym.spec(env_id).max_turns or 100
+        result = play(policy, n_groups=groups, group_size=1, max_turns=max_turns,
+                      branch=BranchOptions(k=branch_k, turns=list(range(limit))))
+        name = "oracle 50%" if branch_policy == "mix" else "random"
+        branching = branching_stats(name, branch_k, result.groups, [f.cause for f in result.failures])
+    return Diagnosis(env_id, group_size, stats, _probe(play, probe_tasks, max_turns), branching)
 
 
 def _probe(play: Callable[..., Any], tasks: int, max_turns: int | None) -> list[ProbeResult]:

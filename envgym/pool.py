@@ -31,6 +31,7 @@ Close the pool (or use it as a context manager): every env is closed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import multiprocessing
@@ -47,6 +48,8 @@ from typing import Any, Literal
 
 import gymnasium
 import numpy as np
+
+from envgym.core import ForkRecipe, ReplayDiverged, fork_env
 
 Backend = Literal["sync", "process", "ray", "auto"]
 EnvFactory = Callable[[], gymnasium.Env]
@@ -89,6 +92,11 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, MemoryError):
         return f"out of memory (MemoryError{where})"
     return f"{type(exc).__name__}: {exc}{where}"
+
+
+def _fork_error(exc: BaseException) -> str:
+    """Why a fork failed: a diverged replay's own message, else the exception and where it was raised."""
+    return f"fork: {exc if isinstance(exc, ReplayDiverged) else _describe(exc)}"
 
 
 def _check_info(info: Any) -> str | None:
@@ -192,6 +200,23 @@ class EnvHost:
     def oracle_action(self) -> str:
         return self.env.unwrapped.oracle_action()
 
+    def fork_recipe(self) -> ForkRecipe:
+        """This slot's env as a `ForkRecipe` another process can build (for `EnvPool.fork`)."""
+        if self.broken:
+            raise RuntimeError("the env failed earlier in this episode; there is nothing to fork")
+        return ForkRecipe.of(self.env)
+
+    def adopt(self, fork: ForkRecipe | gymnasium.Env) -> EnvResult:
+        """Hold `fork` (an env, or a recipe built here) in place of this slot's env; `error` says why not."""
+        start = time.perf_counter()
+        try:
+            env = fork.build() if isinstance(fork, ForkRecipe) else fork
+        except Exception as exc:  # a replay that diverged, an env that cannot be rebuilt
+            return EnvResult(error=_fork_error(exc), seconds=time.perf_counter() - start)
+        self.close()
+        self.env, self.broken = env, False
+        return EnvResult(seconds=time.perf_counter() - start)
+
     def sample_action(self, seed: int) -> str | None:
         """`env.unwrapped.sample_action` with a generator seeded by `seed`; None where the env has none."""
         try:
@@ -245,7 +270,7 @@ def _limit_memory(megabytes: int | None) -> None:
 def _worker_main(conn: multiprocessing.connection.Connection, make_env: Any, make_kwargs: Any, spec: Any,
                  environ: dict[str, str], memory_limit_mb: int | None) -> None:
     """Serve one EnvHost over a pipe: ("reset", seed, options) | ("step", action) | ("oracle_action",) |
-    ("sample_action", seed) | ("close",)."""
+    ("sample_action", seed) | ("fork_recipe",) | ("adopt", recipe) | ("close",)."""
     # A forkserver child inherits the server's environment, not the pool owner's: use the owner's, as it is now.
     os.environ.clear()
     os.environ.update(environ)
@@ -391,6 +416,44 @@ class EnvPool:
             calls[slot] = ("step", action)
         results.update(self._call(calls, timeouts))
         return results
+
+    def fork(self, source: int, target: int) -> EnvResult:
+        """Put a fork of slot `source`'s env (mid-episode) into slot `target`, which can then be stepped on its own.
+
+        In-process the env's own `fork` runs; with workers or actors the fork travels as a `ForkRecipe`: a copy
+        of envs that declare `episode_state`, else a replay of the episode in `target`'s process. The target's
+        episode clock starts from the source's. `error` is set (and `target` left as it was) when the fork
+        failed, e.g. an env whose replay diverged from its episode.
+        """
+        if source == target:
+            raise ValueError(f"cannot fork slot {source} into itself")
+        start = time.perf_counter()
+        try:
+            if self.backend == "sync":
+                result = self._hosts[target].adopt(fork_env(self._hosts[source].env))
+            else:
+                result = self._ask(target, "adopt", self._ask(source, "fork_recipe"))
+        except Exception as exc:
+            result = EnvResult(error=_fork_error(exc))
+        self._episode_start[target] = self._episode_start[source]
+        return dataclasses.replace(result, seconds=time.perf_counter() - start)
+
+    def add_slot(self) -> int:
+        """One more slot (a fresh env; with workers or actors, a new one started); its index."""
+        if self._closed:
+            raise RuntimeError("the EnvPool is closed")
+        slot = self.num_envs
+        if self.backend == "sync":
+            self._hosts.append(EnvHost(self.make_env, self.make_kwargs, self._spec))
+        elif self.backend == "process":
+            self._workers.append(None)
+            self._start_worker(slot)
+            self._wait_until_ready(slot)
+        else:
+            self._actors.append(self._start_actor(slot, self._cpu_nodes()))
+        self._episode_start.append(0.0)
+        self.num_envs += 1
+        return slot
 
     def oracle_action(self, slot: int) -> str:
         """`env.unwrapped.oracle_action()` of slot `slot`, computed where the env lives."""

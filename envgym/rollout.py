@@ -19,6 +19,15 @@ answers that it does not fit its context), the episode ends after its previous
 turn; an episode whose first prompt does not fit fails at once, without a
 retry (a replay would not fit either).
 
+Branching (`branch=BranchOptions(k=K, ...)`, see `envgym.branching`): before
+each chosen turn of a root episode its env is forked K times into free pool
+slots (the pool grows by a slot where none is free) and K branch episodes
+play on from the same state and context; with a caching policy each branch
+starts from a copy of its root's KV cache, so it prefills only its own
+tokens. A fork that fails (an env not deterministic under replay) stops the
+collection with `BranchingFailed`; any failed episode of a branched group
+drops the group (a retry would orphan its branches).
+
 Failure policy: an episode whose env raises, hangs, crashes or returns a
 malformed result (or whose policy cannot answer) is retried from the start
 with a fresh env up to `retries` times; after that its whole group is
@@ -43,8 +52,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from envgym.branching import BranchOptions, check_branchable_policy
 from envgym.chat import ContextMode, EpisodeChat
-from envgym.core import stable_hash
+from envgym.core import RunFailed, stable_hash
 from envgym.policies.base import (CachingTokenPolicy, Completion, ContextOverflow, Policy, PolicyError, SamplingParams,
                                   TextReply, TextRequest, TokenPolicy, context_window)
 from envgym.pool import Backend, EnvFactory, EnvPool, EnvResult, default_num_envs
@@ -55,7 +65,12 @@ _collections = itertools.count()
 #: The metrics a collection counts as it goes (see `RolloutResult`).
 COUNTED_METRICS = ("retries", "dropped_groups", "failed_attempts", "repeated_failures", "template_fallbacks",
                    "generated_tokens", "empty_actions", "cut_off_actions", "invalid_actions", "context_full",
-                   "prompt_tokens", "cached_prompt_tokens", "cache_misses", "turns", "env_time", "model_time")
+                   "prompt_tokens", "cached_prompt_tokens", "cache_misses", "turns", "env_time", "model_time",
+                   "branches", "fork_time")
+
+
+class BranchingFailed(RunFailed):
+    """An episode's env could not be forked for branching (the message names the env and why)."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +96,8 @@ class RolloutResult:
     `prompt_tokens` (summed over turns), `cached_prompt_tokens` (of those,
     served from a policy's KV cache), `cache_misses` (turns that continued a
     token row but were prefilled afresh: the cache was evicted for its
-    budget, or the weights changed), `env_workers` (processes or actors stepping the envs; 0 =
+    budget, or the weights changed), `branches` (branch episodes started), `fork_time`
+    (seconds forking envs), `env_workers` (processes or actors stepping the envs; 0 =
     in-process), `env_time` and `model_time` (seconds), `wall_time`.
     """
 
@@ -198,6 +214,9 @@ class _Live:
     turns: list[Turn] = field(default_factory=list)
     row_starts: list[int] = field(default_factory=list)
     answer: str | None = None
+    parent: int | None = None  # a branch's root: its member index in the group
+    branch_turn: int | None = None
+    branch_points: int = 0  # a root's turns branched so far
 
 
 class _Collector:
@@ -207,7 +226,7 @@ class _Collector:
                  split: str, seed: int, sampling: SamplingParams, context: ContextMode, window: int,
                  observation_role: str, max_turns: int | None, retries: int, tasks: Sequence[int] | None,
                  max_context_tokens: int | None, on_episode: Callable[[int, int], None] | None,
-                 first_group: int = 0):
+                 first_group: int = 0, branch: BranchOptions | None = None):
         self.env_name, self.policy, self.pool = env_name, policy, pool
         self.group_size, self.split, self.seed = group_size, split, seed
         self.first_group = first_group
@@ -216,6 +235,7 @@ class _Collector:
         self.max_turns, self.tasks = max_turns, tasks
         self.max_context_tokens = max_context_tokens
         self.on_episode = on_episode
+        self.branch = branch or BranchOptions()
         self.tokenizer = policy.tokenizer if isinstance(policy, TokenPolicy) else None
         self.caching = isinstance(policy, CachingTokenPolicy)
         self.serial = next(_collections)  # keeps cache keys apart across collections sharing a policy
@@ -286,13 +306,14 @@ class _Collector:
             self._release([ep])
         self.free.append(slot)
         dropped_before = g in self.ledger.dropped
-        if self.ledger.fail(g, m, attempt, cause, retry=retry, by_env=by_env):
+        # a branched collection cannot replay one member: its branches were forked from that member's env
+        if self.ledger.fail(g, m, attempt, cause, retry=retry and not self.branch.enabled, by_env=by_env):
             self.queue.appendleft((g, m, attempt + 1))
         elif not dropped_before:
             for other_slot in [s for s, ep in self.live.items() if ep.group == g]:
                 self._release([self.live.pop(other_slot)])
                 self.free.append(other_slot)
-            self._report_progress(self.group_size - sum(e is not None for e in self.done[g]))
+            self._report_progress(self.group_size - sum(e is not None for e in self.done[g][:self.group_size]))
 
     def _finish(self, ep: _Live, end: EpisodeEnd, final: EnvResult) -> None:
         self.live.pop(ep.slot)
@@ -306,8 +327,9 @@ class _Collector:
             env_id=self.env_name, split=self.split, task=self.tasks_seen.get(ep.group, -1),
             seed=self._group_seed(ep.group), turns=tuple(ep.turns), end=end, won=won,
             row_starts=tuple(ep.row_starts), answer=ep.answer if answer is None else str(answer),
-            final_observation=final.observation)
-        self._report_progress(1)
+            final_observation=final.observation, parent=ep.parent, branch_turn=ep.branch_turn)
+        if ep.parent is None:
+            self._report_progress(1)
 
     def _report_progress(self, finished: int) -> None:
         self.finished_episodes += finished
@@ -321,6 +343,8 @@ class _Collector:
     # -- one turn for every live episode ----------------------------------------------------------------
 
     def _advance_one_turn(self) -> None:
+        if self.branch.enabled:
+            self._start_branches()
         episodes = list(self.live.values())
         for ep in episodes:
             if ep.starts_row:
@@ -359,7 +383,8 @@ class _Collector:
                 completion_tokens=action.completion_tokens))
             self._count_turn(action, invalid)
             full = action.finish is FinishReason.CONTEXT
-            if result.done or full or (self.max_turns is not None and len(ep.turns) >= self.max_turns):
+            played = len(ep.turns) + (ep.branch_turn or 0)  # a branch's turns continue its root's
+            if result.done or full or (self.max_turns is not None and played >= self.max_turns):
                 end = (EpisodeEnd.TERMINATED if result.terminated else EpisodeEnd.TRUNCATED if result.truncated
                        else EpisodeEnd.CONTEXT if full else EpisodeEnd.MAX_TURNS)
                 self.metrics["context_full"] += end is EpisodeEnd.CONTEXT
@@ -368,6 +393,31 @@ class _Collector:
             ep.context += action.ids
             ep.pending_ids, ep.starts_row = ep.chat.advance(action.ids, action.text, result.observation)
             ep.observation, ep.info = result.observation, result.info
+
+    def _start_branches(self) -> None:
+        """Fork each root episode about to play one of its branch turns into `branch.k` branch episodes."""
+        for ep in [e for e in self.live.values() if e.parent is None]:
+            turn = len(ep.turns)
+            if not self.branch.branches_before(turn, ep.branch_points):
+                continue
+            ep.branch_points += 1
+            prompt = ([] if ep.starts_row else ep.context) + ep.pending_ids  # the branch's first row: all of it
+            for _ in range(self.branch.k):
+                slot = self.free.pop() if self.free else self.pool.add_slot()
+                forked = self.pool.fork(ep.slot, slot)
+                self.metrics["env_time"] += forked.seconds
+                self.metrics["fork_time"] += forked.seconds
+                if forked.error is not None:
+                    self.free.append(slot)
+                    raise BranchingFailed(f"branching {self.env_name} before turn {turn}: {forked.error}")
+                member = len(self.done[ep.group])
+                self.done[ep.group].append(None)
+                key = (self.serial, ep.group, member, 0)
+                if self.caching and hasattr(self.policy, "copy_cache"):
+                    self.policy.copy_cache(ep.cache_key, key)
+                self.live[slot] = _Live(ep.group, member, 0, slot, ep.chat.fork(), ep.info, ep.observation, prompt,
+                                        True, key, answer=ep.answer, parent=ep.member, branch_turn=turn)
+                self.metrics["branches"] += 1
 
     def _end_without_room(self, ep: _Live, no_room: _NoRoom) -> None:
         """The prompt fills the context before the policy could write: the episode ends after its last turn."""
@@ -513,6 +563,7 @@ def collect_groups(
     max_context_tokens: int | None = None,
     on_episode: Callable[[int, int], None] | None = None,
     first_group: int = 0,
+    branch: BranchOptions | None = None,
 ) -> RolloutResult:
     """Play `n_groups` groups of `group_size` episodes of `env` (an id or a factory) with `policy`.
 
@@ -530,7 +581,9 @@ def collect_groups(
     episodes end. `first_group` makes this call one shard of a larger
     collection: group g resets with seed `group_seed(seed, first_group + g)`, so
     shards played by data-parallel ranks together reset exactly the groups one
-    call of all of them would.
+    call of all of them would. `branch` plays branch episodes from forked states
+    (see the module docstring and `envgym.branching`); it is refused for an
+    `openai:` endpoint policy (`BranchingRefused`).
     """
     if n_groups < 0 or group_size < 1 or first_group < 0:
         raise ValueError(f"need n_groups >= 0, group_size >= 1 and first_group >= 0, got {n_groups}, {group_size} "
@@ -544,6 +597,9 @@ def collect_groups(
     if not isinstance(policy, TokenPolicy) and not hasattr(policy, "act"):
         raise TypeError(f"{type(policy).__name__} is neither a TokenPolicy (generate/score/tokenizer) "
                         "nor a TextPolicy (act)")
+    if branch is not None and branch.enabled:
+        branch.check()
+        check_branchable_policy(policy)
     env_name = _env_name(env)
     own_pool = pool is None
     if own_pool:
@@ -554,7 +610,7 @@ def collect_groups(
                                seed=seed, sampling=sampling or SamplingParams(), context=context, window=window,
                                observation_role=observation_role, max_turns=max_turns, retries=retries, tasks=tasks,
                                max_context_tokens=max_context_tokens, on_episode=on_episode,
-                               first_group=first_group)
+                               first_group=first_group, branch=branch)
         groups = collector.run()
     finally:
         if own_pool:

@@ -85,7 +85,11 @@ class Turn:
 
 @dataclass(frozen=True)
 class Episode:
-    """One trajectory: the turns played from `reset(seed, {"split": split, "task": task})` of `env_id`."""
+    """One trajectory: the turns played from `reset(seed, {"split": split, "task": task})` of `env_id`.
+
+    A branch episode (`envgym.branching`) starts instead from the state before turn `branch_turn` of episode
+    `parent` (its index in the group): its first turn's `obs_ids` are that state's whole prompt.
+    """
 
     env_id: str
     split: str
@@ -97,8 +101,12 @@ class Episode:
     row_starts: tuple[int, ...] = (0,)
     answer: str | None = None
     final_observation: str = ""
+    parent: int | None = None
+    branch_turn: int | None = None
 
     def __post_init__(self) -> None:
+        if (self.parent is None) != (self.branch_turn is None):
+            raise ValueError("parent and branch_turn come together: a branch episode has both, a root neither")
         if not self.turns:
             raise ValueError("an episode has at least one turn")
         starts = self.row_starts
@@ -133,7 +141,8 @@ class Episode:
 
 @dataclass(frozen=True)
 class Group:
-    """The episodes of one task and seed (a GRPO group): their first observations are identical."""
+    """The episodes of one task and seed (a GRPO group): their first observations are identical. With branched
+    collection the group's root episodes come first, then the branches (`Episode.parent`)."""
 
     env_id: str
     split: str
@@ -169,7 +178,8 @@ class Group:
 def _episode_dict(e: Episode) -> dict[str, Any]:
     return {"env_id": e.env_id, "split": e.split, "task": e.task, "seed": e.seed, "end": e.end.value,
             "won": e.won, "row_starts": list(e.row_starts), "answer": e.answer,
-            "final_observation": e.final_observation, "turns": [_turn_dict(t) for t in e.turns]}
+            "final_observation": e.final_observation, "parent": e.parent, "branch_turn": e.branch_turn,
+            "turns": [_turn_dict(t) for t in e.turns]}
 
 
 _TURN_SEQUENCES = ("obs_ids", "action_ids", "logprobs")
@@ -224,7 +234,7 @@ def load_groups(path: str | Path) -> list[Group]:
 
 
 _GROUP_COLUMNS = ("env_id", "split", "task", "seed")
-_EPISODE_COLUMNS = ("end", "won", "answer", "final_observation")
+_EPISODE_COLUMNS = ("end", "won", "answer", "final_observation", "parent", "branch_turn")
 
 
 def _save_parquet(path: Path, groups: list[Group]) -> None:
@@ -247,6 +257,7 @@ def _save_parquet(path: Path, groups: list[Group]) -> None:
         ("group", pa.int64()), ("episode", pa.int64()), ("turn", pa.int64()), ("row_start", pa.bool_()),
         ("env_id", pa.string()), ("split", pa.string()), ("task", pa.int64()), ("seed", pa.int64()),
         ("end", pa.string()), ("won", pa.bool_()), ("answer", pa.string()), ("final_observation", pa.string()),
+        ("parent", pa.int64()), ("branch_turn", pa.int64()),
         ("observation", pa.string()), ("action", pa.string()), ("reward", pa.float64()),
         ("state_key", pa.string()), ("invalid_action", pa.bool_()), ("finish", pa.string()),
         ("obs_ids", pa.list_(pa.int64())), ("action_ids", pa.list_(pa.int64())),
@@ -265,7 +276,8 @@ def _load_parquet(path: Path) -> list[Group]:
     for row in pq.read_table(path).to_pylist():
         group = groups.setdefault(row["group"], {k: row[k] for k in _GROUP_COLUMNS} | {"episodes": {}})
         episode = group["episodes"].setdefault(
-            row["episode"], {k: row[k] for k in (*_GROUP_COLUMNS, *_EPISODE_COLUMNS)} | {"turns": [], "row_starts": []})
+            row["episode"], {k: row[k] for k in (*_GROUP_COLUMNS, *_EPISODE_COLUMNS) if k in row}
+            | {"turns": [], "row_starts": []})
         if row["row_start"]:
             episode["row_starts"].append(row["turn"])
         # files written before a turn field existed lack its column: the field keeps its default

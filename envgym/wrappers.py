@@ -12,10 +12,19 @@ from typing import Any, Literal
 
 import gymnasium
 
+from envgym.core import fork_env
+
 StepResult = tuple[str, float, bool, bool, dict[str, Any]]
 
 
-class TurnLimit(gymnasium.Wrapper):
+class ForkingWrapper(gymnasium.Wrapper):
+    """A wrapper whose `fork()` copies itself (its own state deeply) around a fork of the env it wraps."""
+
+    def fork(self) -> gymnasium.Env:
+        return fork_env(self)
+
+
+class TurnLimit(ForkingWrapper):
     """Truncate an episode after `max_turns` steps; sets `info["turn_limit_reached"]` when it does."""
 
     def __init__(self, env: gymnasium.Env, max_turns: int):
@@ -38,7 +47,7 @@ class TurnLimit(gymnasium.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
-class InvalidActionPolicy(gymnasium.Wrapper):
+class InvalidActionPolicy(ForkingWrapper):
     """What happens when the env flags `info["invalid_action"]`.
 
     - ``"penalize"``: subtract `penalty` from the reward and go on;
@@ -76,7 +85,7 @@ class InvalidActionPolicy(gymnasium.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
-class ObservationFormat(gymnasium.Wrapper):
+class ObservationFormat(ForkingWrapper):
     """Append the admissible actions to each observation (or strip nothing when hidden).
 
     With `show_admissible=True` an observation that has `info["admissible_actions"]`
@@ -104,7 +113,7 @@ class ObservationFormat(gymnasium.Wrapper):
         return self._format(obs, info), reward, terminated, truncated, info
 
 
-class ActionExtraction(gymnasium.Wrapper):
+class ActionExtraction(ForkingWrapper):
     """Find the action inside a free-form reply before the env sees it (for models that talk around it).
 
     - ``"tag"``: the content of the last ``<tag>...</tag>`` in the reply (verl-agent's
@@ -169,7 +178,7 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
-class EpisodeRecorder(gymnasium.Wrapper):
+class EpisodeRecorder(ForkingWrapper):
     """Append each finished episode to a JSONL file, one line per episode.
 
     A line holds the env id, the reset seed and options, the first observation and

@@ -3,6 +3,7 @@
 import random
 
 from envgym.envs.games.guess import GuessNumber
+from envgym.envs.games.wordle import Wordle
 
 
 class NonDeterministic(GuessNumber):
@@ -57,3 +58,15 @@ class SamplesWithoutTheRng(GuessNumber):
 
     def sample_action(self, rng):
         return str(random.randint(self.low, self.high))
+
+
+class ReplaysDifferently(NonDeterministic):
+    """Forks by replay (no `episode_state`), but its feedback draws from the global `random` module."""
+
+    episode_state = ()
+
+
+class ForkSharesHistory(Wordle):
+    """Its `episode_state` leaves out `history`, a list steps append to: a fork shares it with the original."""
+
+    episode_state = ("answer", "won")

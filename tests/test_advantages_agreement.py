@@ -20,6 +20,7 @@ from envgym.trainers.advantages import reference
 from envgym.trainers.advantages.segment import positions_in_runs
 
 BUILTINS = ["drgrpo", "gigpo", "grpo", "igpo", "prime", "reinforce_pp", "rloo", "turn_grpo"]
+BRANCHING = ["spo_tree", "vineppo"]
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 TRITON_DEVICE = "cpu" if INTERPRETING else "cuda" if torch.cuda.is_available() else None
 needs_triton = pytest.mark.skipif(TRITON_DEVICE is None, reason="Triton needs CUDA, or TRITON_INTERPRET=1 on CPU "
@@ -55,6 +56,24 @@ def turn_batches(draw, max_episodes=10, max_len=6):
                                 state_text=[TEXTS[s % len(TEXTS)] for s in states],
                                 intrinsic=intrinsic, invalid=invalid, token_turn=token_turn,
                                 loss_mask=[draw(st.booleans()) for _ in token_turn])
+
+
+@st.composite
+def branched_batches(draw, max_roots=6, max_branches=10, max_len=5):
+    """Groups of root episodes, then branches of earlier episodes (branches of branches, turn-0 branches
+    included) at random turns, groups interleaved, episode ids with gaps."""
+    roots = draw(st.integers(0, max_roots))
+    episodes = [(draw(st.sampled_from([-3, 0, 2**40])), draw(st.integers(1, max_len)), None) for _ in range(roots)]
+    for _ in range(draw(st.integers(0, max_branches)) if roots else 0):
+        parent = draw(st.integers(0, len(episodes) - 1))
+        group, length, _ = episodes[parent]
+        episodes.append((group, draw(st.integers(1, max_len)), (parent, draw(st.integers(0, length - 1)))))
+    ids = [11 * i + 5 for i in range(len(episodes))]
+    rows = [(e, g, b) for e, (g, k, b) in enumerate(episodes) for _ in range(k)]
+    return TurnBatch.from_lists(group=[g for _, g, _ in rows], episode=[ids[e] for e, _, _ in rows],
+                                reward=draw(st.lists(st.sampled_from(REWARDS), min_size=len(rows), max_size=len(rows))),
+                                parent=[-1 if b is None else ids[b[0]] for _, _, b in rows],
+                                branch_turn=[-1 if b is None else b[1] for _, _, b in rows])
 
 
 def draw_options(draw, name, batch):
@@ -106,6 +125,26 @@ def test_torch_matches_reference_on_edge_batches(name, gamma):
     options = {"gamma": gamma} if "gamma" in ESTIMATORS[name].defaults else {}
     for batch in edge_batches().values():
         assert_agree(batch, name, options, "torch")
+
+
+@pytest.mark.parametrize("name", BRANCHING)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_branching_torch_matches_reference(name, data):
+    batch = data.draw(branched_batches())
+    options = {"gamma": data.draw(st.sampled_from(NUMERIC["gamma"])), "train_branches": data.draw(st.booleans()),
+               "scale": data.draw(st.sampled_from(["none", "batch_std"]))}
+    assert_agree(batch, name, options, "torch")
+
+
+@needs_triton
+@pytest.mark.parametrize("name", BRANCHING)
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_branching_triton_matches_reference(name, data):
+    pytest.importorskip("triton")
+    assert_agree(data.draw(branched_batches()), name, {"gamma": data.draw(st.sampled_from([0.95, 1.0]))}, "triton",
+                 TRITON_DEVICE)
 
 
 @needs_triton

@@ -26,7 +26,7 @@ def tensors(**fields):
     base = dict(group=[0, 0, 0], episode=[4, 4, 9], turn=[0, 1, 0], reward=[0.0, 1.0, 1.0], state=[1, 2, 1])
     base.update(fields)
     dtypes = dict(group=torch.int64, episode=torch.int64, turn=torch.int64, reward=torch.float32,
-                  state=torch.int64)
+                  state=torch.int64, parent=torch.int64, branch_turn=torch.int64)
     return {k: torch.tensor(v, dtype=dtypes[k]) for k, v in base.items()}
 
 
@@ -42,6 +42,12 @@ def test_constructor_accepts_a_well_formed_layout():
     (dict(group=[0, 1, 1]), "episode 4 changes group at row 1"),
     (dict(reward=[0.0, float("nan"), 1.0]), r"reward has NaN or infinite values at rows \[1\]"),
     (dict(reward=[0.0, 1.0]), "per-turn fields have different lengths"),
+    (dict(parent=[-1, -1, 4]), "parent and branch_turn come together"),
+    (dict(parent=[-1, -1, 4], branch_turn=[-1, 0, 1]), "branch_turn changes within episode 4 at row 1"),
+    (dict(parent=[-1, -1, 4], branch_turn=[-1, -1, 2]), "branches at turn 2 of episode 4, which has turns 0..1"),
+    (dict(parent=[9, 9, -1], branch_turn=[0, 0, -1]), "branches from episode 9, which is not an earlier episode"),
+    (dict(parent=[-1, -1, -1], branch_turn=[0, 0, -1]), "episode 4 has no parent but branch_turn 0"),
+    (dict(group=[0, 0, 1], parent=[-1, -1, 4], branch_turn=[-1, -1, 0]), "in group 1 but its parent 4 is in group 0"),
 ])
 def test_validation_names_what_is_wrong(fields, message):
     with pytest.raises(ValueError, match=message):
@@ -122,7 +128,8 @@ def test_standardize_episode_hint_gives_the_same_statistics(weighted):
 
 
 def test_every_builtin_estimator_has_a_reference_with_the_same_options():
-    assert set(ESTIMATORS) == {"grpo", "drgrpo", "rloo", "reinforce_pp", "turn_grpo", "gigpo", "igpo", "prime"}
+    assert set(ESTIMATORS) == {"grpo", "drgrpo", "rloo", "reinforce_pp", "turn_grpo", "gigpo", "igpo", "prime",
+                               "vineppo", "spo_tree"}
     for spec in ESTIMATORS.values():
         assert spec.reference is not None
 

@@ -326,3 +326,48 @@ def test_gigpo_singleton_rules_are_separate_for_episodes_and_anchor_buckets(epis
     batch = TurnBatch.from_episodes([[0.0, 2.0]], group=[0])  # one episode, two distinct states: all singletons
     check(batch, "gigpo", expected, mode="mean_norm", gamma=0.5, episode_singleton=episode_singleton,
           singleton=singleton)
+
+
+# A tree in one group: roots A [0, 0, 1] and B [0, 0]; C [0, 1] and D [0, 0] branch from A's state before its
+# turn 1; E [1] branches from C's first state, which is that same state. Returns-to-go (gamma 1): A 1,1,1;
+# B 0,0; C 1,1; D 0,0; E 1.
+TREE = TurnBatch.from_episodes([[0, 0, 1], [0, 0], [0, 1], [0, 0], [1]], group=[0] * 5,
+                               branches=[None, None, (0, 1), (0, 1), (2, 0)])
+
+
+def test_vineppo_values_states_by_the_continuations_that_start_there():
+    # V(first state) leaves the episode out: A sees B's 0, B sees A's 1. V(A's state before turn 1) = mean of
+    # C, D, E = 2/3 (C itself sees D and E: 1/2). A turn from a state nobody else continued from has no
+    # baseline (0); as a next state it is valued by the episode's own return-to-go (A's 1 after turn 1).
+    a = [0 + 2 / 3 - 0, 0 + 1 - 2 / 3, 0.0]
+    b = [0 + 0 - 1, 0.0]
+    c = [0 + 1 - 1 / 2, 0.0]
+    d, e = [0 + 0 - 1, 0.0], [1 + 0 - 1 / 2]
+    check(TREE, "vineppo", a + b + c + d + e, train_branches=True)
+    check(TREE, "vineppo", a + b + [0.0] * 5)  # the paper: branches only estimate values
+
+
+def test_vineppo_discounts_returns_and_values():
+    g = 0.5  # A's returns-to-go 0.25, 0.5, 1; C 0.5, 1; V(A's state before turn 1) = (0.5 + 0 + 1) / 3
+    check(TREE, "vineppo", [g * 0.5 - 0, g * 1 - 0.5, 0.0, 0 - 0.25, 0.0] + [0.0] * 5, gamma=g)
+
+
+def test_spo_tree_values_a_node_by_every_episode_through_it():
+    # V(first state) = mean of all 5 paths' returns (1, 0, 1, 0, 1) = 3/5. V(after A's turn 0) = A, C, D, E
+    # = 3/4; V(after A's turn 1) = A's 1; V(after B's turn 0) = 0; V(after C's turn 0) = 1.
+    a = [0 + 3 / 4 - 3 / 5, 0 + 1 - 3 / 4, 1 - 1]
+    b = [0 + 0 - 3 / 5, 0 - 0]
+    c, d, e = [0 + 1 - 3 / 4, 1 - 1], [0 + 0 - 3 / 4, 0 - 0], [1 - 3 / 4]
+    check(TREE, "spo_tree", a + b + c + d + e)
+    check(TREE, "spo_tree", a + b + [0.0] * 5, train_branches=False)
+    trained = a + b  # batch_std divides by the population std of the trained rows' nonzero advantages only
+    nonzero = [x for x in trained if x != 0]
+    std = math.sqrt(sum((x - sum(nonzero) / len(nonzero)) ** 2 for x in nonzero) / len(nonzero))
+    check(TREE, "spo_tree", [x / (std + EPS) for x in trained] + [0.0] * 5, train_branches=False, scale="batch_std")
+
+
+def test_branching_estimators_need_branch_episodes():
+    for estimator in ("vineppo", "spo_tree"):
+        for backend in BACKENDS:
+            with pytest.raises(ValueError, match="reads branch episodes"):
+                compute_advantages(OUTCOME, estimator, backend=backend)

@@ -48,6 +48,8 @@ def register_broken():
     ("OverlappingSplits", "splits", "in both train and test"),
     ("SamplesIllegalMoves", "sampled actions", "which the env flagged invalid"),
     ("SamplesWithoutTheRng", "sampled actions", "two actions for one rng seed"),
+    ("ReplaysDifferently", "fork", "diverged at step 0"),
+    ("ForkSharesHistory", "fork", "has a different future than the unforked episode"),
 ])
 def test_checker_catches_contract_violations(register_broken, name, failing_check, message):
     report = envgym.check_env(register_broken(name))

@@ -5,7 +5,7 @@ import pytest
 
 import envgym
 from envgym import registration
-from envgym.diagnose import PROBES, anchor_hit_rate, diagnose
+from envgym.diagnose import PROBES, anchor_hit_rate, branching_stats, diagnose, turn_values
 from envgym.envs.games.maze import Maze
 from envgym.trajectory import Episode, EpisodeEnd, Group, Turn
 
@@ -78,6 +78,24 @@ def test_anchor_hit_rate_counts_turns_whose_state_recurs_in_their_group():
     assert anchor_hit_rate([]) == 0.0
 
 
+def branch(turn, *rewards):
+    turns = tuple(Turn("obs", "act", r, "k", False) for r in rewards)
+    return Episode("x", "train", 0, 0, turns, EpisodeEnd.TERMINATED, parent=0, branch_turn=turn)
+
+
+def test_branching_probe_values_turns_by_their_continuations():
+    root = Episode("x", "train", 0, 0, tuple(Turn("obs", "act", r, "k", False) for r in (0.0, 0.0, 1.0)),
+                   EpisodeEnd.TERMINATED)
+    group = Group("x", "train", 0, 0, (root, branch(0, 0, 1), branch(0, 0), branch(1, 1), branch(1, 0, 1),
+                                       branch(2, 0), branch(2, 1)))
+    assert turn_values(group) == [0.5, 1.0, 0.5, 0.0]
+    stats = branching_stats("mix", 2, [group], [])
+    # swings |r_t + V_{t+1} - V_t|: |0 + 1 - 0.5|, |0 + 0.5 - 1|, |1 + 0 - 0.5|
+    assert stats.mean_swing == 0.5 and stats.value_spread == 0.5
+    assert stats.decisive_share == pytest.approx(1 / 3) and stats.decisive_position == 0.0
+    assert stats.values_by_turn == [0.5, 1.0, 0.5]
+
+
 def test_maze_diagnosis_has_anchors_ranges_and_no_findings():
     report = diagnose("games/Maze-v0", env_kwargs={"size": 4}, groups=3, group_size=4, probe_tasks=2)
     random, mixed, oracle = report.policies
@@ -92,6 +110,9 @@ def test_maze_diagnosis_has_anchors_ranges_and_no_findings():
     assert report.warnings == []
     text = report.render()
     assert "anchor hits" in text and "no warnings" in text
+    branching = report.branching
+    assert branching.episodes == 3 and branching.mean_swing > 0.01 and 0 < branching.value_spread <= 1
+    assert "branching probe (oracle 50% play, 8 continuations from every turn of 3 episodes)" in text
 
 
 def test_probes_find_rewards_for_junk(test_envs):
@@ -111,6 +132,15 @@ def test_history_keyed_states_warn_that_gigpo_has_nothing_to_group(test_envs):
     assert random.anchor_hit_rate_after_first < 0.05 < random.anchor_hit_rate  # only turn 0 is shared
     assert any("GiGPO's step level has little to group" in w for w in report.warnings)
     assert report.policies[2].turns_to_win == (8, 8, 8)
+
+
+def test_values_that_never_move_warn_that_turn_credit_has_nothing_to_assign(test_envs):
+    report = diagnose("diag/HistoryKeyed-v0", groups=2, group_size=2, probe_tasks=0, branch_k=2,
+                      branch_policy="random")
+    assert report.branching.mean_swing == 0.0 and report.branching.values_by_turn == [0.0] * 8
+    assert any("turn-level credit (vineppo, spo_tree, GiGPO) has little to assign" in w for w in report.warnings)
+    with pytest.raises(ValueError, match="branch_policy 'mix' or 'random'"):
+        diagnose("diag/HistoryKeyed-v0", branch_policy="oracle")
 
 
 def test_guess_number_accepts_a_repeated_guess(test_envs):

@@ -8,6 +8,7 @@ import torch
 
 import envgym
 from envgym.trainers import ConfigError, Trainer, config_from_dict
+from envgym.trainers.batch import RolloutBatch
 from envgym.trainers.checkpoint import CheckpointMismatch, latest_checkpoint
 
 MICRO = {"iterations": 2, "threads": 1,
@@ -161,11 +162,12 @@ def estimator_cases():
 
 TURN_REWARD_OF = {"igpo": ["turn_reward.kind=info_gain", "model.name=tiny-guess", "env.id=games/GuessNumber-v0",
                            "env.kwargs={high: 16}", "env.show_admissible=false", "rollout.context=full"],
-                  "prime": ["turn_reward.kind=implicit_prm"]}
+                  "prime": ["turn_reward.kind=implicit_prm"],
+                  "vineppo": ["rollout.branch.k=2"], "spo_tree": ["rollout.branch.k=2"]}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["none", "igpo", "prime"])
+@pytest.mark.parametrize("kind", ["none", "igpo", "prime", "vineppo", "spo_tree"])
 def test_every_estimator_and_option_trains_one_iteration(tmp_path, kind):
     """Every option the config accepts works in training: tokens for whiten_over, texts for similarity, ..."""
     cases = [c for c in estimator_cases() if (c[0] if c[0] in TURN_REWARD_OF else "none") == kind]
@@ -178,6 +180,19 @@ def test_every_estimator_and_option_trains_one_iteration(tmp_path, kind):
         trainer.config.algorithm = config.algorithm
         metrics = trainer.train_iteration()
         assert all(map(math.isfinite, (metrics["adv/mean"], metrics["loss/policy"]))), (name, options, metrics)
+
+
+@pytest.mark.parametrize("estimator, trained", [("vineppo", "roots"), ("spo_tree", "all")])
+def test_branching_estimators_train_on_branched_rollouts(tmp_path, estimator, trained):
+    trainer = Trainer(micro(tmp_path, [f"algorithm.estimator={estimator}", "rollout.branch.k=2",
+                                       "rollout.branch.turns=[1]"]))
+    rollout = trainer.collect()
+    batch = RolloutBatch.from_groups(rollout.groups, pad_token_id=trainer.policy.pad_token_id)
+    rows = trainer._trained_rows(batch)
+    roots = [r for r, e in enumerate(batch.row_episode) if batch.episodes[e].parent is None]
+    assert rollout.metrics["branches"] > 0 and rows == (roots if trained == "roots" else None)
+    metrics = trainer.train_iteration()
+    assert metrics["train/episodes"] == 4 and math.isfinite(metrics["loss/policy"])
 
 
 @pytest.mark.parametrize("options, message", [

@@ -5,7 +5,8 @@ the SFT warm start builds one from oracle demonstrations the same way). It holds
 aligned by construction because one walk over the episodes fills them all:
 
 - `turns`: the packed turn table of docs/algorithms.md (a `TurnBatch`: group,
-  episode, turn, reward, state, invalid and state_text per turn; `token_turn`
+  episode, turn, reward, state, invalid, state_text, and parent and branch_turn
+  (branch episodes, `envgym.branching`; -1 for the others) per turn; `token_turn`
   and `loss_mask` over the concatenated token rows), which the estimators read;
 - the token rows: per row, the ids, the loss mask (True only on sampled ids),
   the behaviour logprobs (the rollout's, 0 on prompt tokens) and the turn of
@@ -95,10 +96,13 @@ class RolloutBatch:
     @classmethod
     def from_groups(cls, groups: Sequence[Group], *, pad_token_id: int = 0) -> RolloutBatch:
         """Pack `groups` (episodes of a token policy). Raises ValueError if a turn has no sampled ids."""
-        group, episode, reward, state, invalid, texts = [], [], [], [], [], []
+        group, episode, reward, state, invalid, texts, parent, branch_turn = [], [], [], [], [], [], [], []
         input_ids, loss_mask, old_logprobs, token_turn, row_episode = [], [], [], [], []
+        first_of_group: dict[int, int] = {}
         for g, e, ep in _numbered_episodes(groups):
             offset = len(reward)
+            first_of_group.setdefault(g, e)
+            origin = (-1, -1) if ep.parent is None else (first_of_group[g] + ep.parent, ep.branch_turn)
             for turn in ep.turns:
                 if not turn.action_ids:
                     raise ValueError(f"turn {len(reward)} has no sampled token ids (action {turn.action[:40]!r}); "
@@ -109,6 +113,8 @@ class RolloutBatch:
                 state.append(stable_hash(turn.state_key))
                 invalid.append(turn.invalid_action)
                 texts.append(turn.observation)
+                parent.append(origin[0])
+                branch_turn.append(origin[1])
             for row in ep.rows():
                 ids, mask, logprobs, owner = [], [], [], []
                 for t in row:
@@ -123,7 +129,7 @@ class RolloutBatch:
                 token_turn.append(tuple(owner))
                 row_episode.append(e)
         turns = TurnBatch.from_lists(group=group, episode=episode, reward=reward, state=state, invalid=invalid,
-                                     state_text=texts, token_turn=[t for row in token_turn for t in row],
+                                     parent=parent, branch_turn=branch_turn, state_text=texts, token_turn=[t for row in token_turn for t in row],
                                      loss_mask=[m for row in loss_mask for m in row])
         return cls(tuple(groups), turns, tuple(input_ids), tuple(loss_mask), tuple(old_logprobs), tuple(token_turn),
                    tuple(row_episode), pad_token_id)

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 
+from envgym.branching import BranchOptions
 from envgym.option_types import Range, coerce
 
 
@@ -111,6 +112,8 @@ class RolloutOptions:
     episode_timeout: Annotated[float, Range(ge=0)] = 0.0
     retries: Annotated[int, Range(ge=0)] = 2
     env_memory_mb: Annotated[int, Range(ge=0)] = 0
+    # branch episodes from forked states for vineppo / spo_tree (envgym.branching.BranchOptions; k: 0 is off)
+    branch: BranchOptions = field(default_factory=BranchOptions)
     # 1: the next iteration's groups are generated (by a second process: a copy of the HF model, or the vLLM
     # engine) while this iteration's update runs, so each batch comes from the policy one update behind;
     # 0: generation and update take turns
@@ -130,7 +133,8 @@ class AlgorithmOptions:
     the config is validated. See docs/algorithms.md.
     """
 
-    estimator: Literal["grpo", "drgrpo", "rloo", "reinforce_pp", "turn_grpo", "gigpo", "igpo", "prime"] = "gigpo"
+    estimator: Literal["grpo", "drgrpo", "rloo", "reinforce_pp", "turn_grpo", "gigpo", "igpo", "prime", "vineppo",
+                       "spo_tree"] = "gigpo"
     preset: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -309,6 +313,7 @@ class TrainConfig:
         if self.algorithm.estimator == "prime" and self.turn_reward.kind != "implicit_prm":
             raise ConfigError("estimator 'prime' needs turn_reward.kind: implicit_prm")
         self._validate_estimator_options()
+        self._validate_branching()
         if self.model.lora.r > 0 and not self.model.lora.target_modules:
             raise ConfigError("model.lora.target_modules is empty, so LoRA (model.lora.r > 0) would train nothing; "
                               "name modules, e.g. [q_proj, v_proj]")
@@ -327,6 +332,25 @@ class TrainConfig:
             check_estimator(self.algorithm.estimator, self.algorithm.options, self.algorithm.preset)
         except ValueError as exc:
             raise ConfigError(f"algorithm: {exc}") from None
+
+
+    def _validate_branching(self) -> None:
+        try:
+            self.rollout.branch.check()
+        except ValueError as exc:
+            raise ConfigError(f"rollout.branch: {exc}") from None
+        branching = self.algorithm.estimator in BRANCHING_ESTIMATORS
+        if branching and not self.rollout.branch.enabled:
+            raise ConfigError(f"estimator {self.algorithm.estimator!r} values states by the branch episodes played "
+                              "from them, but rollout.branch.k is 0; set rollout.branch.k (e.g. 4)")
+        if self.rollout.branch.enabled and not branching:
+            raise ConfigError(f"rollout.branch.k is {self.rollout.branch.k}, but estimator "
+                              f"{self.algorithm.estimator!r} would count branch episodes as group members; use "
+                              f"one of {', '.join(BRANCHING_ESTIMATORS)}, or set rollout.branch.k: 0")
+
+
+#: Estimators that read branch episodes (rollout.branch).
+BRANCHING_ESTIMATORS = ("vineppo", "spo_tree")
 
 
 def _check_ranges(options: Any, prefix: str = "") -> None:

@@ -293,7 +293,7 @@ class DataParallel:
         """
         if not self.launched:
             return turns, slice(None)
-        names = ("group", "episode", "turn", "reward", "state", "intrinsic", "invalid")
+        names = ("group", "episode", "turn", "reward", "state", "intrinsic", "invalid", "parent", "branch_turn")
         mine = {name: getattr(turns, name) for name in names}
         parts = self.all_gather_object((mine, turns.state_text))
         columns: dict[str, list[torch.Tensor]] = {name: [] for name in names}
@@ -306,7 +306,9 @@ class DataParallel:
                 value = part[name]
                 if value is not None:
                     columns[name].append(value + group_offset if name == "group" else
-                                         value + episode_offset if name == "episode" else value)
+                                         value + episode_offset if name == "episode" else
+                                         torch.where(value >= 0, value + episode_offset, value) if name == "parent"
+                                         else value)
             if len(part["group"]):
                 group_offset += int(part["group"].max()) + 1
                 episode_offset += int(part["episode"].max()) + 1

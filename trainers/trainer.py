@@ -156,7 +156,7 @@ def seed_everything(seed: int) -> None:
 
 def episode_metrics(rollout: RolloutResult, prefix: str) -> dict[str, float]:
     """Episodes played and dropped, and success, return, turns and invalid-action rate over the played ones."""
-    episodes = [e for g in rollout.groups for e in g.episodes]
+    episodes = [e for g in rollout.groups for e in g.episodes if e.parent is None]  # branches have their own start
     turns = [t for e in episodes for t in e.turns]
     if not episodes:
         return {}
@@ -436,7 +436,7 @@ class Trainer:
                     sampling=SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                                             max_new_tokens=cfg.rollout.max_new_tokens),
                     context=cfg.rollout.context, window=cfg.rollout.window, max_turns=cfg.env.max_turns,
-                    retries=cfg.rollout.retries)
+                    retries=cfg.rollout.retries, branch=cfg.rollout.branch)
 
     def collect(self) -> RolloutResult:
         """This iteration's groups (this rank's share) from the current policy, or with `rollout.max_staleness: 1`
@@ -485,7 +485,7 @@ class Trainer:
         update_started = time.perf_counter()
         if self.engine_in_process:
             self.policy.sleep()  # frees the GPU for the update with rollout.vllm.enable_sleep_mode; else a no-op
-        update_metrics = self.update(batch, advantages)
+        update_metrics = self.update(batch, advantages, self._trained_rows(batch))
         self._sync_rollout_weights()
         update_time = time.perf_counter() - update_started
         staleness = self.iteration - rollout.metrics["policy_version"]
@@ -503,13 +503,28 @@ class Trainer:
                 "perf/generated_tokens_per_s": rollout.metrics["generated_tokens"] / max(rollout_time, 1e-9),
                 "perf/update_tokens_per_s": num_tokens * cfg.optim.epochs / max(update_time, 1e-9),
                 "rollout/dropped_groups": rollout.metrics["dropped_groups"],
+                "rollout/generated_tokens": rollout.metrics["generated_tokens"],
+                "rollout/branches": rollout.metrics.get("branches", 0.0),
                 "rollout/failed_attempts": rollout.metrics["failed_attempts"],
                 "rollout/repeated_failures": rollout.metrics["repeated_failures"], "rollout/staleness": staleness,
                 **{f"rollout/{key}": rollout.metrics[key] for key in ("tool_calls", "malformed_tool_calls")
                    if key in rollout.metrics}}  # agent rollouts: calls the gateway returned structured, or as text
 
-    def update(self, batch: RolloutBatch, advantages: torch.Tensor) -> dict[str, float]:
-        """PPO-clip on the sampled tokens of `batch`: `epochs` x `minibatches` optimizer steps."""
+    def _trained_rows(self, batch: RolloutBatch) -> list[int] | None:
+        """The token rows the update trains on: all (None), or only root episodes' where the estimator gives branch
+        episodes no advantage (vineppo's `train_branches: false`)."""
+        from envgym.trainers.advantages import ESTIMATORS
+
+        spec = ESTIMATORS[self.config.algorithm.estimator]
+        options = {**spec.defaults, **spec.resolve(self.config.algorithm.options, self.config.algorithm.preset)}
+        if options.get("train_branches", True):
+            return None
+        episodes = batch.episodes
+        return [row for row, e in enumerate(batch.row_episode) if episodes[e].parent is None]
+
+    def update(self, batch: RolloutBatch, advantages: torch.Tensor, rows: list[int] | None = None) -> dict[str, float]:
+        """PPO-clip on the sampled tokens of `batch` (of its `rows`, default all): `epochs` x `minibatches`
+        optimizer steps."""
         cfg = self.config
         self.train_module.train()
         totals = dict.fromkeys(("loss", "kl", "entropy", "clipped", "ratio", "log_ratio_sq", "tokens", "grad_norm",
@@ -519,7 +534,9 @@ class Trainer:
         gap = {"max": 0.0, "sum": 0.0, "tokens": 0.0}
         generator = torch.Generator().manual_seed(cfg.seed * 7919 + self.iteration)
         for _ in range(cfg.optim.epochs):
-            order = torch.randperm(batch.num_rows, generator=generator).tolist()
+            order = torch.randperm(batch.num_rows if rows is None else len(rows), generator=generator).tolist()
+            if rows is not None:
+                order = [rows[i] for i in order]
             for chunk in np.array_split(np.array(order), cfg.optim.minibatches):
                 rows = sorted(chunk.tolist(), key=lambda i: len(batch.input_ids[i]))  # less padding
                 num_tokens = self.dp.loss_normaliser(batch.num_trained_tokens(rows))

@@ -192,6 +192,12 @@ class HFPolicy:
         """Drop the caches of `cache_keys` (episodes that ended); unknown keys are ignored."""
         self.cache.drop(cache_keys)
 
+    def copy_cache(self, source: Hashable, target: Hashable) -> None:
+        """Start episode `target` (a branch of episode `source`) from `source`'s cache: its first prompt extends
+        `source`'s context, so only its own tokens are prefilled."""
+        if self._keeps_caches:
+            self.cache.share(source, target)
+
     def weights_changed(self) -> None:
         """Drop every cache: the model's weights changed, so cached keys and values are stale."""
         self.cache.clear()

@@ -80,6 +80,14 @@ class EpisodeKVCache:
             self.tokens -= len(evicted)
             self.evictions += 1
 
+    def share(self, source: Hashable, target: Hashable) -> None:
+        """Give `target` (a branch of episode `source`) `source`'s entry; the tensors are shared, not copied
+        (generation only reads a cached prefix), but the budget counts them for each key."""
+        entry = self.take(source)
+        if entry is not None:
+            self.put(source, entry)
+            self.put(target, CachedPrefix(list(entry.ids), entry.layers))
+
     def drop(self, keys: Iterable[Hashable]) -> None:
         for key in keys:
             self.take(key)

@@ -18,6 +18,7 @@ _INTEGER = re.compile(r"-?\d+")
 
 
 class GuessNumber(Env):
+    episode_state = ("secret", "interval", "won")  # fork copies these (see Env.fork)
     knobs = {
         "low": "smallest possible secret (default 1)",
         "high": "largest possible secret (default 100); the range sets the horizon, log2(high-low+1) turns",

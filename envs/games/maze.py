@@ -86,6 +86,7 @@ def shortest_path_moves(grid: np.ndarray, start: tuple[int, int], goal: tuple[in
 
 
 class Maze(Env):
+    episode_state = ("position",)  # fork copies these (see Env.fork)
     knobs = {
         "size": "cells per side (default 5); the shortest path grows with it",
         "loops": "fraction of inner walls removed after carving (default 0.1); more loops, more routes",

@@ -129,6 +129,7 @@ def generate_level(size: int, num_boxes: int, rng: np.random.Generator) -> Level
 
 
 class Sokoban(Env):
+    episode_state = ("state", "_plan")  # fork copies these (see Env.fork)
     knobs = {
         "size": "side of the square map, border walls included (default 6: a 4x4 interior)",
         "num_boxes": "boxes to push onto goals (default 1); each adds pushes and deadlock risk",

@@ -69,6 +69,7 @@ def best_guess(candidates: list[str], guesses: list[str]) -> str:
 
 
 class Wordle(Env):
+    episode_state = ("answer", "history", "won")  # fork copies these (see Env.fork)
     knobs = {
         "max_guesses": "valid guesses allowed before the game is lost (default 6)",
     }

@@ -4,11 +4,12 @@
     adv = compute_advantages(batch, "gigpo", gamma=0.95)  # [N] float32, one per turn
     token_adv = broadcast_to_tokens(adv, batch)             # needs token_turn / loss_mask
 
-Estimators: grpo, drgrpo, rloo, reinforce_pp, turn_grpo, gigpo, igpo, prime; add one
+Estimators: grpo, drgrpo, rloo, reinforce_pp, turn_grpo, gigpo, igpo, prime, and over branch episodes
+vineppo and spo_tree; add one
 with @register_estimator. Backends: "torch" (vectorised, default), "triton", "reference".
 """
 
-from . import gigpo, igpo, outcome, prime, turn_grpo  # noqa: F401  (registers the estimators)
+from . import branching, gigpo, igpo, outcome, prime, turn_grpo  # noqa: F401  (registers the estimators)
 from .batch import TurnBatch
 from .gigpo import anchor_buckets, similar_state_keys
 from .ops import Ops

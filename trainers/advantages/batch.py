@@ -19,6 +19,8 @@ _TURN_FIELDS = {
     "state": torch.int64,
     "intrinsic": torch.float32,
     "invalid": torch.bool,
+    "parent": torch.int64,
+    "branch_turn": torch.int64,
 }
 _TOKEN_FIELDS = {"token_turn": torch.int64, "loss_mask": torch.bool}
 
@@ -32,7 +34,11 @@ class TurnBatch:
     environment reward), `state` (int64, stable 64-bit hash of the state the turn acted
     from), `intrinsic` (float32, optional turn-reward-model output), `invalid` (bool,
     optional, the turn's action was invalid), `state_text` (a tuple of N strings, optional:
-    the observation the turn acted from, for GiGPO's similarity grouping). Per token
+    the observation the turn acted from, for GiGPO's similarity grouping), `parent` and
+    `branch_turn` (int64, optional, both or neither, constant over an episode: a branch
+    episode's parent episode id and the parent's turn at whose state it started, -1 and -1
+    for an episode that starts at its group's first state; a parent's rows precede its
+    branches', and a branch is in its parent's group). Per token
     (length M, optional, both or neither): `token_turn` (int64 row index 0..N-1 of the
     token's turn) and `loss_mask` (bool, the token trains). Ids may be any int64 values,
     gaps included.
@@ -49,6 +55,8 @@ class TurnBatch:
     state: Tensor
     intrinsic: Tensor | None = None
     invalid: Tensor | None = None
+    parent: Tensor | None = None
+    branch_turn: Tensor | None = None
     state_text: tuple[str, ...] | None = None
     token_turn: Tensor | None = None
     loss_mask: Tensor | None = None
@@ -98,6 +106,7 @@ class TurnBatch:
                 rows = torch.nonzero(~torch.isfinite(value)).flatten()[:5].tolist()
                 raise ValueError(f"{name} has NaN or infinite values at rows {rows}")
         self._validate_order()
+        self._validate_branches()
         if self.token_turn is not None and self.token_turn.numel() > 0:
             outside = (self.token_turn < 0) | (self.token_turn >= self.num_turns)
             if bool(outside.any()):
@@ -130,6 +139,43 @@ class TurnBatch:
             raise ValueError(f"episode {int(self.episode[i])} changes group at row {i} "
                              f"(from {int(self.group[i - 1])} to {int(self.group[i])}); an episode has one group")
 
+    @property
+    def is_branched(self) -> bool:
+        """The batch holds branch episodes (some `parent` is not -1)."""
+        return self.parent is not None and bool((self.parent >= 0).any())
+
+    def _validate_branches(self) -> None:
+        if (self.parent is None) != (self.branch_turn is None):
+            raise ValueError("parent and branch_turn come together: give both or neither")
+        if self.parent is None or self.num_turns == 0:
+            return
+        first = torch.nonzero(self.turn == 0).flatten()
+        lengths = torch.diff(first, append=torch.tensor([self.num_turns], device=first.device))
+        for name in ("parent", "branch_turn"):
+            value = getattr(self, name)
+            varies = value != torch.repeat_interleave(value[first], lengths)
+            if bool(varies.any()):
+                i = int(torch.nonzero(varies)[0])
+                raise ValueError(f"{name} changes within episode {int(self.episode[i])} at row {i}; "
+                                 "it is one value per episode")
+        episodes, parents, turns = self.episode[first].tolist(), self.parent[first].tolist(), \
+            self.branch_turn[first].tolist()
+        groups, seen = self.group[first].tolist(), {}
+        for e, p, t, g, n in zip(episodes, parents, turns, groups, lengths.tolist()):
+            if p == -1 and t != -1:
+                raise ValueError(f"episode {e} has no parent but branch_turn {t}; a root episode has -1 and -1")
+            if p != -1:
+                if p not in seen:
+                    raise ValueError(f"episode {e} branches from episode {p}, which is not an earlier episode "
+                                     "of the batch (a parent's rows precede its branches')")
+                parent_group, parent_length = seen[p]
+                if parent_group != g:
+                    raise ValueError(f"episode {e} is in group {g} but its parent {p} is in group {parent_group}")
+                if not 0 <= t < parent_length:
+                    raise ValueError(f"episode {e} branches at turn {t} of episode {p}, which has turns "
+                                     f"0..{parent_length - 1}")
+            seen[e] = (g, n)
+
     def to(self, device: torch.device | str) -> TurnBatch:
         """The same batch with every tensor on `device`."""
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -137,8 +183,8 @@ class TurnBatch:
 
     @classmethod
     def from_lists(cls, *, group: Any, episode: Any, reward: Any, state: Any = None, turn: Any = None,
-                   intrinsic: Any = None, invalid: Any = None, state_text: Any = None, token_turn: Any = None,
-                   loss_mask: Any = None) -> TurnBatch:
+                   intrinsic: Any = None, invalid: Any = None, parent: Any = None, branch_turn: Any = None,
+                   state_text: Any = None, token_turn: Any = None, loss_mask: Any = None) -> TurnBatch:
         """Build from sequences, NumPy arrays or tensors, converting dtypes.
 
         `turn` defaults to the position within each run of equal `episode` ids; `state`
@@ -159,6 +205,7 @@ class TurnBatch:
                    reward=convert(reward, torch.float32),
                    state=torch.arange(n) if state is None else convert(state, torch.int64),
                    intrinsic=convert(intrinsic, torch.float32), invalid=convert(invalid, torch.bool),
+                   parent=convert(parent, torch.int64), branch_turn=convert(branch_turn, torch.int64),
                    state_text=None if state_text is None else tuple(state_text),
                    token_turn=convert(token_turn, torch.int64), loss_mask=convert(loss_mask, torch.bool))
 
@@ -166,11 +213,13 @@ class TurnBatch:
     def from_episodes(cls, rewards: Sequence[Sequence[float]], *, group: Sequence[int],
                       states: Sequence[Sequence[int]] | None = None,
                       intrinsic: Sequence[Sequence[float]] | None = None,
-                      invalid: Sequence[Sequence[bool]] | None = None) -> TurnBatch:
+                      invalid: Sequence[Sequence[bool]] | None = None,
+                      branches: Sequence[tuple[int, int] | None] | None = None) -> TurnBatch:
         """Build from nested per-episode lists; episode ids are 0..E-1 in order.
 
         `rewards[i][t]` is episode i's reward at turn t, `group[i]` its group; `states`,
-        `intrinsic` and `invalid` are nested the same way.
+        `intrinsic` and `invalid` are nested the same way. `branches[i]` is None for a root
+        episode, `(parent, turn)` for a branch of episode `parent` from the state before its turn `turn`.
         """
         if len(group) != len(rewards):
             raise ValueError(f"group has {len(group)} entries but rewards has {len(rewards)} episodes")
@@ -182,7 +231,16 @@ class TurnBatch:
             return None if nested is None else [x for episode in nested for x in episode]
 
         lengths = [len(e) for e in rewards]
+        if branches is not None and len(branches) != len(rewards):
+            raise ValueError(f"branches has {len(branches)} entries but rewards has {len(rewards)} episodes")
+        origin = None if branches is None else [b or (-1, -1) for b in branches]
+
+        def per_turn(values: list[int]) -> list[int]:
+            return [v for v, n in zip(values, lengths) for _ in range(n)]
+
         return cls.from_lists(group=[g for g, n in zip(group, lengths) for _ in range(n)],
                               episode=[i for i, n in enumerate(lengths) for _ in range(n)],
                               turn=[t for n in lengths for t in range(n)], reward=flat(rewards),
-                              state=flat(states), intrinsic=flat(intrinsic), invalid=flat(invalid))
+                              state=flat(states), intrinsic=flat(intrinsic), invalid=flat(invalid),
+                              parent=None if origin is None else per_turn([o[0] for o in origin]),
+                              branch_turn=None if origin is None else per_turn([o[1] for o in origin]))

@@ -291,3 +291,102 @@ def prime(batch, *, gamma=1.0, process_loo="paper", whiten_over="turns", std="po
     returns_to_go = _discount(turn_adv, episodes, gamma)
     weights = _token_counts(batch) if whiten_over == "tokens" else None
     return _out(_whiten(returns_to_go, weights, std=std, eps=eps, singleton=singleton))
+
+
+def _tree_paths(batch, gamma: float):
+    """The literal tree of a branched batch: per episode its rows, its path of nodes from its group's first
+    state (one node per state, the state after its last turn included) and its full path's rewards.
+
+    A node is ("root", group) or ("after", episode, turn): the state after `turn` of `episode`. A branch of
+    p at turn t shares p's path up to p's state before turn t.
+    """
+    if batch.parent is None:
+        raise ValueError("this estimator reads branch episodes (TurnBatch.parent and branch_turn), which the batch "
+                         "does not have")
+    cols = _columns(batch)
+    parents, branch_turns = batch.parent.tolist(), batch.branch_turn.tolist()
+    episodes = _episodes(cols["turn"])
+    index_of = {cols["episode"][rows[0]]: i for i, rows in enumerate(episodes)}
+    nodes: list[list] = []  # per episode: nodes of its path, the first state to the state after its last turn
+    rewards: list[list[float]] = []  # per episode: rewards along its path
+    own_start: list[int] = []  # per episode: the position in its path of its turn 0
+    for i, rows in enumerate(episodes):
+        parent = parents[rows[0]]
+        if parent == -1:
+            prefix_nodes, prefix_rewards = [("root", cols["group"][rows[0]])], []
+        else:
+            p, t = index_of[parent], branch_turns[rows[0]]
+            cut = own_start[p] + t  # position of p's state before its turn t
+            prefix_nodes, prefix_rewards = nodes[p][: cut + 1], rewards[p][:cut]
+        own_start.append(len(prefix_rewards))
+        nodes.append(prefix_nodes + [("after", i, k) for k in range(len(rows))])
+        rewards.append(prefix_rewards + [cols["reward"][r] for r in rows])
+    return cols, episodes, nodes, rewards, own_start
+
+
+def _to_go(rewards: list[float], gamma: float) -> list[float]:
+    """Return-to-go at every position of a path, the position after the last reward (0) included."""
+    out = [0.0] * (len(rewards) + 1)
+    for k in reversed(range(len(rewards))):
+        out[k] = rewards[k] + gamma * out[k + 1]
+    return out
+
+
+def _branched_advantages(batch, gamma: float, train_branches: bool, scale: str, eps: float, value,
+                         has_baseline=lambda e, position: True) -> Tensor:
+    """A_{e,t} = r + gamma * V(next state) - V(state), V(after the last turn) = 0, and 0 where not
+    `has_baseline(e, position)`; `value(e, position)`; with scale="batch_std" divided by the population std of
+    the trained rows' nonzero advantages (+ eps)."""
+    cols, episodes, nodes, rewards, own_start = _tree_paths(batch, gamma)
+    parents = batch.parent.tolist()
+    out = [0.0] * batch.num_turns
+    trained = []
+    for e, rows in enumerate(episodes):
+        if parents[rows[0]] != -1 and not train_branches:
+            continue
+        for t, row in enumerate(rows):
+            here = own_start[e] + t
+            after = 0.0 if t == len(rows) - 1 else value(e, here + 1)
+            if has_baseline(e, here):
+                out[row] = cols["reward"][row] + gamma * after - value(e, here)
+            trained.append(row)
+    informative = [out[r] for r in trained if abs(out[r]) > 1e-12]
+    if scale == "batch_std" and informative:
+        mean = sum(informative) / len(informative)
+        std = math.sqrt(sum((a - mean) ** 2 for a in informative) / len(informative))
+        out = [a / (std + eps) for a in out]
+    return _out(out)
+
+
+def vineppo(batch, *, gamma=1.0, train_branches=False, scale="none", eps=1e-6) -> Tensor:
+    """V(state of e) = mean return of the other episodes that start there; a turn from a state with none gets 0,
+    and such a state as the next state is valued by e's own return-to-go."""
+    cols, episodes, nodes, rewards, own_start = _tree_paths(batch, gamma)
+    starts: dict = defaultdict(list)  # node -> (episode, its discounted return from there)
+    for e in range(len(episodes)):
+        starts[nodes[e][own_start[e]]].append((e, _to_go(rewards[e], gamma)[own_start[e]]))
+
+    def others(e: int, position: int) -> list[float]:
+        return [g for d, g in starts.get(nodes[e][position], []) if d != e]
+
+    def value(e: int, position: int) -> float:
+        found = others(e, position)
+        return sum(found) / len(found) if found else _to_go(rewards[e], gamma)[position]
+
+    return _branched_advantages(batch, gamma, train_branches, scale, eps, value,
+                                lambda e, position: bool(others(e, position)))
+
+
+def spo_tree(batch, *, gamma=1.0, train_branches=True, scale="none", eps=1e-6) -> Tensor:
+    """V(node) = mean, over every episode whose path passes through the node, of its return-to-go from there."""
+    cols, episodes, nodes, rewards, own_start = _tree_paths(batch, gamma)
+    through: dict = defaultdict(list)
+    for e in range(len(episodes)):
+        for node, g in zip(nodes[e], _to_go(rewards[e], gamma)):
+            through[node].append(g)
+
+    def value(e: int, position: int) -> float:
+        returns = through[nodes[e][position]]
+        return sum(returns) / len(returns)
+
+    return _branched_advantages(batch, gamma, train_branches, scale, eps, value)

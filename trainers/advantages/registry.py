@@ -160,8 +160,9 @@ def check_estimator(estimator: str, options: dict[str, Any], preset: str | None 
 
 
 def _synthetic_batch() -> TurnBatch:
-    """Two groups of two two-turn episodes, with every optional field filled."""
+    """Two groups of two two-turn episodes (the second of each a branch of the first), every optional field filled."""
     return TurnBatch.from_lists(group=[0, 0, 0, 0, 1, 1, 1, 1], episode=[0, 0, 1, 1, 2, 2, 3, 3],
+                                parent=[-1, -1, 0, 0, -1, -1, 2, 2], branch_turn=[-1, -1, 1, 1, -1, -1, 0, 0],
                                 reward=[0.0, 1.0, 0.0, 0.0, 0.5, 0.0, 0.0, 1.0], state=[1, 2, 1, 3, 1, 2, 1, 2],
                                 intrinsic=[0.1, 0.0, -0.2, 0.0, 0.3, 0.0, 0.0, 0.0],
                                 invalid=[False, False, True, False, False, False, False, True],

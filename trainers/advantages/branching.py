@@ -1,0 +1,134 @@
+"""Branching estimators: VinePPO's Monte Carlo turn values and SPO-tree's subtree values, over branch episodes.
+
+A batch with branches (`TurnBatch.parent`, `branch_turn`) holds a tree per group: the root
+episodes start at the group's first state, and a branch of episode p at turn t starts at
+the state p's turn t acted from. A node of the tree is a state: the group's first state, or
+the state after some turn. Both estimators give turn t of episode e
+
+    A_{e,t} = r_{e,t} + gamma * V(s_{e,t+1}) - V(s_{e,t}),   V of the state after the last turn = 0,
+
+and differ in what V averages (docs/algorithms.md, "Branching methods").
+"""
+
+from __future__ import annotations
+
+import torch
+from typing import Literal
+
+from torch import Tensor
+
+from . import reference
+from .batch import TurnBatch
+from .ops import Ops
+from .registry import register_estimator
+from .segment import Segments
+
+Scale = Literal["none", "batch_std"]
+
+
+class _Tree:
+    """The batch's tree in tensors: per row its node and return-to-go, per episode where it starts."""
+
+    def __init__(self, batch: TurnBatch, ops: Ops, gamma: float):
+        if batch.parent is None:
+            raise ValueError("this estimator reads branch episodes (TurnBatch.parent and branch_turn), which the "
+                             "batch does not have; collect with rollout.branch set")
+        seg = self.seg = Segments.of(batch)
+        n, device = batch.num_turns, batch.device
+        self.reward = batch.reward.to(torch.float64)
+        self.to_go = ops.reverse_scan(self.reward, seg, gamma, "sum")  # G_{e,t}
+        start = seg.episode_start
+        ids = batch.episode[start]
+        order = torch.argsort(ids)
+        parent_id = batch.parent[start]
+        self.is_branch = parent_id >= 0
+        found = order[torch.searchsorted(ids[order], parent_id.clamp(min=0)).clamp(max=len(ids) - 1)]
+        self.parent = torch.where(self.is_branch, found, -1)  # dense episode index
+        branch_turn = batch.branch_turn[start].clamp(min=0)
+        # Node ids: row i is the node s_{e,t} for t > 0; the group roots are n + g. An episode starts at its
+        # group's root, or at its parent's row at the branch turn, or (branch turn 0) where its parent starts.
+        root = n + seg.group_of_turn[start]
+        starts_at = torch.where(self.is_branch, start[self.parent.clamp(min=0)] + branch_turn, root)
+        at_parent_start = self.is_branch & (branch_turn == 0)
+        self.offset = torch.zeros_like(start)  # depth of an episode's first state in its tree
+        for _ in range(seg.num_episodes):  # parents precede branches: settles within the tree's depth
+            resolved = torch.where(at_parent_start, starts_at[self.parent.clamp(min=0)], starts_at)
+            offset = torch.where(self.is_branch, self.offset[self.parent.clamp(min=0)] + branch_turn, 0)
+            if torch.equal(resolved, starts_at) and torch.equal(offset, self.offset):
+                break
+            starts_at, self.offset = resolved, offset
+        self.starts_at = starts_at
+        self.num_nodes = n + seg.num_groups
+        self.node = torch.arange(n, device=device).index_copy_(0, start, starts_at)
+        self.depth = self.offset[seg.episode_of_turn] + batch.turn
+
+    def next_value(self, value: Tensor) -> Tensor:
+        """[N] V(s_{e,t+1}) from per-row values V(s_{e,t}): the next row's, 0 after an episode's last turn."""
+        shifted = torch.cat([value[1:], value.new_zeros(1)])
+        return torch.where(self.seg.is_last, 0.0, shifted)
+
+
+@register_estimator("vineppo", reference=reference.vineppo)
+def vineppo(batch: TurnBatch, ops: Ops, *, gamma: float = 1.0, train_branches: bool = False,
+            scale: Scale = "none", eps: float = 1e-6) -> Tensor:
+    """VinePPO at turn level: V(s) is the mean discounted return of the continuations that start at s.
+
+    The continuations of s_{e,t} (t > 0) are the branches of e at turn t; those of a group's first
+    state are its other root episodes and their turn-0 branches (leave-one-out). A turn whose state
+    nobody else continued from has no baseline and gets advantage 0; as the next state, such a state
+    is valued by e's own return-to-go G_{e,t+1} (a one-sample Monte Carlo value). With
+    `train_branches=False` (the paper: its rollouts only estimate values) branch rows get advantage 0.
+    `scale="batch_std"` divides by the population std of the trained rows' nonzero advantages (+ eps),
+    putting them on the scale of group-normalised estimators (an entropy bonus tuned for those then
+    weighs the same); the zeros of turns without a baseline are left out of the std.
+    """
+    tree = _Tree(batch, ops, gamma)
+    first, start = tree.seg.is_first, tree.seg.episode_start
+    total = torch.zeros(tree.num_nodes, dtype=torch.float64, device=batch.device)
+    total.index_add_(0, tree.starts_at, tree.to_go[start])
+    count = torch.zeros_like(total).index_add_(0, tree.starts_at, torch.ones_like(tree.to_go[start]))
+    others_total = total[tree.node] - torch.where(first, tree.to_go, 0.0)  # leave e itself out where it starts
+    others = count[tree.node] - first.to(torch.float64)
+    value = torch.where(others > 0, others_total / others.clamp(min=1), tree.to_go)
+    advantage = torch.where(others > 0, tree.reward + gamma * tree.next_value(value) - value, 0.0)
+    return _finish(advantage, tree, train_branches, scale, eps)
+
+
+@register_estimator("spo_tree", reference=reference.spo_tree)
+def spo_tree(batch: TurnBatch, ops: Ops, *, gamma: float = 1.0, train_branches: bool = True,
+             scale: Scale = "none", eps: float = 1e-6) -> Tensor:
+    """SPO-tree at turn level: V(n) is the mean discounted return-to-go, from n, of every episode whose
+    path passes through node n (e itself included); A = r + gamma * V(child) - V(parent node).
+
+    `train_branches=True` (SPO: every sample of the tree trains) gives branch rows their advantages too.
+    `scale` as vineppo's.
+    """
+    tree = _Tree(batch, ops, gamma)
+    count = torch.zeros(tree.num_nodes, dtype=torch.float64, device=batch.device)
+    total = torch.zeros_like(count)
+    last = tree.seg.is_last
+    child = torch.cat([tree.node[1:], tree.node.new_zeros(1)])
+    levels = torch.argsort(tree.depth, descending=True, stable=True)
+    depths = tree.depth[levels]
+    bounds = torch.nonzero(torch.diff(depths)).flatten() + 1
+    for rows in torch.tensor_split(levels, bounds.cpu()):  # deepest edges first: a child's sums are complete
+        is_last = last[rows]
+        child_count = torch.where(is_last, 1.0, count[child[rows]])
+        child_total = torch.where(is_last, 0.0, total[child[rows]])
+        count.index_add_(0, tree.node[rows], child_count)
+        total.index_add_(0, tree.node[rows], tree.reward[rows] * child_count + gamma * child_total)
+    value = total[tree.node] / count[tree.node]
+    advantage = tree.reward + gamma * tree.next_value(value) - value
+    return _finish(advantage, tree, train_branches, scale, eps)
+
+
+def _finish(advantage: Tensor, tree: _Tree, train_branches: bool, scale: Scale, eps: float) -> Tensor:
+    """Branch rows zeroed unless `train_branches`; then `scale` over the trained rows."""
+    trained = torch.ones_like(advantage, dtype=torch.bool)
+    if not train_branches:
+        trained = ~tree.is_branch[tree.seg.episode_of_turn]
+        advantage = torch.where(trained, advantage, 0.0)
+    informative = trained & (advantage.abs() > 1e-12)  # the zeros of turns without a baseline would shrink it
+    if scale == "batch_std" and bool(informative.any()):
+        advantage = advantage / (advantage[informative].std(correction=0) + eps)
+    return advantage
