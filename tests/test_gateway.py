@@ -15,6 +15,7 @@ from envgym.gateway import Gateway
 from envgym.models import HERMES_TOOLS_TEMPLATE, tiny_model, word_level_tokenizer
 from envgym.policies import Completion, HFPolicy, SamplingParams
 from envgym.wrappers import EnvMaker
+from token_rows import stored_vs_teacher_forced
 
 WORDS = ["tool_call", "name", "arguments", "python", "code", "answer", "print", "{", "}", ":", ",", '"', "<", ">", "/",
          "1", "2", "the", "is", "hello"]
@@ -56,24 +57,6 @@ class ScriptedTokens:
 
     def score(self, prompts, continuations):
         raise NotImplementedError
-
-
-def stored_vs_teacher_forced(model, episode):
-    """The largest gap between an episode's stored logprobs and a forward pass over each of its token rows."""
-    gap = 0.0
-    for r, turns in enumerate(episode.rows()):
-        ids = episode.row_ids(r)
-        with torch.no_grad():
-            logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
-        offset = 0
-        for t in turns:
-            turn = episode.turns[t]
-            offset += len(turn.obs_ids)
-            for k, (token, stored) in enumerate(zip(turn.action_ids, turn.logprobs)):
-                gap = max(gap, abs(float(logprobs[offset + k - 1, token]) - stored))
-            offset += len(turn.action_ids)
-        assert offset == len(ids)
-    return gap
 
 
 @pytest.mark.parametrize("agent, one_row", [(chat_agent, True), (window_agent, False)])

@@ -84,6 +84,20 @@ def test_sampled_logprobs_equal_hf_teacher_forced(engine, hf, prompts):
     assert max_gap(engine.score(prompts, continuations), reference) <= TOL
 
 
+def test_an_agent_program_plays_the_engine_through_the_gateway(engine, hf):
+    # the gateway in front of a vLLM engine: the rows it records are the engine's samples, faithful to the model
+    from envgym.agents import collect_agent_groups
+    from envgym.example_agents import chat_agent
+    from envgym.wrappers import EnvMaker
+    from token_rows import stored_vs_teacher_forced
+
+    result = collect_agent_groups(EnvMaker("games/GuessNumber-v0"), engine, chat_agent, n_groups=1, group_size=2,
+                                  max_turns=2, sampling=SamplingParams(max_new_tokens=8))
+    episodes = result.groups[0].episodes
+    assert not result.failures and all(len(e.turns) == 2 and e.row_starts == (0,) for e in episodes)
+    assert max(stored_vs_teacher_forced(hf.model, e) for e in episodes) <= TOL
+
+
 # ------------------------------------------------------------------ weight sync
 
 def test_weight_sync_after_a_perturbation(engine, hf, prompts):
