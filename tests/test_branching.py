@@ -13,7 +13,7 @@ from envgym.models import tiny_model
 from envgym.trainers.tiny_model import tiny_tokenizer
 from envgym.trajectory import load_groups, save_groups
 
-envgym.register("broken/ReplaysDifferently-v0", "broken_envs:ReplaysDifferently", max_turns=10)
+envgym.register("branching/ReplaysDifferently-v0", "broken_envs:ReplaysDifferently", max_turns=10)
 
 
 def test_branch_options_pick_turns():
@@ -98,7 +98,7 @@ def test_branching_refuses_an_endpoint_policy():
 
 
 def test_branching_an_env_that_replays_differently_names_it_and_the_step():
-    with pytest.raises(BranchingFailed, match=r"branching broken/ReplaysDifferently-v0 before turn 1: fork: cannot "
-                                              r"fork broken/ReplaysDifferently-v0: .*diverged at step 0"):
-        collect_groups("broken/ReplaysDifferently-v0", load_policy("random"), n_groups=1, group_size=2,
+    with pytest.raises(BranchingFailed, match=r"branching branching/ReplaysDifferently-v0 before turn 1: fork: cannot "
+                                              r"fork branching/ReplaysDifferently-v0: .*diverged at step 0"):
+        collect_groups("branching/ReplaysDifferently-v0", load_policy("random"), n_groups=1, group_size=2,
                        branch=BranchOptions(k=2))

@@ -7,7 +7,7 @@ from envgym.core import ReplayDiverged, fork_env
 from envgym.pool import EnvPool
 from envgym.wrappers import ActionExtraction, EnvMaker, InvalidActionPolicy, TurnLimit
 
-envgym.register("broken/ReplaysDifferently-v0", "broken_envs:ReplaysDifferently", max_turns=10)
+envgym.register("fork/ReplaysDifferently-v0", "broken_envs:ReplaysDifferently", max_turns=10)
 
 
 def oracle_steps(env, n):
@@ -57,11 +57,11 @@ def test_a_fresh_env_forks_to_a_fresh_env():
 
 
 def test_a_replay_that_diverges_names_the_env_and_the_step():
-    env = envgym.make("broken/ReplaysDifferently-v0")
+    env = envgym.make("fork/ReplaysDifferently-v0")
     env.reset(seed=0, options={"split": "test", "task": 0})
     env.step("50")
     env.step("20")
-    with pytest.raises(ReplayDiverged, match=r"cannot fork broken/ReplaysDifferently-v0: .* diverged at step 0 "
+    with pytest.raises(ReplayDiverged, match=r"cannot fork fork/ReplaysDifferently-v0: .* diverged at step 0 "
                                              r"\(action '50'\).*not deterministic under replay"):
         fork_env(env)
 
@@ -97,11 +97,11 @@ def test_pool_forks_an_episode_into_another_slot(pool_backend, env_id):
 
 
 def test_pool_reports_a_diverging_replay(pool_backend):
-    with EnvPool("broken/ReplaysDifferently-v0", 2, backend=pool_backend) as pool:
+    with EnvPool("fork/ReplaysDifferently-v0", 2, backend=pool_backend) as pool:
         pool.reset({0: (0, {"split": "test", "task": 0})})
         pool.step({0: "50"})
         forked = pool.fork(0, 1)
-        assert forked.error.startswith("fork: cannot fork broken/ReplaysDifferently-v0") and "step 0" in forked.error
+        assert forked.error.startswith("fork: cannot fork fork/ReplaysDifferently-v0") and "step 0" in forked.error
         with pytest.raises(ValueError, match="into itself"):
             pool.fork(0, 0)
 
