@@ -36,14 +36,24 @@ def test_a_stale_batch_is_corrected_against_its_own_behaviour_logprobs(tmp_path)
         # the update changed the policy: a ratio against logprobs recomputed now would be 1
         assert float((now - behaviour).abs().max()) > 1e-2 and abs(expected - 1.0) > 1e-4
         metrics = trainer.update(batch, advantages)  # the batch is now one update stale
+        # with a correction the ratio is taken against the trainer's logprobs at the start of the update
+        # (1 on its single step) and the staleness goes into the capped importance weight instead
+        trainer.config.algorithm.correction, trainer.config.algorithm.correction_cap = "tis", 1.05
+        with torch.no_grad():
+            now = torch.cat([sampled_logprobs(trainer.model, m)[0] for m in batch.micro_batches()])
+        corrected = trainer.update(batch, advantages)
     finally:
         trainer.close()
     assert metrics["loss/ratio"] == pytest.approx(expected, rel=1e-5)
-
-
-def test_max_staleness_must_be_zero_or_one(tmp_path):
-    with pytest.raises(ValueError, match=r"rollout.max_staleness must be in \[0, 1\]"):
-        micro(tmp_path, ["rollout.max_staleness=2"])
+    assert metrics["loss/corrected_fraction"] == 0 and metrics["loss/is_weight"] == 1
+    assert corrected["loss/ratio"] == pytest.approx(1.0, abs=1e-6)
+    rho = torch.exp(now - behaviour)
+    assert corrected["loss/is_weight"] == pytest.approx(float(rho.clamp(max=1.05).mean()), rel=1e-5)
+    assert corrected["loss/corrected_fraction"] == pytest.approx(float((rho > 1.05).float().mean()))
+    assert 0 < corrected["loss/corrected_fraction"] < 1
+    gap = now - behaviour  # the engine (here the policy an update ago) against the trainer
+    assert corrected["rollout/logprob_diff_max"] == pytest.approx(float(gap.abs().max()), rel=1e-4)
+    assert corrected["rollout/engine_kl_k3"] == pytest.approx(float((torch.exp(gap) - gap - 1).mean()), rel=1e-4)
 
 
 def test_sleep_mode_is_refused_when_the_engine_generates_during_the_update(tmp_path):

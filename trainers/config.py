@@ -127,6 +127,12 @@ class AlgorithmOptions:
     estimator: Literal["grpo", "drgrpo", "rloo", "reinforce_pp", "turn_grpo", "gigpo", "igpo", "prime"] = "gigpo"
     preset: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    # the engine sampled, the trainer learns: "tis" weights each token's loss by min(rho, cap), "mis" drops
+    # tokens whose rho = pi_trainer_old / pi_engine leaves [1/cap, cap]; with either, the PPO ratio is taken
+    # against the trainer's own logprobs at the start of the update (decoupled PPO). See docs/scaling.md
+    correction: Literal["none", "tis", "mis"] = "none"
+    correction_cap: Annotated[float, Range(ge=1, why="a cap below 1 would down-weight on-policy tokens")] = 2.0
+    correction_level: Literal["token", "turn"] = "token"  # "turn": one rho per turn (its geometric mean)
 
 
 @dataclass

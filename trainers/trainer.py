@@ -43,7 +43,8 @@ from envgym.trainers.batch import RolloutBatch, TokenBatch
 from envgym.trainers.config import ConfigError, EnvOptions, ModelOptions, RolloutOptions, TrainConfig
 from envgym.trainers.distributed import DataParallel, NoRunDirectory, NoRunLog
 from envgym.trainers.episode_log import log_episode_sample
-from envgym.trainers.losses import kl_penalty, ppo_clip_loss, sampled_logprobs
+from envgym.trainers.losses import (CorrectionStats, kl_penalty, off_policy_weights, ppo_clip_loss,
+                                    sampled_logprobs)
 from envgym.trainers.run_dir import RunDirectory
 from envgym.trainers.run_log import RunLog
 from envgym.trainers.tiny_model import VOCABULARIES, tiny_policy_model
@@ -502,12 +503,14 @@ class Trainer:
     def update(self, batch: RolloutBatch, advantages: torch.Tensor) -> dict[str, float]:
         """PPO-clip on the sampled tokens of `batch`: `epochs` x `minibatches` optimizer steps."""
         cfg = self.config
+        proximal = self._proximal_logprobs(batch) if cfg.algorithm.correction != "none" else None
         self.train_module.train()
         totals = dict.fromkeys(("loss", "kl", "entropy", "clipped", "ratio", "log_ratio_sq", "tokens", "grad_norm",
-                                "steps", "lr"), 0.0)
-        # |trainer - rollout| logprob of the sampled tokens before the first step: 0 up to rounding when the
-        # rollout sampled from the trained weights (a vLLM engine that missed a weight sync shows here)
-        gap = {"max": 0.0, "sum": 0.0, "tokens": 0.0}
+                                "steps", "lr", "corrected", "is_weight"), 0.0)
+        # |trainer - rollout| logprob of the sampled tokens before the first step, and the k3 estimate of
+        # KL(engine || trainer) from them: 0 up to rounding when the rollout sampled from the trained weights
+        # (a stale batch, or a vLLM engine that missed a weight sync or computes differently, shows here)
+        gap = {"max": 0.0, "sum": 0.0, "tokens": 0.0, "k3": 0.0}
         generator = torch.Generator().manual_seed(cfg.seed * 7919 + self.iteration)
         for _ in range(cfg.optim.epochs):
             order = torch.randperm(batch.num_rows, generator=generator).tolist()
@@ -518,10 +521,11 @@ class Trainer:
                 micros = self.dp.micro_batches(batch, rows, cfg.optim.micro_batch_tokens)
                 for i, micro in enumerate(micros):
                     with self.dp.gradient_sync(i == len(micros) - 1):
-                        stats = self._accumulate(micro, advantages, num_tokens)
+                        stats = self._accumulate(micro, advantages, num_tokens, proximal)
                     if totals["steps"] == 0:  # the first minibatch, before any optimizer step
                         gap["max"] = max(gap["max"], stats["logprob_gap_max"])
                         gap["sum"] += stats["logprob_gap"]
+                        gap["k3"] += stats["engine_k3"]
                         gap["tokens"] += stats["tokens"]
                     for key in totals.keys() & stats.keys():
                         totals[key] += stats[key]
@@ -534,10 +538,11 @@ class Trainer:
                 totals["grad_norm"] += float(grad_norm)
                 totals["steps"] += 1
         self.dp.sync_replica()
-        summed = ("loss", "kl", "entropy", "clipped", "ratio", "log_ratio_sq", "tokens")  # over every rank's tokens
+        summed = ("loss", "kl", "entropy", "clipped", "ratio", "log_ratio_sq", "tokens", "corrected",
+                  "is_weight")  # over every rank's tokens
         totals |= dict(zip(summed, self.dp.sum([totals[key] for key in summed])))
         totals["loss"] /= self.dp.world_size  # each rank's loss was scaled by N (see DataParallel.loss_normaliser)
-        gap["sum"], gap["tokens"] = self.dp.sum([gap["sum"], gap["tokens"]])
+        gap["sum"], gap["k3"], gap["tokens"] = self.dp.sum([gap["sum"], gap["k3"], gap["tokens"]])
         gap["max"] = self.dp.max([gap["max"]])[0]
         tokens = max(totals["tokens"], 1.0)
         return {"loss/policy": totals["loss"] / totals["steps"], "loss/kl": totals["kl"] / tokens,
@@ -545,20 +550,43 @@ class Trainer:
                 "loss/ratio": totals["ratio"] / tokens, "loss/approx_kl": 0.5 * totals["log_ratio_sq"] / tokens,
                 "loss/grad_norm": totals["grad_norm"] / totals["steps"], "optim/lr": totals["lr"],
                 "rollout/logprob_diff_max": gap["max"],
-                "rollout/logprob_diff_mean": gap["sum"] / max(gap["tokens"], 1.0)}
+                "rollout/logprob_diff_mean": gap["sum"] / max(gap["tokens"], 1.0),
+                "rollout/engine_kl_k3": gap["k3"] / max(gap["tokens"], 1.0),
+                "loss/corrected_fraction": totals["corrected"] / tokens, "loss/is_weight": totals["is_weight"] / tokens}
 
-    def _accumulate(self, micro: TokenBatch, advantages: torch.Tensor, num_tokens: int) -> dict[str, float]:
-        """Forward and backward one micro-batch; the loss is scaled so micro-batches sum to the minibatch mean."""
+    def _proximal_logprobs(self, batch: RolloutBatch) -> dict[int, torch.Tensor]:
+        """The trainer's own logprobs of every sampled token of `batch` before the update's first step, by row:
+        decoupled PPO's pi_old, which the ratio is taken against so the engine's numerics never enter the clip."""
+        proximal = {}
+        with torch.no_grad():
+            for micro in self.dp.micro_batches(batch, range(batch.num_rows), self.config.optim.micro_batch_tokens):
+                micro = micro.to(_device())
+                logprobs = self.train_module(micro)[0]
+                for row, part in zip(micro.rows, logprobs.split(micro.loss_mask[:, 1:].sum(1).tolist())):
+                    proximal[row] = part
+        return proximal
+
+    def _accumulate(self, micro: TokenBatch, advantages: torch.Tensor, num_tokens: int,
+                    proximal: dict[int, torch.Tensor] | None = None) -> dict[str, float]:
+        """Forward and backward one micro-batch; the loss is scaled so micro-batches sum to the minibatch mean.
+        With `proximal` (see `_proximal_logprobs`) the ratio is taken against it and the loss weighted by the
+        configured off-policy correction."""
         cfg = self.config
         micro = micro.to(_device())
         logprobs, entropy = self.train_module(micro)
-        old = micro.old_logprobs[:, 1:][micro.loss_mask[:, 1:]]
+        behaviour = micro.old_logprobs[:, 1:][micro.loss_mask[:, 1:]]
         token_turn = micro.sampled_turns
         token_adv = advantages.to(logprobs.device)[token_turn]
         ones = torch.ones_like(logprobs)
+        old, weights, correction = behaviour, None, CorrectionStats(0.0, float(len(logprobs)))
+        if proximal is not None and micro.rows:
+            old = torch.cat([proximal[row] for row in micro.rows])
+            weights, correction = off_policy_weights(
+                old, behaviour, ones, mode=cfg.algorithm.correction, cap=cfg.algorithm.correction_cap,
+                token_turn=token_turn if cfg.algorithm.correction_level == "turn" else None)
         loss, stats = ppo_clip_loss(logprobs, old, token_adv, ones, num_tokens, clip_low=cfg.loss.clip_low,
                                     clip_high=cfg.loss.clip_high,
-                                    token_turn=token_turn if cfg.loss.ratio == "turn" else None)
+                                    token_turn=token_turn if cfg.loss.ratio == "turn" else None, weights=weights)
         kl_sum = 0.0
         if cfg.loss.kl_coef > 0:
             kl = kl_penalty(logprobs, self._reference_logprobs(micro), cfg.loss.kl_estimator)
@@ -569,11 +597,13 @@ class Trainer:
         if not torch.isfinite(loss):
             self._stop_on_nan(micro, advantages, f"loss is {float(loss.detach())}")
         loss.backward()
-        gap = (logprobs.detach() - old).abs()
+        gap = (logprobs.detach() - behaviour).abs()
         return {"loss": float(loss.detach()), "kl": kl_sum, "entropy": float(entropy.detach().sum()),
                 "clipped": stats.clipped, "ratio": stats.ratio, "log_ratio_sq": stats.log_ratio_sq,
                 "tokens": float(len(logprobs)), "logprob_gap": float(gap.sum()),
-                "logprob_gap_max": float(gap.max()) if len(gap) else 0.0}
+                "logprob_gap_max": float(gap.max()) if len(gap) else 0.0,
+                "engine_k3": float(kl_penalty(behaviour, logprobs.detach()).sum()),
+                "corrected": correction.corrected, "is_weight": correction.weight}
 
     def _reference_logprobs(self, micro: TokenBatch) -> torch.Tensor:
         with torch.no_grad():
