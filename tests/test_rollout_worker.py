@@ -1,4 +1,4 @@
-"""Rollouts that overlap the update (`rollout.max_staleness: 1`) and the PPO ratio of a stale batch."""
+"""Rollouts that overlap the update (`rollout.max_staleness: k`) and the PPO ratio of a stale batch."""
 
 import os
 import signal
@@ -62,13 +62,20 @@ def test_sleep_mode_is_refused_when_the_engine_generates_during_the_update(tmp_p
 
 
 @pytest.mark.slow
-def test_overlapped_rollouts_are_one_update_stale_and_a_dead_worker_stops_the_run(tmp_path):
-    trainer = Trainer(micro(tmp_path, ["rollout.max_staleness=1"]))
+def test_asynchronous_rollouts_are_at_most_k_updates_stale_and_a_dead_worker_stops_the_run(tmp_path):
+    trainer = Trainer(micro(tmp_path, ["rollout.max_staleness=2", "iterations=4"]))
     try:
         history = trainer.fit()
         rl = [m for m in history if m["phase"] == "rl"]
-        # the first batch is made on the spot; each later one while the previous update ran
-        assert [m["rollout/staleness"] for m in rl] == [0, 1, 1]
+        # the first batch is made on the spot; batches 1 and 2 are asked for with it and start on the same
+        # weights (update 0 has not ended when batch 1 starts): no turn is more than 2 updates stale
+        assert rl[0]["rollout/staleness_max"] == 0
+        assert all(m["rollout/staleness_max"] <= 2 for m in rl) and max(m["rollout/staleness_max"] for m in rl) >= 1
+        for m in rl:
+            histogram = [m[f"rollout/staleness_{s}"] for s in range(3)]
+            assert sum(histogram) == pytest.approx(1.0)
+            assert m["rollout/staleness"] == pytest.approx(sum(s * f for s, f in enumerate(histogram)))
+            assert m["time/trainer_wait"] >= 0 and m["time/engine_wait"] >= 0 and m["time/weight_publish_wait"] >= 0
         assert all(m["train/episodes"] == 4 for m in rl)
         worker = trainer.rollout_worker._process
         assert worker.is_alive()
@@ -77,9 +84,7 @@ def test_overlapped_rollouts_are_one_update_stale_and_a_dead_worker_stops_the_ru
         os.kill(worker.pid, signal.SIGKILL)
         worker.join()
         with pytest.raises(RolloutWorkerFailed, match=r"rollout worker process died \(killed by SIGKILL"):
-            for _ in range(2):  # a batch the worker sent before it died is still trained on
-                trainer.train_iteration()
-                trainer.iteration += 1
+            trainer.train_iteration()
     finally:
         trainer.close()
     assert not worker.is_alive()

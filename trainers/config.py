@@ -106,11 +106,10 @@ class RolloutOptions:
     episode_timeout: Annotated[float, Range(ge=0)] = 0.0
     retries: Annotated[int, Range(ge=0)] = 2
     env_memory_mb: Annotated[int, Range(ge=0)] = 0
-    # 1: the next iteration's groups are generated (by a second process: a copy of the HF model, or the vLLM
-    # engine) while this iteration's update runs, so each batch comes from the policy one update behind;
-    # 0: generation and update take turns
-    max_staleness: Annotated[int, Range(ge=0, le=1, why="0: generate, then update; 1: generate during the "
-                                                           "update")] = 0
+    # k >= 1: a second process (a copy of the HF model, or the vLLM engine) generates continuously, up to k
+    # iterations ahead, taking new weights between turns, so every turn trained on was sampled by weights at
+    # most k updates old (see trainers/rollout_worker.py); 0: generation and update take turns
+    max_staleness: Annotated[int, Range(ge=0, why="0: generate, then update; k: at most k updates stale")] = 0
     vllm: dict[str, Any] = field(default_factory=dict)
 
 
@@ -293,7 +292,8 @@ class TrainConfig:
                               f"({self.rollout.n_groups * self.rollout.group_size})")
         if self.rollout.max_staleness and self.rollout.vllm.get("enable_sleep_mode"):
             raise ConfigError("rollout.vllm.enable_sleep_mode frees the engine's memory while the update runs, but "
-                              "with rollout.max_staleness: 1 the engine generates during the update; drop "
+                              f"with rollout.max_staleness: {self.rollout.max_staleness} the engine generates "
+                              "during the update; drop "
                               "enable_sleep_mode (and size the engine with gpu_memory_utilization), or set "
                               "rollout.max_staleness: 0")
         if self.ray.address is not None and self.rollout.pool != "ray":

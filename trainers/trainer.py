@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 import envgym
-from envgym.core import RunFailed
+from envgym.core import RunFailed, stable_hash
 from envgym.evaluation import EVAL_SEED, evaluate_policy, plan_split
 from envgym.policies import HFPolicy, SamplingParams
 from envgym.pool import EnvPool, default_num_envs
@@ -148,6 +148,12 @@ def start_vllm_engine(config: TrainConfig, dtype: torch.dtype, seed: int) -> Any
     return VLLMPolicy.from_pretrained(source, **engine_args)
 
 
+def seed_sampling(seed: int, iteration: int, rank: int) -> None:
+    """Seed the torch generator an HF policy samples iteration `iteration`'s episodes of `rank` with: the same
+    draws whether the trainer samples them or a rollout worker does (see `RolloutWorker`)."""
+    torch.manual_seed(stable_hash(f"sampling|{seed}|{iteration}|{rank}") & 0x7FFF_FFFF)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -165,6 +171,16 @@ def episode_metrics(rollout: RolloutResult, prefix: str) -> dict[str, float]:
             f"{prefix}/return": float(np.mean([e.total_return for e in episodes])),
             f"{prefix}/turns": float(np.mean([len(e.turns) for e in episodes])),
             f"{prefix}/invalid_rate": float(np.mean([t.invalid_action for t in turns]))}
+
+
+def staleness_metrics(rollout: RolloutResult, iteration: int, max_staleness: int) -> dict[str, float]:
+    """How many updates behind the trainer at `iteration` the weights that sampled each turn were: the mean, the
+    most, and the fraction of turns at each staleness 0..`max_staleness` (`rollout/staleness_<s>`)."""
+    staleness = np.array([iteration - t.policy_version for g in rollout.groups for e in g.episodes for t in e.turns])
+    if not len(staleness):
+        return {}
+    return {"rollout/staleness": float(staleness.mean()), "rollout/staleness_max": float(staleness.max()),
+            **{f"rollout/staleness_{s}": float(np.mean(staleness == s)) for s in range(max_staleness + 1)}}
 
 
 def lr_factor(step: int, total: int, options: Any) -> float:
@@ -313,7 +329,7 @@ class Trainer:
     def _sync_rollout_weights(self) -> None:
         """Tell the rollout policy the weights changed: the vLLM engine is sent them (LoRA merged in); an
         HFPolicy samples from the model itself and only drops its episode KV caches, computed with the old ones.
-        (A rollout worker is sent the weights with its next request.)"""
+        (A rollout worker is published them apart: see `collect` and `train_iteration`.)"""
         if self.engine_in_process:
             self.policy.load_weights(merged_named_weights(self.model))
         else:
@@ -439,18 +455,18 @@ class Trainer:
                     retries=cfg.rollout.retries)
 
     def collect(self) -> RolloutResult:
-        """This iteration's groups (this rank's share) from the current policy, or with `rollout.max_staleness: 1`
-        from the policy one update behind, generated during the last update. `metrics["policy_version"]` is the
-        number of updates the generating policy had seen. Raises RolloutFailed when every group of every rank
-        failed."""
+        """This iteration's groups (this rank's share) from the current policy, or with `rollout.max_staleness: k`
+        from the rollout worker, generated with weights at most k updates behind (each turn's `policy_version`
+        says which). Raises RolloutFailed when every group of every rank failed."""
         cfg = self.config
         if self.rollout_worker is not None:
-            rollout = self.rollout_worker.next(self.iteration, self.collect_options, self.model,
-                                               last_iteration=cfg.iterations - 1)
+            if self.rollout_worker.version != self.iteration:  # the first batch, after a warm start or a resume
+                self.rollout_worker.publish(self.model, self.iteration)
+            rollout = self.rollout_worker.next(self.iteration, self.collect_options, last_iteration=cfg.iterations - 1)
         else:
-            rollout = collect_groups(self.env_factory, self.policy, pool=self.pool,
+            seed_sampling(cfg.seed, self.iteration, self.dp.rank)
+            rollout = collect_groups(self.env_factory, self.policy, pool=self.pool, policy_version=lambda: self.iteration,
                                      **self.collect_options(self.iteration))
-            rollout.metrics["policy_version"] = float(self.iteration)
         if not self.dp.sum([len(rollout.groups)])[0]:
             causes = sorted({f.cause for f in rollout.failures})
             raise RolloutFailed(f"iteration {self.iteration}: every group of {cfg.env.id} failed past its "
@@ -481,8 +497,12 @@ class Trainer:
             self.policy.sleep()  # frees the GPU for the update with rollout.vllm.enable_sleep_mode; else a no-op
         update_metrics = self.update(batch, advantages)
         self._sync_rollout_weights()
+        async_metrics = {}
+        if self.rollout_worker is not None:  # the worker loads the new weights before its next turn
+            async_metrics = {"time/weight_publish_wait": self.rollout_worker.publish(self.model, self.iteration + 1),
+                             "time/trainer_wait": rollout.metrics["trainer_wait_s"],
+                             "time/engine_wait": rollout.metrics["engine_wait_s"]}
         update_time = time.perf_counter() - update_started
-        staleness = self.iteration - rollout.metrics["policy_version"]
         rollout = self.dp.union_rollout(rollout)  # metrics over every rank's episodes
         num_tokens = self.dp.sum([batch.num_tokens])[0]
         if self.dp.is_main:  # the episodes kept for `envgym view`: rank 0's groups lead the union
@@ -498,7 +518,8 @@ class Trainer:
                 "perf/update_tokens_per_s": num_tokens * cfg.optim.epochs / max(update_time, 1e-9),
                 "rollout/dropped_groups": rollout.metrics["dropped_groups"],
                 "rollout/failed_attempts": rollout.metrics["failed_attempts"],
-                "rollout/repeated_failures": rollout.metrics["repeated_failures"], "rollout/staleness": staleness}
+                "rollout/repeated_failures": rollout.metrics["repeated_failures"],
+                **staleness_metrics(rollout, self.iteration, cfg.rollout.max_staleness), **async_metrics}
 
     def update(self, batch: RolloutBatch, advantages: torch.Tensor) -> dict[str, float]:
         """PPO-clip on the sampled tokens of `batch`: `epochs` x `minibatches` optimizer steps."""
