@@ -46,7 +46,7 @@ from envgym.core import RunFailed
 from envgym.pool import describe_exit
 from envgym.rollout import RolloutResult, collect_groups
 from envgym.trainers.config import TrainConfig
-from envgym.trainers.weights import merged_named_weights
+from envgym.trainers.weights import adapter_config, lora_adapter, merged_named_weights
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,10 @@ class RolloutWorker:
         it). What stopped the worker's set-up is raised here as the worker
         raised it (EngineStartError for an engine that cannot start, ...).
         """
+        from envgym.trainers.trainer import engine_serves_adapter
+
         self._backend = config.rollout.backend
+        self._adapter_only = self._backend == "vllm" and engine_serves_adapter(config)
         self.max_staleness = config.rollout.max_staleness
         context = torch.multiprocessing.get_context("spawn")  # the trainer holds threads (and maybe CUDA): no fork
         self._conn, child = context.Pipe()
@@ -134,7 +137,10 @@ class RolloutWorker:
 
     def _weights(self, model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
         """What the worker's policy loads: an HF copy the trainable weights (all of them in full fine-tuning,
-        the adapters with LoRA), a vLLM engine the merged checkpoint tensors."""
+        the adapters with LoRA), a vLLM engine the adapter (named as peft saves it) or the merged checkpoint
+        tensors (see `engine_serves_adapter`)."""
+        if self._adapter_only:
+            return iter(lora_adapter(model)[0].items())
         if self._backend == "vllm":
             return merged_named_weights(model)
         return ((name, p) for name, p in model.named_parameters() if p.requires_grad)
@@ -199,10 +205,14 @@ def _build_policy(config: TrainConfig, dtype: torch.dtype, rank: int) -> Any:
     return HFPolicy(model.eval(), tokenizer)
 
 
-def _load_weights(policy: Any, weights: dict[str, torch.Tensor]) -> None:
-    """Give `policy` the trainer's weights (see `RolloutWorker._weights`)."""
+def _load_weights(policy: Any, weights: dict[str, torch.Tensor], adapter: dict[str, Any] | None) -> None:
+    """Give `policy` the trainer's weights (see `RolloutWorker._weights`); `adapter`: the adapter config of
+    an engine that is handed the LoRA adapter alone."""
     from envgym.policies import HFPolicy
 
+    if adapter is not None:
+        policy.load_adapter(weights, adapter)
+        return
     if not isinstance(policy, HFPolicy):
         policy.load_weights(weights.items())  # a vLLM engine checks them against its checkpoint first
         return
@@ -220,8 +230,8 @@ class _Closed(BaseException):
 class _Server:
     """The worker's side: the requests queued, the weights it holds, and the messages that change them."""
 
-    def __init__(self, conn: Any, policy: Any, max_staleness: int):
-        self.conn, self.policy, self.max_staleness = conn, policy, max_staleness
+    def __init__(self, conn: Any, policy: Any, max_staleness: int, adapter: dict[str, Any] | None):
+        self.conn, self.policy, self.max_staleness, self.adapter = conn, policy, max_staleness, adapter
         self.requests: collections.deque[tuple[int, dict[str, Any]]] = collections.deque()
         self.version: int | None = None
         self.weight_wait = 0.0  # seconds waited for weights since the last batch was sent
@@ -234,7 +244,7 @@ class _Server:
             self.requests.append((payload[0], payload[1]))
             return
         version, weights = payload
-        _load_weights(self.policy, weights)
+        _load_weights(self.policy, weights, self.adapter)
         self.version = version
         self.conn.send(("loaded", version))
 
@@ -273,7 +283,7 @@ def _worker_main(conn: Any, config: TrainConfig, env_factory: Any, episodes: int
     """Say ("ready",) once the policy and pool are built (else ("error", exception)), then serve the trainer's
     ("weights", version, tensors) -> ("loaded", version) and ("collect", iteration, options) ->
     ("ok", iteration, RolloutResult) | ("error", message), as `_Server` says; ("close",) ends."""
-    from envgym.trainers.trainer import make_pool, seed_sampling
+    from envgym.trainers.trainer import engine_serves_adapter, lora_config, make_pool, seed_sampling
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if config.threads:
@@ -289,7 +299,9 @@ def _worker_main(conn: Any, config: TrainConfig, env_factory: Any, episodes: int
             conn.send(("error", _picklable(exc)))
             return
         conn.send(("ready",))
-        server = _Server(conn, policy, config.rollout.max_staleness)
+        adapter = (adapter_config(lora_config(config.model.lora))
+                   if config.rollout.backend == "vllm" and engine_serves_adapter(config) else None)
+        server = _Server(conn, policy, config.rollout.max_staleness, adapter)
 
         def collect(iteration: int, options: dict[str, Any]) -> RolloutResult:
             seed_sampling(config.seed, iteration, rank)

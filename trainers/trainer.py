@@ -40,7 +40,7 @@ from envgym.rollout import RolloutResult, collect_groups
 from envgym.trainers import checkpoint as ckpt
 from envgym.trainers.advantages import compute_advantages
 from envgym.trainers.batch import RolloutBatch, TokenBatch
-from envgym.trainers.config import ConfigError, EnvOptions, ModelOptions, RolloutOptions, TrainConfig
+from envgym.trainers.config import ConfigError, EnvOptions, LoraOptions, ModelOptions, RolloutOptions, TrainConfig
 from envgym.trainers.distributed import DataParallel, NoRunDirectory, NoRunLog
 from envgym.trainers.episode_log import log_episode_sample
 from envgym.trainers.losses import (CorrectionStats, kl_penalty, off_policy_weights, ppo_clip_loss,
@@ -48,7 +48,7 @@ from envgym.trainers.losses import (CorrectionStats, kl_penalty, off_policy_weig
 from envgym.trainers.run_dir import RunDirectory
 from envgym.trainers.run_log import RunLog
 from envgym.trainers.tiny_model import VOCABULARIES, tiny_policy_model
-from envgym.trainers.weights import merged_named_weights
+from envgym.trainers.weights import lora_adapter, merged_named_weights
 from envgym.wrappers import EnvMaker
 
 log = logging.getLogger(__name__)
@@ -117,12 +117,18 @@ def load_model(options: ModelOptions, seed: int) -> tuple[Any, Any]:
                           f"{', '.join(VOCABULARIES)}, 'default' (SmolLM2-135M-Instruct) or a directory written by save_pretrained")
     model = model.to(device=_device(), dtype=pick_dtype(options.dtype))
     if options.lora.r > 0:
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
-        lora = options.lora
-        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                 target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+        model = get_peft_model(model, lora_config(options.lora))
     return model, tokenizer
+
+
+def lora_config(options: LoraOptions) -> Any:
+    """The peft `LoraConfig` of `model.lora`."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=options.r, lora_alpha=options.alpha, lora_dropout=options.dropout,
+                      target_modules=list(options.target_modules), task_type="CAUSAL_LM")
 
 
 def _device() -> str:
@@ -138,13 +144,30 @@ def check_vllm_source(options: ModelOptions) -> str:
     return source
 
 
+#: The LoRA ranks a vLLM engine can be sized for (vllm.config.lora.MaxLoRARanks).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def engine_serves_adapter(config: TrainConfig) -> bool:
+    """Whether the run's vLLM engine is handed the LoRA adapter alone (`VLLMPolicy.load_adapter`) rather than the
+    merged weights: with LoRA, unless sleep mode drops the engine's base weights during each update or
+    `rollout.vllm.enable_lora: false` asks for merged weights (on a CPU the engine samples a few times slower
+    with an adapter: see docs/scaling.md)."""
+    return (config.model.lora.r > 0 and not config.rollout.vllm.get("enable_sleep_mode")
+            and config.rollout.vllm.get("enable_lora", True))
+
+
 def start_vllm_engine(config: TrainConfig, dtype: torch.dtype, seed: int) -> Any:
-    """The run's vLLM engine: on the model's checkpoint directory, in the trained model's `dtype`, with
-    `rollout.vllm` on top (EngineStartError if it cannot start)."""
+    """The run's vLLM engine: on the model's checkpoint directory, in the trained model's `dtype`, sized for the
+    LoRA adapter where it is handed one (`engine_serves_adapter`), with `rollout.vllm` on top (EngineStartError if
+    it cannot start)."""
     source = check_vllm_source(config.model)
     from envgym.policies.vllm import VLLMPolicy
 
-    engine_args = {"dtype": str(dtype).removeprefix("torch."), "seed": seed, **config.rollout.vllm}
+    lora = ({"enable_lora": True, "max_loras": 1,
+             "max_lora_rank": next(rank for rank in VLLM_LORA_RANKS if rank >= config.model.lora.r)}
+            if engine_serves_adapter(config) else {})
+    engine_args = {"dtype": str(dtype).removeprefix("torch."), "seed": seed, **lora, **config.rollout.vllm}
     return VLLMPolicy.from_pretrained(source, **engine_args)
 
 
@@ -327,10 +350,13 @@ class Trainer:
         return HFPolicy(self.model, self.tokenizer)
 
     def _sync_rollout_weights(self) -> None:
-        """Tell the rollout policy the weights changed: the vLLM engine is sent them (LoRA merged in); an
+        """Tell the rollout policy the weights changed: the vLLM engine is sent them (the adapter alone, or LoRA
+        merged in: see `engine_serves_adapter`); an
         HFPolicy samples from the model itself and only drops its episode KV caches, computed with the old ones.
         (A rollout worker is published them apart: see `collect` and `train_iteration`.)"""
-        if self.engine_in_process:
+        if self.engine_in_process and engine_serves_adapter(self.config):
+            self.policy.load_adapter(*lora_adapter(self.model))
+        elif self.engine_in_process:
             self.policy.load_weights(merged_named_weights(self.model))
         else:
             self.policy.weights_changed()
