@@ -19,6 +19,7 @@ def config(tmp_path, name, overrides=()):
     return config_from_dict({**RUN, "out_dir": str(tmp_path / name)}, overrides)
 
 
+@pytest.mark.slow
 def test_k0_through_the_rollout_worker_reproduces_the_synchronous_loop(tmp_path):
     """The worker with k = 0 waits for each update's weights before it collects: the same episodes, metrics and
     weights as the trainer sampling them itself."""
