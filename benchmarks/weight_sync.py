@@ -52,8 +52,8 @@ def main() -> None:
     policy = VLLMPolicy.from_pretrained(str(default_model_dir()), dtype="float32", max_model_len=512,
                                         kv_cache_memory_bytes=256 << 20, enable_lora=True, max_loras=1,
                                         max_lora_rank=next(r for r in VLLM_LORA_RANKS if r >= args.rank))
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Describe a maze."}], add_generation_prompt=True,
-                                           return_dict=False)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Describe a maze."}],
+                                           add_generation_prompt=True, return_dict=False)
     prompts = [prompt] * 4
 
     def gap() -> float:
@@ -101,8 +101,8 @@ def main() -> None:
     for way, runs in rows.items():
         print(f"{way:<8} {runs[0][1]:12,d} {best[way]:8.3f} {max(r[2] for r in runs):28.2e} {speeds[way]:9.1f}")
     print(f"adapter vs merged: {rows['merged'][0][1] / rows['adapter'][0][1]:.0f}x fewer bytes, "
-          f"{best['merged'] / best['adapter']:.1f}x faster sync; generation {speeds['adapter'] / speeds['merged']:.2f}x "
-          "the merged weights' speed")
+          f"{best['merged'] / best['adapter']:.1f}x faster sync; generation "
+          f"{speeds['adapter'] / speeds['merged']:.2f}x the merged weights' speed")
 
 
 if __name__ == "__main__":

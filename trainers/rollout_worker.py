@@ -192,16 +192,15 @@ class RolloutWorker:
 
 
 def _build_policy(config: TrainConfig, dtype: torch.dtype, rank: int) -> Any:
-    """The worker's own policy: a vLLM engine, or the run's model built as the trainer builds it (weights arrive
-    with requests); its sampling stream apart from the trainer's and the other ranks' workers'."""
+    """The worker's own policy: a vLLM engine (its sampling stream apart from the trainer's and the other ranks'
+    workers'), or the run's model built as the trainer builds it, which samples as the trainer would (see
+    `seed_sampling`). The weights arrive when the trainer publishes them."""
     from envgym.policies import HFPolicy
     from envgym.trainers.trainer import load_model, start_vllm_engine
 
-    seed = config.seed * 1_000_003 + 7919 + rank
     if config.rollout.backend == "vllm":
-        return start_vllm_engine(config, dtype, seed)
+        return start_vllm_engine(config, dtype, config.seed * 1_000_003 + 7919 + rank)
     model, tokenizer = load_model(config.model, config.seed)
-    torch.manual_seed(seed)
     return HFPolicy(model.eval(), tokenizer)
 
 
@@ -224,7 +223,7 @@ def _load_weights(policy: Any, weights: dict[str, torch.Tensor], adapter: dict[s
 
 
 class _Closed(BaseException):
-    """The trainer said close (not an Exception: it passes through a collection's error handling)."""
+    """The trainer said close (not an Exception: closing is not a failure to report)."""
 
 
 class _Server:
@@ -256,7 +255,7 @@ class _Server:
 
     def serve(self, collect: Callable[[int, dict[str, Any]], RolloutResult]) -> NoReturn:
         """Collect the queued iterations in order, each once weights at most k updates older than the trainer's
-        at that iteration are loaded; until the trainer says close (`_Closed`)."""
+        at that iteration are loaded; until the trainer says close (`_Closed`) or something raises."""
         while True:
             if not self.requests:
                 self.handle(self.conn.recv())
@@ -268,12 +267,7 @@ class _Server:
                 self.weight_wait += time.perf_counter() - started
                 continue
             self.requests.popleft()
-            try:
-                result = collect(iteration, options)
-            except Exception as exc:  # the trainer raises it with the cause
-                log.exception("rollout worker")
-                self.conn.send(("error", f"{type(exc).__name__}: {exc}"))
-                continue
+            result = collect(iteration, options)
             result.metrics["engine_wait_s"], self.weight_wait = self.weight_wait, 0.0
             self.conn.send(("ok", iteration, result))
 
@@ -307,7 +301,11 @@ def _worker_main(conn: Any, config: TrainConfig, env_factory: Any, episodes: int
             seed_sampling(config.seed, iteration, rank)
             return collect_groups(env_factory, policy, pool=pool, policy_version=server.between_turns, **options)
 
-        server.serve(collect)
+        try:
+            server.serve(collect)
+        except Exception as exc:  # a collection or a weight load failed: the trainer raises it with the cause
+            log.exception("rollout worker")
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
     except (_Closed, EOFError, KeyboardInterrupt):
         pass
     finally:

@@ -491,8 +491,8 @@ class Trainer:
             rollout = self.rollout_worker.next(self.iteration, self.collect_options, last_iteration=cfg.iterations - 1)
         else:
             seed_sampling(cfg.seed, self.iteration, self.dp.rank)
-            rollout = collect_groups(self.env_factory, self.policy, pool=self.pool, policy_version=lambda: self.iteration,
-                                     **self.collect_options(self.iteration))
+            rollout = collect_groups(self.env_factory, self.policy, pool=self.pool,
+                                     policy_version=lambda: self.iteration, **self.collect_options(self.iteration))
         if not self.dp.sum([len(rollout.groups)])[0]:
             causes = sorted({f.cause for f in rollout.failures})
             raise RolloutFailed(f"iteration {self.iteration}: every group of {cfg.env.id} failed past its "
