@@ -56,9 +56,15 @@ def test_a_stale_batch_is_corrected_against_its_own_behaviour_logprobs(tmp_path)
     assert corrected["rollout/engine_kl_k3"] == pytest.approx(float((torch.exp(gap) - gap - 1).mean()), rel=1e-4)
 
 
-def test_sleep_mode_is_refused_when_the_engine_generates_during_the_update(tmp_path):
-    with pytest.raises(ValueError, match=r"enable_sleep_mode .* generates during the update"):
-        micro(tmp_path, ["rollout.max_staleness=1", "rollout.backend=vllm", "rollout.vllm={enable_sleep_mode: true}"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_sleep_mode_is_refused_when_the_engine_generates_during_the_update(tmp_path, k):
+    with pytest.raises(ValueError, match=rf"enable_sleep_mode .* rollout.max_staleness: {k} the engine generates during"):
+        micro(tmp_path, [f"rollout.max_staleness={k}", "rollout.backend=vllm", "rollout.vllm={enable_sleep_mode: true}"])
+
+
+def test_a_correction_cap_below_one_fails_validation(tmp_path):
+    with pytest.raises(ValueError, match=r"algorithm.correction_cap must be >= 1, got 0.5"):
+        micro(tmp_path, ["algorithm.correction=tis", "algorithm.correction_cap=0.5"])
 
 
 @pytest.mark.slow
