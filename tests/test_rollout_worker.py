@@ -58,8 +58,10 @@ def test_a_stale_batch_is_corrected_against_its_own_behaviour_logprobs(tmp_path)
 
 @pytest.mark.parametrize("k", [1, 3])
 def test_sleep_mode_is_refused_when_the_engine_generates_during_the_update(tmp_path, k):
-    with pytest.raises(ValueError, match=rf"enable_sleep_mode .* rollout.max_staleness: {k} the engine generates during"):
-        micro(tmp_path, [f"rollout.max_staleness={k}", "rollout.backend=vllm", "rollout.vllm={enable_sleep_mode: true}"])
+    message = rf"enable_sleep_mode .* rollout.max_staleness: {k} the engine generates during"
+    with pytest.raises(ValueError, match=message):
+        micro(tmp_path, [f"rollout.max_staleness={k}", "rollout.backend=vllm",
+                         "rollout.vllm={enable_sleep_mode: true}"])
 
 
 def test_a_correction_cap_below_one_fails_validation(tmp_path):
