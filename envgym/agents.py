@@ -168,11 +168,12 @@ class _AgentCollector:
     def __init__(self, env_factory: Callable[[], Any], agent: Agent, gateway: Gateway, *,
                  n_groups: int, group_size: int, split: str, seed: int, first_group: int, tasks: Sequence[int] | None,
                  retries: int, episode_timeout: float | None, concurrency: int, env_name: str,
-                 on_episode: Callable[[int, int], None] | None):
+                 on_episode: Callable[[int, int], None] | None, policy_version: Callable[[], int] | None):
         self.env_factory, self.agent, self.gateway = env_factory, agent, gateway
         self.group_size, self.split, self.seed, self.first_group = group_size, split, seed, first_group
         self.tasks, self.episode_timeout = tasks, episode_timeout
         self.concurrency, self.env_name, self.on_episode = concurrency, env_name, on_episode
+        self.policy_version = policy_version
         self.settled = 0
         self.queue = [(g, m, 0) for g in range(n_groups) for m in range(group_size)][::-1]
         self.done: dict[int, list[Episode | None]] = {g: [None] * group_size for g in range(n_groups)}
@@ -284,7 +285,8 @@ class _AgentCollector:
             rewards[turn] += step.reward
             invalid[turn] |= step.invalid
             env_time[turn] += step.seconds
-        turns = tuple(_turn(e, rewards[i], invalid[i], env_time[i]) for i, e in enumerate(exchanges))
+        version = None if self.policy_version is None else self.policy_version()
+        turns = tuple(_turn(e, rewards[i], invalid[i], env_time[i], version) for i, e in enumerate(exchanges))
         last = env.steps[-1] if env.steps else None
         final_info = last.info if last else env.reset_info
         if record.end_reason == "context" or (record.end_reason != "max_turns"
@@ -333,12 +335,12 @@ class _AgentCollector:
                 self._close(run, "its group was dropped")
 
 
-def _turn(exchange: Exchange, reward: float, invalid: bool, env_time: float) -> Turn:
+def _turn(exchange: Exchange, reward: float, invalid: bool, env_time: float, version: int | None) -> Turn:
     return Turn(observation=exchange.observation, action=exchange.text, reward=reward, state_key=exchange.state_key,
                 invalid_action=invalid, finish=exchange.finish, obs_ids=exchange.obs_ids,
                 action_ids=exchange.action_ids, logprobs=exchange.logprobs, env_time=env_time,
                 model_time=exchange.seconds, prompt_tokens=exchange.prompt_tokens,
-                completion_tokens=exchange.completion_tokens)
+                completion_tokens=exchange.completion_tokens, policy_version=version)
 
 
 def _last_line(exc: BaseException) -> str:
@@ -351,13 +353,15 @@ def collect_agent_groups(env: Callable[[], Any], policy: Policy, agent: Agent | 
                          max_turns: int | None = None, retries: int = 2, tasks: Sequence[int] | None = None,
                          max_context_tokens: int | None = None, first_group: int = 0,
                          episode_timeout: float | None = None, concurrency: int | None = None,
-                         on_episode: Callable[[int, int], None] | None = None, **_layout: Any) -> RolloutResult:
+                         on_episode: Callable[[int, int], None] | None = None,
+                         policy_version: Callable[[], int] | None = None, **_layout: Any) -> RolloutResult:
     """Play `n_groups` groups of `group_size` episodes of `agent` (a callable or ``package.module:function``)
     on envs from the factory `env`, with `policy` behind a gateway (see the module docstring).
 
     Seeds, tasks, `first_group`, `retries` and `max_context_tokens` mean what they mean for
     `envgym.rollout.collect_groups`; `sampling` bounds every request (`envgym.gateway`); `concurrency`
-    episodes run at once (default: all). Chat-layout options of `collect_groups` (`context`, `window`,
+    episodes run at once (default: all). `policy_version()` is the version of the policy's weights, recorded in
+    each `Turn.policy_version` (the weights do not change during an agent rollout). Chat-layout options of `collect_groups` (`context`, `window`,
     `observation_role`, `pool`, ...) are accepted and ignored: the agent lays out its own chat.
     """
     if isinstance(agent, str):
@@ -375,7 +379,7 @@ def collect_agent_groups(env: Callable[[], Any], policy: Policy, agent: Agent | 
                                     split=split, seed=seed, first_group=first_group, tasks=tasks, retries=retries,
                                     episode_timeout=episode_timeout or None,
                                     concurrency=concurrency or n_groups * group_size or 1, env_name=str(env_name),
-                                    on_episode=on_episode)
+                                    on_episode=on_episode, policy_version=policy_version)
         groups = collector.run()
     finally:
         gateway.close()

@@ -226,7 +226,8 @@ class _Collector:
                  split: str, seed: int, sampling: SamplingParams, context: ContextMode, window: int,
                  observation_role: str, max_turns: int | None, retries: int, tasks: Sequence[int] | None,
                  max_context_tokens: int | None, on_episode: Callable[[int, int], None] | None,
-                 first_group: int = 0, branch: BranchOptions | None = None):
+                 first_group: int = 0, branch: BranchOptions | None = None,
+                 policy_version: Callable[[], int] | None = None):
         self.env_name, self.policy, self.pool = env_name, policy, pool
         self.group_size, self.split, self.seed = group_size, split, seed
         self.first_group = first_group
@@ -236,6 +237,7 @@ class _Collector:
         self.max_context_tokens = max_context_tokens
         self.on_episode = on_episode
         self.branch = branch or BranchOptions()
+        self.policy_version = policy_version
         self.tokenizer = policy.tokenizer if isinstance(policy, TokenPolicy) else None
         self.caching = isinstance(policy, CachingTokenPolicy)
         self.serial = next(_collections)  # keeps cache keys apart across collections sharing a policy
@@ -351,6 +353,7 @@ class _Collector:
                 ep.row_starts.append(len(ep.turns))
                 ep.context = []
             ep.context += ep.pending_ids
+        version = None if self.policy_version is None else self.policy_version()  # may load new weights
         start = time.perf_counter()
         actions = self._generate(episodes) if self.tokenizer is not None else self._act(episodes)
         model_time = (time.perf_counter() - start) / len(episodes)
@@ -380,7 +383,7 @@ class _Collector:
                 state_key=ep.info["state_key"], invalid_action=invalid, finish=action.finish,
                 obs_ids=tuple(ep.pending_ids), action_ids=tuple(action.ids), logprobs=tuple(action.logprobs),
                 env_time=result.seconds, model_time=model_time, prompt_tokens=action.prompt_tokens,
-                completion_tokens=action.completion_tokens))
+                completion_tokens=action.completion_tokens, policy_version=version))
             self._count_turn(action, invalid)
             full = action.finish is FinishReason.CONTEXT
             played = len(ep.turns) + (ep.branch_turn or 0)  # a branch's turns continue its root's
@@ -564,6 +567,7 @@ def collect_groups(
     on_episode: Callable[[int, int], None] | None = None,
     first_group: int = 0,
     branch: BranchOptions | None = None,
+    policy_version: Callable[[], int] | None = None,
 ) -> RolloutResult:
     """Play `n_groups` groups of `group_size` episodes of `env` (an id or a factory) with `policy`.
 
@@ -583,7 +587,10 @@ def collect_groups(
     shards played by data-parallel ranks together reset exactly the groups one
     call of all of them would. `branch` plays branch episodes from forked states
     (see the module docstring and `envgym.branching`); it is refused for an
-    `openai:` endpoint policy (`BranchingRefused`).
+    `openai:` endpoint policy (`BranchingRefused`). `policy_version()`, called
+    before each turn's generation, returns the version of the policy's weights,
+    recorded in each `Turn.policy_version`; it may change the weights
+    (asynchronous training hands the engine new weights between turns this way).
     """
     if n_groups < 0 or group_size < 1 or first_group < 0:
         raise ValueError(f"need n_groups >= 0, group_size >= 1 and first_group >= 0, got {n_groups}, {group_size} "
@@ -610,7 +617,7 @@ def collect_groups(
                                seed=seed, sampling=sampling or SamplingParams(), context=context, window=window,
                                observation_role=observation_role, max_turns=max_turns, retries=retries, tasks=tasks,
                                max_context_tokens=max_context_tokens, on_episode=on_episode,
-                               first_group=first_group, branch=branch)
+                               first_group=first_group, branch=branch, policy_version=policy_version)
         groups = collector.run()
     finally:
         if own_pool:

@@ -59,7 +59,9 @@ class Turn:
     rollout and stored with the turn for inspection (a trainer writes
     `advantage`, `intrinsic`, `anchor_size`, `new_logprobs`, `obs_tokens` and
     `action_tokens`: see `envgym.trainers.episode_log`); the rollout never
-    reads them.
+    reads them. `policy_version` is the version of the weights that sampled the
+    action (a trainer's count of updates; None outside training): with
+    asynchronous rollouts the weights may change between two turns of an episode.
     """
 
     observation: str
@@ -76,6 +78,7 @@ class Turn:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     annotations: dict[str, Any] = field(default_factory=dict)
+    policy_version: int | None = None
 
     def __post_init__(self) -> None:
         if len(self.logprobs) != len(self.action_ids):
@@ -190,7 +193,7 @@ def _turn_dict(t: Turn) -> dict[str, Any]:
             "invalid_action": t.invalid_action, "finish": t.finish.value, "obs_ids": list(t.obs_ids),
             "action_ids": list(t.action_ids), "logprobs": list(t.logprobs), "env_time": t.env_time,
             "model_time": t.model_time, "prompt_tokens": t.prompt_tokens, "completion_tokens": t.completion_tokens,
-            "annotations": t.annotations}
+            "annotations": t.annotations, "policy_version": t.policy_version}
 
 
 def _turn_from_dict(d: dict[str, Any]) -> Turn:

@@ -14,7 +14,7 @@ from envgym.trainers.tiny_model import tiny_policy_model
 MICRO = {"iterations": 3, "threads": 1,
          "env": {"id": "games/Maze-v0", "kwargs": {"size": 3}, "max_turns": 3, "show_admissible": True},
          "rollout": {"n_groups": 3, "group_size": 3, "max_new_tokens": 2, "context": "window", "window": 0},
-         "optim": {"epochs": 1, "micro_batch_tokens": 1024}, "eval": {"every": 3, "episodes": 2},
+         "optim": {"epochs": 1, "micro_batch_tokens": 1024, "lr": 1e-2}, "eval": {"every": 3, "episodes": 2},
          "checkpoint": {"every": 3}, "log_episodes": {"every": 2, "groups": 2}}
 
 
@@ -58,7 +58,7 @@ def test_a_run_stores_annotated_groups_the_trainer_actually_used(run):
             assert notes["obs_tokens"] == [tokenizer.decode([i]) for i in t.obs_ids]
             assert notes["action_tokens"] == [tokenizer.decode([i]) for i in t.action_ids]
             assert "intrinsic" not in notes  # no turn-reward model in this run
-    # lr 3e-4 moved the policy: the new logprobs are those after the update, not a copy of the behaviour ones
+    # lr 1e-2 moved the policy: the new logprobs are those after the update, not a copy of the behaviour ones
     drift = [abs(a - b) for s in samples for g in s.groups for e in g.episodes for t in e.turns
              for a, b in zip(t.annotations["new_logprobs"], t.logprobs)]
     assert max(drift) > 1e-4

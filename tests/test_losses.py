@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from envgym.trainers.losses import kl_penalty, ppo_clip_loss, token_entropy, token_logprobs, turn_mean
+from envgym.trainers.losses import (kl_penalty, off_policy_weights, ppo_clip_loss, token_entropy, token_logprobs,
+                                    turn_mean)
 
 
 def test_token_logprobs_match_log_softmax_gather():
@@ -81,3 +82,64 @@ def test_k1_and_k3_estimate_the_same_kl():
     exact = torch.distributions.kl_divergence(p, q).item()
     for estimator in ("k1", "k3"):
         assert kl_penalty(p.log_prob(x), q.log_prob(x), estimator).mean().item() == pytest.approx(exact, rel=0.05)
+
+
+def test_tis_caps_and_mis_masks_the_engine_to_trainer_ratio_by_hand():
+    proximal = torch.log(torch.tensor([0.5, 0.5, 0.5, 0.5, 0.5]))
+    # rho = 0.5/0.1 = 5 (capped at 2 / masked), 0.5/0.4 = 1.25, 0.5/0.5 = 1, 0.5/0.9 = 0.56 (masked: < 1/1.5),
+    # and a masked-out token with rho 5
+    behaviour = torch.log(torch.tensor([0.1, 0.4, 0.5, 0.9, 0.1]))
+    mask = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0])
+    tis, stats = off_policy_weights(proximal, behaviour, mask, mode="tis", cap=2.0)
+    assert tis[:4].tolist() == pytest.approx([2.0, 1.25, 1.0, 5 / 9])
+    assert stats.corrected == 1 and stats.weight == pytest.approx(2.0 + 1.25 + 1.0 + 5 / 9)
+    mis, stats = off_policy_weights(proximal, behaviour, mask, mode="mis", cap=1.5)
+    assert mis[:4].tolist() == [0.0, 1.0, 1.0, 0.0] and stats.corrected == 2
+    none, stats = off_policy_weights(proximal, behaviour, mask, mode="none", cap=2.0)
+    assert none.tolist() == [1.0] * 5 and stats.corrected == 0
+
+
+def test_turn_level_correction_weighs_a_turn_by_its_geometric_mean_ratio():
+    proximal = torch.zeros(4)
+    behaviour = torch.tensor([-1.0, 0.2, -0.1, 0.0])  # turn 3: log rho 1 and -0.2, mean 0.4; turn 5: 0.1
+    token_turn = torch.tensor([3, 3, 5, -1])
+    mask = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    weights, _ = off_policy_weights(proximal, behaviour, mask, mode="tis", cap=1.45, token_turn=token_turn)
+    assert weights[:3].tolist() == pytest.approx([1.45, 1.45, math.exp(0.1)])  # e^0.4 = 1.49 capped, per turn
+    masked, stats = off_policy_weights(proximal, behaviour, mask, mode="mis", cap=1.45, token_turn=token_turn)
+    assert masked[:3].tolist() == [0.0, 0.0, 1.0] and stats.corrected == 2
+
+
+def test_a_cap_below_one_is_refused():
+    with pytest.raises(ValueError, match="cap must be >= 1"):
+        off_policy_weights(torch.zeros(2), torch.zeros(2), torch.ones(2), mode="tis", cap=0.5)
+
+
+@pytest.mark.parametrize("mode", ["tis", "mis"])
+def test_corrected_decoupled_ppo_matches_a_plain_loop(mode):
+    """The corrected loss on random tokens against the formula written one token at a time."""
+    generator = torch.Generator().manual_seed(3)
+    n, cap, clip_low, clip_high = 40, 1.6, 0.2, 0.28
+    new = torch.randn(n, generator=generator) * 0.3
+    proximal = torch.randn(n, generator=generator) * 0.3
+    behaviour = proximal + torch.randn(n, generator=generator) * 0.5
+    adv = torch.randn(n, generator=generator)
+    mask = (torch.rand(n, generator=generator) > 0.2).float()
+    weights, stats = off_policy_weights(proximal, behaviour, mask, mode=mode, cap=cap)
+    loss, _ = ppo_clip_loss(new, proximal, adv, mask, int(mask.sum()), clip_low=clip_low, clip_high=clip_high,
+                            weights=weights)
+    total, corrected = 0.0, 0
+    new, proximal, behaviour, adv = new.tolist(), proximal.tolist(), behaviour.tolist(), adv.tolist()
+    for t in range(n):
+        if not mask[t]:
+            continue
+        rho = math.exp(proximal[t] - behaviour[t])
+        if mode == "tis":
+            weight, corrected = min(rho, cap), corrected + (rho > cap)
+        else:
+            weight = 1.0 if 1 / cap <= rho <= cap else 0.0
+            corrected += weight == 0.0
+        ratio = math.exp(new[t] - proximal[t])
+        total += weight * min(ratio * adv[t], min(max(ratio, 1 - clip_low), 1 + clip_high) * adv[t])
+    assert loss.item() == pytest.approx(-total / int(mask.sum()), rel=1e-5)
+    assert stats.corrected == corrected and 0 < corrected < mask.sum()

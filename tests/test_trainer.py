@@ -195,6 +195,20 @@ def test_branching_estimators_train_on_branched_rollouts(tmp_path, estimator, tr
     assert metrics["train/episodes"] == 4 and math.isfinite(metrics["loss/policy"])
 
 
+@pytest.mark.parametrize("trained", ["all", "roots"])
+def test_every_epoch_trains_every_row_it_is_given(tmp_path, trained):
+    # the update's row list must survive its minibatch loop: each epoch sees each trained row exactly once
+    trainer = Trainer(micro(tmp_path, ["optim.epochs=3", "optim.minibatches=2"]))
+    batch = RolloutBatch.from_groups(trainer.collect().groups, pad_token_id=trainer.policy.pad_token_id)
+    given = None if trained == "all" else list(range(0, batch.num_rows, 2))
+    seen = []
+    micro_batches = trainer.dp.micro_batches
+    trainer.dp.micro_batches = lambda b, rows, tokens: (seen.extend(rows), micro_batches(b, rows, tokens))[1]
+    trainer.update(batch, torch.ones(len(batch.turns.reward)), given)
+    expected = sorted(range(batch.num_rows) if given is None else given) * 3
+    assert sorted(seen) == sorted(expected)
+
+
 @pytest.mark.parametrize("options, message", [
     ({"gamma": 1.5}, r"algorithm: gigpo: gamma=1.5 must be a number in \[0, 1\]"),
     ({"penalty_scope": "step_and_outcome"}, "needs episode_stats='turns'"),

@@ -279,10 +279,11 @@ def test_an_engine_that_cannot_start_fails_before_training_and_names_the_setting
 
 
 @pytest.mark.parametrize("lora", [0, 8], ids=["full", "lora"])
-def test_overlapped_vllm_rollouts_are_one_update_stale_and_keep_their_behaviour_logprobs(tmp_path, lora):
-    """With rollout.max_staleness: 1 the engine lives in the rollout worker: batch 1 is sampled with the weights
-    from before update 0, while that update runs, and carries those weights' logprobs (the PPO ratio's old
-    logprobs, see tests/test_rollout_worker.py), not the updated policy's."""
+def test_asynchronous_vllm_rollouts_keep_the_behaviour_logprobs_of_the_weights_that_sampled_each_turn(tmp_path, lora):
+    """With rollout.max_staleness: 1 the engine lives in the rollout worker: batch 1 starts with the weights from
+    before update 0 and takes the updated ones between two turns once they are published; each turn carries the
+    logprobs (the PPO ratio's old logprobs, see tests/test_rollout_worker.py) of the weights its `policy_version`
+    names. With LoRA only the adapter travels to the engine."""
     from envgym.trainers import Trainer, config_from_dict
     from envgym.trainers.batch import RolloutBatch
     from envgym.trainers.losses import sampled_logprobs
@@ -294,27 +295,34 @@ def test_overlapped_vllm_rollouts_are_one_update_stale_and_keep_their_behaviour_
         assert not trainer.engine_in_process
         before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
         first = trainer.collect()  # generated on the spot; batch 1 starts now, with the same weights
-        assert first.metrics["policy_version"] == 0
+        assert {t.policy_version for g in first.groups for e in g.episodes for t in e.turns} == {0}
+        shipped = sum(b.numel() * b.element_size() for b in trainer.rollout_worker._buffers.values())
+        merged = sum(t.numel() * t.element_size() for _, t in merged_named_weights(trainer.model))
+        assert shipped * 20 < merged if lora else shipped == merged
         batch = RolloutBatch.from_groups(first.groups, pad_token_id=trainer.policy.pad_token_id)
         trainer.update(batch, torch.randn(batch.turns.num_turns, generator=torch.Generator().manual_seed(0)))
         trainer.iteration += 1
-        second = trainer.collect()
-        assert second.metrics["policy_version"] == 0  # one update behind the trainer
+        second = trainer.collect()  # publishes update 0's weights: the turns of batch 1 not yet sampled take them
         batch = RolloutBatch.from_groups(second.groups, pad_token_id=trainer.policy.pad_token_id)
-        behaviour = [torch.tensor(t.logprobs) for e in batch.episodes for t in e.turns]
+        turns = [t for e in batch.episodes for t in e.turns]
+        assert turns[0].policy_version == 0 and {t.policy_version for t in turns} <= {0, 1}
 
         def teacher_forced():
             with torch.no_grad():
-                return torch.cat([sampled_logprobs(trainer.model, m)[0] for m in batch.micro_batches()])
+                flat = torch.cat([sampled_logprobs(trainer.model, m)[0] for m in batch.micro_batches()])
+            return flat.split([len(t.logprobs) for t in turns])
 
         now = teacher_forced()
         trainer.model.load_state_dict(before)
         then = teacher_forced()
     finally:
         trainer.close()
-    behaviour = torch.cat(behaviour)
-    assert float((then - behaviour).abs().max()) <= TOL  # sampled with the weights from before the update
-    assert float((now - behaviour).abs().max()) > 10 * TOL  # which the update has since moved
+    for turn, after, earlier in zip(turns, now, then):
+        behaviour = torch.tensor(turn.logprobs)
+        sampler = earlier if turn.policy_version == 0 else after
+        assert float((sampler - behaviour).abs().max()) <= TOL  # sampled with the weights it names
+    stale = torch.cat([torch.tensor(t.logprobs) for t in turns if t.policy_version == 0])
+    assert float((torch.cat([a for a, t in zip(now, turns) if t.policy_version == 0]) - stale).abs().max()) > 10 * TOL
 
 
 def test_a_failed_weight_sync_stops_training_with_a_message(tmp_path, monkeypatch):

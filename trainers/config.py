@@ -114,11 +114,10 @@ class RolloutOptions:
     env_memory_mb: Annotated[int, Range(ge=0)] = 0
     # branch episodes from forked states for vineppo / spo_tree (envgym.branching.BranchOptions; k: 0 is off)
     branch: BranchOptions = field(default_factory=BranchOptions)
-    # 1: the next iteration's groups are generated (by a second process: a copy of the HF model, or the vLLM
-    # engine) while this iteration's update runs, so each batch comes from the policy one update behind;
-    # 0: generation and update take turns
-    max_staleness: Annotated[int, Range(ge=0, le=1, why="0: generate, then update; 1: generate during the "
-                                                           "update")] = 0
+    # k >= 1: a second process (a copy of the HF model, or the vLLM engine) generates continuously, up to k
+    # iterations ahead, taking new weights between turns, so every turn trained on was sampled by weights at
+    # most k updates old (see trainers/rollout_worker.py); 0: generation and update take turns
+    max_staleness: Annotated[int, Range(ge=0, why="0: generate, then update; k: at most k updates stale")] = 0
     vllm: dict[str, Any] = field(default_factory=dict)
     agent: str = ""
 
@@ -137,6 +136,12 @@ class AlgorithmOptions:
                        "spo_tree"] = "gigpo"
     preset: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    # the engine sampled, the trainer learns: "tis" weights each token's loss by min(rho, cap), "mis" drops
+    # tokens whose rho = pi_trainer_old / pi_engine leaves [1/cap, cap]; with either, the PPO ratio is taken
+    # against the trainer's own logprobs at the start of the update (decoupled PPO). See docs/scaling.md
+    correction: Literal["none", "tis", "mis"] = "none"
+    correction_cap: Annotated[float, Range(ge=1, why="a cap below 1 would down-weight on-policy tokens")] = 2.0
+    correction_level: Literal["token", "turn"] = "token"  # "turn": one rho per turn (its geometric mean)
 
 
 @dataclass
@@ -297,7 +302,8 @@ class TrainConfig:
                               f"({self.rollout.n_groups * self.rollout.group_size})")
         if self.rollout.max_staleness and self.rollout.vllm.get("enable_sleep_mode"):
             raise ConfigError("rollout.vllm.enable_sleep_mode frees the engine's memory while the update runs, but "
-                              "with rollout.max_staleness: 1 the engine generates during the update; drop "
+                              f"with rollout.max_staleness: {self.rollout.max_staleness} the engine generates "
+                              "during the update; drop "
                               "enable_sleep_mode (and size the engine with gpu_memory_utilization), or set "
                               "rollout.max_staleness: 0")
         if self.ray.address is not None and self.rollout.pool != "ray":
@@ -472,5 +478,5 @@ def _check_agent(rollout: RolloutOptions) -> None:
     except ValueError as exc:
         raise ConfigError(f"rollout.agent: {exc}") from None
     if rollout.max_staleness:
-        raise ConfigError("rollout.agent plays through a gateway in this process, which rollout.max_staleness: 1 "
-                          "would move to a rollout worker; set rollout.max_staleness: 0")
+        raise ConfigError(f"rollout.agent plays through a gateway in this process, which rollout.max_staleness: "
+                          f"{rollout.max_staleness} would move to a rollout worker; set rollout.max_staleness: 0")

@@ -9,6 +9,7 @@ mean of the batch (gradient accumulation changes nothing).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -55,13 +56,15 @@ def ppo_clip_loss(
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     token_turn: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, PolicyLossStats]:
-    """PPO-clip: L = -sum_t min(r_t A_t, clip(r_t, 1-clip_low, 1+clip_high) A_t) / num_tokens.
+    """PPO-clip: L = -sum_t w_t min(r_t A_t, clip(r_t, 1-clip_low, 1+clip_high) A_t) / num_tokens.
 
     r_t = exp(log pi(y_t) - log pi_old(y_t)) per token; with `token_turn` given,
     every token of a turn uses the turn's geometric-mean ratio
     exp(mean_{t in turn} log r_t) instead (one ratio per turn, as GSPO does per
-    sequence), so long turns are not clipped token by token.
+    sequence), so long turns are not clipped token by token. `weights` (no
+    gradient; default 1) are the off-policy correction's, see `off_policy_weights`.
     """
     log_ratio = (logprobs - old_logprobs) * mask
     if token_turn is not None:
@@ -70,12 +73,62 @@ def ppo_clip_loss(
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * advantages
     objective = torch.minimum(unclipped, clipped)
+    if weights is not None:
+        objective = objective * weights
     loss = -(objective * mask).sum() / num_tokens
     with torch.no_grad():
         took_clip = ((clipped < unclipped) & mask.bool()).sum().item()
         stats = PolicyLossStats(clipped=float(took_clip), ratio=float((ratio * mask).sum()),
                                 log_ratio_sq=float((log_ratio.square() * mask).sum()))
     return loss, stats
+
+
+@dataclass
+class CorrectionStats:
+    """The off-policy correction of one micro-batch, as sums over its masked tokens."""
+
+    corrected: float  # tokens whose weight was capped (tis) or masked to 0 (mis)
+    weight: float
+
+
+def off_policy_weights(
+    proximal_logprobs: torch.Tensor,
+    behaviour_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    mode: str,
+    cap: float,
+    token_turn: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, CorrectionStats]:
+    """Importance weights for tokens sampled by the engine (behaviour) and trained against the trainer's own
+    logprobs of them at the start of the update (proximal), rho = pi_proximal / pi_behaviour.
+
+    "tis" (truncated importance sampling): w = min(rho, cap); "mis" (masked):
+    w = 1 where 1/cap <= rho <= cap, else 0; "none": w = 1. With `token_turn`,
+    rho is the turn's geometric mean exp(mean_{t in turn} log rho_t), so a turn
+    is weighted (or masked) as a whole. Returns weights without gradient.
+    """
+    if cap < 1:
+        raise ValueError(f"the correction cap must be >= 1, got {cap}")
+    with torch.no_grad():
+        log_rho = (proximal_logprobs - behaviour_logprobs) * mask
+        if token_turn is not None:
+            log_rho = turn_mean(log_rho, token_turn, mask)
+        rho = torch.exp(log_rho.clamp(max=math.log(cap) + 1.0))  # above the cap the value is never used
+        if mode == "tis":
+            corrected = rho > cap
+            weights = rho.clamp(max=cap)
+        elif mode == "mis":
+            corrected = (rho > cap) | (rho < 1.0 / cap)
+            weights = (~corrected).to(rho.dtype)
+        elif mode == "none":
+            corrected = torch.zeros_like(mask, dtype=torch.bool)
+            weights = torch.ones_like(rho)
+        else:
+            raise ValueError(f"correction must be 'none', 'tis' or 'mis', got {mode!r}")
+        keep = mask.bool()
+        stats = CorrectionStats(corrected=float((corrected & keep).sum()), weight=float((weights * mask).sum()))
+    return weights, stats
 
 
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k3") -> torch.Tensor:

@@ -1,19 +1,29 @@
-"""Rollouts that overlap the update (`rollout.max_staleness: 1`): a second process generates the next batch.
+"""Asynchronous rollouts (`rollout.max_staleness: k`): a second process generates while the trainer updates.
 
-While the trainer updates on iteration i's batch, `RolloutWorker` collects
-iteration i+1's groups in its own process, with its own policy and its own
-`EnvPool`. Batch i+1 thus comes from the policy after i updates, one behind the
-policy that trains on it: its staleness is 1 (the first batch of a run, or of
-a resumed run, is generated on the spot: staleness 0). The PPO ratio is taken
-against the behaviour logprobs stored with each turn, those of the policy that
-sampled it, so a stale batch is corrected by the ratio (and clipped), as in
-every asynchronous PPO trainer.
+`RolloutWorker` runs its own policy and its own `EnvPool` in a process of its
+own and generates continuously: it collects the batches of iterations i, i+1,
+..., i+k ahead of the trainer, starting the batch of iteration j only once it
+holds weights at most k updates older than the trainer's at iteration j
+(version >= j - k; version v = the weights after v updates). The trainer
+publishes new weights after each update; the worker loads them between two
+turns (so an episode may span an update), and each `Turn.policy_version` records
+the weights that sampled it. When the trainer takes batch j its own version is
+j, so every turn is at most k updates stale; k = 0 is the synchronous loop
+(each batch waits for the previous update) and reproduces it exactly
+(tests/test_async.py). The first batch of a run, or of a resumed run, has
+staleness 0.
+
+The PPO ratio is taken against the behaviour logprobs stored with each turn,
+those of the weights that sampled it (or, with `algorithm.correction`, against
+the trainer's own logprobs, the importance weight correcting the rest; see
+`envgym.trainers.losses.off_policy_weights`).
 
 The worker's policy is the run's rollout backend: with `rollout.backend: hf`
-a copy of the model, sent the trainable weights with each request (the LoRA
-adapters alone, with LoRA); with `vllm` the vLLM engine, sent the merged
-weights (`merged_named_weights`) and reloading them in place. Weights travel
-through shared memory, in buffers made once and refilled for each request.
+a copy of the model, sent the trainable weights (the LoRA adapters alone, with
+LoRA); with `vllm` the vLLM engine, sent the merged weights
+(`merged_named_weights`) and reloading them in place. Weights travel through
+shared memory, in buffers made once and refilled for each version; the trainer
+refills them only after the worker said it loaded the previous version.
 
 On one machine the two processes share the cores: with `threads: 1`, rollout
 on one core and update on the other (see benchmarks/overlap.py).
@@ -21,10 +31,12 @@ on one core and update on the other (see benchmarks/overlap.py).
 
 from __future__ import annotations
 
+import collections
 import logging
 import multiprocessing.connection
 import os
 import pickle
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
@@ -34,7 +46,7 @@ from envgym.core import RunFailed
 from envgym.pool import describe_exit
 from envgym.rollout import RolloutResult, collect_groups
 from envgym.trainers.config import TrainConfig
-from envgym.trainers.weights import merged_named_weights
+from envgym.trainers.weights import adapter_config, lora_adapter, merged_named_weights
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +56,12 @@ class RolloutWorkerFailed(RunFailed):
 
 
 class RolloutWorker:
-    """A process that collects an iteration's groups with its own policy copy and EnvPool; see the module docstring.
+    """A process that collects iterations' groups ahead of the trainer with its own policy copy and EnvPool, at
+    most `rollout.max_staleness` updates behind it; see the module docstring.
 
-    `next(iteration, ...)` returns iteration `iteration`'s rollout and, unless it
-    was the last, starts collecting the next one with the weights the trainer has
-    now. `close()` stops the process (idempotent).
+    `publish(model, version)` hands it new weights; `next(iteration, ...)`
+    returns iteration `iteration`'s rollout (and queues the following ones up to
+    `iteration + k`). `close()` stops the process (idempotent).
     """
 
     def __init__(self, config: TrainConfig, env_factory: Any, *, episodes: int, dtype: torch.dtype,
@@ -60,7 +73,11 @@ class RolloutWorker:
         it). What stopped the worker's set-up is raised here as the worker
         raised it (EngineStartError for an engine that cannot start, ...).
         """
+        from envgym.trainers.trainer import engine_serves_adapter
+
         self._backend = config.rollout.backend
+        self._adapter_only = self._backend == "vllm" and engine_serves_adapter(config)
+        self.max_staleness = config.rollout.max_staleness
         context = torch.multiprocessing.get_context("spawn")  # the trainer holds threads (and maybe CUDA): no fork
         self._conn, child = context.Pipe()
         self._process = context.Process(target=_worker_main,
@@ -68,62 +85,83 @@ class RolloutWorker:
                                         daemon=True, name=f"envgym-rollout-{rank}")
         self._process.start()
         child.close()
-        self._pending: int | None = None  # the iteration being collected
-        self._buffers: dict[str, torch.Tensor] = {}  # the weights sent, in shared memory (refilled per request)
+        self._requested: int | None = None  # the last iteration asked for
+        self._results: dict[int, RolloutResult] = {}  # batches received ahead of their iteration
+        self.version: int | None = None  # the last weights published
+        self._loaded: int | None = None  # the last weights the worker said it loaded
+        self._buffers: dict[str, torch.Tensor] = {}  # the weights sent, in shared memory (refilled per version)
         self._closed = False
         try:
-            kind, payload = self._read()
+            kind, *payload = self._read()
             if kind != "ready":
-                raise payload if isinstance(payload, BaseException) else RolloutWorkerFailed(
-                    f"the rollout worker could not start: {payload}")
+                error = payload[0]
+                raise error if isinstance(error, BaseException) else RolloutWorkerFailed(
+                    f"the rollout worker could not start: {error}")
         except BaseException:
             self.close()
             raise
 
-    def next(self, iteration: int, options: Callable[[int], dict[str, Any]], model: torch.nn.Module, *,
-             last_iteration: int) -> RolloutResult:
-        """Iteration `iteration`'s rollout (`options(i)`: its `collect_groups` arguments); then, if `iteration` <
-        `last_iteration`, the next one starts with `model`'s current weights. `metrics["policy_version"]` is the
-        trainer iteration whose weights generated it."""
-        if self._pending != iteration:  # the first batch, or after a resume: nothing was collected ahead
-            if self._pending is not None:
-                self._receive()  # a batch for another iteration: drop it
-            self._submit(iteration, options(iteration), model, version=iteration)
-        result = self._receive()
-        if iteration < last_iteration:
-            self._submit(iteration + 1, options(iteration + 1), model, version=iteration)
-        return result
-
-    def _weights(self, model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-        """What the worker's policy loads: an HF copy the trainable weights (all of them in full fine-tuning,
-        the adapters with LoRA), a vLLM engine the merged checkpoint tensors."""
-        if self._backend == "vllm":
-            return merged_named_weights(model)
-        return ((name, p) for name, p in model.named_parameters() if p.requires_grad)
-
-    def _submit(self, iteration: int, options: dict[str, Any], model: torch.nn.Module, version: int) -> None:
-        # copied into the shared buffers: the worker must not see the trainer's tensors change under it, and
-        # it has loaded the last request's weights before it answered, so the buffers are free to refill
+    def publish(self, model: torch.nn.Module, version: int) -> float:
+        """Send `model`'s weights as version `version`; the worker loads them before its next turn. Returns the
+        seconds spent waiting for the worker to load the previous version (it frees the shared buffers)."""
+        started = time.perf_counter()
+        while self._loaded != self.version:
+            self._handle(self._read())
+        waited = time.perf_counter() - started
         with torch.no_grad():
             for name, tensor in self._weights(model):
                 if name in self._buffers:
                     self._buffers[name].copy_(tensor)
                 else:
                     self._buffers[name] = tensor.detach().to("cpu", copy=True).share_memory_()
+        self._send(("weights", version, self._buffers))
+        self.version = version
+        return waited
+
+    def next(self, iteration: int, options: Callable[[int], dict[str, Any]], *, last_iteration: int) -> RolloutResult:
+        """Iteration `iteration`'s rollout (`options(i)`: iteration i's `collect_groups` arguments), after asking for
+        those up to `iteration + k` (not past `last_iteration`). `metrics["trainer_wait_s"]`: the seconds this call
+        waited for it; `metrics["engine_wait_s"]`: those the worker waited for weights before collecting it."""
+        if self._requested is None or self._requested < iteration - 1:  # the first batch, or after a resume
+            self._results.clear()
+            self._requested = iteration - 1
+        while self._requested < min(iteration + self.max_staleness, last_iteration):
+            self._requested += 1
+            self._send(("collect", self._requested, options(self._requested)))
+        started = time.perf_counter()
+        while iteration not in self._results:
+            self._handle(self._read())
+        result = self._results.pop(iteration)
+        result.metrics["trainer_wait_s"] = time.perf_counter() - started
+        return result
+
+    def _weights(self, model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+        """What the worker's policy loads: an HF copy the trainable weights (all of them in full fine-tuning,
+        the adapters with LoRA), a vLLM engine the adapter (named as peft saves it) or the merged checkpoint
+        tensors (see `engine_serves_adapter`)."""
+        if self._adapter_only:
+            return iter(lora_adapter(model)[0].items())
+        if self._backend == "vllm":
+            return merged_named_weights(model)
+        return ((name, p) for name, p in model.named_parameters() if p.requires_grad)
+
+    def _send(self, message: tuple) -> None:
         try:
-            self._conn.send(("collect", options, self._buffers, version))
+            self._conn.send(message)
         except (BrokenPipeError, OSError):
             self._raise_death()
-        self._pending = iteration
 
-    def _receive(self) -> RolloutResult:
-        kind, payload = self._read()
-        self._pending = None
-        if kind == "error":
-            raise RolloutWorkerFailed(f"the rollout worker failed: {payload}")
-        return payload
+    def _handle(self, message: tuple) -> None:
+        kind, *payload = message
+        if kind == "loaded":
+            self._loaded = payload[0]
+        elif kind == "ok":
+            iteration, result = payload
+            self._results[iteration] = result
+        else:
+            raise RolloutWorkerFailed(f"the rollout worker failed: {payload[0]}")
 
-    def _read(self) -> tuple[str, Any]:
+    def _read(self) -> tuple:
         """The worker's next message; RolloutWorkerFailed if the process dies first."""
         ready = multiprocessing.connection.wait([self._conn, self._process.sentinel])
         if self._conn not in ready:
@@ -136,8 +174,7 @@ class RolloutWorker:
     def _raise_death(self) -> NoReturn:
         self._process.join(timeout=5)
         raise RolloutWorkerFailed(f"the rollout worker process died ({describe_exit(self._process.exitcode)}) "
-                                  + ("while collecting the next batch" if self._pending is not None else
-                                     "before it could collect"))
+                                  + ("while collecting" if self._requested is not None else "before it could collect"))
 
     def close(self) -> None:
         if self._closed:
@@ -155,23 +192,26 @@ class RolloutWorker:
 
 
 def _build_policy(config: TrainConfig, dtype: torch.dtype, rank: int) -> Any:
-    """The worker's own policy: a vLLM engine, or the run's model built as the trainer builds it (weights arrive
-    with requests); its sampling stream apart from the trainer's and the other ranks' workers'."""
+    """The worker's own policy: a vLLM engine (its sampling stream apart from the trainer's and the other ranks'
+    workers'), or the run's model built as the trainer builds it, which samples as the trainer would (see
+    `seed_sampling`). The weights arrive when the trainer publishes them."""
     from envgym.policies import HFPolicy
     from envgym.trainers.trainer import load_model, start_vllm_engine
 
-    seed = config.seed * 1_000_003 + 7919 + rank
     if config.rollout.backend == "vllm":
-        return start_vllm_engine(config, dtype, seed)
+        return start_vllm_engine(config, dtype, config.seed * 1_000_003 + 7919 + rank)
     model, tokenizer = load_model(config.model, config.seed)
-    torch.manual_seed(seed)
     return HFPolicy(model.eval(), tokenizer)
 
 
-def _load_weights(policy: Any, weights: dict[str, torch.Tensor]) -> None:
-    """Give `policy` the trainer's weights (see `RolloutWorker._weights`)."""
+def _load_weights(policy: Any, weights: dict[str, torch.Tensor], adapter: dict[str, Any] | None) -> None:
+    """Give `policy` the trainer's weights (see `RolloutWorker._weights`); `adapter`: the adapter config of
+    an engine that is handed the LoRA adapter alone."""
     from envgym.policies import HFPolicy
 
+    if adapter is not None:
+        policy.load_adapter(weights, adapter)
+        return
     if not isinstance(policy, HFPolicy):
         policy.load_weights(weights.items())  # a vLLM engine checks them against its checkpoint first
         return
@@ -182,11 +222,62 @@ def _load_weights(policy: Any, weights: dict[str, torch.Tensor]) -> None:
     policy.weights_changed()  # episode KV caches hold the old weights' keys and values
 
 
+class _Closed(BaseException):
+    """The trainer said close (not an Exception: closing is not a failure to report)."""
+
+
+class _Server:
+    """The worker's side: the requests queued, the weights it holds, and the messages that change them."""
+
+    def __init__(self, conn: Any, policy: Any, max_staleness: int, adapter: dict[str, Any] | None):
+        self.conn, self.policy, self.max_staleness, self.adapter = conn, policy, max_staleness, adapter
+        self.requests: collections.deque[tuple[int, dict[str, Any]]] = collections.deque()
+        self.version: int | None = None
+        self.weight_wait = 0.0  # seconds waited for weights since the last batch was sent
+
+    def handle(self, message: tuple) -> None:
+        kind, *payload = message
+        if kind == "close":
+            raise _Closed
+        if kind == "collect":
+            self.requests.append((payload[0], payload[1]))
+            return
+        version, weights = payload
+        _load_weights(self.policy, weights, self.adapter)
+        self.version = version
+        self.conn.send(("loaded", version))
+
+    def between_turns(self) -> int:
+        """Load the newest weights the trainer published since the last turn; the version the next turn uses."""
+        while self.conn.poll():
+            self.handle(self.conn.recv())
+        return self.version
+
+    def serve(self, collect: Callable[[int, dict[str, Any]], RolloutResult]) -> NoReturn:
+        """Collect the queued iterations in order, each once weights at most k updates older than the trainer's
+        at that iteration are loaded; until the trainer says close (`_Closed`) or something raises."""
+        while True:
+            if not self.requests:
+                self.handle(self.conn.recv())
+                continue
+            iteration, options = self.requests[0]
+            if self.version is None or self.version < iteration - self.max_staleness:
+                started = time.perf_counter()
+                self.handle(self.conn.recv())
+                self.weight_wait += time.perf_counter() - started
+                continue
+            self.requests.popleft()
+            result = collect(iteration, options)
+            result.metrics["engine_wait_s"], self.weight_wait = self.weight_wait, 0.0
+            self.conn.send(("ok", iteration, result))
+
+
 def _worker_main(conn: Any, config: TrainConfig, env_factory: Any, episodes: int, dtype: torch.dtype, rank: int,
                  local_rank: int) -> None:
-    """Say ("ready", None) once the policy and pool are built (else ("error", exception)), then serve
-    ("collect", options, weights, version) -> ("ok", RolloutResult) | ("error", message); ("close",) ends."""
-    from envgym.trainers.trainer import make_pool
+    """Say ("ready",) once the policy and pool are built (else ("error", exception)), then serve the trainer's
+    ("weights", version, tensors) -> ("loaded", version) and ("collect", iteration, options) ->
+    ("ok", iteration, RolloutResult) | ("error", message), as `_Server` says; ("close",) ends."""
+    from envgym.trainers.trainer import engine_serves_adapter, lora_config, make_pool, seed_sampling
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if config.threads:
@@ -201,21 +292,21 @@ def _worker_main(conn: Any, config: TrainConfig, env_factory: Any, episodes: int
         except Exception as exc:  # the trainer raises it as it is (EngineStartError, ConfigError, ...)
             conn.send(("error", _picklable(exc)))
             return
-        conn.send(("ready", None))
-        while True:
-            command, *args = conn.recv()
-            if command == "close":
-                break
-            options, weights, version = args
-            try:
-                _load_weights(policy, weights)
-                result = collect_groups(env_factory, policy, pool=pool, **options)
-                result.metrics["policy_version"] = float(version)
-                conn.send(("ok", result))
-            except Exception as exc:  # the trainer raises it with the cause
-                log.exception("rollout worker")
-                conn.send(("error", f"{type(exc).__name__}: {exc}"))
-    except (EOFError, KeyboardInterrupt):
+        conn.send(("ready",))
+        adapter = (adapter_config(lora_config(config.model.lora))
+                   if config.rollout.backend == "vllm" and engine_serves_adapter(config) else None)
+        server = _Server(conn, policy, config.rollout.max_staleness, adapter)
+
+        def collect(iteration: int, options: dict[str, Any]) -> RolloutResult:
+            seed_sampling(config.seed, iteration, rank)
+            return collect_groups(env_factory, policy, pool=pool, policy_version=server.between_turns, **options)
+
+        try:
+            server.serve(collect)
+        except Exception as exc:  # a collection or a weight load failed: the trainer raises it with the cause
+            log.exception("rollout worker")
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    except (_Closed, EOFError, KeyboardInterrupt):
         pass
     finally:
         if pool is not None:

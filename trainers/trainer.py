@@ -33,7 +33,7 @@ import torch
 
 import envgym
 from envgym.agents import collect_agent_groups
-from envgym.core import RunFailed
+from envgym.core import RunFailed, stable_hash
 from envgym.evaluation import EVAL_SEED, evaluate_policy, plan_split
 from envgym.policies import HFPolicy, SamplingParams
 from envgym.pool import EnvPool, default_num_envs
@@ -41,14 +41,15 @@ from envgym.rollout import RolloutResult, collect_groups
 from envgym.trainers import checkpoint as ckpt
 from envgym.trainers.advantages import compute_advantages
 from envgym.trainers.batch import RolloutBatch, TokenBatch
-from envgym.trainers.config import ConfigError, EnvOptions, ModelOptions, RolloutOptions, TrainConfig
+from envgym.trainers.config import ConfigError, EnvOptions, LoraOptions, ModelOptions, RolloutOptions, TrainConfig
 from envgym.trainers.distributed import DataParallel, NoRunDirectory, NoRunLog
 from envgym.trainers.episode_log import log_episode_sample
-from envgym.trainers.losses import kl_penalty, ppo_clip_loss, sampled_logprobs
+from envgym.trainers.losses import (CorrectionStats, kl_penalty, off_policy_weights, ppo_clip_loss,
+                                    sampled_logprobs)
 from envgym.trainers.run_dir import RunDirectory
 from envgym.trainers.run_log import RunLog
 from envgym.trainers.tiny_model import VOCABULARIES, tiny_policy_model
-from envgym.trainers.weights import merged_named_weights
+from envgym.trainers.weights import lora_adapter, merged_named_weights
 from envgym.wrappers import EnvMaker
 
 log = logging.getLogger(__name__)
@@ -117,12 +118,18 @@ def load_model(options: ModelOptions, seed: int) -> tuple[Any, Any]:
                           f"{', '.join(VOCABULARIES)}, 'default' (SmolLM2-135M-Instruct) or a directory written by save_pretrained")
     model = model.to(device=_device(), dtype=pick_dtype(options.dtype))
     if options.lora.r > 0:
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
-        lora = options.lora
-        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                 target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+        model = get_peft_model(model, lora_config(options.lora))
     return model, tokenizer
+
+
+def lora_config(options: LoraOptions) -> Any:
+    """The peft `LoraConfig` of `model.lora`."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=options.r, lora_alpha=options.alpha, lora_dropout=options.dropout,
+                      target_modules=list(options.target_modules), task_type="CAUSAL_LM")
 
 
 def _device() -> str:
@@ -138,14 +145,37 @@ def check_vllm_source(options: ModelOptions) -> str:
     return source
 
 
+#: The LoRA ranks a vLLM engine can be sized for (vllm.config.lora.MaxLoRARanks).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def engine_serves_adapter(config: TrainConfig) -> bool:
+    """Whether the run's vLLM engine is handed the LoRA adapter alone (`VLLMPolicy.load_adapter`) rather than the
+    merged weights: with LoRA, unless sleep mode drops the engine's base weights during each update or
+    `rollout.vllm.enable_lora: false` asks for merged weights (on a CPU the engine samples a few times slower
+    with an adapter: see docs/scaling.md)."""
+    return (config.model.lora.r > 0 and not config.rollout.vllm.get("enable_sleep_mode")
+            and config.rollout.vllm.get("enable_lora", True))
+
+
 def start_vllm_engine(config: TrainConfig, dtype: torch.dtype, seed: int) -> Any:
-    """The run's vLLM engine: on the model's checkpoint directory, in the trained model's `dtype`, with
-    `rollout.vllm` on top (EngineStartError if it cannot start)."""
+    """The run's vLLM engine: on the model's checkpoint directory, in the trained model's `dtype`, sized for the
+    LoRA adapter where it is handed one (`engine_serves_adapter`), with `rollout.vllm` on top (EngineStartError if
+    it cannot start)."""
     source = check_vllm_source(config.model)
     from envgym.policies.vllm import VLLMPolicy
 
-    engine_args = {"dtype": str(dtype).removeprefix("torch."), "seed": seed, **config.rollout.vllm}
+    lora = ({"enable_lora": True, "max_loras": 1,
+             "max_lora_rank": next(rank for rank in VLLM_LORA_RANKS if rank >= config.model.lora.r)}
+            if engine_serves_adapter(config) else {})
+    engine_args = {"dtype": str(dtype).removeprefix("torch."), "seed": seed, **lora, **config.rollout.vllm}
     return VLLMPolicy.from_pretrained(source, **engine_args)
+
+
+def seed_sampling(seed: int, iteration: int, rank: int) -> None:
+    """Seed the torch generator an HF policy samples iteration `iteration`'s episodes of `rank` with: the same
+    draws whether the trainer samples them or a rollout worker does (see `RolloutWorker`)."""
+    torch.manual_seed(stable_hash(f"sampling|{seed}|{iteration}|{rank}") & 0x7FFF_FFFF)
 
 
 def seed_everything(seed: int) -> None:
@@ -165,6 +195,16 @@ def episode_metrics(rollout: RolloutResult, prefix: str) -> dict[str, float]:
             f"{prefix}/return": float(np.mean([e.total_return for e in episodes])),
             f"{prefix}/turns": float(np.mean([len(e.turns) for e in episodes])),
             f"{prefix}/invalid_rate": float(np.mean([t.invalid_action for t in turns]))}
+
+
+def staleness_metrics(rollout: RolloutResult, iteration: int, max_staleness: int) -> dict[str, float]:
+    """How many updates behind the trainer at `iteration` the weights that sampled each turn were: the mean, the
+    most, and the fraction of turns at each staleness 0..`max_staleness` (`rollout/staleness_<s>`)."""
+    staleness = np.array([iteration - t.policy_version for g in rollout.groups for e in g.episodes for t in e.turns])
+    if not len(staleness):
+        return {}
+    return {"rollout/staleness": float(staleness.mean()), "rollout/staleness_max": float(staleness.max()),
+            **{f"rollout/staleness_{s}": float(np.mean(staleness == s)) for s in range(max_staleness + 1)}}
 
 
 def lr_factor(step: int, total: int, options: Any) -> float:
@@ -311,10 +351,13 @@ class Trainer:
         return HFPolicy(self.model, self.tokenizer)
 
     def _sync_rollout_weights(self) -> None:
-        """Tell the rollout policy the weights changed: the vLLM engine is sent them (LoRA merged in); an
+        """Tell the rollout policy the weights changed: the vLLM engine is sent them (the adapter alone, or LoRA
+        merged in: see `engine_serves_adapter`); an
         HFPolicy samples from the model itself and only drops its episode KV caches, computed with the old ones.
-        (A rollout worker is sent the weights with its next request.)"""
-        if self.engine_in_process:
+        (A rollout worker is published them apart: see `collect` and `train_iteration`.)"""
+        if self.engine_in_process and engine_serves_adapter(self.config):
+            self.policy.load_adapter(*lora_adapter(self.model))
+        elif self.engine_in_process:
             self.policy.load_weights(merged_named_weights(self.model))
         else:
             self.policy.weights_changed()
@@ -439,24 +482,25 @@ class Trainer:
                     retries=cfg.rollout.retries, branch=cfg.rollout.branch)
 
     def collect(self) -> RolloutResult:
-        """This iteration's groups (this rank's share) from the current policy, or with `rollout.max_staleness: 1`
-        from the policy one update behind, generated during the last update. `metrics["policy_version"]` is the
-        number of updates the generating policy had seen. Raises RolloutFailed when every group of every rank
-        failed."""
+        """This iteration's groups (this rank's share) from the current policy, or with `rollout.max_staleness: k`
+        from the rollout worker, generated with weights at most k updates behind (each turn's `policy_version`
+        says which). Raises RolloutFailed when every group of every rank failed."""
         cfg = self.config
         if self.rollout_worker is not None:
-            rollout = self.rollout_worker.next(self.iteration, self.collect_options, self.model,
-                                               last_iteration=cfg.iterations - 1)
+            if self.rollout_worker.version != self.iteration:  # the first batch, after a warm start or a resume
+                self.rollout_worker.publish(self.model, self.iteration)
+            rollout = self.rollout_worker.next(self.iteration, self.collect_options, last_iteration=cfg.iterations - 1)
         else:
+            seed_sampling(cfg.seed, self.iteration, self.dp.rank)
             if cfg.rollout.agent:
                 rollout = collect_agent_groups(self.env_factory, self.policy, cfg.rollout.agent,
                                                episode_timeout=cfg.rollout.episode_timeout,
                                                concurrency=cfg.rollout.num_envs or None,
+                                               policy_version=lambda: self.iteration,
                                                **self.collect_options(self.iteration))
             else:
                 rollout = collect_groups(self.env_factory, self.policy, pool=self.pool,
-                                         **self.collect_options(self.iteration))
-            rollout.metrics["policy_version"] = float(self.iteration)
+                                         policy_version=lambda: self.iteration, **self.collect_options(self.iteration))
         if not self.dp.sum([len(rollout.groups)])[0]:
             causes = sorted({f.cause for f in rollout.failures})
             raise RolloutFailed(f"iteration {self.iteration}: every group of {cfg.env.id} failed past its "
@@ -487,8 +531,12 @@ class Trainer:
             self.policy.sleep()  # frees the GPU for the update with rollout.vllm.enable_sleep_mode; else a no-op
         update_metrics = self.update(batch, advantages, self._trained_rows(batch))
         self._sync_rollout_weights()
+        async_metrics = {}
+        if self.rollout_worker is not None:  # the worker loads the new weights before its next turn
+            async_metrics = {"time/weight_publish_wait": self.rollout_worker.publish(self.model, self.iteration + 1),
+                             "time/trainer_wait": rollout.metrics["trainer_wait_s"],
+                             "time/engine_wait": rollout.metrics["engine_wait_s"]}
         update_time = time.perf_counter() - update_started
-        staleness = self.iteration - rollout.metrics["policy_version"]
         rollout = self.dp.union_rollout(rollout)  # metrics over every rank's episodes
         num_tokens = self.dp.sum([batch.num_tokens])[0]
         if self.dp.is_main:  # the episodes kept for `envgym view`: rank 0's groups lead the union
@@ -506,7 +554,8 @@ class Trainer:
                 "rollout/generated_tokens": rollout.metrics["generated_tokens"],
                 "rollout/branches": rollout.metrics.get("branches", 0.0),
                 "rollout/failed_attempts": rollout.metrics["failed_attempts"],
-                "rollout/repeated_failures": rollout.metrics["repeated_failures"], "rollout/staleness": staleness,
+                "rollout/repeated_failures": rollout.metrics["repeated_failures"],
+                **staleness_metrics(rollout, self.iteration, cfg.rollout.max_staleness), **async_metrics,
                 **{f"rollout/{key}": rollout.metrics[key] for key in ("tool_calls", "malformed_tool_calls")
                    if key in rollout.metrics}}  # agent rollouts: calls the gateway returned structured, or as text
 
@@ -522,21 +571,25 @@ class Trainer:
         episodes = batch.episodes
         return [row for row, e in enumerate(batch.row_episode) if episodes[e].parent is None]
 
-    def update(self, batch: RolloutBatch, advantages: torch.Tensor, rows: list[int] | None = None) -> dict[str, float]:
-        """PPO-clip on the sampled tokens of `batch` (of its `rows`, default all): `epochs` x `minibatches`
-        optimizer steps."""
+    def update(self, batch: RolloutBatch, advantages: torch.Tensor,
+               trained_rows: list[int] | None = None) -> dict[str, float]:
+        """PPO-clip on the sampled tokens of `batch` (of its `trained_rows`, default all): `epochs` x
+        `minibatches` optimizer steps."""
         cfg = self.config
+        proximal = self._proximal_logprobs(batch) if cfg.algorithm.correction != "none" else None
         self.train_module.train()
         totals = dict.fromkeys(("loss", "kl", "entropy", "clipped", "ratio", "log_ratio_sq", "tokens", "grad_norm",
-                                "steps", "lr"), 0.0)
-        # |trainer - rollout| logprob of the sampled tokens before the first step: 0 up to rounding when the
-        # rollout sampled from the trained weights (a vLLM engine that missed a weight sync shows here)
-        gap = {"max": 0.0, "sum": 0.0, "tokens": 0.0}
+                                "steps", "lr", "corrected", "is_weight"), 0.0)
+        # |trainer - rollout| logprob of the sampled tokens before the first step, and the k3 estimate of
+        # KL(engine || trainer) from them: 0 up to rounding when the rollout sampled from the trained weights
+        # (a stale batch, or a vLLM engine that missed a weight sync or computes differently, shows here)
+        gap = {"max": 0.0, "sum": 0.0, "tokens": 0.0, "k3": 0.0}
         generator = torch.Generator().manual_seed(cfg.seed * 7919 + self.iteration)
         for _ in range(cfg.optim.epochs):
-            order = torch.randperm(batch.num_rows if rows is None else len(rows), generator=generator).tolist()
-            if rows is not None:
-                order = [rows[i] for i in order]
+            if trained_rows is None:
+                order = torch.randperm(batch.num_rows, generator=generator).tolist()
+            else:
+                order = [trained_rows[i] for i in torch.randperm(len(trained_rows), generator=generator).tolist()]
             for chunk in np.array_split(np.array(order), cfg.optim.minibatches):
                 rows = sorted(chunk.tolist(), key=lambda i: len(batch.input_ids[i]))  # less padding
                 num_tokens = self.dp.loss_normaliser(batch.num_trained_tokens(rows))
@@ -544,10 +597,11 @@ class Trainer:
                 micros = self.dp.micro_batches(batch, rows, cfg.optim.micro_batch_tokens)
                 for i, micro in enumerate(micros):
                     with self.dp.gradient_sync(i == len(micros) - 1):
-                        stats = self._accumulate(micro, advantages, num_tokens)
+                        stats = self._accumulate(micro, advantages, num_tokens, proximal)
                     if totals["steps"] == 0:  # the first minibatch, before any optimizer step
                         gap["max"] = max(gap["max"], stats["logprob_gap_max"])
                         gap["sum"] += stats["logprob_gap"]
+                        gap["k3"] += stats["engine_k3"]
                         gap["tokens"] += stats["tokens"]
                     for key in totals.keys() & stats.keys():
                         totals[key] += stats[key]
@@ -560,10 +614,11 @@ class Trainer:
                 totals["grad_norm"] += float(grad_norm)
                 totals["steps"] += 1
         self.dp.sync_replica()
-        summed = ("loss", "kl", "entropy", "clipped", "ratio", "log_ratio_sq", "tokens")  # over every rank's tokens
+        summed = ("loss", "kl", "entropy", "clipped", "ratio", "log_ratio_sq", "tokens", "corrected",
+                  "is_weight")  # over every rank's tokens
         totals |= dict(zip(summed, self.dp.sum([totals[key] for key in summed])))
         totals["loss"] /= self.dp.world_size  # each rank's loss was scaled by N (see DataParallel.loss_normaliser)
-        gap["sum"], gap["tokens"] = self.dp.sum([gap["sum"], gap["tokens"]])
+        gap["sum"], gap["k3"], gap["tokens"] = self.dp.sum([gap["sum"], gap["k3"], gap["tokens"]])
         gap["max"] = self.dp.max([gap["max"]])[0]
         tokens = max(totals["tokens"], 1.0)
         return {"loss/policy": totals["loss"] / totals["steps"], "loss/kl": totals["kl"] / tokens,
@@ -571,20 +626,43 @@ class Trainer:
                 "loss/ratio": totals["ratio"] / tokens, "loss/approx_kl": 0.5 * totals["log_ratio_sq"] / tokens,
                 "loss/grad_norm": totals["grad_norm"] / totals["steps"], "optim/lr": totals["lr"],
                 "rollout/logprob_diff_max": gap["max"],
-                "rollout/logprob_diff_mean": gap["sum"] / max(gap["tokens"], 1.0)}
+                "rollout/logprob_diff_mean": gap["sum"] / max(gap["tokens"], 1.0),
+                "rollout/engine_kl_k3": gap["k3"] / max(gap["tokens"], 1.0),
+                "loss/corrected_fraction": totals["corrected"] / tokens, "loss/is_weight": totals["is_weight"] / tokens}
 
-    def _accumulate(self, micro: TokenBatch, advantages: torch.Tensor, num_tokens: int) -> dict[str, float]:
-        """Forward and backward one micro-batch; the loss is scaled so micro-batches sum to the minibatch mean."""
+    def _proximal_logprobs(self, batch: RolloutBatch) -> dict[int, torch.Tensor]:
+        """The trainer's own logprobs of every sampled token of `batch` before the update's first step, by row:
+        decoupled PPO's pi_old, which the ratio is taken against so the engine's numerics never enter the clip."""
+        proximal = {}
+        with torch.no_grad():
+            for micro in self.dp.micro_batches(batch, range(batch.num_rows), self.config.optim.micro_batch_tokens):
+                micro = micro.to(_device())
+                logprobs = self.train_module(micro)[0]
+                for row, part in zip(micro.rows, logprobs.split(micro.loss_mask[:, 1:].sum(1).tolist())):
+                    proximal[row] = part
+        return proximal
+
+    def _accumulate(self, micro: TokenBatch, advantages: torch.Tensor, num_tokens: int,
+                    proximal: dict[int, torch.Tensor] | None = None) -> dict[str, float]:
+        """Forward and backward one micro-batch; the loss is scaled so micro-batches sum to the minibatch mean.
+        With `proximal` (see `_proximal_logprobs`) the ratio is taken against it and the loss weighted by the
+        configured off-policy correction."""
         cfg = self.config
         micro = micro.to(_device())
         logprobs, entropy = self.train_module(micro)
-        old = micro.old_logprobs[:, 1:][micro.loss_mask[:, 1:]]
+        behaviour = micro.old_logprobs[:, 1:][micro.loss_mask[:, 1:]]
         token_turn = micro.sampled_turns
         token_adv = advantages.to(logprobs.device)[token_turn]
         ones = torch.ones_like(logprobs)
+        old, weights, correction = behaviour, None, CorrectionStats(0.0, float(len(logprobs)))
+        if proximal is not None and micro.rows:
+            old = torch.cat([proximal[row] for row in micro.rows])
+            weights, correction = off_policy_weights(
+                old, behaviour, ones, mode=cfg.algorithm.correction, cap=cfg.algorithm.correction_cap,
+                token_turn=token_turn if cfg.algorithm.correction_level == "turn" else None)
         loss, stats = ppo_clip_loss(logprobs, old, token_adv, ones, num_tokens, clip_low=cfg.loss.clip_low,
                                     clip_high=cfg.loss.clip_high,
-                                    token_turn=token_turn if cfg.loss.ratio == "turn" else None)
+                                    token_turn=token_turn if cfg.loss.ratio == "turn" else None, weights=weights)
         kl_sum = 0.0
         if cfg.loss.kl_coef > 0:
             kl = kl_penalty(logprobs, self._reference_logprobs(micro), cfg.loss.kl_estimator)
@@ -595,11 +673,13 @@ class Trainer:
         if not torch.isfinite(loss):
             self._stop_on_nan(micro, advantages, f"loss is {float(loss.detach())}")
         loss.backward()
-        gap = (logprobs.detach() - old).abs()
+        gap = (logprobs.detach() - behaviour).abs()
         return {"loss": float(loss.detach()), "kl": kl_sum, "entropy": float(entropy.detach().sum()),
                 "clipped": stats.clipped, "ratio": stats.ratio, "log_ratio_sq": stats.log_ratio_sq,
                 "tokens": float(len(logprobs)), "logprob_gap": float(gap.sum()),
-                "logprob_gap_max": float(gap.max()) if len(gap) else 0.0}
+                "logprob_gap_max": float(gap.max()) if len(gap) else 0.0,
+                "engine_k3": float(kl_penalty(behaviour, logprobs.detach()).sum()),
+                "corrected": correction.corrected, "is_weight": correction.weight}
 
     def _reference_logprobs(self, micro: TokenBatch) -> torch.Tensor:
         with torch.no_grad():

@@ -1,4 +1,5 @@
-"""The trained model's weights as an inference engine loads them: plain checkpoint names, LoRA merged in."""
+"""The trained model's weights as an inference engine loads them: plain checkpoint names, LoRA merged in; or,
+for an engine that serves LoRA itself, the adapter alone."""
 
 from __future__ import annotations
 
@@ -33,3 +34,16 @@ def merged_named_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
         if name in deltas:
             tensor = tensor + deltas[name].get_delta_weight(adapter).to(tensor.dtype)
         yield name.replace(".base_layer.", "."), tensor
+
+
+def lora_adapter(model: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A peft LoRA model's adapter as peft's `save_pretrained` writes it: the tensors, named as in
+    adapter_model.safetensors, and the adapter_config.json dict."""
+    from peft import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(model), adapter_config(model.peft_config[model.active_adapter])
+
+
+def adapter_config(peft_config: Any) -> dict[str, Any]:
+    """A peft `LoraConfig` as adapter_config.json holds it (JSON-ready: sets become sorted lists)."""
+    return {key: sorted(value) if isinstance(value, set) else value for key, value in peft_config.to_dict().items()}

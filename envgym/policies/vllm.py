@@ -4,7 +4,10 @@ The engine runs in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), so a
 trainer hands it new weights as tensors, without a copy through a pipe:
 `load_weights` calls vLLM's supported in-place reload,
 `LLM.collective_rpc("reload_weights", kwargs={"weights_iterator": ...})`,
-the same call on both devices. Logprobs are the raw model's at temperature 1
+the same call on both devices. A LoRA policy's engine (started with
+`enable_lora`) is handed only the adapter instead (`load_adapter`): vLLM
+applies it on top of the base weights, so a sync moves the adapter's
+megabytes, not the merged model's hundreds. Logprobs are the raw model's at temperature 1
 (`logprobs_mode="raw_logprobs"`), as with `HFPolicy`, and the engine runs in
 the checkpoint's own dtype unless told otherwise (vLLM would pick bfloat16 for
 a float32 checkpoint, and then rollout logprobs differ from the trained
@@ -19,6 +22,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import tempfile
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -112,6 +118,8 @@ class VLLMPolicy:
         self.weight_shapes = dict(weight_shapes or {})
         self.sleep_mode = sleep_mode
         self.asleep = False
+        self.lora_request: Any = None  # the adapter every request is served with, once `load_adapter` gave one
+        self._adapter_dir: str | None = None
         eos = self.tokenizer.eos_token_id
         self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
 
@@ -157,7 +165,7 @@ class VLLMPolicy:
             stop=list(params.stop) or None, include_stop_str_in_output=True, logprobs=0)
         with _torch_threads(self.serving_threads):
             outputs = self.llm.generate([self.vllm.TokensPrompt(prompt_token_ids=list(p)) for p in prompts],
-                                        sampling_params=sampling, use_tqdm=False)
+                                        sampling_params=sampling, lora_request=self.lora_request, use_tqdm=False)
         completions = []
         for output in outputs:
             sample = output.outputs[0]
@@ -175,7 +183,7 @@ class VLLMPolicy:
         rows = [list(p) + list(c) for p, c in zip(prompts, continuations)]
         with _torch_threads(self.serving_threads):
             outputs = self.llm.generate([self.vllm.TokensPrompt(prompt_token_ids=r) for r in rows],
-                                        sampling_params=sampling, use_tqdm=False)
+                                        sampling_params=sampling, lora_request=self.lora_request, use_tqdm=False)
         return [[float(output.prompt_logprobs[i][row[i]].logprob) for i in range(len(p), len(row))]
                 for output, row, p in zip(outputs, rows, prompts)]
 
@@ -204,6 +212,36 @@ class VLLMPolicy:
             reason = " ".join(f"{type(exc).__name__}: {exc}".split())
             raise WeightSyncError(f"loading new weights into the vLLM engine failed ({reason}); the run stops rather "
                                   "than sample from stale or broken weights") from exc
+
+    def load_adapter(self, tensors: Mapping[str, Any], config: Mapping[str, Any]) -> None:
+        """Serve every later request with the LoRA adapter `tensors` (named as peft's adapter file names them)
+        and peft adapter `config` on top of the engine's base weights, replacing any adapter given before.
+
+        The engine must have started with `enable_lora=True` and a `max_lora_rank` of at least the adapter's
+        rank. The adapter is written as a peft adapter directory (the form vLLM loads) and reloaded in place;
+        the prefix cache is reset. A load that fails raises WeightSyncError.
+        """
+        from safetensors.torch import save_file
+
+        from vllm.lora.request import LoRARequest
+
+        if self._adapter_dir is None:
+            self._adapter_dir = tempfile.mkdtemp(prefix="envgym-lora-")
+            weakref.finalize(self, shutil.rmtree, self._adapter_dir, ignore_errors=True)
+        directory = Path(self._adapter_dir)
+        try:
+            save_file({name: tensor.detach().contiguous() for name, tensor in tensors.items()},
+                      str(directory / "adapter_model.safetensors"))
+            (directory / "adapter_config.json").write_text(json.dumps(config), encoding="utf-8")
+            request = LoRARequest("policy", 1, str(directory), load_inplace=True)
+            with _torch_threads(self.serving_threads):
+                self.llm.llm_engine.add_lora(request)
+            self.lora_request = LoRARequest("policy", 1, str(directory))
+            self.llm.reset_prefix_cache()
+        except Exception as exc:
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+            raise WeightSyncError(f"loading the LoRA adapter into the vLLM engine failed ({reason}); the run stops "
+                                  "rather than sample from a stale adapter") from exc
 
     def _check_weights(self, weights: Sequence[tuple[str, Any]]) -> None:
         """Raise WeightSyncError unless `weights` are the engine checkpoint's tensors with their shapes."""
