@@ -361,8 +361,9 @@ def collect_agent_groups(env: Callable[[], Any], policy: Policy, agent: Agent | 
     Seeds, tasks, `first_group`, `retries` and `max_context_tokens` mean what they mean for
     `envgym.rollout.collect_groups`; `sampling` bounds every request (`envgym.gateway`); `concurrency`
     episodes run at once (default: all). `policy_version()` is the version of the policy's weights, recorded in
-    each `Turn.policy_version` (the weights do not change during an agent rollout). Chat-layout options of `collect_groups` (`context`, `window`,
-    `observation_role`, `pool`, ...) are accepted and ignored: the agent lays out its own chat.
+    each `Turn.policy_version` (the weights do not change during an agent rollout). Chat-layout options of
+    `collect_groups` (`context`, `window`, `observation_role`, `pool`, ...) are accepted and ignored: the agent
+    lays out its own chat.
     """
     if isinstance(agent, str):
         agent = load_agent(agent)

@@ -33,10 +33,11 @@ malformed result (or whose policy cannot answer) is retried from the start
 with a fresh env up to `retries` times; after that its whole group is
 dropped. A failure that repeats the previous attempt's (the same cause at the
 same step, numbers and quoted text aside) is taken as deterministic: the group
-is dropped at once, and the failure's cause says so. A failed episode never becomes a row of training data; every failure
-is logged with its cause and listed in `RolloutResult.failures`. Empty and
-cut-off completions are not failures: they go to the env (which flags invalid
-actions) and are recorded with their `FinishReason`.
+is dropped at once, and the failure's cause says so. A failed episode never
+becomes a row of training data; every failure is logged with its cause and
+listed in `RolloutResult.failures`. Empty and cut-off completions are not
+failures: they go to the env (which flags invalid actions) and are recorded
+with their `FinishReason`.
 """
 
 from __future__ import annotations

@@ -73,6 +73,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from envgym.tools.seccomp import filter_program
+
 #: Interpreter flags for sandboxed Python: ignore PYTHON* variables and the user site, write no bytecode.
 PYTHON_FLAGS = ("-E", "-s", "-B")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
@@ -443,6 +445,11 @@ class DeathWatch:
         self._lock = threading.Lock()
         DeathWatch._open.append(self)
 
+    @property
+    def watching(self) -> bool:
+        """Whether this process still holds the pipe (not yet released, not a forked child's copy)."""
+        return self._write_end is not None
+
     def send(self, line: str) -> None:
         """Tell the shell `line` (one line, no newline in it)."""
         with self._lock:
@@ -673,7 +680,7 @@ def _sandbox_groups() -> DeathWatch:
     """This process's watch over its sandboxes' process groups (one per process: a fork makes its own)."""
     with _groups_lock:
         watch = _groups_watch.get(os.getpid())
-        if watch is None or watch._write_end is None:
+        if watch is None or not watch.watching:
             watch = _groups_watch[os.getpid()] = DeathWatch(_GROUPS_SCRIPT)
         return watch
 
@@ -697,16 +704,9 @@ def _on_lifeline(fd: int, argv: Sequence[str]) -> list[str]:
 def _seccomp_fd() -> int:
     """A file descriptor holding the compiled seccomp filter (`envgym.tools.seccomp`), for bwrap's --seccomp."""
     fd = os.memfd_create("seccomp")
-    os.write(fd, _seccomp_program())
+    os.write(fd, filter_program())
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
-
-
-@functools.cache
-def _seccomp_program() -> bytes:
-    from envgym.tools.seccomp import filter_program
-
-    return filter_program()
 
 
 def _world_readable(path: str) -> bool:

@@ -13,6 +13,7 @@ numbers differ. Everything else is allowed: the filter stacks on whatever the ba
 from __future__ import annotations
 
 import errno
+import functools
 import platform
 import struct
 
@@ -34,10 +35,11 @@ def _insn(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
     return struct.pack("=HBBI", code, jt, jf, k)
 
 
+@functools.cache
 def filter_program(machine: str | None = None) -> bytes:
     """The filter as a compiled BPF program (an array of `struct sock_filter`), for `machine`
-    (default: this one's, `platform.machine()`). Raises ValueError on an architecture it has no
-    system-call table for."""
+    (default: this one's, `platform.machine()`), built once per machine. Raises ValueError on an architecture
+    it has no system-call table for."""
     machine = machine or platform.machine()
     if machine not in _ARCHES:
         raise ValueError(f"no seccomp filter for the {machine!r} architecture; known: {sorted(_ARCHES)}")
