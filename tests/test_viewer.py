@@ -256,3 +256,42 @@ def test_browser_eval_report_and_hostile_text(browser, eval_report):
     assert not browser.find_elements("css selector", "#episodes img")
     cell.click()
     assert "no tokens" in browser.find_element("css selector", "#tokens").text
+
+
+def test_browser_shows_a_branched_group_as_a_tree(browser, small_run, tmp_path):
+    """Branch episodes (`rollout.branch`) sit under their parent, say where they forked, and number their turns
+    from the branch point."""
+    from envgym.branching import BranchOptions
+    from envgym.policies import load_policy
+    from envgym.rollout import collect_groups
+
+    group = collect_groups("games/Maze-v0", load_policy("scripted"), n_groups=1, group_size=2, seed=1,
+                           branch=BranchOptions(k=2, turns=[1])).groups[0]
+    branches = [(e, ep) for e, ep in enumerate(group.episodes) if ep.parent is not None]
+    assert len(branches) == 4 and all(ep.branch_turn == 1 for _, ep in branches)
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    sample = read_samples(run)[0]
+    write_sample(run, sample.iteration, [group], failures=[], groups_collected=1)
+    data = build_view_data(run)
+    shown = data["run"]["samples"][0]["groups"][0]["episodes"]
+    assert [(e["parent"], e["branch_turn"]) for e in shown] == [(ep.parent, ep.branch_turn) for ep in group.episodes]
+
+    open_page(browser, write_view(run, tmp_path / "view.html"))
+    browser.find_elements("css selector", "#iteration-table tr.clickable[data-iteration='1']")[0].click()
+    browser.find_elements("css selector", "#group-table tr.group-row[data-group='0']")[0].click()
+    assert "2 sampled episodes and 4 branches" in browser.find_element("css selector", "#group-title").text
+    columns = browser.find_elements("css selector", "#episodes .episode")
+    order = [int(c.get_attribute("data-episode")) for c in columns]
+    parents = [group.episodes[e].parent for e in order]
+    assert parents[0] is None and sorted(order) == list(range(len(group.episodes)))
+    for position, e in enumerate(order):  # every branch comes after its parent, with only its siblings between
+        if parents[position] is not None:
+            assert order.index(parents[position]) < position
+            assert all(p is not None for p in parents[order.index(parents[position]) + 1:position])
+    e, branch = branches[0]
+    column = columns[order.index(e)]
+    assert "branch" in column.get_attribute("class").split()
+    assert f"branch of episode {branch.parent} at turn 1" in column.text
+    first = column.find_element("css selector", f".turn[data-episode='{e}'][data-turn='0']")
+    assert first.text.startswith("t1 ")  # the branch's first turn is turn 1 of the episode it forked

@@ -92,7 +92,7 @@ def _group_json(group: Group, tables: _Tables) -> dict[str, Any]:
                 _logprobs(turn.logprobs), _logprobs(notes["new_logprobs"]) if "new_logprobs" in notes else None])
         episodes.append({"won": episode.won, "end": episode.end.value, "return": _num(episode.total_return),
                          "final": tables.string(episode.final_observation), "answer": episode.answer,
-                         "turns": turns})
+                         "parent": episode.parent, "branch_turn": episode.branch_turn, "turns": turns})
     returns = [e.total_return for e in group.episodes]
     return {"env_id": group.env_id, "split": group.split, "task": group.task, "seed": group.seed,
             "wins": sum(e.won for e in group.episodes), "mean_return": _num(sum(returns) / len(returns)),

@@ -316,6 +316,17 @@ function openSample(index) {
   if (sample.groups.length) openGroup(0);
 }
 
+// Episodes in tree order: each root, then its branches (Episode.parent), depth first; depth 0 for a root.
+function treeOrder(episodes) {
+  const children = episodes.map(() => []);
+  const roots = [];
+  episodes.forEach((ep, e) => (ep.parent === null || ep.parent === undefined ? roots : children[ep.parent]).push(e));
+  const order = [];
+  const visit = (e, depth) => { order.push({e, depth}); for (const c of children[e]) visit(c, depth + 1); };
+  for (const r of roots) visit(r, 0);
+  return order;
+}
+
 function openGroup(index) {
   state.group = index;
   const sample = SAMPLES[state.sample];
@@ -325,8 +336,10 @@ function openGroup(index) {
   }
   $("group-section").hidden = false;
   $("token-section").hidden = true;
+  const branches = group.episodes.filter(ep => ep.parent !== null && ep.parent !== undefined).length;
   $("group-title").textContent = `${sample.label} · group ${index} · ${group.env_id} · ${group.split} task ` +
-    `${group.task} · seed ${group.seed} · ${group.wins}/${group.episodes.length} won`;
+    `${group.task} · seed ${group.seed} · ${group.wins}/${group.episodes.length} won` +
+    (branches ? ` · ${group.episodes.length - branches} sampled episodes and ${branches} branches` : "");
   const turnsOf = group.episodes.map(e => e.turns.map(turnOf));
   const adv = turnsOf.flat().map(t => t.advantage).filter(isNum);
   const scale = adv.length ? Math.max(...adv.map(Math.abs)) : 0;
@@ -342,10 +355,15 @@ function openGroup(index) {
                    "state across episodes)"),
     el("span", {class: "bad"}, "dashed red: invalid action")].filter(Boolean));
   const failures = sample.failures.filter(f => f.seed === group.seed);
-  const columns = group.episodes.map((episode, e) => {
+  const columns = treeOrder(group.episodes).map(({e, depth}) => {
+    const episode = group.episodes[e];
+    const start = episode.branch_turn ?? 0;  // a branch's turns continue its parent's from the branch point
     const head = el("div", {class: "head"},
       el("b", {class: episode.won ? "won" : "lost"}, episode.won ? "won" : "not won"),
-      ` · episode ${e} · return ${fmt(episode.return)} · ${episode.turns.length} turns · ${episode.end}`);
+      ` · episode ${e} · return ${fmt(episode.return)} · ${episode.turns.length} turns · ${episode.end}`,
+      episode.parent !== null && episode.parent !== undefined
+        ? el("div", {class: "branch-of"}, `↳ branch of episode ${episode.parent} at turn ${start} ` +
+                                           `(turns t0–t${start - 1} are its parent's)`) : null);
     const cells = turnsOf[e].map((t, k) => {
       const colour = anchors.has(t.state) ? anchorColour(anchors.get(t.state)) : "#d5d9e0";
       const action = STR[t.action];
@@ -355,7 +373,7 @@ function openGroup(index) {
                         onmouseenter: () => highlightState(t.state, true),
                         onmouseleave: () => highlightState(t.state, false),
                         onclick: () => openTurn(e, k)},
-        el("div", {}, el("span", {class: "muted"}, `t${k} `),
+        el("div", {}, el("span", {class: "muted"}, `t${start + k} `),
            el("span", {class: "act"}, action.length > 160 ? action.slice(0, 160) + "…" : (action || "(empty)"))),
         el("div", {class: "nums"},
            el("span", {class: rewardScale ? "adv" : "", style: `background:${advColour(t.reward, rewardScale)}`},
@@ -373,7 +391,8 @@ function openGroup(index) {
     });
     const final = el("div", {class: "turn", style: "cursor:default"}, el("span", {class: "muted"}, "final observation"),
                      el("div", {class: "obs"}, STR[episode.final]));
-    return el("div", {class: "episode"}, head, cells, final);
+    return el("div", {class: "episode" + (depth ? " branch" : ""), "data-episode": e,
+                      style: depth ? `margin-top:${Math.min(depth, 4) * 1.5}em` : ""}, head, cells, final);
   });
   $("episodes").replaceChildren(
     ...(failures.length ? [el("div", {class: "failures", style: "flex:0 0 220px"}, el("b", {}, "failed attempts"),
