@@ -23,8 +23,8 @@ What enforces what (bubblewrap backend):
   setsid'd and nohup'd children included). No process inside can signal pid 1.
   `--die-with-parent` kills the sandbox if the caller dies once bwrap is set up;
   bwrap's own setup is a window it does not cover (a caller killed in it
-  orphaned the sandbox 8 times in 10), so the shell first checks a pipe whose
-  only write end the caller holds, and does not start the program if the
+  orphaned the sandbox 8 times in 10), so the shell first writes to a pipe whose
+  only read end the caller holds, and does not start the program if the
   caller is gone (see `_on_lifeline`); and bwrap's first inner process, which
   can be left waiting for ever by a launcher killed with the caller, is killed
   with its process group by a `DeathWatch` of the caller's (`_sandbox_groups`).
@@ -634,7 +634,7 @@ class BwrapSandbox(Sandbox):
         limits = limits or self.limits
         uid = _fresh_uid() if self.as_root else None  # the program's uid on the host, where the caller is root
         fds, file_args = [], []
-        lifeline, lifeline_end = os.pipe()  # the write end stays here, non-inheritable: the caller's alone
+        lifeline_end, lifeline = _lifeline_pipe()
         fds.append(lifeline)
         try:
             fds.append(_seccomp_fd())
@@ -685,18 +685,25 @@ def _sandbox_groups() -> DeathWatch:
         return watch
 
 
+def _lifeline_pipe() -> tuple[int, int]:
+    """A sandbox's lifeline: (read end, which stays here, non-inheritable: the caller's alone; write end)."""
+    return os.pipe()
+
+
 def _on_lifeline(fd: int, argv: Sequence[str]) -> list[str]:
-    """`argv` behind a shell that first checks the lifeline, the pipe `fd` whose only write end the caller holds.
+    """`argv` behind a shell that first checks the lifeline, a pipe whose only read end the caller holds (`fd` is
+    its write end).
 
     The shell is the sandbox's pid 1, started by bwrap once bwrap has armed its parent-death signal (so from
     then on the caller's death kills it, and with it the whole PID namespace). Before that, in bwrap's setup,
-    the caller may already have died: so the shell first reads the pipe without blocking, and at EOF (every
-    write end closed: the caller is gone; `dd` exits 0) it exits without starting the program. Should the pipe
-    not open, the program runs without the check, as it would without this. The shell then runs the program
-    as its child, reaping any orphans while it waits, and exits with the program's status (128+N for signal N).
+    the caller may already have died: so the shell first writes a byte into the pipe (a builtin: no process to
+    start), and where that fails with EPIPE (no reader left: the caller is gone; `echo` exits 1; a pipe reopened
+    through /proc never blocks) it exits without starting the program. Should the pipe not open (status 2),
+    the program runs without the check, as it would without this. The shell then runs the program as its
+    child, reaping any orphans while it waits, and exits with the program's status (128+N for signal N).
     Nothing inside can signal pid 1, so the program cannot end the shell without ending itself.
     """
-    check = f"dd if=/proc/self/fd/{fd} of=/dev/null iflag=nonblock bs=1 count=1 status=none 2>/dev/null && exit 1"
+    check = f"{{ echo > /proc/self/fd/{fd}; }} 2>/dev/null; [ $? -ne 1 ] || exit 1"
     quiet = 'exec 9>&2 2>/dev/null; (exec "$@" 2>&9 9>&-)'  # the shell's own notes ("Killed") stay out of the output
     return ["/bin/sh", "-c", f"{check}; {quiet}; exit $?", "sh", *argv]
 
