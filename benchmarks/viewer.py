@@ -49,7 +49,7 @@ def main() -> int:
     parser.add_argument("--run", type=Path, default=None, help="an existing run directory (default: train one)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    from envgym.trainers.episode_log import EPISODES_DIR, read_samples
+    from envgym.run_files import EPISODES_DIR, read_samples
     from envgym.viewer import write_view
 
     run = args.run or Path(tempfile.mkdtemp(prefix="envgym-view-bench-")) / "run"

@@ -8,7 +8,8 @@ from envgym import registration
 from envgym.trainers import ConfigError, Trainer, config_from_dict
 from envgym.trainers.advantages import compute_advantages
 from envgym.trainers.batch import RolloutBatch
-from envgym.trainers.episode_log import is_due, read_samples, sample_path, write_sample
+from envgym.run_files import read_samples, sample_path, write_sample
+from envgym.trainers.episode_log import is_due
 from envgym.trainers.tiny_model import tiny_policy_model
 
 MICRO = {"iterations": 3, "threads": 1,

@@ -13,7 +13,7 @@ import pytest
 from envgym.evaluation import EvalReport, evaluate, summarize
 from envgym.rollout import RolloutResult
 from envgym.trainers import Trainer, config_from_dict
-from envgym.trainers.episode_log import read_samples, write_sample
+from envgym.run_files import read_samples, write_sample
 from envgym.trajectory import Episode, EpisodeEnd, Group, Turn
 from envgym.viewer import TURN_FIELDS, build_view_data, render_page, write_view
 

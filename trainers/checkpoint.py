@@ -31,9 +31,10 @@ import numpy as np
 import torch
 import yaml
 
+from envgym.run_files import CHECKPOINTS_DIR
+
 log = logging.getLogger(__name__)
 
-CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.pt"
 CONFIG_FILE = "config.yaml"
 MANIFEST_FILE = "manifest.json"

@@ -1,11 +1,6 @@
 """The episodes a training run keeps for `envgym view`: a sample of each logged iteration, annotated.
 
-Files under the run's `out_dir` (N is the iteration as `metrics.jsonl` numbers it, 1-based):
-
-    episodes/iter_NNNNNN.jsonl   the first `log_episodes.groups` groups of the rollout, written by
-                                 `envgym.trajectory.save_groups` (`.parquet` with `log_episodes.format`)
-    episodes/iter_NNNNNN.json    {"iteration", "groups_collected", "groups_kept", "failures"}: every failed
-                                 episode attempt of the iteration's rollout (group, member, attempt, seed, cause)
+The files and their format are `envgym.run_files`'s.
 
 Each stored turn carries `Turn.annotations`:
 
@@ -24,13 +19,13 @@ episodes each (the quickstart's default, 2 groups of 8 every iteration, is about
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from envgym.trajectory import Group, load_groups, save_groups
+from envgym.run_files import write_sample
+from envgym.trajectory import Group
 
 if TYPE_CHECKING:
     import torch
@@ -38,22 +33,6 @@ if TYPE_CHECKING:
     from envgym.rollout import EpisodeFailure
     from envgym.trainers.batch import RolloutBatch
     from envgym.trainers.config import TrainConfig
-
-EPISODES_DIR = "episodes"
-
-
-@dataclass(frozen=True)
-class EpisodeSample:
-    """The stored episodes of one iteration and the failures of its rollout."""
-
-    iteration: int
-    groups: list[Group]
-    failures: list[dict[str, Any]]
-    groups_collected: int
-
-
-def sample_path(out_dir: str | Path, iteration: int, fmt: str = "jsonl") -> Path:
-    return Path(out_dir) / EPISODES_DIR / f"iter_{iteration:06d}.{fmt}"
 
 
 def is_due(config: TrainConfig, iteration: int) -> bool:
@@ -136,28 +115,3 @@ def policy_logprobs(model: Any, groups: Sequence[Group], micro_batch_tokens: int
     finally:
         model.train(was_training)
     return per_turn
-
-
-def write_sample(out_dir: str | Path, iteration: int, groups: Sequence[Group], *, failures: list[dict[str, Any]],
-                 groups_collected: int, fmt: str = "jsonl") -> Path:
-    """Write one iteration's sample (groups file, then its sidecar); returns the groups file's path."""
-    path = save_groups(sample_path(out_dir, iteration, fmt), groups)
-    sidecar = {"iteration": iteration, "groups_collected": groups_collected, "groups_kept": len(groups),
-               "failures": failures}
-    path.with_suffix(".json").write_text(json.dumps(sidecar, indent=1), encoding="utf-8")
-    return path
-
-
-def read_samples(out_dir: str | Path) -> list[EpisodeSample]:
-    """Every sample stored under `out_dir/episodes`, by iteration (a missing sidecar reads as no failures)."""
-    directory = Path(out_dir) / EPISODES_DIR
-    paths = sorted(p for p in directory.glob("iter_*.*") if p.suffix in (".jsonl", ".parquet"))
-    samples = []
-    for path in paths:
-        sidecar_path = path.with_suffix(".json")
-        sidecar = json.loads(sidecar_path.read_text(encoding="utf-8")) if sidecar_path.exists() else {}
-        groups = load_groups(path)
-        samples.append(EpisodeSample(iteration=int(path.stem.removeprefix("iter_")), groups=groups,
-                                     failures=sidecar.get("failures", []),
-                                     groups_collected=sidecar.get("groups_collected", len(groups))))
-    return samples

@@ -26,16 +26,15 @@ from typing import Any
 
 import filelock
 
-from envgym.trainers import checkpoint as ckpt
+from envgym.run_files import CHECKPOINTS_DIR, CURVE_FILE, EPISODES_DIR, METRICS_FILE, TENSORBOARD_DIR
+from envgym.trainers.checkpoint import remove_unfinished
 from envgym.trainers.config import ConfigError
-from envgym.trainers.episode_log import EPISODES_DIR
-from envgym.trainers.run_log import CURVE_FILE, METRICS_FILE, TENSORBOARD_DIR
 
 LOCK_FILE = ".envgym.lock"
 HOLDER_FILE = ".envgym.lock.json"
 NAN_BATCH_PATTERN = "nan_batch_iter*.pt"
 #: What a training run writes into its out_dir (names and glob patterns), and so what --overwrite deletes.
-RUN_FILES = (ckpt.CHECKPOINTS_DIR, METRICS_FILE, TENSORBOARD_DIR, CURVE_FILE, NAN_BATCH_PATTERN, EPISODES_DIR)
+RUN_FILES = (CHECKPOINTS_DIR, METRICS_FILE, TENSORBOARD_DIR, CURVE_FILE, NAN_BATCH_PATTERN, EPISODES_DIR)
 
 
 class OutDirInUse(OSError):
@@ -77,7 +76,7 @@ class RunDirectory:
             if found and not (resume or overwrite):
                 raise OutDirHoldsRun(f"out_dir {path} already holds a run ({', '.join(found)}); continue it with "
                                      "--resume, delete it and start over with --overwrite, or choose another out_dir")
-            ckpt.remove_unfinished(path)
+            remove_unfinished(path)
         except BaseException:
             run.release()
             raise
@@ -88,7 +87,7 @@ class RunDirectory:
         found = []
         for pattern in RUN_FILES:
             for match in sorted(self.path.glob(pattern)):
-                if match.name == ckpt.CHECKPOINTS_DIR and not any(match.glob("iter_*")):
+                if match.name == CHECKPOINTS_DIR and not any(match.glob("iter_*")):
                     continue
                 found.append(match.name + ("/" if match.is_dir() else ""))
         return found

@@ -13,9 +13,7 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-METRICS_FILE = "metrics.jsonl"
-CURVE_FILE = "learning_curve.png"
-TENSORBOARD_DIR = "tensorboard"
+from envgym.run_files import CURVE_FILE, METRICS_FILE, TENSORBOARD_DIR
 
 
 class RunLog:

@@ -17,21 +17,29 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from envgym.envs.games.questions import ATTRIBUTES
-
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+
+def _twenty_questions_words() -> tuple[str, ...]:
+    """Every attribute value, name and "name:" twenty questions can show, read from the registered env."""
+    import envgym
+
+    table = envgym.make("games/TwentyQuestions-v0").unwrapped.attribute_table
+    return (*(value for values in table.values() for value in values), *table, *(f"{name}:" for name in table))
+
+
+#: The words of each tiny model: a tuple, or a function that reads them from the env's registered code.
 VOCABULARIES = {
     "tiny-maze": ("#", ".", "A", "G", "north", "south", "east", "west", "Valid", "actions:", ",", "You", "bump",
                   "into", "a", "wall", "going", "reach", "the", "goal!", "Unknown", "move", "Goal:", "Exits:", "here",
                   *map(str, range(1, 10))),
     "tiny-guess": (*map(str, range(101)), "is", "too", "low", "high", "correct!", "higher", "lower", "The",
                    "secret", "Invalid", "guess:"),
-    "tiny-questions": (*(value for values in ATTRIBUTES.values() for value in values), *ATTRIBUTES, *(f"{name}:" for name in ATTRIBUTES), "?", ",", ".", ";",
-                       "Yes", "No", "its", "is", "or", "Find", "the", "item", "turn", "turns", "left", "left:",
-                       "Right", "Wrong", "it", "was", "Invalid:", "I", "read", "no", "value", "in", "Ask", "about",
-                       "one", "name", "of", "each", *map(str, range(32))),
+    "tiny-questions": lambda: (*_twenty_questions_words(), "?", ",", ".", ";",
+                               "Yes", "No", "its", "is", "or", "Find", "the", "item", "turn", "turns", "left", "left:",
+                               "Right", "Wrong", "it", "was", "Invalid:", "I", "read", "no", "value", "in", "Ask",
+                               "about", "one", "name", "of", "each", *map(str, range(32))),
 }
 
 #: ChatML (as SmolLM2 uses it) that leaves out system messages.
@@ -48,7 +56,8 @@ def tiny_tokenizer(name: str = "tiny-maze") -> PreTrainedTokenizerBase:
 
     from envgym.models import word_level_tokenizer
 
-    tokenizer = word_level_tokenizer(VOCABULARIES[name], chat_template=CHATML_WITHOUT_SYSTEM)
+    words = VOCABULARIES[name]
+    tokenizer = word_level_tokenizer(words() if callable(words) else words, chat_template=CHATML_WITHOUT_SYSTEM)
     tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(r"\n"), behavior="isolated"),
         # words whole, then one token per map cell (a map row like "#A.G#" has no two-letter word)

@@ -4,7 +4,7 @@
     envgym view reports/eval --open        # ... and opens it in a browser where one exists
 
 A run directory gives the learning curve, the table of iterations (`metrics.jsonl`) and the
-stored episode samples (`episodes/`, see `envgym.trainers.episode_log`); a report directory
+stored episode samples (`episodes/`, see `envgym.run_files`); a report directory
 gives the per-policy table and its episodes (`report.json`, `episodes/`). The page embeds
 its data as JSON plus the script that draws it (`page.html`, `page.js` next to this file): no
 server, no network, nothing fetched. Strings, token-id sequences and token texts are stored
@@ -21,7 +21,7 @@ from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
-from envgym.trainers.run_log import METRICS_FILE
+from envgym.run_files import EPISODES_DIR, METRICS_FILE, checkpoint_configs, read_samples
 from envgym.trajectory import Group, load_groups
 
 PAGE_FILE = "view.html"
@@ -116,12 +116,11 @@ def _run_config(run_dir: Path) -> dict[str, Any] | None:
     """The config of the run's latest checkpoint (checkpoints/iter_*/config.yaml), if any."""
     import yaml
 
-    configs = sorted((run_dir / "checkpoints").glob("iter_*/config.yaml"))
+    configs = checkpoint_configs(run_dir)
     return yaml.safe_load(configs[-1].read_text(encoding="utf-8")) if configs else None
 
 
 def _run_json(run_dir: Path, tables: _Tables) -> dict[str, Any]:
-    from envgym.trainers.episode_log import read_samples
 
     metrics_path = run_dir / METRICS_FILE
     samples = [_sample_json(f"iteration {s.iteration}", s.groups, s.failures, tables, iteration=s.iteration,
@@ -152,8 +151,6 @@ def build_view_data(path: str | Path) -> dict[str, Any]:
 
     Raises ValueError if `path` holds neither (no metrics.jsonl, episodes/ or report.json).
     """
-    from envgym.trainers.episode_log import EPISODES_DIR
-
     root = Path(path)
     if not root.is_dir():
         raise ValueError(f"{str(root)!r} is not a directory; pass a training run's out_dir or an eval report dir")

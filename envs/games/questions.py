@@ -56,6 +56,7 @@ def or_list(words: tuple[str, ...]) -> str:
 
 class TwentyQuestions(Env):
     episode_state = ("item", "left", "turns_left", "won")  # fork copies these (see Env.fork)
+    attribute_table = ATTRIBUTES  # every attribute and value any configuration can name (the tiny model's words)
     knobs = {
         "attributes": f"attributes per item (default 4, at most {len(ATTRIBUTES)}): color, shape, size, ...",
         "values": "possible values per attribute (default 3, 2 to 6); items = values ** attributes",
