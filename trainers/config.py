@@ -132,8 +132,7 @@ class AlgorithmOptions:
     the config is validated. See docs/algorithms.md.
     """
 
-    estimator: Literal["grpo", "drgrpo", "rloo", "reinforce_pp", "turn_grpo", "gigpo", "igpo", "prime", "vineppo",
-                       "spo_tree"] = "gigpo"
+    estimator: str = "gigpo"  # any registered estimator (`register_estimator`): grpo, gigpo, igpo, prime, vineppo, ...
     preset: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     # the engine sampled, the trainer learns: "tis" weights each token's loss by min(rho, cap), "mis" drops
@@ -314,10 +313,6 @@ class TrainConfig:
                               f"{self.rollout.backend!r}; set rollout.backend: vllm, or drop rollout.vllm")
         if self.rollout.agent:
             _check_agent(self.rollout)
-        if self.algorithm.estimator == "igpo" and self.turn_reward.kind != "info_gain":
-            raise ConfigError("estimator 'igpo' needs turn_reward.kind: info_gain")
-        if self.algorithm.estimator == "prime" and self.turn_reward.kind != "implicit_prm":
-            raise ConfigError("estimator 'prime' needs turn_reward.kind: implicit_prm")
         self._validate_estimator_options()
         self._validate_branching()
         if self.model.lora.r > 0 and not self.model.lora.target_modules:
@@ -331,11 +326,21 @@ class TrainConfig:
         return self
 
     def _validate_estimator_options(self) -> None:
-        """The estimator checks its own options and runs once on a tiny synthetic batch."""
-        from envgym.trainers.advantages import check_estimator
+        """The estimator is a registered one, gets the turn rewards it needs, checks its own options and runs once
+        on a tiny synthetic batch."""
+        from envgym.trainers.advantages import ESTIMATORS, check_estimator
 
+        name = self.algorithm.estimator
+        if name not in ESTIMATORS:
+            close = difflib.get_close_matches(name, ESTIMATORS, n=1)
+            raise ConfigError(f"algorithm.estimator: unknown estimator {name!r}; "
+                              f"{f'did you mean {close[0]!r}? ' if close else ''}registered estimators: "
+                              f"{', '.join(sorted(ESTIMATORS))} (add one with register_estimator)")
+        needed = ESTIMATORS[name].turn_reward
+        if needed is not None and self.turn_reward.kind != needed:
+            raise ConfigError(f"estimator {name!r} needs turn_reward.kind: {needed}")
         try:
-            check_estimator(self.algorithm.estimator, self.algorithm.options, self.algorithm.preset)
+            check_estimator(name, self.algorithm.options, self.algorithm.preset)
         except ValueError as exc:
             raise ConfigError(f"algorithm: {exc}") from None
 
@@ -345,18 +350,17 @@ class TrainConfig:
             self.rollout.branch.check()
         except ValueError as exc:
             raise ConfigError(f"rollout.branch: {exc}") from None
-        branching = self.algorithm.estimator in BRANCHING_ESTIMATORS
+        from envgym.trainers.advantages import ESTIMATORS
+
+        branching = ESTIMATORS[self.algorithm.estimator].branches
         if branching and not self.rollout.branch.enabled:
             raise ConfigError(f"estimator {self.algorithm.estimator!r} values states by the branch episodes played "
                               "from them, but rollout.branch.k is 0; set rollout.branch.k (e.g. 4)")
         if self.rollout.branch.enabled and not branching:
             raise ConfigError(f"rollout.branch.k is {self.rollout.branch.k}, but estimator "
                               f"{self.algorithm.estimator!r} would count branch episodes as group members; use "
-                              f"one of {', '.join(BRANCHING_ESTIMATORS)}, or set rollout.branch.k: 0")
-
-
-#: Estimators that read branch episodes (rollout.branch).
-BRANCHING_ESTIMATORS = ("vineppo", "spo_tree")
+                              f"one of {', '.join(sorted(n for n, e in ESTIMATORS.items() if e.branches))}, or set "
+                              "rollout.branch.k: 0")
 
 
 def _check_ranges(options: Any, prefix: str = "") -> None:

@@ -68,7 +68,7 @@ class _Tree:
         return torch.where(self.seg.is_last, 0.0, shifted)
 
 
-@register_estimator("vineppo", reference=reference.vineppo)
+@register_estimator("vineppo", reference=reference.vineppo, branches=True)
 def vineppo(batch: TurnBatch, ops: Ops, *, gamma: float = 1.0, train_branches: bool = False,
             scale: Scale = "none", eps: float = 1e-6) -> Tensor:
     """VinePPO at turn level: V(s) is the mean discounted return of the continuations that start at s.
@@ -94,7 +94,7 @@ def vineppo(batch: TurnBatch, ops: Ops, *, gamma: float = 1.0, train_branches: b
     return _finish(advantage, tree, train_branches, scale, eps)
 
 
-@register_estimator("spo_tree", reference=reference.spo_tree)
+@register_estimator("spo_tree", reference=reference.spo_tree, branches=True)
 def spo_tree(batch: TurnBatch, ops: Ops, *, gamma: float = 1.0, train_branches: bool = True,
              scale: Scale = "none", eps: float = 1e-6) -> Tensor:
     """SPO-tree at turn level: V(n) is the mean discounted return-to-go, from n, of every episode whose

@@ -15,7 +15,7 @@ from .registry import register_estimator
 from .segment import Order, Segments, Singleton, Std, standardize
 
 
-@register_estimator("igpo", reference=reference.igpo)
+@register_estimator("igpo", reference=reference.igpo, turn_reward="info_gain")
 def igpo(batch: TurnBatch, ops: Ops, *, alpha: float = 1.0, gamma: float = 1.0,
          normalize: Literal["joint", "separate"] = "joint", order: Order = "normalize_then_discount",
          std: Std = "population", eps: float = 1e-6, singleton: Singleton = "zero") -> Tensor:

@@ -15,7 +15,7 @@ from .registry import register_estimator
 from .segment import Segments, Singleton, Std, leave_one_out, whiten
 
 
-@register_estimator("prime", reference=reference.prime)
+@register_estimator("prime", reference=reference.prime, turn_reward="implicit_prm")
 def prime(batch: TurnBatch, ops: Ops, *, gamma: float = 1.0, process_loo: Literal["paper", "released"] = "paper",
           whiten_over: Literal["turns", "tokens"] = "turns", std: Std = "population", eps: float = 1e-6,
           singleton: Singleton = "zero") -> Tensor:

@@ -26,7 +26,11 @@ class Estimator:
     """A registered estimator: `fn(batch, ops, **options)` and its optional plain-loop `reference(batch, **options)`.
 
     `presets` are named option sets that reproduce another codebase's conventions
-    (e.g. gigpo's "verl-agent"); explicit options override a preset's.
+    (e.g. gigpo's "verl-agent"); explicit options override a preset's. What it needs from
+    the rollout, which a training config is checked against: `turn_reward`, the
+    `turn_reward.kind` whose rewards it reads (None: none), and `branches`, whether it reads
+    branch episodes (`rollout.branch`; an estimator that does not would count them as
+    group members).
     """
 
     name: str
@@ -35,6 +39,8 @@ class Estimator:
     defaults: dict[str, Any]
     choices: dict[str, tuple[Any, ...]]
     presets: dict[str, dict[str, Any]]
+    turn_reward: str | None = None
+    branches: bool = False
 
     def resolve(self, options: dict[str, Any], preset: str | None = None) -> dict[str, Any]:
         """`options` on top of `preset`, checked: unknown names, values outside a Literal, gamma, eps.
@@ -77,14 +83,16 @@ def _is_number(value: Any) -> bool:
 
 
 def register_estimator(name: str, *, reference: Callable[..., Tensor] | None = None,
-                       presets: dict[str, dict[str, Any]] | None = None):
+                       presets: dict[str, dict[str, Any]] | None = None, turn_reward: str | None = None,
+                       branches: bool = False):
     """Decorator registering `fn(batch, ops, *, option=default, ...) -> [N] float64 advantages` as `name`.
 
     The keyword-only parameters are the estimator's options, each with a default; an
     option annotated `Literal[...]` accepts only those values. `ops` is the backend's
     `Ops` (build on its primitives to run on every backend). `reference`, a plain-loop
     `reference(batch, *, same options)`, serves backend="reference". `presets` name option
-    sets (see `Estimator`); each is checked against the options here.
+    sets (see `Estimator`); each is checked against the options here. `turn_reward` and
+    `branches` say what the estimator needs from the rollout (see `Estimator`).
     """
 
     def decorate(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
@@ -100,7 +108,8 @@ def register_estimator(name: str, *, reference: Callable[..., Tensor] | None = N
             hints = {}
         choices = {k: typing.get_args(hints[k]) for k in defaults
                    if typing.get_origin(hints.get(k)) is Literal}
-        ESTIMATORS[name] = estimator = Estimator(name, fn, reference, defaults, choices, dict(presets or {}))
+        ESTIMATORS[name] = estimator = Estimator(name, fn, reference, defaults, choices, dict(presets or {}),
+                                                 turn_reward, branches)
         for preset in estimator.presets:
             estimator.resolve({}, preset)
         return fn
