@@ -21,6 +21,7 @@ $(VLLM_STAMP): pyproject.toml setup.py scripts/setup_vllm.sh
 	touch $@
 
 test: setup
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 	$(MAKE) test-vllm
 

@@ -124,9 +124,11 @@ def bench_textworld(family: str, n: int) -> None:
     reset_ratio = median_us(ours_reset) / median_us(raw_reset)
     print(f"textworld/{family}-v0: reset cold (generate + compile) {cold:6.2f} s, switch to a cached game "
           f"{switch * 1e3:6.1f} ms, facts in state key: {len(base._state['_facts'])}")
-    print(f"  reset  raw textworld.start env {median_us(raw_reset) / 1e3:6.2f} ms  envgym {median_us(ours_reset) / 1e3:6.2f} ms"
+    print(f"  reset  raw textworld.start env {median_us(raw_reset) / 1e3:6.2f} ms  "
+          f"envgym {median_us(ours_reset) / 1e3:6.2f} ms"
           f"  ratio {reset_ratio:4.2f} (goal <= 1.5: {verdict(reset_ratio <= 1.5)})")
-    print(f"  step   raw textworld.start env {median_us(raw_steps) / 1e3:6.2f} ms  envgym {median_us(our_steps) / 1e3:6.2f} ms"
+    print(f"  step   raw textworld.start env {median_us(raw_steps) / 1e3:6.2f} ms  "
+          f"envgym {median_us(our_steps) / 1e3:6.2f} ms"
           f"  ratio {step_ratio:4.2f} (goal <= 1.2: {verdict(step_ratio <= 1.2)})")
     print(f"  state key from facts {key_us:5.1f} us per state (goal ~5-10 us)")
 

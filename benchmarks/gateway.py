@@ -10,8 +10,8 @@ hand-offs) and once with the tiny Llama (plus what sharing the CPU with a genera
 Rollout: `--groups` x `--group-size` episodes of tools/MathPython-v0 (`--turns` turns, `--new-tokens`
 tokens a reply, sampled) with the built-in loop (`collect_groups`) and with `envgym.example_agents:
 chat_agent` through the gateway (`collect_agent_groups`), same policy, seeds and limits; generated tokens
-per second of wall time and the ratio of their medians over `--rounds` alternated runs. The policy is a tiny random Llama (the model's own time is
-small, so the gateway's share is as large as it gets).
+per second of wall time and the ratio of their medians over `--rounds` alternated runs. The policy is a tiny
+random Llama (the model's own time is small, so the gateway's share is as large as it gets).
 
     .venv/bin/python benchmarks/gateway.py [--requests 200] [--groups 4] [--group-size 4] [--turns 4]
 """

@@ -31,7 +31,8 @@ console = Console()
 
 
 def parse_kwargs(pairs: Sequence[str]) -> dict[str, Any]:
-    """`["size=7", "loops=0.2", "name=x"]` -> `{"size": 7, "loops": 0.2, "name": "x"}` (values parsed as YAML scalars)."""
+    """`["size=7", "loops=0.2", "name=x"]` -> `{"size": 7, "loops": 0.2, "name": "x"}` (values parsed as YAML
+    scalars)."""
     import yaml
 
     kwargs = {}
@@ -143,8 +144,9 @@ def cmd_play(args: argparse.Namespace) -> int:
 
 
 #: `envgym eval` settings a training config supplies with --config: option name -> (section, key) in the config.
-EVAL_FROM_CONFIG = {"split": ("eval", "split"), "episodes": ("eval", "episodes"), "temperature": ("eval", "temperature"),
-                    "max_turns": ("env", "max_turns"), "context": ("rollout", "context"), "window": ("rollout", "window"),
+EVAL_FROM_CONFIG = {"split": ("eval", "split"), "episodes": ("eval", "episodes"),
+                    "temperature": ("eval", "temperature"), "max_turns": ("env", "max_turns"),
+                    "context": ("rollout", "context"), "window": ("rollout", "window"),
                     "max_new_tokens": ("rollout", "max_new_tokens"), "extract_action": ("env", "extract_action"),
                     "show_admissible": ("env", "show_admissible"), "backend": ("rollout", "pool"),
                     "num_envs": ("rollout", "num_envs"), "retries": ("rollout", "retries"),
@@ -189,7 +191,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                       num_envs=settings["num_envs"] or None,
                       step_timeout=settings["step_timeout"], retries=settings["retries"],
                       request_timeout=args.request_timeout, request_retries=args.request_retries,
-                      max_concurrency=args.max_concurrency, send_tools=args.send_tools, engine_args=parse_kwargs(args.engine_arg),
+                      max_concurrency=args.max_concurrency, send_tools=args.send_tools,
+                      engine_args=parse_kwargs(args.engine_arg),
                       agent=args.agent or (config.rollout.agent or None if args.config else None),
                       episode_timeout=args.episode_timeout or (config.rollout.episode_timeout or None if args.config
                                                                else None), progress=True)

@@ -287,8 +287,8 @@ def evaluate_policy(env: EnvMaker, policy: Policy, *, policy_name: str, split: s
     first, stop = tasks * index // count, tasks * (index + 1) // count
     with contextlib.ExitStack() as stack:
         if pool is None and agent is None:
-            pool = stack.enter_context(EnvPool(env, num_envs or default_num_envs(backend, (stop - first) * per_task, env),
-                                               backend=backend, step_timeout=step_timeout))
+            size = num_envs or default_num_envs(backend, (stop - first) * per_task, env)
+            pool = stack.enter_context(EnvPool(env, size, backend=backend, step_timeout=step_timeout))
         with _seeded_torch(seed):
             collect = collect_groups if agent is None else functools.partial(
                 collect_agent_groups, agent=agent, episode_timeout=episode_timeout)
@@ -405,7 +405,8 @@ def evaluate(
                     sampling=sampling, context=context, window=window, max_turns=max_turns,
                     max_context_tokens=max_context_tokens, backend=backend, num_envs=num_envs,
                     step_timeout=step_timeout, retries=retries, agent=agent, episode_timeout=episode_timeout,
-                    on_episode=(lambda done, total, t=task: bar.update(t, completed=done, total=total)) if bar else None)
+                    on_episode=(lambda done, total, t=task: bar.update(t, completed=done, total=total))
+                    if bar else None)
                 rows.append(row)
                 rollouts.append(result)
     settings = {"env_kwargs": dict(env_kwargs or {}), "extract_action": extract_action,
@@ -414,7 +415,9 @@ def evaluate(
                 "max_context_tokens": max_context_tokens, "backend": backend, "num_envs": num_envs,
                 "step_timeout": step_timeout, "retries": retries, "request_timeout": request_timeout,
                 "request_retries": request_retries, "max_concurrency": max_concurrency, "send_tools": send_tools,
-                "engine_args": dict(engine_args or {}), "agent": agent if agent is None or isinstance(agent, str) else f"{agent.__module__}:{agent.__qualname__}",
+                "engine_args": dict(engine_args or {}),
+                "agent": agent if agent is None or isinstance(agent, str)
+                else f"{agent.__module__}:{agent.__qualname__}",
                 "episode_timeout": episode_timeout,
                 "sampling": asdict(sampling or SamplingParams()),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}

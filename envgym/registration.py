@@ -60,7 +60,8 @@ class EnvSpec:
             return self.entry_point
         module_name, _, attr = self.entry_point.partition(":")
         if not attr:
-            raise ValueError(f"entry_point of {self.id!r} must look like 'package.module:Name', got {self.entry_point!r}")
+            raise ValueError(f"entry_point of {self.id!r} must look like 'package.module:Name', "
+                             f"got {self.entry_point!r}")
         return getattr(importlib.import_module(module_name), attr)
 
 

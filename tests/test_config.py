@@ -146,14 +146,16 @@ def sign_grpo(batch, ops, *, margin: float = 0.0):
 
 config = {"iterations": 1, "threads": 1, "out_dir": sys.argv[1], "env": {"id": "games/Maze-v0", "kwargs": {"size": 3},
           "max_turns": 4}, "rollout": {"n_groups": 2, "group_size": 2, "max_new_tokens": 2, "context": "window",
-          "window": 0}, "optim": {"epochs": 1, "minibatches": 1}, "eval": {"every": 1, "episodes": 2}, "sft": {"steps": 0},
+          "window": 0}, "optim": {"epochs": 1, "minibatches": 1}, "eval": {"every": 1, "episodes": 2},
+          "sft": {"steps": 0},
           "algorithm": {"estimator": "sign_grpo", "options": {"margin": 0.1}}}
 try:
     config_from_dict({**config, "algorithm": {"estimator": "sign_grpoo"}})
 except ConfigError as exc:
     refused = str(exc)
 history = Trainer(config_from_dict(config)).fit()
-print(json.dumps({"calls": calls, "refused": refused, "iterations": [m["iteration"] for m in history if m["phase"] == "rl"]}))
+rl = [m["iteration"] for m in history if m["phase"] == "rl"]
+print(json.dumps({"calls": calls, "refused": refused, "iterations": rl}))
 """
 
 

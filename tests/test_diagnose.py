@@ -158,7 +158,8 @@ def test_diagnose_and_check_commands(capsys):
     assert "reward-hacking probes" in capsys.readouterr().out
     assert main(["check", "games/GuessNumber-v0", "--diagnose", "--groups", "2", "--group-size", "2"]) == 0
     out = capsys.readouterr().out
-    assert "all checks passed" in out and "WARNING probe 'repeated' (the right action written 16 times" in " ".join(out.split())
+    assert "all checks passed" in out
+    assert "WARNING probe 'repeated' (the right action written 16 times" in " ".join(out.split())
     assert main(["diagnose", "games/Mazee-v0"]) == 2
     assert "did you mean 'games/Maze-v0'" in capsys.readouterr().out
     assert main(["diagnose", "games/Maze-v0", "--group-size", "1"]) == 2

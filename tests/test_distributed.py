@@ -74,7 +74,8 @@ def well_conditioned(weights: dict[str, torch.Tensor], gradient: dict[str, torch
         mask = g.abs() >= floor * g.abs().max()
         kept[name] = torch.where(mask, value, torch.zeros_like(value))
         compared += int(mask.sum())
-    assert compared > 0.5 * entries, f"only {compared} of {entries} weights have a gradient above {floor} of the largest"
+    assert compared > 0.5 * entries, (f"only {compared} of {entries} weights have a gradient above {floor} "
+                                      "of the largest")
     return kept
 
 

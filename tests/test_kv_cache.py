@@ -174,7 +174,8 @@ def test_completions_stop_at_the_context_window_instead_of_failing(tokenizer):
         for policy in (HFPolicy(model, tokenizer), HFPolicy(model, tokenizer, kv_reuse=False)):
             room, full, overfull = policy.generate([[8] * 20, [8] * 24, [8] * 30], params)
             assert len(room.token_ids) == 4 and room.finish_reason == "context"
-            assert full.token_ids == overfull.token_ids == [] and full.finish_reason == overfull.finish_reason == "context"
+            assert full.token_ids == overfull.token_ids == []
+            assert full.finish_reason == overfull.finish_reason == "context"
             with pytest.raises(ValueError, match="longer than the model's context window of 24"):
                 policy.score([[8] * 20], [[8] * 5])
     finally:

@@ -165,5 +165,6 @@ def test_info_gain_forces_the_templates_prefix_and_scores_only_the_answer():
 
 def test_info_gain_template_without_placeholder_fails_with_a_message():
     with pytest.raises(ValueError, match=r"no '\{answer\}' placeholder"):
-        InfoGainReward(LengthScoringPolicy(), TurnRewardOptions(kind="info_gain", answer_template="it is")).turn_rewards(
-            RolloutBatch.from_groups([Group("test/Env-v0", "train", 0, 0, (episode([(1,)], won=True),))]))
+        reward = InfoGainReward(LengthScoringPolicy(), TurnRewardOptions(kind="info_gain", answer_template="it is"))
+        group = Group("test/Env-v0", "train", 0, 0, (episode([(1,)], won=True),))
+        reward.turn_rewards(RolloutBatch.from_groups([group]))

@@ -45,7 +45,8 @@ def test_sft_command_saves_a_model_rl_can_start_from(tmp_path):
     recipe.write_text(yaml.safe_dump({**CONFIG, "out_dir": str(tmp_path / "run")}))
     assert main(["sft", str(recipe), "sft.steps=5"]) == 0
     assert (tmp_path / "run" / "sft" / "config.json").exists()
-    config = config_from_dict({**CONFIG, "out_dir": str(tmp_path / "rl"), "model": {"init_from": str(tmp_path / "run" / "sft")}})
+    config = config_from_dict({**CONFIG, "out_dir": str(tmp_path / "rl"),
+                               "model": {"init_from": str(tmp_path / "run" / "sft")}})
     assert Trainer(config).tokenizer.convert_tokens_to_ids("north") > 0
 
 

@@ -85,7 +85,8 @@ def test_resume_from_a_checkpoint_of_another_config_fails(tmp_path):
 
 @pytest.mark.parametrize("overrides", [
     # "before": the PRM is updated on this batch first, so its rewards already differ between episodes
-    ["algorithm.estimator=prime", "algorithm.options={}", "turn_reward.kind=implicit_prm", "turn_reward.prm_update=before"],
+    ["algorithm.estimator=prime", "algorithm.options={}", "turn_reward.kind=implicit_prm",
+     "turn_reward.prm_update=before"],
     ["algorithm.estimator=igpo", "algorithm.options={}", "turn_reward.kind=info_gain", "model.name=tiny-guess",
      "env.id=games/GuessNumber-v0", "env.kwargs={high: 16}", "env.show_admissible=false", "rollout.context=full"],
 ])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from envgym.evaluation import EvalReport, evaluate, summarize
+from envgym.evaluation import evaluate, summarize
 from envgym.rollout import RolloutResult
 from envgym.trainers import Trainer, config_from_dict
 from envgym.run_files import read_samples, write_sample

@@ -129,7 +129,8 @@ class RolloutBatch:
                 token_turn.append(tuple(owner))
                 row_episode.append(e)
         turns = TurnBatch.from_lists(group=group, episode=episode, reward=reward, state=state, invalid=invalid,
-                                     parent=parent, branch_turn=branch_turn, state_text=texts, token_turn=[t for row in token_turn for t in row],
+                                     parent=parent, branch_turn=branch_turn, state_text=texts,
+                                     token_turn=[t for row in token_turn for t in row],
                                      loss_mask=[m for row in loss_mask for m in row])
         return cls(tuple(groups), turns, tuple(input_ids), tuple(loss_mask), tuple(old_logprobs), tuple(token_turn),
                    tuple(row_episode), pad_token_id)

@@ -27,7 +27,8 @@ class RunLog:
     def __init__(self, out_dir: str | Path, *, start: int, total: int, history: list[dict[str, Any]]):
         self.out_dir = Path(out_dir)
         self.start, self.total, self.history = start, total, history
-        self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+        self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[status]}"),
                                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
 
     def __enter__(self) -> RunLog:

@@ -115,7 +115,8 @@ def load_model(options: ModelOptions, seed: int) -> tuple[Any, Any]:
         model = AutoModelForCausalLM.from_pretrained(source)
     else:
         raise ConfigError(f"model.{'init_from' if options.init_from else 'name'} is {source!r}: expected one of "
-                          f"{', '.join(VOCABULARIES)}, 'default' (SmolLM2-135M-Instruct) or a directory written by save_pretrained")
+                          f"{', '.join(VOCABULARIES)}, 'default' (SmolLM2-135M-Instruct) or a directory written by "
+                          "save_pretrained")
     model = model.to(device=_device(), dtype=pick_dtype(options.dtype))
     if options.lora.r > 0:
         from peft import get_peft_model

@@ -17,7 +17,8 @@ register_prefix("textarena", "envgym.envs.adapters.textarena:TextArenaEnv", argu
                 source="TextArena single-player games", extra="textarena", requires=("textarena",),
                 description="A single-player game of TextArena's registry, seeded per task.",
                 example="textarena:GuessTheNumber-v0")
-register_prefix("openenv", "envgym.remote:make_openenv_env", argument="url", source="OpenEnv servers (envgym serve, ...)",
+register_prefix("openenv", "envgym.remote:make_openenv_env", argument="url",
+                source="OpenEnv servers (envgym serve, ...)",
                 extra="openenv", requires=("websockets",),
                 description="An env served over OpenEnv, played over one WebSocket (option: timeout, seconds).",
                 example="openenv:http://127.0.0.1:8000")

@@ -36,7 +36,8 @@ class GuessNumber(Env):
             "Guess it. After each wrong guess I say whether the secret is higher or lower. "
             "Reply with a single integer."
         )
-        self.action_format = f"a single integer between {self.low} and {self.high}, e.g. '{(self.low + self.high) // 2}'"
+        example = (self.low + self.high) // 2
+        self.action_format = f"a single integer between {self.low} and {self.high}, e.g. '{example}'"
         self.secret = self.low
         self.interval = (self.low, self.high)
 

@@ -115,7 +115,8 @@ class TextWorldEnv(Env):
         return 2 * index + (split == "test")
 
     def task_key(self, split: str, index: int) -> str:
-        return f"textworld|{self.family}|{self._games._slug(self.settings(split))}|seed={self.task_seed_of(split, index)}"
+        settings = self._games._slug(self.settings(split))
+        return f"textworld|{self.family}|{settings}|seed={self.task_seed_of(split, index)}"
 
     def game_path(self, split: str, index: int) -> str:
         """The compiled game of task `index` of `split` (generated and cached on first use)."""

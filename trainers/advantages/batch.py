@@ -1,4 +1,5 @@
-"""TurnBatch: the packed turn layout every advantage estimator reads (docs/algorithms.md, "The batch every estimator reads")."""
+"""TurnBatch: the packed turn layout every advantage estimator reads (docs/algorithms.md, "The batch every
+estimator reads")."""
 
 from __future__ import annotations
 

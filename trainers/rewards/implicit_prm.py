@@ -67,7 +67,8 @@ class ImplicitPRM:
             metrics = self.update(batch, labels, episode_group)
         invalid = batch.turns.invalid
         if invalid.any() and not invalid.all():
-            metrics["prm/reward_invalid_minus_valid"] = float(turn_reward[invalid].mean() - turn_reward[~invalid].mean())
+            gap = turn_reward[invalid].mean() - turn_reward[~invalid].mean()
+            metrics["prm/reward_invalid_minus_valid"] = float(gap)
         return turn_reward.tolist(), {**metrics, "prm/turn_reward_mean": float(turn_reward.mean())}
 
     def _token_rewards(self, micro: TokenBatch, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,7 +109,8 @@ class ImplicitPRM:
             self.optimizer.step()
         self.prm.eval()
         scores = episode_reward.detach()
-        metrics = {"prm/loss": float(loss.detach()), "prm/accuracy": float(((scores > 0) == labels.bool()).float().mean())}
+        accuracy = ((scores > 0) == labels.bool()).float().mean()
+        metrics = {"prm/loss": float(loss.detach()), "prm/accuracy": float(accuracy)}
         pair_accuracy = _pair_accuracy(scores, labels, episode_group)
         if pair_accuracy is not None:
             metrics["prm/pair_accuracy"] = pair_accuracy

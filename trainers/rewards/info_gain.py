@@ -56,8 +56,9 @@ def answer_logprob_per_turn(policy: Any, episodes: list[Episode], template: str)
     prompts, continuations, owners = [], [], []
     for e, episode in enumerate(episodes):
         if episode.answer is None:
-            raise ValueError(f"turn_reward.kind info_gain needs the gold answer in info['answer'], but {episode.env_id} "
-                             "gives none; use it on known-answer envs (QA, search, games/GuessNumber-v0)")
+            raise ValueError(f"turn_reward.kind info_gain needs the gold answer in info['answer'], but "
+                             f"{episode.env_id} gives none; use it on known-answer envs (QA, search, "
+                             "games/GuessNumber-v0)")
         prefix, answer = answer_tokens(tokenizer, template, episode.answer)
         for r, turns in enumerate(episode.rows()):
             for t in turns:
