@@ -41,8 +41,8 @@ from pathlib import Path
 GRPO = ["algorithm.estimator=grpo", "algorithm.options={}"]
 # advantages divided by the batch std, as GRPO and GiGPO normalise theirs: unscaled (std ~0.1 here) the recipe's
 # entropy bonus outweighed them (a first run: entropy 2.0 -> 3.7 and 98% invalid replies by iteration 4)
-VINEPPO = ["algorithm.estimator=vineppo", "algorithm.options={scale: batch_std}"]
-SPO_TREE = ["algorithm.estimator=spo_tree", "algorithm.options={scale: batch_std}"]
+VINEPPO = ["algorithm.estimator=vineppo", "algorithm.options={scale: batch_rms}"]
+SPO_TREE = ["algorithm.estimator=spo_tree", "algorithm.options={scale: batch_rms}"]
 GIGPO = ["algorithm.estimator=gigpo"]  # the quickstart's options: gamma 0.95, mean_std_norm, invalid penalty 0.1
 IGPO = ["algorithm.estimator=igpo", "algorithm.options={}", "turn_reward.kind=info_gain"]
 

@@ -347,6 +347,13 @@ def test_vineppo_values_states_by_the_continuations_that_start_there():
     check(TREE, "vineppo", a + b + [0.0] * 5)  # the paper: branches only estimate values
 
 
+def test_batch_rms_keeps_a_lone_informative_advantage_on_scale():
+    # One root A [0, 1] and its branch C [0] before turn 1: only A's turn 1 has a baseline (C's 0), A = 1. The
+    # std of one value is 0; dividing by it (the earlier batch_std) made that advantage 1e6 and wrecked runs.
+    lone = TurnBatch.from_episodes([[0, 1], [0]], group=[0, 0], branches=[None, (0, 1)])
+    check(lone, "vineppo", [0.0, 1 / (1 + EPS), 0.0], scale="batch_rms")
+
+
 def test_vineppo_discounts_returns_and_values():
     g = 0.5  # A's returns-to-go 0.25, 0.5, 1; C 0.5, 1; V(A's state before turn 1) = (0.5 + 0 + 1) / 3
     check(TREE, "vineppo", [g * 0.5 - 0, g * 1 - 0.5, 0.0, 0 - 0.25, 0.0] + [0.0] * 5, gamma=g)
@@ -360,10 +367,10 @@ def test_spo_tree_values_a_node_by_every_episode_through_it():
     c, d, e = [0 + 1 - 3 / 4, 1 - 1], [0 + 0 - 3 / 4, 0 - 0], [1 - 3 / 4]
     check(TREE, "spo_tree", a + b + c + d + e)
     check(TREE, "spo_tree", a + b + [0.0] * 5, train_branches=False)
-    trained = a + b  # batch_std divides by the population std of the trained rows' nonzero advantages only
+    trained = a + b  # batch_rms divides by the root mean square of the trained rows' nonzero advantages only
     nonzero = [x for x in trained if x != 0]
-    std = math.sqrt(sum((x - sum(nonzero) / len(nonzero)) ** 2 for x in nonzero) / len(nonzero))
-    check(TREE, "spo_tree", [x / (std + EPS) for x in trained] + [0.0] * 5, train_branches=False, scale="batch_std")
+    rms = math.sqrt(sum(x * x for x in nonzero) / len(nonzero))
+    check(TREE, "spo_tree", [x / (rms + EPS) for x in trained] + [0.0] * 5, train_branches=False, scale="batch_rms")
 
 
 def test_branching_estimators_need_branch_episodes():

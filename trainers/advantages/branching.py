@@ -23,7 +23,7 @@ from .ops import Ops
 from .registry import register_estimator
 from .segment import Segments
 
-Scale = Literal["none", "batch_std"]
+Scale = Literal["none", "batch_rms"]
 
 
 class _Tree:
@@ -78,9 +78,10 @@ def vineppo(batch: TurnBatch, ops: Ops, *, gamma: float = 1.0, train_branches: b
     nobody else continued from has no baseline and gets advantage 0; as the next state, such a state
     is valued by e's own return-to-go G_{e,t+1} (a one-sample Monte Carlo value). With
     `train_branches=False` (the paper: its rollouts only estimate values) branch rows get advantage 0.
-    `scale="batch_std"` divides by the population std of the trained rows' nonzero advantages (+ eps),
+    `scale="batch_rms"` divides by the root mean square of the trained rows' nonzero advantages,
     putting them on the scale of group-normalised estimators (an entropy bonus tuned for those then
-    weighs the same); the zeros of turns without a baseline are left out of the std.
+    weighs the same); the zeros of turns without a baseline are left out. (Their std would be 0 when
+    the nonzero advantages are equal, and dividing by it blew them up to ~1e4.)
     """
     tree = _Tree(batch, ops, gamma)
     first, start = tree.seg.is_first, tree.seg.episode_start
@@ -129,6 +130,6 @@ def _finish(advantage: Tensor, tree: _Tree, train_branches: bool, scale: Scale, 
         trained = ~tree.is_branch[tree.seg.episode_of_turn]
         advantage = torch.where(trained, advantage, 0.0)
     informative = trained & (advantage.abs() > 1e-12)  # the zeros of turns without a baseline would shrink it
-    if scale == "batch_std" and bool(informative.any()):
-        advantage = advantage / (advantage[informative].std(correction=0) + eps)
+    if scale == "batch_rms" and bool(informative.any()):
+        advantage = advantage / (advantage[informative].square().mean().sqrt() + eps)
     return advantage

@@ -335,8 +335,8 @@ def _to_go(rewards: list[float], gamma: float) -> list[float]:
 def _branched_advantages(batch, gamma: float, train_branches: bool, scale: str, eps: float, value,
                          has_baseline=lambda e, position: True) -> Tensor:
     """A_{e,t} = r + gamma * V(next state) - V(state), V(after the last turn) = 0, and 0 where not
-    `has_baseline(e, position)`; `value(e, position)`; with scale="batch_std" divided by the population std of
-    the trained rows' nonzero advantages (+ eps)."""
+    `has_baseline(e, position)`; `value(e, position)`; with scale="batch_rms" divided by the root mean square
+    of the trained rows' nonzero advantages (+ eps)."""
     cols, episodes, nodes, rewards, own_start = _tree_paths(batch, gamma)
     parents = batch.parent.tolist()
     out = [0.0] * batch.num_turns
@@ -351,10 +351,9 @@ def _branched_advantages(batch, gamma: float, train_branches: bool, scale: str, 
                 out[row] = cols["reward"][row] + gamma * after - value(e, here)
             trained.append(row)
     informative = [out[r] for r in trained if abs(out[r]) > 1e-12]
-    if scale == "batch_std" and informative:
-        mean = sum(informative) / len(informative)
-        std = math.sqrt(sum((a - mean) ** 2 for a in informative) / len(informative))
-        out = [a / (std + eps) for a in out]
+    if scale == "batch_rms" and informative:
+        rms = math.sqrt(sum(a * a for a in informative) / len(informative))
+        out = [a / (rms + eps) for a in out]
     return _out(out)
 
 
