@@ -40,6 +40,7 @@ from envgym.core import Env
 from envgym.option_types import coerce
 
 ENTRY_POINT_GROUP = "envgym.envs"
+BUILT_IN_ENTRY_POINT = "envgym.envs:register"  # pyproject.toml's: the built-in families register like a plugin
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+-v\d+$")
 
 
@@ -223,14 +224,18 @@ def register(
 
 
 def _load_plugins() -> None:
-    """Import the built-in families, then call every `envgym.envs` entry point once."""
+    """Call every `envgym.envs` entry point once: envgym's own (the built-in envs) first, then the plugins'."""
     global _plugins_loaded, _registering_plugin
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    importlib.import_module("envgym.envs")
-    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        _registering_plugin = f"plugin {entry.name} ({entry.value})"
+    entries = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.value != BUILT_IN_ENTRY_POINT)
+    if not entries or entries[0].value != BUILT_IN_ENTRY_POINT:
+        warnings.warn(f"envgym's built-in envs were not found: its entry point {BUILT_IN_ENTRY_POINT!r} in group "
+                      f"{ENTRY_POINT_GROUP!r} is missing from the installed metadata; reinstall envgym "
+                      "(pip install -e . in a checkout)", stacklevel=3)
+    for entry in entries:
+        _registering_plugin = None if entry.value == BUILT_IN_ENTRY_POINT else f"plugin {entry.name} ({entry.value})"
         try:
             entry.load()()
         except Exception as exc:  # a broken plugin must not break the others

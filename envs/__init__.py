@@ -1,6 +1,9 @@
-"""The built-in env families. Importing this package registers their ids (no heavy imports)."""
+"""The built-in env families. `register()` registers their ids (no heavy imports); envgym's registry calls it
+through the `envgym.envs` entry point, as it calls every plugin's (see pyproject.toml)."""
 
-from envgym.envs import games  # noqa: F401
-from envgym.envs import tools as _tool_envs  # noqa: F401
-from envgym.envs import textworld, toytext  # noqa: F401
-from envgym.envs import adapters  # noqa: F401
+
+def register() -> None:
+    """Register the built-in families and the adapter prefixes (importing them registers them, once)."""
+    from envgym.envs import adapters, games, textworld, toytext  # noqa: F401
+    from envgym.envs import tools as _tool_envs  # noqa: F401
+
