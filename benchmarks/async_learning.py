@@ -1,6 +1,6 @@
 """Does asynchronous training learn as well as the synchronous loop? Quickstart, same episodes, several seeds.
 
-    python benchmarks/async_learning.py [--seeds 0 1 2] [--k 2] [key=value ...]
+    python benchmarks/async_learning.py [--seeds 0 1 2] [--k 2] [--reuse] [key=value ...]
 
 Trains the quickstart recipe (warm start, then GiGPO on local-view mazes, the
 tiny model) three ways for each seed, each in its own process:
@@ -47,6 +47,24 @@ def train(overrides: list[str]) -> dict[str, float]:
         history = trainer.fit()
     finally:
         trainer.close()
+    return summarize(history)
+
+
+def finished(overrides: list[str]) -> dict[str, float] | None:
+    """`summarize` of the run these overrides name if its metrics.jsonl reaches the config's last iteration."""
+    from envgym.run_files import METRICS_FILE
+    from envgym.trainers import load_config
+
+    config = load_config(RECIPE, overrides)
+    path = Path(config.out_dir) / METRICS_FILE
+    if not path.is_file():
+        return None
+    history = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    done = [m for m in history if m["phase"] == "rl" and m["iteration"] == config.iterations]
+    return summarize(history) if done else None
+
+
+def summarize(history: list[dict]) -> dict[str, float]:
     rl = [m for m in history if m["phase"] == "rl"]
     return {"success": history[-1]["eval/success"],
             "engine_kl_k3": max(m["rollout/engine_kl_k3"] for m in rl),
@@ -59,6 +77,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--k", type=int, default=2, help="the staleness bound of the asynchronous ways")
     parser.add_argument("--out-dir", default="runs/bench_async_learning")
+    parser.add_argument("--reuse", action="store_true",
+                        help="take the runs already finished under --out-dir (same overrides) instead of training "
+                             "them again")
     parser.add_argument("--run", help=argparse.SUPPRESS)  # one run's overrides as JSON, in a subprocess
     parser.add_argument("overrides", nargs="*", help="quickstart overrides, e.g. iterations=10")
     args = parser.parse_args()
@@ -70,10 +91,15 @@ def main() -> None:
         for seed in args.seeds:
             name = f"{way.replace(' ', '').replace(',', '-').replace('=', '').replace('+', '-')}_seed{seed}"
             run = [*args.overrides, f"seed={seed}", f"out_dir={args.out_dir}/{name}", *extra]
-            proc = subprocess.run([sys.executable, __file__, "--run", json.dumps(run)], capture_output=True, text=True)
-            if proc.returncode:
-                sys.exit(f"async_learning: {way}, seed {seed} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-            results.setdefault(way, []).append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            result = finished(run) if args.reuse else None
+            if result is None:
+                proc = subprocess.run([sys.executable, __file__, "--run", json.dumps(run)], capture_output=True,
+                                      text=True)
+                if proc.returncode:
+                    sys.exit(f"async_learning: {way}, seed {seed} failed (exit {proc.returncode}):\n"
+                             f"{proc.stderr[-3000:]}")
+                result = json.loads(proc.stdout.strip().splitlines()[-1])
+            results.setdefault(way, []).append(result)
             print(f"{way}, seed {seed}: {results[way][-1]}", flush=True)
     print(f"quickstart{' ' + ' '.join(args.overrides) if args.overrides else ''}, seeds {args.seeds}: "
           "held-out success at the end (equal episodes per way)")
