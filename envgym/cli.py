@@ -21,6 +21,7 @@ from rich.table import Table
 
 import envgym
 from envgym.core import RunFailed
+from envgym.option_types import parse_key_value
 from envgym.registration import spec as env_spec
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -31,17 +32,9 @@ console = Console()
 
 
 def parse_kwargs(pairs: Sequence[str]) -> dict[str, Any]:
-    """`["size=7", "loops=0.2", "name=x"]` -> `{"size": 7, "loops": 0.2, "name": "x"}` (values parsed as YAML
-    scalars)."""
-    import yaml
-
-    kwargs = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"expected KEY=VALUE, got {pair!r}")
-        kwargs[key] = yaml.safe_load(value)
-    return kwargs
+    """`["size=7", "loops=0.2", "name=x"]` -> `{"size": 7, "loops": 0.2, "name": "x"}` (values read as YAML by
+    `parse_key_value`, the config overrides' parser too)."""
+    return dict(parse_key_value(pair) for pair in pairs)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

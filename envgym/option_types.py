@@ -143,3 +143,27 @@ def coerce(key: str, value: Any, tp: Any, *, other: Callable[[str, Any, Any], An
     if other is not None:
         return other(key, value, tp)
     raise TypeError(f"unsupported option annotation {tp!r} for {key}")  # a bug in the caller, not in the input
+
+
+def parse_key_value(item: str, *, form: str = "KEY=VALUE", example: str = "size=7") -> tuple[str, Any]:
+    """`"size=7"` -> `("size", 7)`: the value read as YAML (a number, a bool, a list, a mapping, else a string).
+
+    The one parser of KEY=VALUE arguments (env kwargs on the CLI, config overrides). Raises ValueError saying
+    what was wrong: no `=` or no key (`form`, `example`: what would be right), or a value that is not YAML.
+    """
+    import yaml
+
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"{item!r} must look like {form}, e.g. {example}")
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{item!r}: the value is not valid YAML ({yaml_problem(exc)})") from None
+
+
+def yaml_problem(exc: Exception) -> str:
+    """The YAML parser's one-line reason ('mapping values are not allowed here'), without its multi-line excerpt."""
+    problem = getattr(exc, "problem", None)
+    context = getattr(exc, "context", None)
+    return " ".join(p for p in (context, problem) if p) or str(exc).splitlines()[0]

@@ -93,6 +93,19 @@ def test_parse_kwargs_reads_yaml_scalars():
         parse_kwargs(["size"])
 
 
+def test_env_kwargs_and_config_overrides_share_one_parser(capsys):
+    from envgym.trainers.config import ConfigError, config_from_dict
+
+    assert parse_kwargs(["kwargs={size: 5}"]) == {"kwargs": {"size": 5}}
+    with pytest.raises(ValueError, match=r"'size=\[': the value is not valid YAML \(.*expected the node content"):
+        parse_kwargs(["size=["])
+    with pytest.raises(ConfigError, match=r"override 'env.kwargs=\[': the value is not valid YAML \(.*expected"):
+        config_from_dict({}, ["env.kwargs=["])
+    assert main(["play", "games/Maze-v0", "size=["]) == EXIT_USAGE  # a message, not a traceback
+    captured = capsys.readouterr()
+    assert "not valid YAML" in captured.out + captured.err
+
+
 def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "envgym.cli", "--help"], capture_output=True, text=True, check=True)
     for command in ("list", "info", "check", "play"):

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 import yaml
 
 from envgym.branching import BranchOptions
-from envgym.option_types import Range, coerce
+from envgym.option_types import Range, coerce, parse_key_value, yaml_problem
 
 
 class ConfigError(ValueError):
@@ -431,14 +431,11 @@ def config_from_dict(data: Mapping[str, Any] | None, overrides: typing.Sequence[
                           f"got a {type(data).__name__}: {str(data)[:80]}")
     data = copy.deepcopy(dict(data or {}))  # overrides must not write into the caller's nested dicts
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. optim.lr=1e-4")
         try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(exc)})") from None
-        _set_path(data, key.strip(), value)
+            key, value = parse_key_value(item, form="section.key=value", example="optim.lr=1e-4")
+        except ValueError as exc:
+            raise ConfigError(f"override {exc}") from None
+        _set_path(data, key, value)
     return _build(TrainConfig, data).validate()
 
 
@@ -453,20 +450,13 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Train
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        raise ConfigError(f"{where}: invalid YAML: {_yaml_problem(exc)}") from None
+        raise ConfigError(f"{where}: invalid YAML: {yaml_problem(exc)}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
     try:
         return config_from_dict(data, overrides)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """The parser's one-line reason ('mapping values are not allowed here'), without its multi-line excerpt."""
-    problem = getattr(exc, "problem", None)
-    context = getattr(exc, "context", None)
-    return " ".join(p for p in (context, problem) if p) or str(exc).splitlines()[0]
 
 
 def recipes_dir() -> Path:
