@@ -739,9 +739,3 @@ class Trainer:
         self.dp.barrier()
         return path
 
-
-def final_success(history: list[dict[str, Any]]) -> float | None:
-    """The last evaluated success rate of a run, or None."""
-    scores = [m["eval/success"] for m in history if "eval/success" in m]
-    return scores[-1] if scores else None
-
