@@ -15,7 +15,7 @@ mean and the spread (min..max) over seeds per way, whether each asynchronous
 way's mean lies within the synchronous seeds' spread, and, per way, the largest
 engine-vs-trainer KL (`rollout/engine_kl_k3`), clip fraction and corrected
 fraction seen, which say what happened to a run that fell behind.
-The full comparison (3 seeds x 3 ways x 40 iterations) takes hours on a
+The full comparison (3 seeds x 3 ways x 40 iterations) takes 30-60 minutes on a
 2-core CPU; `iterations=10 eval.episodes=100` is a reduced version.
 """
 
