@@ -326,23 +326,18 @@ class TrainConfig:
         return self
 
     def _validate_estimator_options(self) -> None:
-        """The estimator is a registered one, gets the turn rewards it needs, checks its own options and runs once
-        on a tiny synthetic batch."""
+        """The estimator is a registered one, checks its own options, runs once on a tiny synthetic batch, and gets
+        the turn rewards it needs."""
         from envgym.trainers.advantages import ESTIMATORS, check_estimator
 
         name = self.algorithm.estimator
-        if name not in ESTIMATORS:
-            close = difflib.get_close_matches(name, ESTIMATORS, n=1)
-            raise ConfigError(f"algorithm.estimator: unknown estimator {name!r}; "
-                              f"{f'did you mean {close[0]!r}? ' if close else ''}registered estimators: "
-                              f"{', '.join(sorted(ESTIMATORS))} (add one with register_estimator)")
-        needed = ESTIMATORS[name].turn_reward
-        if needed is not None and self.turn_reward.kind != needed:
-            raise ConfigError(f"estimator {name!r} needs turn_reward.kind: {needed}")
         try:
             check_estimator(name, self.algorithm.options, self.algorithm.preset)
         except ValueError as exc:
             raise ConfigError(f"algorithm: {exc}") from None
+        needed = ESTIMATORS[name].turn_reward
+        if needed is not None and self.turn_reward.kind != needed:
+            raise ConfigError(f"estimator {name!r} needs turn_reward.kind: {needed}")
 
 
     def _validate_branching(self) -> None:

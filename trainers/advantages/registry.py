@@ -125,6 +125,15 @@ def _options(fn: Callable[..., Any]) -> dict[str, Any]:
     return options
 
 
+def lookup(estimator: str) -> Estimator:
+    """The registered estimator `estimator`; ValueError naming the registered ones (and a close match) if none."""
+    if estimator not in ESTIMATORS:
+        close = difflib.get_close_matches(estimator, ESTIMATORS, n=1)
+        raise ValueError(f"unknown estimator {estimator!r}; valid estimators: {sorted(ESTIMATORS)}"
+                         f"{f'; did you mean {close[0]!r}?' if close else ''} (add one with register_estimator)")
+    return ESTIMATORS[estimator]
+
+
 def compute_advantages(batch: TurnBatch, estimator: str, *, backend: Backend = "torch", preset: str | None = None,
                        **options: Any) -> Tensor:
     """[N] float32 advantages, one per turn row, on the batch's device.
@@ -135,9 +144,7 @@ def compute_advantages(batch: TurnBatch, estimator: str, *, backend: Backend = "
     TRITON_INTERPRET=1), "reference" (plain loops, tests only). Registered estimators
     run under torch.inference_mode().
     """
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {estimator!r}; valid estimators: {sorted(ESTIMATORS)}")
-    spec = ESTIMATORS[estimator]
+    spec = lookup(estimator)
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; valid backends: {list(BACKENDS)}")
     options = spec.resolve(options, preset)
@@ -161,9 +168,7 @@ def check_estimator(estimator: str, options: dict[str, Any], preset: str | None 
     those fields: a config is checked in milliseconds, before any model loads.
     Raises ValueError with the estimator's own reason.
     """
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {estimator!r}; valid estimators: {sorted(ESTIMATORS)}")
-    resolved = ESTIMATORS[estimator].resolve(options, preset)
+    resolved = lookup(estimator).resolve(options, preset)
     compute_advantages(_synthetic_batch(), estimator, **resolved)
     return resolved
 
