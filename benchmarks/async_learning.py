@@ -52,14 +52,11 @@ def train(overrides: list[str]) -> dict[str, float]:
 
 def finished(overrides: list[str]) -> dict[str, float] | None:
     """`summarize` of the run these overrides name if its metrics.jsonl reaches the config's last iteration."""
-    from envgym.run_files import METRICS_FILE
+    from envgym.run_files import read_metrics
     from envgym.trainers import load_config
 
     config = load_config(RECIPE, overrides)
-    path = Path(config.out_dir) / METRICS_FILE
-    if not path.is_file():
-        return None
-    history = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    history = read_metrics(config.out_dir)
     done = [m for m in history if m["phase"] == "rl" and m["iteration"] == config.iterations]
     return summarize(history) if done else None
 

@@ -159,10 +159,12 @@ def summarize(history: list[dict], report: list[str], seconds: float) -> dict:
 
 def load_run(suite: str, estimator: str, seed: int, iterations: int, out_root: str) -> dict:
     """A finished run's `summarize`d history, read back from its metrics.jsonl (for --report-only)."""
-    path = run_dir(out_root, suite, estimator, seed) / "metrics.jsonl"
+    from envgym.run_files import METRICS_FILE, read_metrics
+
+    path = run_dir(out_root, suite, estimator, seed) / METRICS_FILE
     if not path.is_file():
         raise SystemExit(f"--report-only: {path} does not exist; train that run first (drop --report-only)")
-    history = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    history = read_metrics(path.parent)
     done = max((m["iteration"] for m in history if m.get("phase") == "rl"), default=0)
     if done < iterations:
         raise SystemExit(f"--report-only: {path} stops at iteration {done} of {iterations}; let it finish")

@@ -42,6 +42,14 @@ class EpisodeSample:
     groups_collected: int
 
 
+def read_metrics(out_dir: str | Path) -> list[dict[str, Any]]:
+    """The run's `metrics.jsonl`, one dict per logged step (blank lines skipped); [] if the run logged none."""
+    path = Path(out_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def sample_path(out_dir: str | Path, iteration: int, fmt: str = "jsonl") -> Path:
     return Path(out_dir) / EPISODES_DIR / f"iter_{iteration:06d}.{fmt}"
 

@@ -21,7 +21,7 @@ from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
-from envgym.run_files import EPISODES_DIR, METRICS_FILE, checkpoint_configs, read_samples
+from envgym.run_files import EPISODES_DIR, METRICS_FILE, checkpoint_configs, read_metrics, read_samples
 from envgym.trajectory import Group, load_groups
 
 PAGE_FILE = "view.html"
@@ -104,12 +104,8 @@ def _sample_json(label: str, groups: Sequence[Group], failures: list[dict[str, A
     return {"label": label, "groups": [_group_json(g, tables) for g in groups], "failures": failures, **extra}
 
 
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            rows.append({k: _num(v) if isinstance(v, float) else v for k, v in json.loads(line).items()})
-    return rows
+def _metrics_json(run_dir: Path) -> list[dict[str, Any]]:
+    return [{k: _num(v) if isinstance(v, float) else v for k, v in row.items()} for row in read_metrics(run_dir)]
 
 
 def _run_config(run_dir: Path) -> dict[str, Any] | None:
@@ -121,12 +117,9 @@ def _run_config(run_dir: Path) -> dict[str, Any] | None:
 
 
 def _run_json(run_dir: Path, tables: _Tables) -> dict[str, Any]:
-
-    metrics_path = run_dir / METRICS_FILE
     samples = [_sample_json(f"iteration {s.iteration}", s.groups, s.failures, tables, iteration=s.iteration,
                             groups_collected=s.groups_collected) for s in read_samples(run_dir)]
-    return {"config": _run_config(run_dir), "metrics": _read_metrics(metrics_path) if metrics_path.exists() else [],
-            "samples": samples}
+    return {"config": _run_config(run_dir), "metrics": _metrics_json(run_dir), "samples": samples}
 
 
 def _eval_json(report_dir: Path, tables: _Tables) -> dict[str, Any]:
