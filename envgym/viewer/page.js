@@ -316,11 +316,14 @@ function openSample(index) {
   if (sample.groups.length) openGroup(0);
 }
 
+// A branch episode (rollout.branch) names its parent; a sampled one has parent null.
+const isBranch = episode => episode.parent !== null && episode.parent !== undefined;
+
 // Episodes in tree order: each root, then its branches (Episode.parent), depth first; depth 0 for a root.
 function treeOrder(episodes) {
   const children = episodes.map(() => []);
   const roots = [];
-  episodes.forEach((ep, e) => (ep.parent === null || ep.parent === undefined ? roots : children[ep.parent]).push(e));
+  episodes.forEach((ep, e) => (isBranch(ep) ? children[ep.parent] : roots).push(e));
   const order = [];
   const visit = (e, depth) => { order.push({e, depth}); for (const c of children[e]) visit(c, depth + 1); };
   for (const r of roots) visit(r, 0);
@@ -336,7 +339,7 @@ function openGroup(index) {
   }
   $("group-section").hidden = false;
   $("token-section").hidden = true;
-  const branches = group.episodes.filter(ep => ep.parent !== null && ep.parent !== undefined).length;
+  const branches = group.episodes.filter(isBranch).length;
   $("group-title").textContent = `${sample.label} · group ${index} · ${group.env_id} · ${group.split} task ` +
     `${group.task} · seed ${group.seed} · ${group.wins}/${group.episodes.length} won` +
     (branches ? ` · ${group.episodes.length - branches} sampled episodes and ${branches} branches` : "");
@@ -361,7 +364,7 @@ function openGroup(index) {
     const head = el("div", {class: "head"},
       el("b", {class: episode.won ? "won" : "lost"}, episode.won ? "won" : "not won"),
       ` · episode ${e} · return ${fmt(episode.return)} · ${episode.turns.length} turns · ${episode.end}`,
-      episode.parent !== null && episode.parent !== undefined
+      isBranch(episode)
         ? el("div", {class: "branch-of"}, `↳ branch of episode ${episode.parent} at turn ${start} ` +
                                            `(turns t0–t${start - 1} are its parent's)`) : null);
     const cells = turnsOf[e].map((t, k) => {
