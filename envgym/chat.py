@@ -148,3 +148,25 @@ class EpisodeChat:
     def _whole_prompt(self) -> list[int]:
         """A fresh rendering of `prompt_messages()`."""
         return encode(self.tokenizer, render(self.tokenizer, self.prompt_messages(), True, self.tools))
+
+
+def check_tools_rendered(tokenizer: PreTrainedTokenizerBase, instructions: str, observation: str,
+                         tools: Sequence[Mapping[str, Any]], *, model: str, env_id: str) -> None:
+    """Raise ValueError, in one line naming `model` and `env_id`, unless the chat template renders the first
+    prompt of an episode (`instructions`, `observation`, `tools` as `EpisodeChat` lays them out) with the name of
+    every tool in it outside the observation: a template that fails on tools, or drops both them and the system
+    message that describes them, would leave the policy unable to call them."""
+    chat = EpisodeChat(None, instructions, tools=tools)
+    chat.start(observation)
+    try:
+        prompt = render(tokenizer, chat.prompt_messages(), True, tools)
+    except Exception as exc:  # jinja2's errors, a template's raise_exception(), no template at all
+        problem = " ".join(f"{type(exc).__name__}: {exc}".split())
+        message = f"the chat template of model {model!r} cannot render the tools of {env_id}: {problem}"
+        raise ValueError(message) from None
+    missing = [tool["function"]["name"] for tool in tools
+               if tool["function"]["name"] not in prompt.replace(observation, "")]
+    if missing:
+        raise ValueError(f"the chat template of model {model!r} leaves the tools of {env_id} ({', '.join(missing)}) "
+                         "out of the prompt: it renders neither `tools` nor the system message describing them; use "
+                         "a model whose template renders either (SmolLM2 and Qwen2.5 do)")

@@ -1,8 +1,10 @@
 """Chat rendering: incremental full-history rows equal a fresh rendering; rewriting templates fall back."""
 
+import re
+
 import pytest
 
-from envgym.chat import EpisodeChat, encode, render
+from envgym.chat import EpisodeChat, check_tools_rendered, encode, render
 from envgym.models import CHATML_TEMPLATE, word_level_tokenizer
 
 WORDS = ["you", "see", "a", "door", "open", "it", "north", "the", "is", "locked", "<", ">", "/", "think",
@@ -177,3 +179,25 @@ def test_a_tool_env_rollout_shows_its_tools_to_the_model():
                             group_size=1, split="test", max_turns=1, sampling=SamplingParams(max_new_tokens=2))
     prompt = tokenizer.decode(result.groups[0].episodes[0].turns[0].obs_ids)
     assert "# Tools\n<tools>\n{" in prompt and '"name": "python"' in prompt
+
+
+SYSTEM_DROPPING_TEMPLATE = ("{% for m in messages %}{% if m['role'] != 'system' %}{{ m['role'] + ': ' + m['content'] }}"
+                            "{% endif %}{% endfor %}")
+
+
+@pytest.mark.parametrize("template, instructions, problem", [
+    (TOOLS_TEMPLATE, "play well", None),
+    (CHATML_TEMPLATE, "play well, run code with python", None),  # drops `tools`, but the instructions name them
+    (CHATML_TEMPLATE, "play well", "leaves the tools of tools/Door-v0 (python) out of the prompt: "),
+    (SYSTEM_DROPPING_TEMPLATE, "run code with python", "leaves the tools of tools/Door-v0 (python) out"),
+    ("{{ raise_exception('tools are not supported') if tools }}", "play well",
+     "cannot render the tools of tools/Door-v0: TemplateError: tools are not supported"),
+])
+def test_a_template_must_show_the_tools_to_the_model(template, instructions, problem):
+    tokenizer = word_level_tokenizer(WORDS, chat_template=template)
+    observation = "you see a door, python opens it"  # naming a tool here does not show the model the tool
+    if problem is None:
+        check_tools_rendered(tokenizer, instructions, observation, TOOLS, model="tiny", env_id="tools/Door-v0")
+        return
+    with pytest.raises(ValueError, match="^" + re.escape(f"the chat template of model 'tiny' {problem}")):
+        check_tools_rendered(tokenizer, instructions, observation, TOOLS, model="tiny", env_id="tools/Door-v0")

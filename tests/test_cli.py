@@ -140,6 +140,13 @@ def _list_yaml(tmp_path):
     return str(path)
 
 
+def _garbage_model(tmp_path):
+    path = tmp_path / "model"
+    path.mkdir()
+    (path / "config.json").write_text("{not json")
+    return str(path)
+
+
 QUICKSTART = "trainers/recipes/quickstart.yaml"
 
 
@@ -157,6 +164,10 @@ QUICKSTART = "trainers/recipes/quickstart.yaml"
      "rollout.backend: vllm starts its engine from a checkpoint directory, and the model 'tiny-maze' has none"),
     (["train", QUICKSTART, "out_dir={tmp}/run", "rollout.backend=vllm", "rollout.max_staleness=1"],
      "rollout.backend: vllm starts its engine from a checkpoint directory, and the model 'tiny-maze' has none"),
+    (["train", QUICKSTART, "out_dir={tmp}/run", "model.name={garbage_model}"],
+     "model.name is '{garbage_model}', a directory AutoTokenizer cannot load from"),
+    (["train", QUICKSTART, "out_dir={tmp}/run", "env.id=tools/MathPython-v0", "env.kwargs={{}}"],
+     "model.name: the chat template of model 'tiny-maze' leaves the tools of tools/MathPython-v0 (python) out"),
     (["sft", QUICKSTART, "sft.steps=0"], "sft.steps is 0"),
     (["eval", "--env", "games/Maze-v0", "--policy", "hf:/nonexistent"], "there is no directory '/nonexistent'"),
     (["eval", "--env", "games/Maze-v0", "--policy", "scripted", "--env-kwarg", "size=banana"],
@@ -165,7 +176,9 @@ QUICKSTART = "trainers/recipes/quickstart.yaml"
      "--out /proc/envgym: cannot write there"),
 ])
 def test_expected_errors_are_one_line_and_exit_two(tmp_path, capsys, argv, message):
-    argv = [a.format(bad_yaml=_bad_yaml(tmp_path), list_yaml=_list_yaml(tmp_path), tmp=tmp_path) for a in argv]
+    paths = dict(bad_yaml=_bad_yaml(tmp_path), list_yaml=_list_yaml(tmp_path), garbage_model=_garbage_model(tmp_path),
+                 tmp=tmp_path)
+    argv, message = [a.format(**paths) for a in argv], message.format(**paths)
     assert main(argv) == EXIT_USAGE
     captured = capsys.readouterr()
     assert captured.out.count("\n") == 1 and message in captured.out, captured.out  # nothing ran before it

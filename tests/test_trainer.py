@@ -65,6 +65,56 @@ def test_bad_configs_fail_before_training(tmp_path, override, message):
         Trainer(micro(tmp_path, [override]))
 
 
+TOOL_ENV = ["env.id=tools/MathPython-v0", "env.kwargs={}", "env.show_admissible=false"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.name={tmp}/garbage"],
+     "model.name is '{tmp}/garbage', a directory AutoTokenizer cannot load from (OSError: It looks like the config "
+     "file at '{tmp}/garbage/config.json' is not a valid JSON file.); expected a directory written by save_pretrained"),
+    (["model.name={tmp}/empty"], "model.name is '{tmp}/empty', a directory AutoTokenizer cannot load from ("),
+    # tiny-maze's template drops the system message, and with it the instructions that describe the tools
+    (TOOL_ENV, "model.name: the chat template of model 'tiny-maze' leaves the tools of tools/MathPython-v0 "
+               "(python) out of the prompt"),
+])
+def test_a_model_that_cannot_load_or_show_the_tools_fails_before_any_work(tmp_path, monkeypatch, overrides,
+                                                                            message):
+    import envgym.trainers.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "make_pool", lambda *a, **k: pytest.fail("the env pool started"))
+    (tmp_path / "garbage").mkdir()
+    (tmp_path / "garbage" / "config.json").write_text('{"model_type": "llama", ')
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError) as error:
+        Trainer(micro(tmp_path, [o.replace("{tmp}", str(tmp_path)) for o in overrides]))
+    assert message.replace("{tmp}", str(tmp_path)) in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_a_run_says_every_few_seconds_what_it_is_doing_also_into_a_file(tmp_path, monkeypatch, capsys):
+    """The heartbeat: a line naming the iteration, the phase and its progress, on a stream that is no terminal."""
+    import re
+    import time
+
+    import envgym.trainers.run_log as run_log
+
+    monkeypatch.setattr(run_log, "HEARTBEAT_S", 0.01)
+    progress = run_log.Heartbeat.progress
+
+    def slow_progress(heartbeat, done, total=None):  # every phase outlasts its progress by several heartbeats
+        progress(heartbeat, done, total)
+        time.sleep(0.05)
+
+    monkeypatch.setattr(run_log.Heartbeat, "progress", slow_progress)
+    Trainer(micro(tmp_path, ["iterations=1"])).fit()
+    out = capsys.readouterr().out
+    for line in (r"iteration 0/1 init, 4/4 episodes, [\d.]+ episodes/min, 0m0\ds in this phase",
+                 r"iteration 1/1 rollout, 4/4 episodes, [\d.]+ episodes/min",
+                 r"iteration 1/1 update, \d+/\d+ rows, [\d.]+ rows/min",
+                 r"iteration 1/1 eval, 4/4 episodes"):
+        assert re.search(rf"^\[\d\d:\d\d:\d\d\] {line}", out, re.MULTILINE), (line, out[-2000:])
+
+
 def test_nan_loss_stops_the_run_and_saves_the_batch(tmp_path, monkeypatch):
     import envgym.trainers.trainer as trainer_module
 

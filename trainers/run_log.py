@@ -1,4 +1,5 @@
-"""What a run shows and leaves behind: a rich progress bar, `metrics.jsonl`, TensorBoard events, a curve PNG.
+"""What a run shows and leaves behind: a rich progress bar, heartbeat lines, `metrics.jsonl`, TensorBoard events, a
+curve PNG.
 
 Files under the run's `out_dir`: `metrics.jsonl` (one JSON object per logged
 step, with an `iteration` key), `tensorboard/` (SummaryWriter event files) and
@@ -8,6 +9,9 @@ step, with an `iteration` key), `tensorboard/` (SummaryWriter event files) and
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +19,82 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from envgym.run_files import CURVE_FILE, METRICS_FILE, TENSORBOARD_DIR
 
+#: Seconds between two heartbeat lines of a running `Heartbeat`.
+HEARTBEAT_S = 30.0
+
+
+class Heartbeat:
+    """What a run is doing now, said in one line every `HEARTBEAT_S` seconds while started.
+
+    The trainer names each phase as it enters it (`phase`) and reports the
+    phase's progress through `progress(done, total)`, the `on_episode` callback
+    of `collect_groups` and `evaluate_policy`. A timer thread prints, so a phase
+    that reports no progress (a checkpoint, a rollout worker's batch) still gets
+    its lines, and they reach a file or a pipe as they would a terminal.
+    """
+
+    def __init__(self, iterations: int):
+        self.iterations = iterations
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.phase("starting", 0)
+
+    def phase(self, name: str, iteration: int, unit: str = "episodes") -> None:
+        """From now on the run is in phase `name` of `iteration` (0 before RL), whose progress counts `unit`s."""
+        with self._lock:
+            self._name, self._iteration, self._unit = name, iteration, unit
+            self._done, self._total, self._since = 0, None, time.monotonic()
+
+    def progress(self, done: int, total: int | None = None) -> None:
+        """`done` of the current phase's `total` units (None: unknown) are finished."""
+        with self._lock:
+            self._done, self._total = done, total
+
+    def line(self) -> str:
+        """E.g. `iteration 3/10 rollout, 12/32 episodes, 4.1 episodes/min, 2m55s in this phase`."""
+        with self._lock:
+            name, iteration, unit, done, total = self._name, self._iteration, self._unit, self._done, self._total
+            seconds = time.monotonic() - self._since
+        parts = [f"iteration {iteration}/{self.iterations} {name}"]
+        if done or total:
+            parts.append(f"{done}/{'?' if total is None else total} {unit}")
+        if done:
+            parts.append(f"{60 * done / max(seconds, 1e-9):.1f} {unit}/min")
+        parts.append(f"{int(seconds) // 60}m{int(seconds) % 60:02d}s in this phase")
+        return ", ".join(parts)
+
+    def start(self, say: Callable[[str], None]) -> None:
+        """Call `say(self.line())` every `HEARTBEAT_S` seconds from a daemon thread until `stop`."""
+        self._stopped.clear()
+        self._thread = threading.Thread(target=self._beat, args=(say, HEARTBEAT_S), name="heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self, say: Callable[[str], None], every: float) -> None:
+        while not self._stopped.wait(every):
+            say(self.line())
+
+    def stop(self) -> None:
+        """End the lines (idempotent); returns once the thread has printed its last."""
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
 
 class RunLog:
     """Context manager logging metrics of iterations `start..total` of a run.
 
     On entry `metrics.jsonl` is rewritten from `history` (the metrics up to the
     checkpoint a resumed run starts from), so iterations a killed run lost are
-    not listed twice; TensorBoard purges its later events the same way.
+    not listed twice; TensorBoard purges its later events the same way. Inside,
+    `heartbeat` (if given) prints its lines above the bar.
     """
 
-    def __init__(self, out_dir: str | Path, *, start: int, total: int, history: list[dict[str, Any]]):
+    def __init__(self, out_dir: str | Path, *, start: int, total: int, history: list[dict[str, Any]],
+                 heartbeat: Heartbeat | None = None):
         self.out_dir = Path(out_dir)
-        self.start, self.total, self.history = start, total, history
+        self.start, self.total, self.history, self.heartbeat = start, total, history, heartbeat
         self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[status]}"),
                                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
@@ -41,7 +109,14 @@ class RunLog:
         self.writer = SummaryWriter(str(self.out_dir / TENSORBOARD_DIR), purge_step=self.start or None)
         self.progress.start()
         self.task = self.progress.add_task("train", total=self.total, completed=self.start, status="")
+        if self.heartbeat is not None:
+            self.heartbeat.start(self._say)
         return self
+
+    def _say(self, line: str) -> None:
+        """`line` after the time of day, never wrapped (a file or a pipe gets 80 columns), never read as markup."""
+        self.progress.console.print(f"[{time.strftime('%H:%M:%S')}] {line}", markup=False, highlight=False,
+                                    soft_wrap=True)
 
     def log(self, metrics: dict[str, Any], *, step: int, advance: bool = True) -> None:
         """Append `metrics` of `step` to the JSONL and TensorBoard, and move the bar.
@@ -67,6 +142,8 @@ class RunLog:
         return plot_learning_curve(self.history, self.out_dir / CURVE_FILE)
 
     def __exit__(self, *exc: Any) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         self.progress.stop()
         self.writer.close()
 

@@ -47,8 +47,8 @@ from envgym.trainers.episode_log import log_episode_sample
 from envgym.trainers.losses import (CorrectionStats, kl_penalty, off_policy_weights, ppo_clip_loss,
                                     sampled_logprobs)
 from envgym.trainers.run_dir import RunDirectory
-from envgym.trainers.run_log import RunLog
-from envgym.trainers.tiny_model import VOCABULARIES, tiny_policy_model
+from envgym.trainers.run_log import Heartbeat, RunLog
+from envgym.trainers.tiny_model import VOCABULARIES, tiny_policy_model, tiny_tokenizer
 from envgym.trainers.weights import lora_adapter, merged_named_weights
 from envgym.wrappers import EnvMaker
 
@@ -98,25 +98,55 @@ def pick_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
-def load_model(options: ModelOptions, seed: int) -> tuple[Any, Any]:
-    """The policy model (LoRA-wrapped when `lora.r > 0`) and its tokenizer, as `options` say."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def model_source(options: ModelOptions) -> tuple[str, str]:
+    """The config key naming the weights a run starts from (`model.init_from`, else `model.name`) and its value."""
+    return ("model.init_from", options.init_from) if options.init_from else ("model.name", options.name)
 
-    source = options.init_from or options.name
-    if source in VOCABULARIES:
-        model, tokenizer = tiny_policy_model(source, seed)
-    elif source == "default":
-        from envgym.models import load_default_model
 
-        model, tokenizer = load_default_model()
+def _from_pretrained(loader: Any, options: ModelOptions) -> Any:
+    """`loader.from_pretrained` (AutoTokenizer, AutoModelForCausalLM) on the model's directory; ConfigError naming
+    the key when the name is neither 'default' nor a directory, or when transformers cannot load from it."""
+    key, source = model_source(options)
+    if source == "default":
+        from envgym.models import default_model_dir
+
+        directory = default_model_dir()
     elif Path(source).is_dir():
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source)
+        directory = Path(source)
     else:
-        raise ConfigError(f"model.{'init_from' if options.init_from else 'name'} is {source!r}: expected one of "
-                          f"{', '.join(VOCABULARIES)}, 'default' (SmolLM2-135M-Instruct) or a directory written by "
-                          "save_pretrained")
+        raise ConfigError(f"{key} is {source!r}: expected one of {', '.join(VOCABULARIES)}, 'default' "
+                          "(SmolLM2-135M-Instruct) or a directory written by save_pretrained")
+    try:
+        return loader.from_pretrained(directory)
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # a missing or damaged config, tokenizer or weights
+        problem = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise ConfigError(f"{key} is {source!r}, a directory {loader.__name__} cannot load from ({problem}); "
+                          "expected a directory written by save_pretrained: config.json, the weights and the "
+                          "tokenizer files") from None
+
+
+def load_tokenizer(options: ModelOptions) -> Any:
+    """The policy's tokenizer, as `options` say (ConfigError naming the key when it cannot be loaded)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    source = model_source(options)[1]
+    return tiny_tokenizer(source) if source in VOCABULARIES else _from_pretrained(AutoTokenizer, options)
+
+
+def load_model(options: ModelOptions, seed: int, tokenizer: Any = None) -> tuple[Any, Any]:
+    """The policy model (LoRA-wrapped when `lora.r > 0`) and its tokenizer (`load_tokenizer`'s unless given), as
+    `options` say; ConfigError naming the key when either cannot be loaded."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM
+
+    if tokenizer is None:
+        tokenizer = load_tokenizer(options)
+    source = model_source(options)[1]
+    if source in VOCABULARIES:
+        model = tiny_policy_model(source, seed)[0]
+    else:
+        model = _from_pretrained(AutoModelForCausalLM, options)
     model = model.to(device=_device(), dtype=pick_dtype(options.dtype))
     if options.lora.r > 0:
         from peft import get_peft_model
@@ -224,8 +254,9 @@ class Trainer:
     """Trains `config.model` on `config.env` with the configured estimator; see the module docstring.
 
     Everything that can be checked without training is checked in the
-    constructor (env id, kwargs, token budget, checkpoint compatibility), so a
-    bad config fails in seconds with a message saying what to change.
+    constructor (env id, kwargs, the model's files, that its chat template
+    shows a tool env's tools, token budget, checkpoint compatibility), so a bad
+    config fails in seconds with a message saying what to change.
 
     The trainer owns `out_dir` from construction until `fit` ends (or `close`):
     see `RunDirectory`. A directory holding another run is refused unless
@@ -242,6 +273,7 @@ class Trainer:
                         else NoRunDirectory())
         self.pool: EnvPool | None = None
         self.rollout_worker = None  # rollout.max_staleness 1: the process generating the next batch
+        self.heartbeat = Heartbeat(config.iterations)  # what `fit` is doing; rank 0 prints it (see `RunLog`)
         try:
             self._set_up(resume=resume, overwrite=overwrite)
         except BaseException:
@@ -255,10 +287,11 @@ class Trainer:
         seed_everything(config.seed)
         check_env_options(config.env)
         self.env_factory = env_maker(config.env)
-        self.model, self.tokenizer = load_model(config.model, config.seed)
+        tokenizer = load_tokenizer(config.model)
+        self._check_first_prompt(tokenizer)  # before the model loads: that may take minutes
+        self.model, self.tokenizer = load_model(config.model, config.seed, tokenizer)
         self.train_module = self.dp.wrap(self.model)  # what the update trains (DDP / FSDP2 under torchrun)
         self.dp.seed_rank(config.seed)
-        self._check_token_budget()
         self.policy = self._rollout_policy()
         self.optimizer = torch.optim.AdamW([p for p in self.train_module.parameters() if p.requires_grad],
                                            lr=config.optim.lr, weight_decay=config.optim.weight_decay,
@@ -313,23 +346,30 @@ class Trainer:
         tasks, samples = plan_split(split_tasks, cfg.eval.episodes, 1, greedy=cfg.eval.temperature == 0)
         return tasks * samples
 
-    def _check_token_budget(self) -> None:
-        """The first prompt plus one action must fit a micro-batch, or no row could ever be trained."""
-        from envgym.chat import EpisodeChat
+    def _check_first_prompt(self, tokenizer: Any) -> None:
+        """ConfigError unless the chat template shows a tool env's tools (`check_tools_rendered`) and the first
+        prompt plus one action fits a micro-batch (or no row could ever be trained)."""
+        from envgym.chat import EpisodeChat, check_tools_rendered
 
-        env = self.env_factory()
-        try:
-            obs, _ = env.reset(seed=0)
-            prompt, _ = EpisodeChat(self.tokenizer, env.unwrapped.instructions, context=self.config.rollout.context,
-                                    window=self.config.rollout.window).start(obs)
-        finally:
-            env.close()
-        need = len(prompt) + self.config.rollout.max_new_tokens
-        if need > self.config.optim.micro_batch_tokens:
-            raise ConfigError(f"optim.micro_batch_tokens is {self.config.optim.micro_batch_tokens}, but the first "
-                              f"prompt of {self.config.env.id} is {len(prompt)} tokens plus up to "
-                              f"{self.config.rollout.max_new_tokens} sampled; set optim.micro_batch_tokens >= {need} "
-                              "(rows of later turns are longer with rollout.context: full)")
+        cfg = self.config
+        with self.env_factory() as env:
+            obs, info = env.reset(seed=0)
+            instructions = env.unwrapped.instructions
+        tools = info.get("tools")
+        if tools:
+            key, source = model_source(cfg.model)
+            try:
+                check_tools_rendered(tokenizer, instructions, obs, tools, model=source, env_id=cfg.env.id)
+            except ValueError as exc:
+                raise ConfigError(f"{key}: {exc}") from None
+        prompt, _ = EpisodeChat(tokenizer, instructions, context=cfg.rollout.context, window=cfg.rollout.window,
+                                tools=tools).start(obs)
+        need = len(prompt) + cfg.rollout.max_new_tokens
+        if need > cfg.optim.micro_batch_tokens:
+            raise ConfigError(f"optim.micro_batch_tokens is {cfg.optim.micro_batch_tokens}, but the first prompt of "
+                              f"{cfg.env.id} is {len(prompt)} tokens plus up to {cfg.rollout.max_new_tokens} sampled; "
+                              f"set optim.micro_batch_tokens >= {need} (rows of later turns are longer with "
+                              "rollout.context: full)")
 
     @property
     def engine_in_process(self) -> bool:
@@ -430,29 +470,38 @@ class Trainer:
 
         A fresh run first evaluates the initial policy (phase "init") and, with
         `sft.steps > 0`, warm-starts it on oracle demonstrations and evaluates
-        again (phase "sft"); every RL iteration is phase "rl".
+        again (phase "sft"); every RL iteration is phase "rl". The heartbeat
+        names finer phases: "rollout", "update", "eval", "checkpoint", ...
         """
         cfg = self.config
         logger = RunLog if self.dp.is_main else NoRunLog  # rank 0 logs for all ranks
-        with self.run_dir, logger(self.out_dir, start=self.iteration, total=cfg.iterations,
-                                  history=self.history) as run_log:
+        beat = self.heartbeat
+        with self.run_dir, logger(self.out_dir, start=self.iteration, total=cfg.iterations, history=self.history,
+                                  heartbeat=beat) as run_log:
             if not self.history:
+                beat.phase("init", 0)
                 self.history.append({"iteration": 0, "phase": "init", **self.evaluate()})
                 run_log.log(self.history[-1], step=0, advance=False)
                 if cfg.sft.steps > 0:
-                    self.history.append({"iteration": 0, "phase": "sft", **self.warm_start(), **self.evaluate()})
+                    beat.phase("sft", 0, unit="steps")
+                    stats = self.warm_start()
+                    beat.phase("eval", 0)
+                    self.history.append({"iteration": 0, "phase": "sft", **stats, **self.evaluate()})
                     # RL starts from the warm-started policy: the KL reference and the PRM copy it
                     self.reference = self._frozen_reference() if cfg.loss.kl_coef > 0 else None
                     self.turn_reward = self._turn_reward_model()
+                    beat.phase("checkpoint", 0)
                     self.save_checkpoint()
                     run_log.log(self.history[-1], step=0, advance=False)
             while self.iteration < cfg.iterations:
                 metrics = self.train_iteration()
                 self.iteration += 1
                 if self.iteration % cfg.eval.every == 0 or self.iteration == cfg.iterations:
+                    beat.phase("eval", self.iteration)
                     metrics |= self.evaluate()
                 self.history.append({"iteration": self.iteration, "phase": "rl", **metrics})
                 if self.iteration % cfg.checkpoint.every == 0 or self.iteration == cfg.iterations:
+                    beat.phase("checkpoint", self.iteration)
                     self.save_checkpoint()  # before logging: a logged iteration is never lost to a kill
                 run_log.log(self.history[-1], step=self.iteration)
             run_log.plot_curve()
@@ -465,7 +514,8 @@ class Trainer:
         cfg = self.config
         batch = demonstration_batch(cfg, self.env_factory, self.tokenizer, pool=self.pool)
         stats = supervised_steps(self.model, batch, steps=cfg.sft.steps, lr=cfg.sft.lr,
-                                 batch_tokens=cfg.sft.batch_tokens, seed=cfg.seed)
+                                 batch_tokens=cfg.sft.batch_tokens, seed=cfg.seed,
+                                 on_step=lambda step, loss: self.heartbeat.progress(step + 1, cfg.sft.steps))
         self.dp.load_replica()  # every rank ran the same warm start; all train on from rank 0's result
         self._sync_rollout_weights()
         return stats
@@ -498,10 +548,12 @@ class Trainer:
                                                episode_timeout=cfg.rollout.episode_timeout,
                                                concurrency=cfg.rollout.num_envs or None,
                                                policy_version=lambda: self.iteration,
+                                               on_episode=self.heartbeat.progress,
                                                **self.collect_options(self.iteration))
             else:
                 rollout = collect_groups(self.env_factory, self.policy, pool=self.pool,
-                                         policy_version=lambda: self.iteration, **self.collect_options(self.iteration))
+                                         policy_version=lambda: self.iteration, on_episode=self.heartbeat.progress,
+                                         **self.collect_options(self.iteration))
         if not self.dp.sum([len(rollout.groups)])[0]:
             causes = sorted({f.cause for f in rollout.failures})
             raise RolloutFailed(f"iteration {self.iteration}: every group of {cfg.env.id} failed past its "
@@ -514,12 +566,14 @@ class Trainer:
         cfg = self.config
         started = time.perf_counter()
         self.model.eval()
+        self.heartbeat.phase("rollout", self.iteration + 1)
         rollout = self.collect()
         rollout_time = time.perf_counter() - started
 
         batch = RolloutBatch.from_groups(rollout.groups, pad_token_id=self.policy.pad_token_id)
         reward_metrics = {}
         if self.turn_reward is not None:
+            self.heartbeat.phase("turn rewards", self.iteration + 1)
             intrinsic, reward_metrics = self.turn_reward.turn_rewards(batch)
             batch = batch.with_intrinsic(intrinsic)
         union, mine = self.dp.union_turns(batch.turns)  # batch statistics of an estimator cover every rank's turns
@@ -528,6 +582,7 @@ class Trainer:
         advantages = union_advantages[mine]
 
         update_started = time.perf_counter()
+        self.heartbeat.phase("update", self.iteration + 1, unit="rows")
         if self.engine_in_process:
             self.policy.sleep()  # frees the GPU for the update with rollout.vllm.enable_sleep_mode; else a no-op
         update_metrics = self.update(batch, advantages, self._trained_rows(batch))
@@ -586,6 +641,7 @@ class Trainer:
         # (a stale batch, or a vLLM engine that missed a weight sync or computes differently, shows here)
         gap = {"max": 0.0, "sum": 0.0, "tokens": 0.0, "k3": 0.0}
         generator = torch.Generator().manual_seed(cfg.seed * 7919 + self.iteration)
+        rows_done, rows_total = 0, cfg.optim.epochs * (batch.num_rows if trained_rows is None else len(trained_rows))
         for _ in range(cfg.optim.epochs):
             if trained_rows is None:
                 order = torch.randperm(batch.num_rows, generator=generator).tolist()
@@ -606,6 +662,8 @@ class Trainer:
                         gap["tokens"] += stats["tokens"]
                     for key in totals.keys() & stats.keys():
                         totals[key] += stats[key]
+                    rows_done += len(micro.rows)
+                    self.heartbeat.progress(rows_done, rows_total)
                 grad_norm = self.dp.clip_grad_norm(cfg.optim.grad_clip)
                 if not torch.isfinite(grad_norm):
                     self._stop_on_nan(batch, advantages, f"gradient norm is {float(grad_norm)}")
@@ -715,7 +773,7 @@ class Trainer:
                                                     max_new_tokens=cfg.rollout.max_new_tokens),
             context=cfg.rollout.context, window=cfg.rollout.window, max_turns=cfg.env.max_turns, pool=self.pool,
             retries=cfg.rollout.retries, shard=(self.dp.rank, self.dp.world_size), agent=cfg.rollout.agent or None,
-            episode_timeout=cfg.rollout.episode_timeout,
+            episode_timeout=cfg.rollout.episode_timeout, on_episode=self.heartbeat.progress,
             gather=self.dp.gather if self.dp.launched else None)  # each rank plays its share of the set
         if row.dropped_episodes:
             log.warning("held-out evaluation: %d of %d episodes failed past their retries and count as losses: %s",
