@@ -117,6 +117,15 @@ SUITES = {
                        "spo_tree@episodes": branching(SPO_TREE, QUESTIONS_BRANCH)},
         "report": BRANCH_REPORT,
     },
+    "smollm2": {  # SmolLM2-135M-Instruct + LoRA, bf16, on 4x4 mazes seen locally (its own recipe, see README
+        # "Training a real model on a CPU"), 100 held-out mazes
+        "recipe": "smollm2_maze.yaml",
+        "overrides": ["eval.initial=false"],  # the untrained model's greedy evaluation is the same in every run
+        "eval_every": 10,
+        "iterations": 20,
+        "estimators": {"grpo": GRPO, "gigpo": ["algorithm.estimator=gigpo"]},
+        "report": ["train/success", "train/invalid_rate", "rollout/logprob_diff_mean", "time/iteration", "time/eval"],
+    },
     "guess": {  # 1-50: 40 train and 10 test secrets, each test secret played 20 times (sampled)
         "overrides": ["model.name=tiny-guess", "env.id=games/GuessNumber-v0", "env.kwargs={low: 1, high: 50}",
                       "env.max_turns=7", "env.show_admissible=false", "rollout.context=full",
@@ -139,10 +148,12 @@ def run(suite: str, estimator: str, seed: int, iterations: int, out_root: str) -
     from envgym.trainers.config import recipes_dir
 
     spec = SUITES[suite]
-    overrides = [*spec["overrides"], *spec["estimators"][estimator], f"seed={seed}", f"iterations={iterations}",
-                 f"out_dir={run_dir(out_root, suite, estimator, seed)}", "eval.every=5", "threads=1"]
+    overrides = [*spec.get("overrides", []), *spec["estimators"][estimator], f"seed={seed}",
+                 f"iterations={iterations}", f"out_dir={run_dir(out_root, suite, estimator, seed)}",
+                 f"eval.every={spec.get('eval_every', 5)}", f"threads={spec.get('threads', 1)}"]
     # a re-run measures afresh: the previous run of this suite, estimator and seed is replaced
-    with Trainer(load_config(recipes_dir() / "quickstart.yaml", overrides), overwrite=True) as trainer:
+    recipe = recipes_dir() / spec.get("recipe", "quickstart.yaml")
+    with Trainer(load_config(recipe, overrides), overwrite=True) as trainer:
         history = trainer.fit()
     result = summarize(history, spec["report"], time.perf_counter() - started)
     print(f"{estimator} seed {seed}: {result['curve']} ({result['seconds']:.0f} s)", flush=True)
@@ -150,11 +161,13 @@ def run(suite: str, estimator: str, seed: int, iterations: int, out_root: str) -
 
 
 def summarize(history: list[dict], report: list[str], seconds: float) -> dict:
-    """Held-out success by iteration (0: after the warm start) and the `report` metrics of every RL iteration."""
+    """Held-out success of the initial policy, by iteration (0: after the warm start), and the `report` metrics of
+    every RL iteration."""
     curve = {int(m["iteration"]): m["eval/success"] for m in history
              if m.get("phase") != "init" and "eval/success" in m}
+    initial = next((m["eval/success"] for m in history if m.get("phase") == "init"), None)
     metrics = {int(m["iteration"]): {k: m[k] for k in report if k in m} for m in history if m["phase"] == "rl"}
-    return {"curve": curve, "metrics": metrics, "seconds": seconds}
+    return {"initial": initial, "curve": curve, "metrics": metrics, "seconds": seconds}
 
 
 def load_run(suite: str, estimator: str, seed: int, iterations: int, out_root: str) -> dict:
@@ -185,6 +198,46 @@ def print_table(title: str, rows: list[tuple[str, list[list[float]]]], estimator
         print(f"{label:>9}" + "".join(f"{spread(values):>{width}}" for values in cells))
 
 
+def print_per_seed(results: dict[str, list[dict]], estimators: list[str], seeds: list[int], last: int) -> None:
+    """Per estimator and seed: held-out success before anything, after the warm start, at `last`, and the gain."""
+    print(f"\nper seed: held-out success initial / after warm start / at iteration {last} (gain over the warm start)")
+    for e in estimators:
+        cells = []
+        for seed, r in zip(seeds, results[e]):
+            initial = "-" if r.get("initial") is None else f"{r['initial']:.2f}"
+            cells.append(f"seed {seed}: {initial} / {r['curve'][0]:.2f} / {r['curve'][last]:.2f} "
+                         f"({r['curve'][last] - r['curve'][0]:+.2f})")
+        print(f"{e:>12}  " + "   ".join(cells))
+
+
+def plot_curves(results: dict[str, list[dict]], estimators: list[str], title: str, path: Path) -> Path:
+    """Mean held-out success by iteration per estimator, the band min-max over seeds; the initial model as a cross."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=120)
+    for e in estimators:
+        its = sorted(set.intersection(*(set(r["curve"]) for r in results[e])))
+        values = [[r["curve"][it] for r in results[e]] for it in its]
+        line, = ax.plot(its, [statistics.mean(v) for v in values], "o-", label=e)
+        ax.fill_between(its, [min(v) for v in values], [max(v) for v in values], color=line.get_color(), alpha=0.2)
+    initial = [r["initial"] for runs in results.values() for r in runs if r.get("initial") is not None]
+    if initial:
+        ax.plot([0], [statistics.mean(initial)], "kx", markersize=9, label="before anything")
+    ax.set_xlabel("RL iteration (0: after the warm start)")
+    ax.set_ylabel("held-out success")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    ax.set_title(title, fontsize="medium")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=sorted(SUITES), default="maze")
@@ -194,6 +247,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
     parser.add_argument("--out", default="runs/credit_assignment")
     parser.add_argument("--report-only", action="store_true", help="print the tables of runs already under --out")
+    parser.add_argument("--plot", type=Path, help="also draw the held-out curves (mean, min-max band) to this PNG")
     args = parser.parse_args()
     spec = SUITES[args.suite]
     unknown = sorted(set(args.estimators or ()) - set(spec["estimators"]))
@@ -211,9 +265,12 @@ def main() -> None:
             results = {e: [futures[e, seed].result() for seed in args.seeds] for e in estimators}
 
     evaluated = sorted(set.intersection(*(set(r["curve"]) for runs in results.values() for r in runs)))
-    print_table(f"held-out success, suite {args.suite}, seeds {args.seeds}: mean [min-max]; "
-                "iteration 0 = after warm start", [(str(it), [[r["curve"][it] for r in results[e]] for e in estimators])
-                                                   for it in evaluated], estimators)
+    initial = [("initial", [[r["initial"] for r in results[e] if r.get("initial") is not None] for e in estimators])]
+    print_table(f"held-out success, suite {args.suite}, seeds {args.seeds}: mean [min-max]; initial = the model "
+                "before anything, iteration 0 = after warm start",
+                initial + [(str(it), [[r["curve"][it] for r in results[e]] for e in estimators]) for it in evaluated],
+                estimators)
+    print_per_seed(results, estimators, args.seeds, evaluated[-1])
     stretches = [(a + 1, b) for a, b in zip(evaluated, evaluated[1:])]
     for metric in spec["report"]:
         shown = [e for e in estimators if any(metric in m for r in results[e] for m in r["metrics"].values())]
@@ -231,6 +288,8 @@ def main() -> None:
     print_table("wall time of a run (s; a live run's includes its warm start and evaluations, --report-only sums "
                 "the RL iterations'): mean [min-max] over seeds",
                 [("all", [[r["seconds"] for r in results[e]] for e in estimators])], estimators)
+    if args.plot:
+        print(f"wrote {plot_curves(results, estimators, f'suite {args.suite}, seeds {args.seeds}', args.plot)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"summary-{args.suite}.json").write_text(json.dumps({"suite": args.suite, "seeds": args.seeds,

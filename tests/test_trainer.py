@@ -29,12 +29,18 @@ def test_fit_logs_metrics_curve_tensorboard_and_checkpoints(tmp_path):
     assert [m["phase"] for m in lines] == ["init", "rl", "rl"] and lines == history
     for key in ("train/success", "train/return", "train/turns", "train/invalid_rate", "adv/mean", "adv/std",
                 "loss/kl", "loss/entropy", "loss/clip_fraction", "perf/update_tokens_per_s", "time/env",
-                "time/model"):
+                "time/model", "time/weight_sync", "perf/peak_rss_gb"):
         assert key in lines[1], key
-    assert "eval/success" in lines[2]
+    assert lines[1]["perf/peak_rss_gb"] > 0.1  # a Python process with torch holds well over 100 MiB
+    assert "eval/success" in lines[2] and lines[2]["time/eval"] > 0 and lines[0]["time/eval"] > 0
     assert (run / "learning_curve.png").stat().st_size > 1000
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert latest_checkpoint(run).name == "iter_000002"
+
+
+def test_eval_initial_false_skips_the_evaluation_before_training(tmp_path):
+    history = Trainer(micro(tmp_path, ["eval.initial=false", "iterations=1", "eval.every=1"])).fit()
+    assert [m["phase"] for m in history] == ["rl"] and "eval/success" in history[0]
 
 
 def test_first_update_recomputes_the_rollout_logprobs(tmp_path):

@@ -213,12 +213,15 @@ class EvalOptions:
     """Held-out evaluation: `episodes` episodes on fixed tasks of `split`, greedy when temperature is 0.
 
     A split with fewer tasks than `episodes` has each task played several times when sampling.
+    `initial: false` skips the evaluation of the untrained policy (phase "init") that a fresh run starts with
+    (a suite of runs on one model evaluates it once).
     """
 
     every: Annotated[int, Range(ge=1)] = 5
     episodes: Annotated[int, Range(ge=1)] = 200
     split: Literal["train", "test"] = "test"
     temperature: Annotated[float, Range(ge=0)] = 0.0
+    initial: bool = True
 
 
 @dataclass

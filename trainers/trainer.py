@@ -238,6 +238,16 @@ def staleness_metrics(rollout: RolloutResult, iteration: int, max_staleness: int
             **{f"rollout/staleness_{s}": float(np.mean(staleness == s)) for s in range(max_staleness + 1)}}
 
 
+def peak_memory_metrics() -> dict[str, float]:
+    """This process's peak resident memory so far (GiB), and the GPU's peak allocation where one is used."""
+    import resource
+
+    metrics = {"perf/peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}  # KiB on Linux
+    if torch.cuda.is_available():
+        metrics["perf/peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    return metrics
+
+
 def lr_factor(step: int, total: int, options: Any) -> float:
     """The learning-rate multiplier at optimizer step `step` of `total` (see `OptimOptions`)."""
     if step < options.warmup_steps:
@@ -468,7 +478,7 @@ class Trainer:
     def fit(self) -> list[dict[str, Any]]:
         """Train until `config.iterations`; returns one metrics dict per logged step.
 
-        A fresh run first evaluates the initial policy (phase "init") and, with
+        A fresh run first evaluates the initial policy (phase "init"; not with `eval.initial: false`) and, with
         `sft.steps > 0`, warm-starts it on oracle demonstrations and evaluates
         again (phase "sft"); every RL iteration is phase "rl". The heartbeat
         names finer phases: "rollout", "update", "eval", "checkpoint", ...
@@ -479,9 +489,10 @@ class Trainer:
         with self.run_dir, logger(self.out_dir, start=self.iteration, total=cfg.iterations, history=self.history,
                                   heartbeat=beat) as run_log:
             if not self.history:
-                beat.phase("init", 0)
-                self.history.append({"iteration": 0, "phase": "init", **self.evaluate()})
-                run_log.log(self.history[-1], step=0, advance=False)
+                if cfg.eval.initial:
+                    beat.phase("init", 0)
+                    self.history.append({"iteration": 0, "phase": "init", **self.evaluate()})
+                    run_log.log(self.history[-1], step=0, advance=False)
                 if cfg.sft.steps > 0:
                     beat.phase("sft", 0, unit="steps")
                     stats = self.warm_start()
@@ -586,7 +597,9 @@ class Trainer:
         if self.engine_in_process:
             self.policy.sleep()  # frees the GPU for the update with rollout.vllm.enable_sleep_mode; else a no-op
         update_metrics = self.update(batch, advantages, self._trained_rows(batch))
+        sync_started = time.perf_counter()
         self._sync_rollout_weights()
+        sync_time = time.perf_counter() - sync_started
         async_metrics = {}
         if self.rollout_worker is not None:  # the worker loads the new weights before its next turn
             async_metrics = {"time/weight_publish_wait": self.rollout_worker.publish(self.model, self.iteration + 1),
@@ -602,8 +615,8 @@ class Trainer:
                 "adv/mean": float(union_advantages.mean()), "adv/abs_max": float(union_advantages.abs().max()),
                 "adv/std": float(union_advantages.std()) if len(union_advantages) > 1 else 0.0,
                 "time/env": rollout.metrics["env_time"], "time/model": rollout.metrics["model_time"],
-                "time/rollout": rollout_time, "time/update": update_time,
-                "time/iteration": time.perf_counter() - started,
+                "time/rollout": rollout_time, "time/update": update_time - sync_time, "time/weight_sync": sync_time,
+                "time/iteration": time.perf_counter() - started, **peak_memory_metrics(),
                 "perf/generated_tokens_per_s": rollout.metrics["generated_tokens"] / max(rollout_time, 1e-9),
                 "perf/update_tokens_per_s": num_tokens * cfg.optim.epochs / max(update_time, 1e-9),
                 "rollout/dropped_groups": rollout.metrics["dropped_groups"],
@@ -766,6 +779,7 @@ class Trainer:
         `eval/dropped_episodes`.
         """
         cfg = self.config
+        started = time.perf_counter()
         self.model.eval()
         row, _ = evaluate_policy(
             self.env_factory, self.policy, policy_name="trainer", split=cfg.eval.split, episodes=cfg.eval.episodes,
@@ -781,7 +795,8 @@ class Trainer:
                         "; ".join(f["cause"] for f in row.failures[:3]))
         return {"eval/success": row.success_rate, "eval/episodes": float(row.episodes),
                 "eval/dropped_episodes": float(row.dropped_episodes), "eval/return": row.mean_return,
-                "eval/turns": row.mean_turns, "eval/invalid_rate": row.invalid_action_rate}
+                "eval/turns": row.mean_turns, "eval/invalid_rate": row.invalid_action_rate,
+                "time/eval": time.perf_counter() - started}
 
     def save_checkpoint(self) -> Path:
         """Write this iteration's checkpoint (rank 0 writes; every rank returns once it is complete)."""
