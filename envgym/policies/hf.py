@@ -333,7 +333,7 @@ class HFPolicy:
 
         # the last position as an index tensor, not `logits_to_keep=1`: the slice `[:, -1:]` is a strided view,
         # and with a frozen output layer (LoRA) `matmul` then broadcasts the vocabulary matrix to every row, a copy
-        # that made a CPU prefill of SmolLM2 3.6x slower (32 x 97 tokens, bf16: 3.25 s against 0.89 s)
+        # that made a CPU prefill of SmolLM2 3.6x slower (the last row of benchmarks/real_model.py)
         last = torch.tensor([input_ids.shape[1] - 1], device=input_ids.device)
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
                          logits_to_keep=last, **{self._cache_argument: cache})
