@@ -605,7 +605,7 @@ class Trainer:
             async_metrics = {"time/weight_publish_wait": self.rollout_worker.publish(self.model, self.iteration + 1),
                              "time/trainer_wait": rollout.metrics["trainer_wait_s"],
                              "time/engine_wait": rollout.metrics["engine_wait_s"]}
-        update_time = time.perf_counter() - update_started
+        update_time = time.perf_counter() - update_started - sync_time  # the weight sync is logged apart
         rollout = self.dp.union_rollout(rollout)  # metrics over every rank's episodes
         num_tokens = self.dp.sum([batch.num_tokens])[0]
         if self.dp.is_main:  # the episodes kept for `envgym view`: rank 0's groups lead the union
@@ -615,7 +615,7 @@ class Trainer:
                 "adv/mean": float(union_advantages.mean()), "adv/abs_max": float(union_advantages.abs().max()),
                 "adv/std": float(union_advantages.std()) if len(union_advantages) > 1 else 0.0,
                 "time/env": rollout.metrics["env_time"], "time/model": rollout.metrics["model_time"],
-                "time/rollout": rollout_time, "time/update": update_time - sync_time, "time/weight_sync": sync_time,
+                "time/rollout": rollout_time, "time/update": update_time, "time/weight_sync": sync_time,
                 "time/iteration": time.perf_counter() - started, **peak_memory_metrics(),
                 "perf/generated_tokens_per_s": rollout.metrics["generated_tokens"] / max(rollout_time, 1e-9),
                 "perf/update_tokens_per_s": num_tokens * cfg.optim.epochs / max(update_time, 1e-9),
