@@ -243,15 +243,15 @@ def test_eval_of_an_openai_policy_sends_tool_history_structured(tokenizer):
     assert second.startswith("\n<|im_start|>tool\n") and second.endswith("\n1<|im_end|>\n<|im_start|>assistant\n")
 
 
-def test_the_readme_agent_is_complete_and_plays(policy):
+def test_the_documented_agent_is_complete_and_plays(policy):
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    example = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "def agent(env, client)" in b)
+    page = (Path(__file__).resolve().parents[1] / "docs" / "gateway.md").read_text()
+    example = next(b for b in re.findall(r"```python\n(.*?)```", page, flags=re.S) if "def agent(env, client)" in b)
     assert len(example.strip().splitlines()) < 30
     namespace: dict = {}
-    exec(compile(example, "README.md", "exec"), namespace)
+    exec(compile(example, "docs/gateway.md", "exec"), namespace)
     result = collect_agent_groups(MATH, policy, namespace["agent"], n_groups=1, group_size=2, max_turns=2,
                                   sampling=SamplingParams(max_new_tokens=4))
     assert not result.failures and [len(e.turns) for e in result.groups[0].episodes] == [2, 2]
