@@ -32,7 +32,7 @@ test-vllm: setup-vllm
 quickstart: setup
 	$(VENV)/bin/envgym train trainers/recipes/quickstart.yaml --overwrite
 
-# The GPU check (one table, about 5 minutes on one GPU, no download): see README "From a laptop to a cluster".
+# The GPU check (one table, about 5 minutes on one GPU, no download): see docs/scaling.md.
 gpu-check:
 	bash scripts/gpu_check.sh
 

@@ -117,8 +117,8 @@ SUITES = {
                        "spo_tree@episodes": branching(SPO_TREE, QUESTIONS_BRANCH)},
         "report": BRANCH_REPORT,
     },
-    "smollm2": {  # SmolLM2-135M-Instruct + LoRA, bf16, on 4x4 mazes seen locally (its own recipe, see README
-        # "Training a real model on a CPU"), 100 held-out mazes
+    "smollm2": {  # SmolLM2-135M-Instruct + LoRA, bf16, on 4x4 mazes seen locally (its own recipe, see
+        # docs/real_models.md, "Training a real model on a CPU"), 100 held-out mazes
         "recipe": "smollm2_maze.yaml",
         "overrides": ["eval.initial=false"],  # the untrained model's greedy evaluation is the same in every run
         "eval_every": 10,

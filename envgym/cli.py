@@ -282,10 +282,11 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
                         "--enable-auto-tool-choice --tool-call-parser NAME); default: calls travel as text only")
     p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting of the vllm: policies' engine, a keyword of vllm.LLM, e.g. max_model_len=2048 "
-                        "(repeatable; CPU defaults: see README)")
+                        "(repeatable; CPU defaults: see docs/vllm.md)")
     p.add_argument("--agent", default=None, metavar="MODULE:FUNCTION",
                    help="play every episode with this agent program, agent(env, client), through an "
-                        "OpenAI-compatible gateway in front of each policy (default: the built-in loop; see README)")
+                        "OpenAI-compatible gateway in front of each policy (default: the built-in loop; "
+                        "see docs/gateway.md)")
     p.add_argument("--episode-timeout", type=float, default=None, metavar="SECONDS",
                    help="with --agent: an agent that has not returned by then fails its episode (default: none)")
     p.add_argument("--out", default=None, metavar="DIR", help="write report.json, report.md and report.png here")

@@ -188,13 +188,15 @@ class TurnRewardOptions:
     """
 
     kind: Literal["none", "info_gain", "implicit_prm"] = "none"
-    # log_prob_diff: IGPO's released recipe; prob_diff won on twenty questions, where log gains collapsed (README)
+    # log_prob_diff: IGPO's released recipe; prob_diff won on twenty questions, where log gains collapsed
+    # (docs/credit_assignment.md)
     info_gain: Literal["prob_diff", "log_prob_diff"] = "log_prob_diff"
     answer_template: str = "{answer}"  # the gold answer as a reply; text before {answer} is forced, not scored
     prm_beta: Annotated[float, Range(gt=0)] = 0.05
     prm_update: Literal["before", "after"] = "after"
     prm_loss: Literal["ce", "dpo"] = "ce"  # "dpo": trajectory-level DPO (OPRL)
-    # 1e-5: what the maze sweep supports (README, "Credit assignment, measured"); 1e-4 collapses there
+    # 1e-5: what the maze sweep supports (docs/credit_assignment.md, "Credit assignment, measured"); 1e-4 collapses
+    # there
     prm_lr: Annotated[float, Range(ge=0, le=1)] = 1e-5
 
 
