@@ -44,7 +44,9 @@ GRPO = ["algorithm.estimator=grpo", "algorithm.options={}"]
 VINEPPO = ["algorithm.estimator=vineppo", "algorithm.options={scale: batch_rms}"]
 SPO_TREE = ["algorithm.estimator=spo_tree", "algorithm.options={scale: batch_rms}"]
 GIGPO = ["algorithm.estimator=gigpo"]  # the quickstart's options: gamma 0.95, mean_std_norm, invalid penalty 0.1
-IGPO = ["algorithm.estimator=igpo", "algorithm.options={}", "turn_reward.kind=info_gain"]
+IGPO = ["algorithm.estimator=igpo", "algorithm.options={}", "turn_reward.kind=info_gain"]  # prob_diff, joint
+# the gain in log-probabilities (the default until 2026-12-07: the guess and branching-questions figures used it)
+IGPO_LOG = [*IGPO, "turn_reward.info_gain=log_prob_diff"]
 
 
 def prime(lr: float, beta: float, update: str) -> list[str]:
@@ -64,6 +66,7 @@ QUESTIONS = ["model.name=tiny-questions", "env.id=games/TwentyQuestions-v0", "en
              "rollout.context=full", "rollout.max_new_tokens=7", "rollout.n_groups=8", "optim.minibatches=2",
              "loss.entropy_coef=0", "sft.steps=120", "eval.episodes=112"]
 QUESTIONS_IGPO = [*IGPO, "turn_reward.answer_template='it is {answer}'"]
+QUESTIONS_IGPO_LOG = [*QUESTIONS_IGPO, "turn_reward.info_gain=log_prob_diff"]
 # maze: 16 x 8 sampled episodes of <= 12 turns (~11 after the warm start); "@tokens" plays 16 x 4 and branches 2
 # continuations before turn 6 (11 + 2 x 6 = 23 turns for the 22 of two baseline episodes; branching before turns
 # 4 and 8 instead generated 2.2-2.5x the baseline's tokens)
@@ -88,9 +91,14 @@ SUITES = {
         # no entropy bonus (the maze's memoryless policy needs one, this one does not: it raised invalid replies)
         "overrides": QUESTIONS,
         "iterations": 30,
-        "estimators": {"grpo": GRPO, "gigpo": GIGPO, "igpo": QUESTIONS_IGPO,
-                       # IG in probabilities: an episode's gains sum to p_last - p_first <= 1, the outcome's scale
-                       "igpo-prob-diff": [*QUESTIONS_IGPO, "turn_reward.info_gain=prob_diff"],
+        "estimators": {"grpo": GRPO, "gigpo": GIGPO,
+                       # IG in probabilities (the default): an episode's gains sum to p_last - p_first <= 1, the
+                       # outcome's scale
+                       "igpo": QUESTIONS_IGPO,
+                       # IG in log-probabilities, z-scored jointly with the outcome (the default until 2026-12-07)
+                       "igpo-log": QUESTIONS_IGPO_LOG,
+                       # ... z-scored apart from the outcome, as the released code pairs it
+                       "igpo-log-separate": [*QUESTIONS_IGPO_LOG, "algorithm.options={normalize: separate}"],
                        # ablation: the anchors without the invalid-reply penalty GRPO does not get
                        "gigpo-no-penalty": [*GIGPO, "algorithm.options={invalid_penalty: 0.0}"]},
         "report": ["info_gain/informative", "info_gain/redundant", "info_gain/outcome_corr", "train/success",
@@ -110,7 +118,7 @@ SUITES = {
     "branching-questions": {  # the questions suite's env and settings
         "overrides": QUESTIONS,
         "iterations": 30,
-        "estimators": {"grpo": GRPO, "gigpo": GIGPO, "igpo": QUESTIONS_IGPO,
+        "estimators": {"grpo": GRPO, "gigpo": GIGPO, "igpo-log": QUESTIONS_IGPO_LOG,
                        "vineppo@tokens": branching(VINEPPO, QUESTIONS_BRANCH, QUESTIONS_TOKEN_ROOTS),
                        "spo_tree@tokens": branching(SPO_TREE, QUESTIONS_BRANCH, QUESTIONS_TOKEN_ROOTS),
                        "vineppo@episodes": branching(VINEPPO, QUESTIONS_BRANCH),
@@ -133,7 +141,7 @@ SUITES = {
         "overrides": ["model.name=tiny-guess", "env.id=games/GuessNumber-v0", "env.kwargs={low: 1, high: 50}",
                       "env.max_turns=7", "env.show_admissible=false", "rollout.context=full",
                       "rollout.max_new_tokens=2", "sft.steps=60"],
-        "estimators": {"grpo": GRPO, "igpo": IGPO},
+        "estimators": {"grpo": GRPO, "igpo-log": IGPO_LOG},
         "report": ["info_gain/informative", "info_gain/redundant", "info_gain/outcome_corr", "train/success"],
     },
 }

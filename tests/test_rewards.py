@@ -134,7 +134,7 @@ def test_info_gain_warns_when_redundant_turns_earn_as_much_as_informative_ones(c
     e = episode([(1,), (1,), (1,)], won=False, states=["a", "a", "a"])  # two repeated questions
     f = episode([(1,), (1,), (1,)], won=True, states=["a", "b", "c"])  # two informative ones
     # every turn adds the same tokens, so the length-scoring policy gives every turn the same IG
-    reward = InfoGainReward(LengthScoringPolicy(), TurnRewardOptions(kind="info_gain"))
+    reward = InfoGainReward(LengthScoringPolicy(), TurnRewardOptions(kind="info_gain", info_gain="log_prob_diff"))
     with caplog.at_level(logging.WARNING, logger="envgym.trainers.rewards.health"):
         streaks = [reward.turn_rewards(RolloutBatch.from_groups([Group("test/Env-v0", "train", 0, 0, (e, f))]))[1]
                    ["info_gain/redundant_streak"] for _ in range(5)]
@@ -145,7 +145,7 @@ def test_info_gain_warns_when_redundant_turns_earn_as_much_as_informative_ones(c
 def test_info_gain_scores_prefixes_in_any_order_and_returns_them_in_episode_order():
     policy = LengthScoringPolicy()
     long, short = episode([(1,), (2,)], won=True, obs=(5, 6, 7, 8)), episode([(1, 2, 3), (2,)], won=False, obs=(5,))
-    intrinsic, _ = InfoGainReward(policy, TurnRewardOptions(kind="info_gain")).turn_rewards(
+    intrinsic, _ = InfoGainReward(policy, TurnRewardOptions(kind="info_gain", info_gain="log_prob_diff")).turn_rewards(
         RolloutBatch.from_groups([Group("test/Env-v0", "train", 0, 0, (long, short))]))
     # log p_t = -len(context)/100; the long episode's contexts are 4 and 6 tokens, the short one's 1 and 5
     assert intrinsic == pytest.approx([-0.02, 0.0, -0.04, 0.0])

@@ -188,9 +188,10 @@ class TurnRewardOptions:
     """
 
     kind: Literal["none", "info_gain", "implicit_prm"] = "none"
-    # log_prob_diff: IGPO's released recipe; prob_diff won on twenty questions, where log gains collapsed
-    # (docs/credit_assignment.md)
-    info_gain: Literal["prob_diff", "log_prob_diff"] = "log_prob_diff"
+    # prob_diff: an episode's gains sum to p_last - p_first, the outcome's scale; it beat GRPO on twenty questions on
+    # every seed. log_prob_diff is the released code's gain, which the release pairs with igpo's
+    # `normalize: separate`; z-scored jointly with the outcome it collapsed there (docs/credit_assignment.md)
+    info_gain: Literal["prob_diff", "log_prob_diff"] = "prob_diff"
     answer_template: str = "{answer}"  # the gold answer as a reply; text before {answer} is forced, not scored
     prm_beta: Annotated[float, Range(gt=0)] = 0.05
     prm_update: Literal["before", "after"] = "after"
