@@ -24,9 +24,10 @@ import time
 import warnings
 
 from envgym.tools import PythonSession, make_sandbox
+from envgym.tools.bwrap_sandbox import bwrap_usable
 from envgym.tools.docker_engine import PrivateDockerd, private_dockerd_problem
 from envgym.tools.docker_sandbox import DockerSandbox, docker_problem
-from envgym.tools.sandbox import PYTHON_FLAGS, bwrap_usable, default_python
+from envgym.tools.sandbox import PYTHON_FLAGS, default_python
 
 BWRAP_GOAL_MS, SESSION_GOAL_MS = 50.0, 5.0
 

@@ -11,7 +11,7 @@ import pytest
 
 def sandbox_backends(*kinds: str) -> list:
     """Parameters for a fixture over sandbox `kinds`: bwrap skips where unusable, docker is marked `docker`."""
-    from envgym.tools.sandbox import bwrap_usable
+    from envgym.tools.bwrap_sandbox import bwrap_usable
 
     marks = {"bwrap": pytest.mark.skipif(bwrap_usable() is not None, reason=f"bwrap unusable: {bwrap_usable()}"),
              "docker": pytest.mark.docker}

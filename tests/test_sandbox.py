@@ -15,7 +15,7 @@ from envgym.tools import (
     make_sandbox,
     python_tool,
 )
-from envgym.tools.sandbox import bwrap_usable
+from envgym.tools.bwrap_sandbox import bwrap_usable
 
 from sandboxes import open_sandbox, sandbox_backends
 

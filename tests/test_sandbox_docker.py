@@ -18,7 +18,7 @@ from envgym.tools.docker_sandbox import (
     container_config,
     sandbox_containers,
 )
-from envgym.tools.sandbox import bwrap_usable
+from envgym.tools.bwrap_sandbox import bwrap_usable
 
 from sandboxes import wait_until
 
@@ -125,9 +125,9 @@ def test_a_missing_program_is_an_error_with_its_name(sandbox):
 
 @pytest.mark.docker
 def test_auto_picks_docker_where_bubblewrap_is_unusable(docker_engine, monkeypatch):
-    import envgym.tools.sandbox as sandbox_module
+    import envgym.tools.bwrap_sandbox as bwrap_module
 
-    monkeypatch.setattr(sandbox_module, "bwrap_usable", lambda: "not here")
+    monkeypatch.setattr(bwrap_module, "bwrap_usable", lambda: "not here")
     with make_sandbox("auto") as box:
         assert box.name == "docker"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from envgym.tools import ExecStatus, Limits, PythonSession, make_sandbox
-from envgym.tools.sandbox import bwrap_usable
+from envgym.tools.bwrap_sandbox import bwrap_usable
 
 from sandboxes import assert_nothing_survives, open_sandbox, processes_with, sandbox_backends, unique_sleep, wait_until
 
@@ -353,7 +353,7 @@ def assert_no_containers_of_other_owners(sandbox, seconds: float) -> None:
 
 @pytest.mark.skipif(bwrap_usable() is not None, reason=f"bubblewrap unusable: {bwrap_usable()}")
 def test_a_lifeline_that_cannot_be_opened_leaves_the_program_running():
-    from envgym.tools.sandbox import _on_lifeline
+    from envgym.tools.bwrap_sandbox import _on_lifeline
 
     with make_sandbox("bwrap") as box:  # fd 77 is open nowhere: the check's write fails to open, not with EPIPE
         result = box.run(_on_lifeline(77, ["sh", "-c", "sleep 0.5; echo alive"]), timeout=10)
@@ -362,7 +362,7 @@ def test_a_lifeline_that_cannot_be_opened_leaves_the_program_running():
 
 @pytest.mark.skipif(bwrap_usable() is not None, reason=f"bubblewrap unusable: {bwrap_usable()}")
 def test_a_caller_gone_before_the_sandbox_starts_never_starts_the_program(monkeypatch, tmp_path):
-    import envgym.tools.sandbox as sandbox_module
+    import envgym.tools.bwrap_sandbox as bwrap_module
 
     def dead_caller() -> tuple[int, int]:  # the lifeline's read end already closed, as a killed caller's would be
         read_end, write_end = os.pipe()
@@ -370,7 +370,7 @@ def test_a_caller_gone_before_the_sandbox_starts_never_starts_the_program(monkey
         return os.open(os.devnull, os.O_RDONLY), write_end  # spawn closes this stand-in in the caller's place
     with make_sandbox("bwrap") as box:
         assert box.run(["sh", "-c", "echo started"], timeout=10).stdout == "started\n"
-        monkeypatch.setattr(sandbox_module, "_lifeline_pipe", dead_caller)
+        monkeypatch.setattr(bwrap_module, "_lifeline_pipe", dead_caller)
         result = box.run(["sh", "-c", "echo started"], timeout=10)
     assert result.stdout == "" and result.exit_code == 1, result.render()
 

@@ -219,6 +219,11 @@ class DockerSandbox(Sandbox):
 
     name = "docker"
 
+    @classmethod
+    def problem(cls) -> str | None:
+        """None where a Docker engine answers at $DOCKER_HOST; otherwise why not (`docker_problem`)."""
+        return docker_problem()
+
     def __init__(self, limits: Limits | None = None, python: str = "python3", image: str | None = None,
                  cpus: float = 1.0, warm_pool: int = 0, host: str | None = None):
         super().__init__(limits, python)

@@ -33,9 +33,9 @@ from envgym.tools.sandbox import (
     Sandbox,
     SandboxProcess,
     classify,
-    make_sandbox,
     write_all,
 )
+from envgym.tools.sandbox_kinds import make_sandbox
 
 _SERVER_NAME = "session_server.py"
 _SERVER_SOURCE = (Path(__file__).parent / _SERVER_NAME).read_text()
