@@ -42,7 +42,7 @@ def main() -> None:
     from envgym.models import default_model_dir, load_model
     from envgym.policies import SamplingParams
     from envgym.policies.vllm import VLLMPolicy
-    from envgym.trainers.trainer import VLLM_LORA_RANKS
+    from envgym.trainers.factories import VLLM_LORA_RANKS
     from envgym.trainers.weights import lora_adapter, merged_named_weights
 
     torch.manual_seed(0)
