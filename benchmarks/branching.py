@@ -18,7 +18,7 @@ import time
 from envgym.branching import BranchOptions
 from envgym.policies import HFPolicy, SamplingParams
 from envgym.rollout import collect_groups
-from envgym.trainers.tiny_model import tiny_policy_model
+from envgym.models import load_model
 
 
 class WithoutCacheCopy(HFPolicy):
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=1)
     parser.add_argument("--max-turns", type=int, default=6)
     args = parser.parse_args()
-    model, tokenizer = tiny_policy_model("tiny-maze")
+    model, tokenizer = load_model("tiny-maze")
     branch = BranchOptions(k=args.k, every=args.every, budget=args.budget)
     print(f"Maze, {args.groups} x {args.group_size} episodes of <= {args.max_turns} turns, branch {branch}")
     print(f"{'':<22}{'episodes':>9}{'generated':>11}{'prompt':>9}{'prefilled':>11}{'wall s':>8}")

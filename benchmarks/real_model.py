@@ -50,10 +50,10 @@ def prefill_row(threads: int, rows: int = 32, tokens: int = 97) -> None:
     """Seconds of one batched prefill of frozen (LoRA-style) bf16 SmolLM2: index logits vs `logits_to_keep=1`."""
     import torch
 
-    from envgym.models import load_default_model
+    from envgym.models import load_model
 
     torch.set_num_threads(threads)
-    model = load_default_model()[0].to(torch.bfloat16).eval().requires_grad_(False)
+    model = load_model("default")[0].to(torch.bfloat16).eval().requires_grad_(False)
     ids = torch.randint(0, 1000, (rows, tokens))
     seconds = {}
     with torch.inference_mode():

@@ -216,11 +216,11 @@ def vllm_generation_row(prompt_count: int, new_tokens: int) -> None:
     """Generated tokens/s of the vllm and hf policies on SmolLM2, same prompts, temperature 1, in this run."""
     import torch
 
-    from envgym.models import load_default_model
+    from envgym.models import load_model
     from envgym.policies import HFPolicy
     from envgym.policies.vllm import VLLMPolicy
 
-    model, tokenizer = load_default_model()
+    model, tokenizer = load_model("default")
     prompts = maze_prompts(tokenizer, prompt_count)
     hf_threads = torch.get_num_threads()
     hf = tokens_per_second(HFPolicy(model, tokenizer), prompts, new_tokens, batched=True)
@@ -297,14 +297,14 @@ def main() -> None:
     if not textworld:
         print("  TextWorld: skipped, no textworld/ env id is registered")
 
-    from envgym.models import load_default_model, tiny_model, word_level_tokenizer
+    from envgym.models import load_model, tiny_model, word_level_tokenizer
     from envgym.policies import HFPolicy
 
     print("hf generation tokens/s (1 torch thread), batched = one generate call for the batch")
     tokenizer = word_level_tokenizer([str(i) for i in range(100)])
     models = [("tiny Llama (0.1M)", HFPolicy(tiny_model(tokenizer), tokenizer), 16, 64, 32)]
     if not args.skip_smollm2:
-        model, smol_tokenizer = load_default_model()
+        model, smol_tokenizer = load_model("default")
         models.append(("SmolLM2-135M", HFPolicy(model, smol_tokenizer), 16, 64, 16))
         models.append(("SmolLM2 kv_reuse=False", HFPolicy(model, smol_tokenizer, kv_reuse=False), 16, 64, 16))
     for name, policy, batch, prompt_len, new_tokens in models:

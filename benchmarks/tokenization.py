@@ -40,9 +40,9 @@ def scripted_episode(turns: int) -> tuple[str, list[str], list[str]]:
 
 def run(turns: int, repeats: int, window: int = 8) -> None:
     from envgym.chat import EpisodeChat, encode, render
-    from envgym.models import load_default_tokenizer
+    from envgym.models import load_tokenizer
 
-    tokenizer = load_default_tokenizer()
+    tokenizer = load_tokenizer("default")
     instructions, observations, actions = scripted_episode(turns)
     sampled = [encode(tokenizer, a) + [tokenizer.eos_token_id] for a in actions]
     incremental = [[0.0] * repeats for _ in range(turns)]

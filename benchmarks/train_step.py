@@ -28,13 +28,13 @@ def measure(name: str, rows: int, length: int, sampled: int, steps: int) -> dict
     from envgym.trainers.config import LoraOptions, ModelOptions
     from envgym.trainers.losses import ppo_clip_loss, sampled_logprobs
     from envgym.trainers.batch import RolloutBatch
-    from envgym.trainers.trainer import load_model
+    from envgym.trainers.factories import policy_model
     from envgym.trajectory import Episode, EpisodeEnd, Group, Turn
 
     torch.set_num_threads(1)
     options = {"tiny-maze": ModelOptions(name="tiny-maze"), "smollm2-full": ModelOptions(name="default"),
                "smollm2-lora16": ModelOptions(name="default", lora=LoraOptions(r=16, alpha=32))}[name]
-    model, tokenizer = load_model(options, seed=0)
+    model, tokenizer = policy_model(options, seed=0)
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, len(tokenizer), (rows, length), generator=generator).tolist()
     prompt = length - sampled

@@ -39,14 +39,14 @@ def main() -> None:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from envgym.models import default_model_dir, load_default_model
+    from envgym.models import default_model_dir, load_model
     from envgym.policies import SamplingParams
     from envgym.policies.vllm import VLLMPolicy
-    from envgym.trainers.trainer import VLLM_LORA_RANKS
+    from envgym.trainers.factories import VLLM_LORA_RANKS
     from envgym.trainers.weights import lora_adapter, merged_named_weights
 
     torch.manual_seed(0)
-    model, tokenizer = load_default_model()
+    model, tokenizer = load_model("default")
     model = get_peft_model(model.float(), LoraConfig(r=args.rank, lora_alpha=2 * args.rank,
                                                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
     policy = VLLMPolicy.from_pretrained(str(default_model_dir()), dtype="float32", max_model_len=512,

@@ -425,11 +425,16 @@ def evaluate(
 
 
 def check_policy_spec(spec: str) -> None:
-    """Fail with ValueError, before anything loads, if `spec` names a local checkpoint directory that is not there."""
+    """Fail with ValueError, before anything loads, if `spec` names a local checkpoint directory that is not there
+    (an hf: spec may name any model `envgym.models.load_model` loads: a tiny model and a hub id too)."""
+    from envgym.models import model_kind
+
     kind, _, target = spec.partition(":")
-    if kind in ("hf", "vllm") and target and target != "default" and not os.path.isdir(target):
+    known = model_kind(target) is not None if kind == "hf" else target == "default" or os.path.isdir(target)
+    if kind in ("hf", "vllm") and target and not known:
         raise ValueError(f"policy {spec}: there is no directory {target!r}; expected a checkpoint written by "
-                         "save_pretrained" + (", or hf:default for the embedded SmolLM2" if kind == "hf" else ""))
+                         "save_pretrained" + (", hf:default for the embedded SmolLM2, a tiny model (hf:tiny-maze) "
+                                              "or a Hugging Face hub id (hf:org/name)" if kind == "hf" else ""))
 
 
 def _require_policy_kind(policies: Sequence[Any], spec: str, what: str, option: str) -> None:

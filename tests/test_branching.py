@@ -9,8 +9,7 @@ from envgym.policies.openai_chat import OpenAIChatPolicy
 from envgym.rollout import BranchingFailed, collect_groups
 from envgym.trainers.advantages import compute_advantages
 from envgym.trainers.batch import RolloutBatch
-from envgym.models import tiny_model
-from envgym.trainers.tiny_model import tiny_tokenizer
+from envgym.models import load_tokenizer, tiny_model
 from envgym.trajectory import load_groups, save_groups
 
 envgym.register("branching/ReplaysDifferently-v0", "broken_envs:ReplaysDifferently", max_turns=10)
@@ -57,7 +56,7 @@ def test_branched_groups_round_trip_through_storage(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny():
-    tokenizer = tiny_tokenizer("tiny-maze")
+    tokenizer = load_tokenizer("tiny-maze")
     return tiny_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2, max_positions=2048), tokenizer
 
 

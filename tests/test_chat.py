@@ -108,9 +108,9 @@ def test_text_policies_get_the_same_window_as_token_policies(instructions):
 
 @pytest.mark.slow  # the first call converts the GGUF (~20 s); later ones load the cached tokenizer
 def test_smollm2_tokenizer_from_gguf_renders_incrementally():
-    from envgym.models import load_default_tokenizer
+    from envgym.models import load_tokenizer
 
-    tokenizer = load_default_tokenizer()
+    tokenizer = load_tokenizer("default")
     chat = EpisodeChat(tokenizer, "")  # SmolLM2's template then adds its default system prompt
     rows = play(chat, tokenizer)
     assert len(rows) == 1 and rows[0] == encode(tokenizer, render(tokenizer, chat.messages, True))

@@ -154,6 +154,20 @@ def test_every_file_is_in_the_manifest_which_is_written_last(finished_run):
     assert manifest["iteration"] == 2 and manifest["run_id"]
 
 
+def test_a_checkpoint_loads_as_a_model_and_as_a_policy(finished_run):
+    import torch
+
+    from envgym.models import load_model
+    from envgym.policies import HFPolicy, load_policy
+
+    checkpoint = latest_checkpoint(finished_run)
+    model, tokenizer = load_model(str(checkpoint), dtype="float32")
+    trained = load_file(checkpoint / "model.safetensors")
+    assert all(torch.equal(tensor, model.state_dict()[name]) for name, tensor in trained.items())
+    policy = load_policy(f"hf:{checkpoint}")
+    assert isinstance(policy, HFPolicy) and policy.tokenizer.get_vocab() == tokenizer.get_vocab()
+
+
 class _Saves:
     def __init__(self, fail_with=None):
         self.fail_with = fail_with
@@ -179,10 +193,10 @@ def test_a_full_disk_names_the_checkpoint_and_the_intact_previous_one(tmp_path):
 FILL_THE_DISK = """
 import json, sys, torch
 from envgym.trainers.checkpoint import CheckpointWriteError, save_checkpoint, verify_checkpoint
-from envgym.trainers.tiny_model import tiny_policy_model
+from envgym.models import load_model
 
 out, padding = sys.argv[1], int(sys.argv[2])
-model, tokenizer = tiny_policy_model("tiny-maze", 0)
+model, tokenizer = load_model("tiny-maze", seed=0)
 for iteration in range(1, 10):
     try:
         save_checkpoint(out, iteration, model=model, tokenizer=tokenizer, config={"iterations": 9},

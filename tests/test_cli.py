@@ -166,6 +166,9 @@ QUICKSTART = "trainers/recipes/quickstart.yaml"
      "rollout.backend: vllm starts its engine from a checkpoint directory, and the model 'tiny-maze' has none"),
     (["train", QUICKSTART, "out_dir={tmp}/run", "model.name={garbage_model}"],
      "model.name is '{garbage_model}', a directory AutoTokenizer cannot load from"),
+    (["train", QUICKSTART, "out_dir={tmp}/run", "model.name=envgym-tests/never-cached"],
+     "model.name is 'envgym-tests/never-cached': not a local directory, not in the local Hugging Face cache, and "
+     "the hub cannot be reached (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set)"),
     (["train", QUICKSTART, "out_dir={tmp}/run", "env.id=tools/MathPython-v0", "env.kwargs={{}}"],
      "model.name: the chat template of model 'tiny-maze' leaves the tools of tools/MathPython-v0 (python) out"),
     (["sft", QUICKSTART, "sft.steps=0"], "sft.steps is 0"),

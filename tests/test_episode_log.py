@@ -10,7 +10,7 @@ from envgym.trainers.advantages import compute_advantages
 from envgym.trainers.batch import RolloutBatch
 from envgym.run_files import read_samples, sample_path, write_sample
 from envgym.trainers.episode_log import is_due
-from envgym.trainers.tiny_model import tiny_policy_model
+from envgym.models import load_model
 
 MICRO = {"iterations": 3, "threads": 1,
          "env": {"id": "games/Maze-v0", "kwargs": {"size": 3}, "max_turns": 3, "show_admissible": True},
@@ -41,7 +41,7 @@ def test_samples_are_kept_on_the_first_every_nth_and_last_iteration():
 def test_a_run_stores_annotated_groups_the_trainer_actually_used(run):
     samples = read_samples(run)
     assert [s.iteration for s in samples] == [1, 2, 3]
-    _, tokenizer = tiny_policy_model("tiny-maze", 0)
+    _, tokenizer = load_model("tiny-maze", seed=0)
     for sample in samples:
         assert len(sample.groups) == 2 and sample.groups_collected == 3 and sample.failures == []
         assert sample_path(run, sample.iteration).with_suffix(".json").exists()

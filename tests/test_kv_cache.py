@@ -65,9 +65,9 @@ def test_cached_turns_sample_what_a_fresh_prefill_samples(model, tokenizer, samp
 @pytest.mark.slow  # SmolLM2: ~30 s here
 def test_smollm2_cached_turns_match_fresh_prefill():
     from envgym.chat import EpisodeChat, encode
-    from envgym.models import load_default_model
+    from envgym.models import load_model
 
-    model, tokenizer = load_default_model()
+    model, tokenizer = load_model("default")
     chats = [EpisodeChat(tokenizer, "Reply with one word.") for _ in range(2)]
     prompts = [chat.start(obs)[0] for chat, obs in zip(chats, ["Name a colour.", "Name an animal that flies."])]
     reply = encode(tokenizer, "<|im_end|>\n<|im_start|>user\nAnother one.<|im_end|>\n<|im_start|>assistant\n")

@@ -22,7 +22,8 @@ def layer_of(module: str) -> str | None:
     return parts[1] if len(parts) > 1 and parts[1] in FOLDERS.values() else "core"
 
 
-def crossings(path: Path, layer: str) -> list[str]:
+def imports(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every import in `path`: statements at any depth and `import_module("...")` calls."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
         if isinstance(node, ast.Import):
@@ -35,9 +36,12 @@ def crossings(path: Path, layer: str) -> list[str]:
             names = [node.args[0].value]  # importlib.import_module("envgym.envs") imports by name all the same
         else:
             continue
-        found += [f"{path}:{node.lineno} imports {name}" for name in names
-                  if layer_of(name) in FORBIDDEN[layer]]
+        found += [(node.lineno, name) for name in names]
     return found
+
+
+def crossings(path: Path, layer: str) -> list[str]:
+    return [f"{path}:{line} imports {name}" for line, name in imports(path) if layer_of(name) in FORBIDDEN[layer]]
 
 
 @pytest.mark.parametrize("folder", sorted(FOLDERS))
@@ -54,3 +58,12 @@ def test_the_checker_sees_a_crossing(tmp_path):
                       "from envgym.trajectory import Turn\nimportlib.import_module('envgym.trainers.sft')\n")
     assert len(crossings(module, "core")) == 3
     assert [line.split(" imports ")[1] for line in crossings(module, "trainers")] == ["envgym.envs.games"]
+
+
+def test_only_the_cli_and_the_package_import_the_trainer_module():
+    """The rollout worker builds its policy, pool and engine from trainers/factories.py, as the trainer does: no
+    module the trainer starts imports the trainer back."""
+    allowed = {ROOT / "trainers" / "__init__.py", ROOT / "trainers" / "cli.py"}
+    found = [f"{path}:{line} imports {name}" for folder in FOLDERS for path in sorted((ROOT / folder).rglob("*.py"))
+             if path not in allowed for line, name in imports(path) if name == "envgym.trainers.trainer"]
+    assert not found, "\n".join(found)

@@ -108,6 +108,20 @@ def test_load_policy_specs():
         load_policy("openai:http://127.0.0.1:1/v1")
 
 
+def test_hf_specs_name_any_model_the_loader_knows():
+    from envgym.evaluation import check_policy_spec
+    from envgym.models import ModelLoadError
+
+    policy = load_policy("hf:tiny-guess")
+    assert isinstance(policy, HFPolicy) and policy.model.config.vocab_size == len(policy.tokenizer)
+    check_policy_spec("hf:envgym-tests/never-cached")  # a hub id is checked when it loads, not before
+    with pytest.raises(ModelLoadError, match="'envgym-tests/never-cached': not a local directory, not in the local "
+                                             "Hugging Face cache, and the hub cannot be reached"):
+        load_policy("hf:envgym-tests/never-cached")
+    with pytest.raises(ValueError, match="there is no directory '/nonexistent'"):
+        check_policy_spec("hf:/nonexistent")
+
+
 def test_hf_checkpoint_directory_round_trip(tmp_path, tiny):
     tiny.model.save_pretrained(tmp_path)
     tiny.tokenizer.save_pretrained(tmp_path)

@@ -4,7 +4,7 @@ import pytest
 
 import envgym
 from envgym.envs.games.questions import TwentyQuestions
-from envgym.trainers.tiny_model import tiny_tokenizer
+from envgym.models import load_tokenizer
 
 
 def play(env, actions, task=0, split="train"):
@@ -129,7 +129,7 @@ def test_bad_knobs_fail_with_a_message(kwargs, message):
 
 @pytest.mark.parametrize("view", ["answer", "summary"])
 def test_the_tiny_model_reads_every_word_of_an_oracle_game(view):
-    tokenizer = tiny_tokenizer("tiny-questions")
+    tokenizer = load_tokenizer("tiny-questions")
     env = TwentyQuestions(attributes=6, values=6, view=view)
     texts, actions = [], []
     for task in range(3):

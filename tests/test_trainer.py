@@ -65,6 +65,8 @@ def test_kl_to_reference_and_lora(tmp_path):
     ("env.kwargs={size: 1}", "size must be >= 2"),
     ("optim.micro_batch_tokens=20", "set optim.micro_batch_tokens >= "),
     ("model.name=no/such/dir", "expected one of tiny-maze, tiny-guess"),
+    ("model.name=envgym-tests/never-cached", "model.name is 'envgym-tests/never-cached': not a local directory, "
+                                                 "not in the local Hugging Face cache, and the hub cannot be reached"),
 ])
 def test_bad_configs_fail_before_training(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):

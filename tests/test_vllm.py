@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from envgym.chat import encode, render
-from envgym.models import default_model_dir, load_default_model
+from envgym.models import default_model_dir, load_model
 from envgym.policies import HFPolicy, SamplingParams
 from envgym.trainers.weights import merged_named_weights
 
@@ -31,7 +31,7 @@ QUESTIONS = ("Name a colour.", "What is 2 + 3? Answer with a number.", "Say hell
 
 @pytest.fixture(scope="module")
 def hf():
-    model, tokenizer = load_default_model()
+    model, tokenizer = load_model("default")
     return HFPolicy(model, tokenizer)
 
 
@@ -177,7 +177,7 @@ def test_weights_that_do_not_fit_the_engine_are_refused_before_it_is_touched(eng
 def test_sleep_mode_frees_the_gpu_for_the_update_and_wakes_with_new_weights(prompts):
     from envgym.policies.vllm import VLLMPolicy
 
-    model, tokenizer = load_default_model("cuda")
+    model, tokenizer = load_model("default", device="cuda")
     policy = VLLMPolicy.from_pretrained("default", enable_sleep_mode=True, gpu_memory_utilization=0.3,
                                         max_model_len=1024)
     continuations = [c.token_ids for c in policy.generate(prompts, SamplingParams(max_new_tokens=8))]

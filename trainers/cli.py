@@ -32,7 +32,6 @@ def _summary(history: list[dict]) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from envgym.trainers import Trainer, load_config
 
     config = load_config(args.config, args.overrides)
@@ -47,7 +46,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from envgym.trainers import ConfigError, Trainer, load_config
 
     config = load_config(args.config, args.overrides)

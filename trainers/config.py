@@ -45,10 +45,11 @@ class LoraOptions:
 class ModelOptions:
     """Which policy to train.
 
-    `name`: ``"tiny-maze"``, ``"tiny-guess"`` or ``"tiny-questions"`` (embedded 0.5M-parameter Llamas with
-    word-level tokenizers, see `envgym.trainers.tiny_model`), ``"default"`` (SmolLM2-135M-Instruct
-    from `envgym.models.load_default_model`), or a directory saved with
-    `save_pretrained` (a checkpoint of this trainer works too).
+    `name` (and `init_from`): any name `envgym.models.load_model` loads: ``"tiny-maze"``, ``"tiny-guess"`` or
+    ``"tiny-questions"`` (embedded 0.5M-parameter Llamas with word-level tokenizers), ``"default"``
+    (SmolLM2-135M-Instruct, embedded), a directory saved with `save_pretrained` (a checkpoint of this trainer
+    works too), or a Hugging Face hub id such as ``Qwen/Qwen2.5-1.5B-Instruct`` (the local Hugging Face
+    cache, else downloaded).
     """
 
     name: str = "tiny-maze"

@@ -34,7 +34,6 @@ from __future__ import annotations
 import collections
 import logging
 import multiprocessing.connection
-import os
 import pickle
 import time
 from collections.abc import Callable, Iterator
@@ -46,6 +45,8 @@ from envgym.core import RunFailed
 from envgym.pool import describe_exit
 from envgym.rollout import RolloutResult, collect_groups
 from envgym.trainers.config import TrainConfig
+from envgym.trainers.factories import (engine_serves_adapter, lora_config, make_pool, policy_model, seed_sampling,
+                                       start_vllm_engine)
 from envgym.trainers.weights import adapter_config, lora_adapter, merged_named_weights
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,6 @@ class RolloutWorker:
         it). What stopped the worker's set-up is raised here as the worker
         raised it (EngineStartError for an engine that cannot start, ...).
         """
-        from envgym.trainers.trainer import engine_serves_adapter
-
         self._backend = config.rollout.backend
         self._adapter_only = self._backend == "vllm" and engine_serves_adapter(config)
         self.max_staleness = config.rollout.max_staleness
@@ -196,12 +195,10 @@ def _build_policy(config: TrainConfig, dtype: torch.dtype, rank: int) -> Any:
     workers'), or the run's model built as the trainer builds it, which samples as the trainer would (see
     `seed_sampling`). The weights arrive when the trainer publishes them."""
     from envgym.policies import HFPolicy
-    from envgym.trainers.trainer import load_model, start_vllm_engine
 
     if config.rollout.backend == "vllm":
         return start_vllm_engine(config, dtype, config.seed * 1_000_003 + 7919 + rank)
-    model, tokenizer = load_model(config.model, config.seed)
-    return HFPolicy(model.eval(), tokenizer)
+    return HFPolicy(*policy_model(config.model, config.seed))
 
 
 def _load_weights(policy: Any, weights: dict[str, torch.Tensor], adapter: dict[str, Any] | None) -> None:
@@ -277,9 +274,6 @@ def _worker_main(conn: Any, config: TrainConfig, env_factory: Any, episodes: int
     """Say ("ready",) once the policy and pool are built (else ("error", exception)), then serve the trainer's
     ("weights", version, tensors) -> ("loaded", version) and ("collect", iteration, options) ->
     ("ok", iteration, RolloutResult) | ("error", message), as `_Server` says; ("close",) ends."""
-    from envgym.trainers.trainer import engine_serves_adapter, lora_config, make_pool, seed_sampling
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if config.threads:
         torch.set_num_threads(config.threads)
     if torch.cuda.is_available():

@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -33,22 +32,24 @@ import torch
 
 import envgym
 from envgym.agents import collect_agent_groups
-from envgym.core import RunFailed, stable_hash
+from envgym.core import RunFailed
 from envgym.evaluation import EVAL_SEED, evaluate_policy, plan_split
 from envgym.policies import HFPolicy, SamplingParams
-from envgym.pool import EnvPool, default_num_envs
+from envgym.pool import EnvPool
 from envgym.rollout import RolloutResult, collect_groups
 from envgym.trainers import checkpoint as ckpt
 from envgym.trainers.advantages import compute_advantages
 from envgym.trainers.batch import RolloutBatch, TokenBatch
-from envgym.trainers.config import ConfigError, EnvOptions, LoraOptions, ModelOptions, RolloutOptions, TrainConfig
+from envgym.trainers.config import ConfigError, EnvOptions, TrainConfig
 from envgym.trainers.distributed import DataParallel, NoRunDirectory, NoRunLog
 from envgym.trainers.episode_log import log_episode_sample
+from envgym.trainers.factories import (check_vllm_source, compute_device, engine_serves_adapter, make_pool,
+                                       model_source, policy_model, policy_tokenizer, seed_sampling,
+                                       start_vllm_engine)
 from envgym.trainers.losses import (CorrectionStats, kl_penalty, off_policy_weights, ppo_clip_loss,
                                     sampled_logprobs)
 from envgym.trainers.run_dir import RunDirectory
 from envgym.trainers.run_log import Heartbeat, RunLog
-from envgym.trainers.tiny_model import VOCABULARIES, tiny_policy_model, tiny_tokenizer
 from envgym.trainers.weights import lora_adapter, merged_named_weights
 from envgym.wrappers import EnvMaker
 
@@ -76,137 +77,6 @@ def check_env_options(options: EnvOptions) -> None:
         env_maker(options)().close()
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"env.kwargs {options.kwargs} are not accepted by {options.id!r}: {exc}") from None
-
-
-def make_pool(options: RolloutOptions, maker: EnvMaker, episodes: int, ray_address: str | None = None) -> EnvPool:
-    """The run's EnvPool for up to `episodes` concurrent episodes (`options.num_envs` slots if set).
-
-    Raises ConfigError when `ray_address` names a Ray cluster that does not answer.
-    """
-    try:
-        return EnvPool(maker, options.num_envs or default_num_envs(options.pool, episodes, maker),
-                       backend=options.pool, step_timeout=options.step_timeout,
-                       episode_timeout=options.episode_timeout or None, memory_limit_mb=options.env_memory_mb or None,
-                       ray_address=ray_address)
-    except ConnectionError as exc:
-        raise ConfigError(f"ray.address: {exc}") from None
-
-
-def pick_dtype(name: str) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
-
-
-def model_source(options: ModelOptions) -> tuple[str, str]:
-    """The config key naming the weights a run starts from (`model.init_from`, else `model.name`) and its value."""
-    return ("model.init_from", options.init_from) if options.init_from else ("model.name", options.name)
-
-
-def _from_pretrained(loader: Any, options: ModelOptions) -> Any:
-    """`loader.from_pretrained` (AutoTokenizer, AutoModelForCausalLM) on the model's directory; ConfigError naming
-    the key when the name is neither 'default' nor a directory, or when transformers cannot load from it."""
-    key, source = model_source(options)
-    if source == "default":
-        from envgym.models import default_model_dir
-
-        directory = default_model_dir()
-    elif Path(source).is_dir():
-        directory = Path(source)
-    else:
-        raise ConfigError(f"{key} is {source!r}: expected one of {', '.join(VOCABULARIES)}, 'default' "
-                          "(SmolLM2-135M-Instruct) or a directory written by save_pretrained")
-    try:
-        return loader.from_pretrained(directory)
-    except (OSError, ValueError, KeyError, TypeError) as exc:  # a missing or damaged config, tokenizer or weights
-        problem = " ".join(f"{type(exc).__name__}: {exc}".split())
-        raise ConfigError(f"{key} is {source!r}, a directory {loader.__name__} cannot load from ({problem}); "
-                          "expected a directory written by save_pretrained: config.json, the weights and the "
-                          "tokenizer files") from None
-
-
-def load_tokenizer(options: ModelOptions) -> Any:
-    """The policy's tokenizer, as `options` say (ConfigError naming the key when it cannot be loaded)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoTokenizer
-
-    source = model_source(options)[1]
-    return tiny_tokenizer(source) if source in VOCABULARIES else _from_pretrained(AutoTokenizer, options)
-
-
-def load_model(options: ModelOptions, seed: int, tokenizer: Any = None) -> tuple[Any, Any]:
-    """The policy model (LoRA-wrapped when `lora.r > 0`) and its tokenizer (`load_tokenizer`'s unless given), as
-    `options` say; ConfigError naming the key when either cannot be loaded."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModelForCausalLM
-
-    if tokenizer is None:
-        tokenizer = load_tokenizer(options)
-    source = model_source(options)[1]
-    if source in VOCABULARIES:
-        model = tiny_policy_model(source, seed)[0]
-    else:
-        model = _from_pretrained(AutoModelForCausalLM, options)
-    model = model.to(device=_device(), dtype=pick_dtype(options.dtype))
-    if options.lora.r > 0:
-        from peft import get_peft_model
-
-        model = get_peft_model(model, lora_config(options.lora))
-    return model, tokenizer
-
-
-def lora_config(options: LoraOptions) -> Any:
-    """The peft `LoraConfig` of `model.lora`."""
-    from peft import LoraConfig
-
-    return LoraConfig(r=options.r, lora_alpha=options.alpha, lora_dropout=options.dropout,
-                      target_modules=list(options.target_modules), task_type="CAUSAL_LM")
-
-
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def check_vllm_source(options: ModelOptions) -> str:
-    """The checkpoint directory (or "default") a vLLM engine starts from; ConfigError for a model that has none."""
-    source = options.init_from or options.name
-    if source != "default" and not Path(source).is_dir():
-        raise ConfigError(f"rollout.backend: vllm starts its engine from a checkpoint directory, and the model "
-                          f"{source!r} has none; set model.name to 'default' or a save_pretrained directory")
-    return source
-
-
-#: The LoRA ranks a vLLM engine can be sized for (vllm.config.lora.MaxLoRARanks).
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-
-
-def engine_serves_adapter(config: TrainConfig) -> bool:
-    """Whether the run's vLLM engine is handed the LoRA adapter alone (`VLLMPolicy.load_adapter`) rather than the
-    merged weights: with LoRA, unless sleep mode drops the engine's base weights during each update or
-    `rollout.vllm.enable_lora: false` asks for merged weights (on a CPU the engine samples a few times slower
-    with an adapter: see docs/scaling.md)."""
-    return (config.model.lora.r > 0 and not config.rollout.vllm.get("enable_sleep_mode")
-            and config.rollout.vllm.get("enable_lora", True))
-
-
-def start_vllm_engine(config: TrainConfig, dtype: torch.dtype, seed: int) -> Any:
-    """The run's vLLM engine: on the model's checkpoint directory, in the trained model's `dtype`, sized for the
-    LoRA adapter where it is handed one (`engine_serves_adapter`), with `rollout.vllm` on top (EngineStartError if
-    it cannot start)."""
-    source = check_vllm_source(config.model)
-    from envgym.policies.vllm import VLLMPolicy
-
-    lora = ({"enable_lora": True, "max_loras": 1,
-             "max_lora_rank": next(rank for rank in VLLM_LORA_RANKS if rank >= config.model.lora.r)}
-            if engine_serves_adapter(config) else {})
-    engine_args = {"dtype": str(dtype).removeprefix("torch."), "seed": seed, **lora, **config.rollout.vllm}
-    return VLLMPolicy.from_pretrained(source, **engine_args)
-
-
-def seed_sampling(seed: int, iteration: int, rank: int) -> None:
-    """Seed the torch generator an HF policy samples iteration `iteration`'s episodes of `rank` with: the same
-    draws whether the trainer samples them or a rollout worker does (see `RolloutWorker`)."""
-    torch.manual_seed(stable_hash(f"sampling|{seed}|{iteration}|{rank}") & 0x7FFF_FFFF)
 
 
 def seed_everything(seed: int) -> None:
@@ -297,9 +167,9 @@ class Trainer:
         seed_everything(config.seed)
         check_env_options(config.env)
         self.env_factory = env_maker(config.env)
-        tokenizer = load_tokenizer(config.model)
+        tokenizer = policy_tokenizer(config.model)
         self._check_first_prompt(tokenizer)  # before the model loads: that may take minutes
-        self.model, self.tokenizer = load_model(config.model, config.seed, tokenizer)
+        self.model, self.tokenizer = policy_model(config.model, config.seed, tokenizer)
         self.train_module = self.dp.wrap(self.model)  # what the update trains (DDP / FSDP2 under torchrun)
         self.dp.seed_rank(config.seed)
         self.policy = self._rollout_policy()
@@ -708,7 +578,7 @@ class Trainer:
         proximal = {}
         with torch.no_grad():
             for micro in self.dp.micro_batches(batch, range(batch.num_rows), self.config.optim.micro_batch_tokens):
-                micro = micro.to(_device())
+                micro = micro.to(compute_device())
                 logprobs = self.train_module(micro)[0]
                 for row, part in zip(micro.rows, logprobs.split(micro.loss_mask[:, 1:].sum(1).tolist())):
                     proximal[row] = part
@@ -720,7 +590,7 @@ class Trainer:
         With `proximal` (see `_proximal_logprobs`) the ratio is taken against it and the loss weighted by the
         configured off-policy correction."""
         cfg = self.config
-        micro = micro.to(_device())
+        micro = micro.to(compute_device())
         logprobs, entropy = self.train_module(micro)
         behaviour = micro.old_logprobs[:, 1:][micro.loss_mask[:, 1:]]
         token_turn = micro.sampled_turns

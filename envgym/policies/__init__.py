@@ -2,6 +2,7 @@
 
     policy = load_policy("hf:default")          # the embedded SmolLM2-135M-Instruct
     policy = load_policy("hf:/path/to/checkpoint")
+    policy = load_policy("hf:Qwen/Qwen2.5-0.5B-Instruct")  # a hub id: the local Hugging Face cache, else downloaded
     policy = load_policy("vllm:/path/to/checkpoint")   # a vLLM engine (GPU, or the CPU wheel in .venv-vllm)
     policy = load_policy("openai:http://127.0.0.1:8000/v1#my-model")
     policy = load_policy("scripted")            # the env's oracle
@@ -21,7 +22,7 @@ __all__ = ["POLICY_SPECS", "CachingTokenPolicy", "Completion", "ContextOverflow"
            "PolicyError", "RandomPolicy", "SamplingParams", "ScriptedPolicy", "TextPolicy", "TextReply", "TextRequest",
            "TokenPolicy", "load_policy"]
 
-POLICY_SPECS = ("hf:PATH", "hf:default", "vllm:PATH", "openai:URL#MODEL", "scripted", "random")
+POLICY_SPECS = ("hf:PATH", "hf:default", "hf:ORG/NAME", "vllm:PATH", "openai:URL#MODEL", "scripted", "random")
 
 
 def load_policy(spec: str, **kwargs: Any) -> Policy:

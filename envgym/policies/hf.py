@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
-import os
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -165,22 +164,15 @@ class HFPolicy:
         self._weights_version = _weights_version(self.model)
 
     @classmethod
-    def from_pretrained(cls, path: str, device: str | None = None, **kwargs) -> HFPolicy:
-        """Load a checkpoint directory (model + tokenizer), or `"default"` for the embedded SmolLM2."""
-        if path == "default":
-            from envgym.models import load_default_model
+    def from_pretrained(cls, name: str, device: str | None = None, **kwargs) -> HFPolicy:
+        """The policy over model `name` as `envgym.models.load_model` loads it (a checkpoint directory, "default"
+        for the embedded SmolLM2, a tiny model or a hub id), on `device`; `kwargs` go to the constructor.
+        ModelLoadError (one line) if it cannot be loaded; ModelNotFound, a FileNotFoundError, if it is none
+        of these."""
+        from envgym.models import load_model
 
-            model, tokenizer = load_default_model(device)
-            return cls(model, tokenizer, **kwargs)
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"hf:{path}: no such checkpoint directory (expected config.json + weights + "
-                                    "tokenizer files, or hf:default for the embedded SmolLM2)")
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path).eval()
-        return cls(model, tokenizer, device=device, **kwargs)
+        model, tokenizer = load_model(name, device=device)
+        return cls(model, tokenizer, **kwargs)
 
     @property
     def device(self) -> torch.device:
