@@ -4,11 +4,12 @@
 (numbers written as strings, such as YAML's '3e-4', are read as floats) and
 raises `ValueError` naming the key, the value and what would be right.
 `Range(ge=1)`, `Range(gt=0, le=1)`: the interval a number must lie in, used in
-`Annotated[...]` option fields and in command-line argument types.
+`Annotated[...]` option fields (`check_ranges`, `option_range`) and in command-line argument types.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import numbers
@@ -67,6 +68,29 @@ class Range:
 
         parse.__name__ = kind.__name__  # argparse names the type in its messages
         return parse
+
+
+def option_range(cls: type, name: str) -> Range:
+    """The `Range` in the annotation of field `name` of dataclass `cls` (KeyError if it has none)."""
+    hint = typing.get_type_hints(cls, include_extras=True)[name]
+    allowed = [m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Range)]
+    if not allowed:
+        raise KeyError(f"{cls.__name__}.{name} has no Range")
+    return allowed[0]
+
+
+def check_ranges(options: Any, prefix: str = "") -> None:
+    """ValueError('PREFIXKEY must be >= 1, got 0') unless every number of the dataclass tree `options` lies in the
+    `Range` of its field's annotation (None always passes)."""
+    hints = typing.get_type_hints(type(options), include_extras=True)
+    for f in dataclasses.fields(options):
+        key, value = f"{prefix}{f.name}", getattr(options, f.name)
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, f"{key}.")
+            continue
+        for allowed in getattr(hints[f.name], "__metadata__", ()):
+            if isinstance(allowed, Range) and value is not None:
+                allowed.check(key, value)
 
 
 def _number(x: float) -> str:

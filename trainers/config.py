@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 import yaml
 
 from envgym.branching import BranchOptions
-from envgym.option_types import Range, coerce, parse_key_value, yaml_problem
+from envgym.option_types import Range, check_ranges, coerce, parse_key_value, yaml_problem
 
 
 class ConfigError(ValueError):
@@ -298,7 +298,10 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Range and cross-field checks that need no model or env; raises ConfigError saying what to change."""
-        _check_ranges(self)
+        try:
+            check_ranges(self)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.rollout.group_size < 2:  # every estimator here baselines an episode against its group
             raise ConfigError(
                 f"rollout.group_size is 1, but estimator {self.algorithm.estimator!r} compares episodes within a "
@@ -363,22 +366,6 @@ class TrainConfig:
                               f"{self.algorithm.estimator!r} would count branch episodes as group members; use "
                               f"one of {', '.join(sorted(n for n, e in ESTIMATORS.items() if e.branches))}, or set "
                               "rollout.branch.k: 0")
-
-
-def _check_ranges(options: Any, prefix: str = "") -> None:
-    """Check every number of the dataclass tree `options` against the `Range` in its field's annotation."""
-    hints = typing.get_type_hints(type(options), include_extras=True)
-    for f in dataclasses.fields(options):
-        key, value = f"{prefix}{f.name}", getattr(options, f.name)
-        if dataclasses.is_dataclass(value):
-            _check_ranges(value, f"{key}.")
-            continue
-        for allowed in getattr(hints[f.name], "__metadata__", ()):
-            if isinstance(allowed, Range) and value is not None:
-                try:
-                    allowed.check(key, value)
-                except ValueError as exc:
-                    raise ConfigError(str(exc)) from None
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
