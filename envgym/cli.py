@@ -8,13 +8,14 @@ Expected errors print one line naming what is wrong; only a bug prints a traceba
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import importlib.util
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -23,6 +24,9 @@ import envgym
 from envgym.core import RunFailed
 from envgym.option_types import parse_key_value
 from envgym.registration import spec as env_spec
+
+if TYPE_CHECKING:
+    from envgym.evaluation import EvalSettings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 #: Modules that add subcommands through `register_cli(subparsers)`; a missing one is skipped.
@@ -136,59 +140,13 @@ def cmd_play(args: argparse.Namespace) -> int:
             return EXIT_OK
 
 
-#: `envgym eval` settings a training config supplies with --config: option name -> (section, key) in the config.
-EVAL_FROM_CONFIG = {"split": ("eval", "split"), "episodes": ("eval", "episodes"),
-                    "temperature": ("eval", "temperature"), "max_turns": ("env", "max_turns"),
-                    "context": ("rollout", "context"), "window": ("rollout", "window"),
-                    "max_new_tokens": ("rollout", "max_new_tokens"), "extract_action": ("env", "extract_action"),
-                    "show_admissible": ("env", "show_admissible"), "backend": ("rollout", "pool"),
-                    "num_envs": ("rollout", "num_envs"), "retries": ("rollout", "retries"),
-                    "step_timeout": ("rollout", "step_timeout")}
-#: Their values when neither the command line nor a config gives one.
-EVAL_DEFAULTS = {"split": "test", "episodes": 16, "temperature": 1.0, "max_turns": None, "context": "full",
-                 "window": 4, "max_new_tokens": 64, "extract_action": "none", "show_admissible": False,
-                 "backend": "auto", "num_envs": 0, "retries": 2, "step_timeout": 60.0}
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
-    """`envgym eval`: print the Markdown table; write report.json/.md/.png under --out.
-
-    With --config, the env (id, knobs, wrappers, turn limit), the rollout layout and the
-    evaluation settings come from a training config, so a checkpoint is evaluated exactly
-    as its run evaluated it; options given on the command line still win.
-    """
+    """`envgym eval`: print the Markdown table; write report.json/.md/.png under --out."""
     from envgym.evaluation import evaluate, failure_summary
-    from envgym.policies import SamplingParams
 
     out = _writable_directory(args.out) if args.out else None  # before the evaluation, not after it
-    settings = dict(EVAL_DEFAULTS)
-    env_ids, env_kwargs = args.env, parse_kwargs(args.env_kwarg)
-    if args.config:
-        from envgym.trainers.config import load_config
-
-        config = load_config(args.config)
-        settings.update({name: getattr(getattr(config, section), key)
-                         for name, (section, key) in EVAL_FROM_CONFIG.items()})
-        env_ids = env_ids or [config.env.id]
-        env_kwargs = {**config.env.kwargs, **env_kwargs}
-    settings.update({name: value for name in EVAL_DEFAULTS if (value := getattr(args, name)) is not None})
-    if not env_ids:
-        raise ValueError("name an env with --env ID, or give a training config with --config RUN.yaml")
-    sampling = SamplingParams(temperature=settings["temperature"], top_p=args.top_p,
-                              max_new_tokens=settings["max_new_tokens"])
-    report = evaluate(env_ids, args.policy, env_kwargs=env_kwargs, extract_action=settings["extract_action"],
-                      show_admissible=settings["show_admissible"], split=settings["split"],
-                      episodes=settings["episodes"], samples=args.samples, seed=args.seed, sampling=sampling,
-                      context=settings["context"], window=settings["window"], max_turns=settings["max_turns"],
-                      max_context_tokens=args.max_context_tokens, backend=settings["backend"],
-                      num_envs=settings["num_envs"] or None,
-                      step_timeout=settings["step_timeout"], retries=settings["retries"],
-                      request_timeout=args.request_timeout, request_retries=args.request_retries,
-                      max_concurrency=args.max_concurrency, send_tools=args.send_tools,
-                      engine_args=parse_kwargs(args.engine_arg),
-                      agent=args.agent or (config.rollout.agent or None if args.config else None),
-                      episode_timeout=args.episode_timeout or (config.rollout.episode_timeout or None if args.config
-                                                               else None), progress=True)
+    env_ids, settings = eval_settings(args)
+    report = evaluate(env_ids, args.policy, settings, progress=True)
     print(report.to_markdown(), end="")  # plain print: a console would wrap the table's rows
     if out is not None:
         paths = report.save(out)
@@ -197,6 +155,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for line in problems:
         console.print(line, style="red", markup=False, highlight=False, soft_wrap=True)
     return EXIT_FAILED if problems else EXIT_OK
+
+
+def eval_settings(args: argparse.Namespace) -> tuple[list[str], EvalSettings]:
+    """The env ids and the settings of `envgym eval`: `EvalSettings`' defaults, then those of the training config
+    of --config (`TrainConfig.eval_settings`, so a checkpoint is evaluated exactly as its run evaluated it),
+    then the options given on the command line (an option's flag is its setting's name)."""
+    from envgym.evaluation import EvalSettings
+
+    settings, env_ids = EvalSettings(), list(args.env)
+    if args.config:
+        from envgym.trainers.config import load_config
+
+        config = load_config(args.config)
+        settings, env_ids = config.eval_settings(), env_ids or [config.env.id]
+    if not env_ids:
+        raise ValueError("name an env with --env ID, or give a training config with --config RUN.yaml")
+    given = {f.name: value for f in dataclasses.fields(settings) if (value := getattr(args, f.name, None)) is not None}
+    sampling = {name: value for name in ("temperature", "top_p", "max_new_tokens")
+                if (value := getattr(args, name)) is not None}
+    return env_ids, dataclasses.replace(
+        settings, **given, env_kwargs=settings.env_kwargs | parse_kwargs(args.env_kwarg),
+        engine_args=settings.engine_args | parse_kwargs(args.engine_arg),
+        sampling=dataclasses.replace(settings.sampling, **sampling))
 
 
 def _writable_directory(path: str) -> Path:
@@ -214,11 +195,15 @@ def _writable_directory(path: str) -> Path:
 
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
-    from envgym.evaluation import ARGUMENT_RANGES, EVAL_SEED
+    """The `eval` subcommand: each option that is a setting defaults to None, meaning "not given" (`eval_settings`)."""
+    from envgym.evaluation import EvalSettings
+    from envgym.option_types import option_range
     from envgym.policies import POLICY_SPECS
 
-    def checked(name: str, kind: type) -> Any:  # an argparse type: `kind`, within the range `evaluate` accepts
-        return ARGUMENT_RANGES[name].parser(kind)
+    default = EvalSettings()
+
+    def checked(name: str, kind: type) -> Any:  # an argparse type: `kind`, within the range EvalSettings accepts
+        return option_range(EvalSettings, name).parser(kind)
 
     p = sub.add_parser("eval", help="evaluate policies on envs: success with 95%% CI, return, pass@k, ...",
                        description="Evaluate policies on envs with the rollout code training uses: success rate with a "
@@ -236,38 +221,40 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--env-kwarg", action="append", default=[], metavar="KEY=VALUE",
                    help="a knob of every env, e.g. size=4 (repeatable; see `envgym info ID`)")
     p.add_argument("--extract-action", default=None, choices=["none", "tag", "admissible"],
-                   help="find the action in chatty replies (the ActionExtraction wrapper; default none)")
+                   help="find the action in chatty replies (the ActionExtraction wrapper; "
+                        f"default {default.extract_action})")
     p.add_argument("--show-admissible", default=None, action=argparse.BooleanOptionalAction,
                    help="append the valid actions to each observation (default: no)")
-    p.add_argument("--split", default=None, choices=["train", "test"], help="default test")
+    p.add_argument("--split", default=None, choices=["train", "test"], help=f"default {default.split}")
     p.add_argument("--episodes", type=checked("episodes", int), default=None,
-                   help="episodes per env (default 16): the first tasks of the split, each played several times "
-                        "when the split is smaller and the policy samples")
-    p.add_argument("--samples", type=checked("samples", int), default=1,
-                   help="episodes per task, for pass@k (default 1)")
-    p.add_argument("--seed", type=int, default=EVAL_SEED, help=f"default {EVAL_SEED}, as in training")
+                   help=f"episodes per env (default {default.episodes}): the first tasks of the split, each played "
+                        "several times when the split is smaller and the policy samples")
+    p.add_argument("--samples", type=checked("samples", int), default=None,
+                   help=f"episodes per task, for pass@k (default {default.samples})")
+    p.add_argument("--seed", type=int, default=None, help=f"default {default.seed}, as in training")
     p.add_argument("--max-turns", type=checked("max_turns", int), default=None,
                    help="cap on turns per episode (default: the env's)")
     p.add_argument("--context", default=None, choices=["full", "window"],
                    help="what each prompt holds, for every policy: the whole episode (full, the default) or the "
                         "instructions and the last --window turns (window)")
     p.add_argument("--window", type=checked("window", int), default=None,
-                   help="turns kept with --context window (default 4)")
+                   help=f"turns kept with --context window (default {default.window})")
     p.add_argument("--max-context-tokens", type=checked("max_context_tokens", int), default=None, metavar="N",
                    help="context budget of every policy: an episode whose prompt plus reply pass N tokens ends "
                         "there, counted as context-ended (default: the model's or endpoint's own window, where it "
                         "reports one)")
-    p.add_argument("--temperature", type=float, default=None, help="default 1.0 (0: greedy)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default 64")
+    p.add_argument("--temperature", type=float, default=None,
+                   help=f"default {default.sampling.temperature} (0: greedy)")
+    p.add_argument("--top-p", type=float, default=None, help=f"default {default.sampling.top_p}")
+    p.add_argument("--max-new-tokens", type=int, default=None, help=f"default {default.sampling.max_new_tokens}")
     p.add_argument("--backend", default=None, choices=["auto", "sync", "process", "ray"],
                    help="EnvPool backend (default auto: worker processes for envs with slow steps)")
     p.add_argument("--num-envs", type=checked("num_envs", int), default=None, metavar="N",
                    help="EnvPool slots (default: one per episode with sync, else 4 worker processes per core)")
     p.add_argument("--step-timeout", type=checked("step_timeout", float), default=None, metavar="SECONDS",
-                   help="a reset or step taking longer fails its episode (default 60)")
+                   help=f"a reset or step taking longer fails its episode (default {default.step_timeout:g})")
     p.add_argument("--retries", type=checked("retries", int), default=None,
-                   help="attempts after a failed episode before its group is dropped (default 2)")
+                   help=f"attempts after a failed episode before its group is dropped (default {default.retries})")
     p.add_argument("--request-timeout", type=checked("request_timeout", float), default=None, metavar="SECONDS",
                    help="timeout of each HTTP request of openai: policies (default: the policy's, 60)")
     p.add_argument("--request-retries", type=checked("request_retries", int), default=None, metavar="N",
@@ -275,7 +262,7 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
                         "(5xx), a timeout or a refused connection, with exponential backoff (default 3)")
     p.add_argument("--max-concurrency", type=checked("max_concurrency", int), default=None, metavar="N",
                    help="HTTP requests of an openai: policy in flight at once (default 8)")
-    p.add_argument("--send-tools", action="store_true",
+    p.add_argument("--send-tools", action="store_true", default=None,
                    help="send a tool env's tool schemas with each request of openai: policies, read the "
                         "endpoint's tool calls back as <tool_call> text and send earlier calls back as tool_calls "
                         "answered by tool messages (the server must accept tools; vLLM: "

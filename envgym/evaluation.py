@@ -1,4 +1,5 @@
-"""Evaluate policies on envs with the training rollout code (`collect_groups`); `envgym eval` calls `evaluate`.
+"""Evaluate policies on envs with the training rollout code (`collect_groups`) under one `EvalSettings`;
+`envgym eval` calls `evaluate`, training's held-out evaluation `evaluate_policy`.
 
 Per env and policy it reports the success rate with a 95% Wilson interval,
 mean return, mean turns, pass@k (the unbiased estimator of Chen et al. 2021
@@ -20,27 +21,68 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from envgym.agents import collect_agent_groups
 from envgym.chat import ContextMode
-from envgym.option_types import Range
+from envgym.option_types import Range, check_ranges
 from envgym.policies import Policy, SamplingParams, load_policy
 from envgym.pool import Backend, EnvPool, default_num_envs
 from envgym.rollout import RolloutResult, collect_groups, context_budget
 from envgym.trajectory import EpisodeEnd, FinishReason, save_groups
 from envgym.wrappers import EnvMaker
 
-#: The seed of every evaluation unless asked otherwise: training's held-out evaluation and `envgym eval` alike.
-EVAL_SEED = 0
-#: Allowed values of `evaluate`'s numeric arguments; `envgym eval` checks its options of the same names against them.
-ARGUMENT_RANGES = {"episodes": Range(ge=1), "samples": Range(ge=1), "window": Range(ge=0), "max_turns": Range(ge=1),
-                   "num_envs": Range(ge=1), "retries": Range(ge=0), "step_timeout": Range(gt=0),
-                   "request_timeout": Range(gt=0), "request_retries": Range(ge=0), "max_concurrency": Range(ge=1),
-                   "max_context_tokens": Range(ge=1)}
+@dataclass(frozen=True)
+class EvalSettings:
+    """Every setting of an evaluation, each default stated here once; `envgym eval` and training's held-out
+    evaluation both build one (a training config's through `TrainConfig.eval_settings`).
+
+    Construction checks each number against the `Range` in its annotation (ValueError naming the setting).
+    `env_kwargs`, `extract_action` and `show_admissible` make `evaluate`'s envs (`EnvMaker`);
+    `request_timeout`, `request_retries`, `max_concurrency` (None: the policy's defaults, 60 s, 3 and 8) and
+    `send_tools` load its `openai:` policies (see `envgym.policies.openai_chat`), `engine_args` (keywords of
+    `vllm.LLM`, e.g. ``{"max_model_len": 2048}``) its `vllm:` ones; `evaluate_policy`, given a made env and a
+    loaded policy, reads the rest. `sampling` is every token policy's; `max_context_tokens` bounds every prompt
+    plus completion (see `envgym.rollout`: Context); `num_envs` None: `default_num_envs`; `agent` (a callable
+    or "package.module:function") plays every episode with that agent program (see `envgym.agents`), each
+    bounded by `episode_timeout` seconds (None or 0: no limit).
+    """
+
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    extract_action: Literal["none", "tag", "admissible"] = "none"
+    show_admissible: bool = False
+    split: str = "test"
+    episodes: Annotated[int, Range(ge=1)] = 16
+    samples: Annotated[int, Range(ge=1)] = 1
+    seed: int = 0
+    context: ContextMode = "full"
+    window: Annotated[int, Range(ge=0)] = 4
+    max_turns: Annotated[int | None, Range(ge=1)] = None
+    max_context_tokens: Annotated[int | None, Range(ge=1)] = None
+    backend: Backend = "auto"
+    num_envs: Annotated[int | None, Range(ge=1)] = None
+    step_timeout: Annotated[float, Range(gt=0)] = 60.0
+    retries: Annotated[int, Range(ge=0)] = 2
+    request_timeout: Annotated[float | None, Range(gt=0)] = None
+    request_retries: Annotated[int | None, Range(ge=0)] = None
+    max_concurrency: Annotated[int | None, Range(ge=1)] = None
+    send_tools: bool = False
+    engine_args: dict[str, Any] = field(default_factory=dict)
+    agent: str | Callable[[Any, Any], Any] | None = None
+    episode_timeout: float | None = None
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON values (`dataclasses.asdict`; a callable agent as "module:qualname")."""
+        agent = self.agent if self.agent is None or isinstance(self.agent, str) else \
+            f"{self.agent.__module__}:{self.agent.__qualname__}"
+        return asdict(self) | {"agent": agent}
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -251,53 +293,48 @@ def plan_split(split_tasks: int, episodes: int, samples: int, greedy: bool) -> t
     return tasks, samples * (1 if greedy else -(-episodes // tasks))
 
 
-def evaluate_policy(env: EnvMaker, policy: Policy, *, policy_name: str, split: str = "test", episodes: int = 16,
-                    samples: int = 1, seed: int = EVAL_SEED, sampling: SamplingParams | None = None,
-                    context: ContextMode = "full", window: int = 4, max_turns: int | None = None,
-                    max_context_tokens: int | None = None, pool: EnvPool | None = None,
-                    backend: Backend = "auto", num_envs: int | None = None, step_timeout: float = 60.0,
-                    retries: int = 2, on_episode: Callable[[int, int], None] | None = None,
+def evaluate_policy(env: EnvMaker, policy: Policy, settings: EvalSettings | None = None, *, policy_name: str,
+                    pool: EnvPool | None = None, on_episode: Callable[[int, int], None] | None = None,
                     shard: tuple[int, int] = (0, 1),
-                    gather: Callable[[RolloutResult], Sequence[RolloutResult]] | None = None,
-                    agent: Any = None, episode_timeout: float | None = None
+                    gather: Callable[[RolloutResult], Sequence[RolloutResult]] | None = None
                     ) -> tuple[EvalRow, RolloutResult]:
-    """Play the fixed evaluation set of `split` (see `plan_split`) with `policy`; the one evaluation path.
+    """Play the fixed evaluation set of `settings.split` (see `plan_split`) with `policy`; the one evaluation path.
 
     Training (`Trainer.evaluate`) and `envgym eval` both call this, so one
     checkpoint gets one number either way. Task k is reset with seed
-    `group_seed(seed, k)`; a token policy samples from torch's generator seeded
-    with `seed` (the caller's generator is left as it was). Without `pool`, one
-    of `num_envs` slots (default `default_num_envs`) whose resets and steps time
-    out after `step_timeout` seconds is made and closed here. `max_context_tokens`
-    bounds every prompt plus completion (see `envgym.rollout`: Context).
+    `group_seed(settings.seed, k)`; a token policy samples from torch's generator seeded
+    with that seed (the caller's generator is left as it was). Without `pool`, one
+    of `settings.num_envs` slots whose resets and steps time out after `settings.step_timeout`
+    seconds is made and closed here. `env` comes made and `policy` loaded: the settings that make envs and
+    load policies are `evaluate`'s and unused here.
     `shard=(i, n)` plays only the i-th of n contiguous blocks of the tasks (a
     data-parallel rank's share); `gather` then returns every shard's result in
     shard order (e.g. an all-gather across the ranks), and the row and result
-    cover the whole set. Without `gather` they cover the shard. With `agent` (a callable or
-    "package.module:function") the episodes are that agent's, played through `envgym.agents`
-    (`episode_timeout` bounds each; `context`, `window` and `pool` do not apply).
+    cover the whole set. Without `gather` they cover the shard. With `settings.agent` the episodes are that
+    agent's, played through `envgym.agents` (`context`, `window` and `pool` do not apply).
     """
-    sampling = sampling or SamplingParams()
+    settings = settings or EvalSettings()
     with env() as probe:
-        split_tasks = probe.unwrapped.num_tasks[split]
-    tasks, per_task = plan_split(split_tasks, episodes, samples, sampling.temperature == 0)
+        split_tasks = probe.unwrapped.num_tasks[settings.split]
+    tasks, per_task = plan_split(split_tasks, settings.episodes, settings.samples, settings.sampling.temperature == 0)
     index, count = shard
     if not 0 <= index < count:
         raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
     first, stop = tasks * index // count, tasks * (index + 1) // count
     with contextlib.ExitStack() as stack:
-        if pool is None and agent is None:
-            size = num_envs or default_num_envs(backend, (stop - first) * per_task, env)
-            pool = stack.enter_context(EnvPool(env, size, backend=backend, step_timeout=step_timeout))
-        with _seeded_torch(seed):
-            collect = collect_groups if agent is None else functools.partial(
-                collect_agent_groups, agent=agent, episode_timeout=episode_timeout)
-            result = collect(env, policy, n_groups=stop - first, group_size=per_task, split=split, seed=seed,
-                                    sampling=sampling, context=context, window=window, max_turns=max_turns,
-                                    pool=pool, retries=retries, tasks=list(range(first, stop)),
-                                    max_context_tokens=max_context_tokens, on_episode=on_episode,
-                                    first_group=first)
-    budget = context_budget(policy, max_context_tokens)
+        if pool is None and settings.agent is None:
+            size = settings.num_envs or default_num_envs(settings.backend, (stop - first) * per_task, env)
+            pool = stack.enter_context(EnvPool(env, size, backend=settings.backend, step_timeout=settings.step_timeout))
+        with _seeded_torch(settings.seed):
+            collect = collect_groups if settings.agent is None else functools.partial(
+                collect_agent_groups, agent=settings.agent, episode_timeout=settings.episode_timeout)
+            result = collect(env, policy, n_groups=stop - first, group_size=per_task, split=settings.split,
+                             seed=settings.seed, sampling=settings.sampling, context=settings.context,
+                             window=settings.window, max_turns=settings.max_turns, pool=pool,
+                             retries=settings.retries, tasks=list(range(first, stop)),
+                             max_context_tokens=settings.max_context_tokens, on_episode=on_episode,
+                             first_group=first)
+    budget = context_budget(policy, settings.max_context_tokens)
     if gather is None:
         return summarize(env.env_id, policy_name, result, tasks=stop - first, samples=per_task,
                          context_budget=budget), result
@@ -317,111 +354,54 @@ def _seeded_torch(seed: int):
         yield
 
 
-def evaluate(
-    env_ids: str | Sequence[str],
-    policy: str | Policy | Sequence[str | Policy],
-    *,
-    env_kwargs: Mapping[str, Any] | None = None,
-    extract_action: Literal["none", "tag", "admissible"] = "none",
-    show_admissible: bool = False,
-    split: str = "test",
-    episodes: int = 16,
-    samples: int = 1,
-    seed: int = EVAL_SEED,
-    sampling: SamplingParams | None = None,
-    context: ContextMode = "full",
-    window: int = 4,
-    max_turns: int | None = None,
-    max_context_tokens: int | None = None,
-    backend: Backend = "auto",
-    num_envs: int | None = None,
-    step_timeout: float = 60.0,
-    retries: int = 2,
-    request_timeout: float | None = None,
-    request_retries: int | None = None,
-    max_concurrency: int | None = None,
-    send_tools: bool = False,
-    engine_args: Mapping[str, Any] | None = None,
-    agent: str | Callable[[Any, Any], Any] | None = None,
-    episode_timeout: float | None = None,
-    progress: bool = False,
-) -> EvalReport:
-    """Evaluate each policy on each env with `evaluate_policy`; one row per pair.
+def evaluate(env_ids: str | Sequence[str], policy: str | Policy | Sequence[str | Policy],
+             settings: EvalSettings | None = None, *, progress: bool = False) -> EvalReport:
+    """Evaluate each policy on each env with `evaluate_policy` under `settings`; one row per pair.
 
     Every env is made by `EnvMaker(env_id, env_kwargs, extract_action,
     show_admissible)`. Policies are spec strings (see
-    `envgym.policies.POLICY_SPECS`, loaded once) or policy objects. Token
-    policies sample with `sampling` (default: temperature 1, 64 new tokens);
-    `request_timeout` bounds each HTTP request of `openai:` policies, `request_retries` is how often
-    one is retried after a transient failure and `max_concurrency` how many are in flight at once
-    (None: the policy's defaults, 60 s, 3 and 8), and `send_tools` sends tool envs' schemas with their
-    requests (see `envgym.policies.openai_chat`); `engine_args`
-    are settings of the engine of every `vllm:` policy (keyword arguments of
-    `vllm.LLM`, e.g. ``{"max_model_len": 2048}``); `max_context_tokens` bounds
-    every prompt plus completion; `agent` (a callable or "package.module:function") plays every episode with that
-    agent program (see `envgym.agents`), each bounded by `episode_timeout` seconds. Numbers
-    are checked against ARGUMENT_RANGES, env ids and knobs and policy paths are
-    checked, before any model loads.
+    `envgym.policies.POLICY_SPECS`, loaded once with the settings' request and
+    engine settings) or policy objects. Env ids and knobs, policy paths, the agent
+    and which policies the engine and tool settings apply to are checked before any
+    model loads. The report's settings are `settings.to_dict()` plus the time.
     """
+    settings = settings or EvalSettings()
     env_ids = [env_ids] if isinstance(env_ids, str) else list(env_ids)
     policies = [policy] if isinstance(policy, str) or not isinstance(policy, Sequence) else list(policy)
-    arguments = {"episodes": episodes, "samples": samples, "window": window, "max_turns": max_turns,
-                 "num_envs": num_envs, "retries": retries, "step_timeout": step_timeout,
-                 "request_timeout": request_timeout, "request_retries": request_retries,
-                 "max_concurrency": max_concurrency, "max_context_tokens": max_context_tokens}
-    for key, value in arguments.items():
-        if value is not None:
-            ARGUMENT_RANGES[key].check(key, value)
     import envgym
 
     makers = []
     for env_id in env_ids:
         envgym.spec(env_id)  # an unknown id or knob fails before any model loads
-        maker = EnvMaker(env_id, dict(env_kwargs or {}), extract_action, show_admissible)
+        maker = EnvMaker(env_id, dict(settings.env_kwargs), settings.extract_action, settings.show_admissible)
         maker().close()
         makers.append(maker)
     for spec in policies:
         if isinstance(spec, str):
             check_policy_spec(spec)
-    if isinstance(agent, str):
+    if isinstance(settings.agent, str):
         from envgym.agents import load_agent
 
-        load_agent(agent)  # a typo fails before any model loads
-    if engine_args:
-        _require_policy_kind(policies, "vllm:DIR", f"engine settings {sorted(engine_args)} apply", "--engine-arg")
-    if send_tools:
+        load_agent(settings.agent)  # a typo fails before any model loads
+    if settings.engine_args:
+        _require_policy_kind(policies, "vllm:DIR", f"engine settings {sorted(settings.engine_args)} apply",
+                             "--engine-arg")
+    if settings.send_tools:
         _require_policy_kind(policies, "openai:URL#MODEL", "sending tool schemas applies", "--send-tools")
     named = [(p, p) if isinstance(p, str) else (type(p).__name__, p) for p in policies]
     rows, rollouts = [], []
     with _progress_bar(progress) as bar:
         for name, spec in named:
-            loaded = spec if not isinstance(spec, str) else load_policy(spec, **_policy_options(
-                spec, sampling=sampling, timeout=request_timeout, max_retries=request_retries,
-                max_concurrency=max_concurrency, tools=send_tools, engine_args=engine_args or {}))
+            loaded = spec if not isinstance(spec, str) else load_policy(spec, **_policy_options(spec, settings))
             for maker in makers:
                 task = bar.add_task(f"{maker.env_id} · {name}", total=None) if bar else None
                 row, result = evaluate_policy(
-                    maker, loaded, policy_name=name, split=split, episodes=episodes, samples=samples, seed=seed,
-                    sampling=sampling, context=context, window=window, max_turns=max_turns,
-                    max_context_tokens=max_context_tokens, backend=backend, num_envs=num_envs,
-                    step_timeout=step_timeout, retries=retries, agent=agent, episode_timeout=episode_timeout,
+                    maker, loaded, settings, policy_name=name,
                     on_episode=(lambda done, total, t=task: bar.update(t, completed=done, total=total))
                     if bar else None)
                 rows.append(row)
                 rollouts.append(result)
-    settings = {"env_kwargs": dict(env_kwargs or {}), "extract_action": extract_action,
-                "show_admissible": show_admissible, "split": split, "episodes": episodes, "samples": samples,
-                "seed": seed, "context": context, "window": window, "max_turns": max_turns,
-                "max_context_tokens": max_context_tokens, "backend": backend, "num_envs": num_envs,
-                "step_timeout": step_timeout, "retries": retries, "request_timeout": request_timeout,
-                "request_retries": request_retries, "max_concurrency": max_concurrency, "send_tools": send_tools,
-                "engine_args": dict(engine_args or {}),
-                "agent": agent if agent is None or isinstance(agent, str)
-                else f"{agent.__module__}:{agent.__qualname__}",
-                "episode_timeout": episode_timeout,
-                "sampling": asdict(sampling or SamplingParams()),
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    return EvalReport(rows, settings, rollouts)
+    return EvalReport(rows, settings.to_dict() | {"time": time.strftime("%Y-%m-%dT%H:%M:%S")}, rollouts)
 
 
 def check_policy_spec(spec: str) -> None:
@@ -445,18 +425,17 @@ def _require_policy_kind(policies: Sequence[Any], spec: str, what: str, option: 
         raise ValueError(f"{what} to {kind} policies only; name one with --policy {spec}, or drop {option}")
 
 
-def _policy_options(spec: str, *, sampling: SamplingParams | None, timeout: float | None,
-                    max_retries: int | None, max_concurrency: int | None, tools: bool,
-                    engine_args: Mapping[str, Any]) -> dict[str, Any]:
-    """What `load_policy` needs beyond the spec: an endpoint samples with the same settings and takes the
-    request settings given (None keeps its default), an engine takes its own settings; other policies need
+def _policy_options(spec: str, settings: EvalSettings) -> dict[str, Any]:
+    """What `load_policy` needs beyond the spec: an endpoint samples with the settings' sampling and takes the
+    request settings given (None keeps its default), an engine takes the engine settings; other policies need
     nothing."""
     if spec.startswith("openai:"):
-        given = {"sampling": sampling, "timeout": timeout, "max_retries": max_retries,
-                 "max_concurrency": max_concurrency, "tools": tools}
+        given = {"sampling": settings.sampling, "timeout": settings.request_timeout,
+                 "max_retries": settings.request_retries, "max_concurrency": settings.max_concurrency,
+                 "tools": settings.send_tools}
         return {key: value for key, value in given.items() if value is not None}
     if spec.startswith("vllm:"):
-        return dict(engine_args)
+        return dict(settings.engine_args)
     return {}
 
 

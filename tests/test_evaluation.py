@@ -10,7 +10,7 @@ import pytest
 
 import envgym
 import envgym.evaluation
-from envgym.evaluation import evaluate, pass_at_k, wilson_interval
+from envgym.evaluation import EvalSettings, evaluate, pass_at_k, wilson_interval
 from envgym.policies import RandomPolicy
 from envgym.trajectory import EpisodeEnd, load_groups
 
@@ -35,7 +35,7 @@ def test_pass_at_k_is_the_unbiased_estimator():
 
 
 def test_evaluate_scripted_and_random_on_maze(tmp_path):
-    report = evaluate("games/Maze-v0", ["scripted", "random"], episodes=4, samples=2, seed=3)
+    report = evaluate("games/Maze-v0", ["scripted", "random"], EvalSettings(episodes=4, samples=2, seed=3))
     scripted, random = report.rows
     assert scripted.success_rate == 1.0 and scripted.pass_at_k == {1: 1.0, 2: 1.0}
     assert scripted.invalid_action_rate == 0.0 and scripted.episodes == 8 and scripted.tasks == 4
@@ -104,8 +104,9 @@ def test_evaluate_a_token_policy_object_counts_generated_tokens():
     from envgym.policies import HFPolicy, SamplingParams
 
     tokenizer = word_level_tokenizer(["1", "50", "100"])
-    report = evaluate("games/GuessNumber-v0", HFPolicy(tiny_model(tokenizer), tokenizer), episodes=2, max_turns=2,
-                      sampling=SamplingParams(max_new_tokens=3), context="window", window=1)
+    report = evaluate("games/GuessNumber-v0", HFPolicy(tiny_model(tokenizer), tokenizer),
+                      EvalSettings(episodes=2, max_turns=2, sampling=SamplingParams(max_new_tokens=3),
+                                   context="window", window=1))
     row = report.rows[0]
     assert row.policy == "HFPolicy" and row.episodes == 2 and 2 <= row.generated_tokens <= 2 * 2 * 3
 
@@ -158,7 +159,7 @@ def test_eval_exits_one_when_some_episodes_failed(capsys):
 
     code = main(["eval", "--env", "faulty/EvalFailOnSeed-v0", "--policy", "scripted", "--episodes", "8"])
     out = capsys.readouterr().out
-    row = evaluate("faulty/EvalFailOnSeed-v0", "scripted", episodes=8).rows[0]
+    row = evaluate("faulty/EvalFailOnSeed-v0", "scripted", EvalSettings(episodes=8)).rows[0]
     assert 0 < row.dropped_episodes < 8 and row.episodes == 8 - row.dropped_episodes  # some seeds are odd
     assert code == EXIT_FAILED
     assert f"{row.dropped_episodes} of 8 episodes dropped after failing past 2 retries" in out
@@ -213,15 +214,15 @@ def test_step_timeout_and_num_envs_reach_the_pool(capsys, monkeypatch):
     ("request_retries", -1, "request_retries must be >= 0, got -1"),
     ("max_concurrency", 0, "max_concurrency must be >= 1, got 0"),
 ])
-def test_evaluate_checks_its_arguments_first(argument, value, message):
+def test_eval_settings_check_their_ranges_naming_the_setting(argument, value, message):
     with pytest.raises(ValueError, match=re.escape(message)):
-        evaluate("games/GuessNumber-v0", "hf:/not/loaded", **{argument: value})
+        EvalSettings(**{argument: value})
 
 
 # -- what the report counts ---------------------------------------------------------------------------------
 
 def test_random_plays_the_env_action_space_and_the_report_says_what_it_sampled(tmp_path):
-    report = evaluate(["games/GuessNumber-v0", "games/Maze-v0"], ["random", "scripted"], episodes=4)
+    report = evaluate(["games/GuessNumber-v0", "games/Maze-v0"], ["random", "scripted"], EvalSettings(episodes=4))
     guess, maze, scripted_guess, _ = report.rows
     assert guess.invalid_action_rate == 0.0 and guess.success_rate < 1.0  # random integers in range
     played = sum(len(e.turns) for g in report.rollouts[0].groups for e in g.episodes)

@@ -215,11 +215,12 @@ def test_an_agent_program_trains_and_evaluates_through_the_gateway(tmp_path, mod
 def test_an_agent_plays_an_openai_endpoint(gateway):
     """`envgym eval --agent` against an `openai:` policy: the gateway forwards to the endpoint (here another
     gateway, a real OpenAI-compatible server) and records text and usage."""
-    from envgym.evaluation import evaluate
+    from envgym.evaluation import EvalSettings, evaluate
 
     upstream = gateway.open_episode()
-    report = evaluate("tools/MathPython-v0", f"openai:{gateway.base_url(upstream)}#policy", agent=chat_agent,
-                      episodes=2, max_turns=2, sampling=SamplingParams(max_new_tokens=4))
+    report = evaluate("tools/MathPython-v0", f"openai:{gateway.base_url(upstream)}#policy",
+                      EvalSettings(agent=chat_agent, episodes=2, max_turns=2,
+                                   sampling=SamplingParams(max_new_tokens=4)))
     row = report.rows[0]
     assert (row.episodes, row.dropped_episodes, row.mean_turns) == (2, 0, 2.0)
     assert row.generated_tokens == sum(len(e.action_ids) for e in upstream.exchanges) > 0
@@ -229,14 +230,14 @@ def test_an_agent_plays_an_openai_endpoint(gateway):
 def test_eval_of_an_openai_policy_sends_tool_history_structured(tokenizer):
     """The built-in loop with `--send-tools`: an earlier call goes back as `tool_calls` and a `tool` message,
     which the endpoint's template renders (here the gateway's, over a policy that writes one call, then text)."""
-    from envgym.evaluation import evaluate
+    from envgym.evaluation import EvalSettings, evaluate
 
     call = '<tool_call>\n{"name": "python", "arguments": {"code": "print(1)"}}\n</tool_call>'
     with Gateway(ScriptedTokens(word_level_tokenizer(WORDS + ["print", "(", ")"],
                                                      chat_template=HERMES_TOOLS_TEMPLATE), [call, "2"])) as endpoint:
         record = endpoint.open_episode()
-        report = evaluate("tools/MathPython-v0", f"openai:{endpoint.base_url(record)}#policy", send_tools=True,
-                          episodes=1, max_turns=2)
+        report = evaluate("tools/MathPython-v0", f"openai:{endpoint.base_url(record)}#policy",
+                          EvalSettings(send_tools=True, episodes=1, max_turns=2))
         assert report.rows[0].invalid_action_rate == 0.5  # the call ran; "2" is no answer
         second = endpoint.tokenizer.decode(record.exchanges[1].obs_ids)
     assert not record.exchanges[1].starts_row  # the structured history renders as the call was sampled

@@ -43,7 +43,7 @@ def test_an_iteration_whose_every_group_fails_stops_with_the_causes(tmp_path, en
 @pytest.mark.slow
 def test_dropped_groups_are_counted_in_training_and_in_the_held_out_set(tmp_path):
     run = trainer(tmp_path, "faulty-train/FailOnSeed-v0", retries=0)  # odd seeds fail in reset, every time
-    odd = [group_seed(0, g) % 2 for g in range(2)]  # training seed 0 at iteration 0, and EVAL_SEED = 0
+    odd = [group_seed(0, g) % 2 for g in range(2)]  # training seed 0 at iteration 0, and EvalSettings.seed = 0
     assert odd == [0, 1]
     try:
         metrics = run.train_iteration()

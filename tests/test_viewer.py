@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from envgym.evaluation import evaluate, summarize
+from envgym.evaluation import EvalSettings, evaluate, summarize
 from envgym.rollout import RolloutResult
 from envgym.trainers import Trainer, config_from_dict
 from envgym.run_files import read_samples, write_sample
@@ -41,7 +41,7 @@ def small_run(tmp_path_factory):
 def eval_report(tmp_path_factory):
     """A scripted and a random policy evaluated on mazes, plus a row whose episode text tries to break the page."""
     out = tmp_path_factory.mktemp("viewer_eval")
-    report = evaluate("games/Maze-v0", ["scripted", "random"], episodes=3, samples=2, seed=1)
+    report = evaluate("games/Maze-v0", ["scripted", "random"], EvalSettings(episodes=3, samples=2, seed=1))
     turn = Turn(observation=HOSTILE, action=HOSTILE, reward=1.0, state_key="s", invalid_action=False)
     episode = Episode("hostile/Env-v0", "test", 0, 5, (turn,), EpisodeEnd.TERMINATED, won=True,
                       final_observation=HOSTILE)

@@ -24,7 +24,9 @@ from typing import Annotated, Any, Literal
 import yaml
 
 from envgym.branching import BranchOptions
+from envgym.evaluation import EvalSettings
 from envgym.option_types import Range, check_ranges, coerce, parse_key_value, yaml_problem
+from envgym.policies import SamplingParams
 
 
 class ConfigError(ValueError):
@@ -214,16 +216,18 @@ class SFTOptions:
 
 @dataclass
 class EvalOptions:
-    """Held-out evaluation: `episodes` episodes on fixed tasks of `split`, greedy when temperature is 0.
+    """Held-out evaluation every `every` iterations: `episodes` episodes on fixed tasks of `split`, greedy when
+    temperature is 0; its other settings come from the env and rollout sections (`TrainConfig.eval_settings`).
 
-    A split with fewer tasks than `episodes` has each task played several times when sampling.
-    `initial: false` skips the evaluation of the untrained policy (phase "init") that a fresh run starts with
-    (a suite of runs on one model evaluates it once).
+    `episodes` and `temperature` differ from `EvalSettings`' defaults (16, sampled) on purpose: a learning curve
+    needs many episodes and no sampling noise. A split with fewer tasks than `episodes` has each task played
+    several times when sampling. `initial: false` skips the evaluation of the untrained policy (phase "init")
+    that a fresh run starts with (a suite of runs on one model evaluates it once).
     """
 
     every: Annotated[int, Range(ge=1)] = 5
     episodes: Annotated[int, Range(ge=1)] = 200
-    split: Literal["train", "test"] = "test"
+    split: Literal["train", "test"] = EvalSettings.split
     temperature: Annotated[float, Range(ge=0)] = 0.0
     initial: bool = True
 
@@ -295,6 +299,18 @@ class TrainConfig:
     log_episodes: EpisodeLogOptions = field(default_factory=EpisodeLogOptions)
     distributed: DistributedOptions = field(default_factory=DistributedOptions)
     ray: RayOptions = field(default_factory=RayOptions)
+
+    def eval_settings(self) -> EvalSettings:
+        """The settings of this run's held-out evaluation: what `Trainer.evaluate` plays and what
+        `envgym eval --config` starts from, so a checkpoint is evaluated there as its run evaluated it."""
+        return EvalSettings(
+            env_kwargs=dict(self.env.kwargs), extract_action=self.env.extract_action,
+            show_admissible=self.env.show_admissible, split=self.eval.split, episodes=self.eval.episodes,
+            context=self.rollout.context, window=self.rollout.window, max_turns=self.env.max_turns,
+            backend=self.rollout.pool, num_envs=self.rollout.num_envs or None, step_timeout=self.rollout.step_timeout,
+            retries=self.rollout.retries, agent=self.rollout.agent or None,
+            episode_timeout=self.rollout.episode_timeout or None,
+            sampling=SamplingParams(temperature=self.eval.temperature, max_new_tokens=self.rollout.max_new_tokens))
 
     def validate(self) -> TrainConfig:
         """Range and cross-field checks that need no model or env; raises ConfigError saying what to change."""

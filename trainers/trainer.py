@@ -33,7 +33,7 @@ import torch
 import envgym
 from envgym.agents import collect_agent_groups
 from envgym.core import RunFailed
-from envgym.evaluation import EVAL_SEED, evaluate_policy, plan_split
+from envgym.evaluation import evaluate_policy, plan_split
 from envgym.policies import HFPolicy, SamplingParams
 from envgym.pool import EnvPool
 from envgym.rollout import RolloutResult, collect_groups
@@ -220,10 +220,11 @@ class Trainer:
 
     def _eval_episodes(self) -> int:
         """Episodes of one held-out evaluation (the split may be played several times; see `plan_split`)."""
-        cfg = self.config
+        settings = self.config.eval_settings()
         with self.env_factory() as env:
-            split_tasks = env.unwrapped.num_tasks[cfg.eval.split]
-        tasks, samples = plan_split(split_tasks, cfg.eval.episodes, 1, greedy=cfg.eval.temperature == 0)
+            split_tasks = env.unwrapped.num_tasks[settings.split]
+        tasks, samples = plan_split(split_tasks, settings.episodes, settings.samples,
+                                    greedy=settings.sampling.temperature == 0)
         return tasks * samples
 
     def _check_first_prompt(self, tokenizer: Any) -> None:
@@ -642,22 +643,17 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Held-out metrics of the current policy on the fixed evaluation set of `eval.split`.
 
-        The set and its seeds are `envgym.evaluation.evaluate_policy`'s (what
-        `envgym eval --config` plays): the first `eval.episodes` tasks, each played
+        `envgym.evaluation.evaluate_policy` plays it under `TrainConfig.eval_settings` (as
+        `envgym eval --config` does): the first `eval.episodes` tasks, each played
         several times when the split is smaller and the policy samples. An episode
         that fails past its retries counts as a loss and is counted in
         `eval/dropped_episodes`.
         """
-        cfg = self.config
         started = time.perf_counter()
         self.model.eval()
         row, _ = evaluate_policy(
-            self.env_factory, self.policy, policy_name="trainer", split=cfg.eval.split, episodes=cfg.eval.episodes,
-            seed=EVAL_SEED, sampling=SamplingParams(temperature=cfg.eval.temperature,
-                                                    max_new_tokens=cfg.rollout.max_new_tokens),
-            context=cfg.rollout.context, window=cfg.rollout.window, max_turns=cfg.env.max_turns, pool=self.pool,
-            retries=cfg.rollout.retries, shard=(self.dp.rank, self.dp.world_size), agent=cfg.rollout.agent or None,
-            episode_timeout=cfg.rollout.episode_timeout, on_episode=self.heartbeat.progress,
+            self.env_factory, self.policy, self.config.eval_settings(), policy_name="trainer", pool=self.pool,
+            shard=(self.dp.rank, self.dp.world_size), on_episode=self.heartbeat.progress,
             gather=self.dp.gather if self.dp.launched else None)  # each rank plays its share of the set
         if row.dropped_episodes:
             log.warning("held-out evaluation: %d of %d episodes failed past their retries and count as losses: %s",
