@@ -136,6 +136,26 @@ def test_a_checkpoint_gets_the_same_number_in_training_and_from_envgym_eval(tmp_
     assert row["success_rate"] == in_run["eval/success"]
     assert row["mean_return"] == pytest.approx(in_run["eval/return"], abs=1e-12)
     assert row["invalid_action_rate"] == pytest.approx(in_run["eval/invalid_rate"], abs=1e-12)
+def test_options_given_to_envgym_eval_override_the_configs_eval_settings():
+    """`envgym eval --config` starts from `TrainConfig.eval_settings()`; each option given replaces one setting,
+    env knobs are added to the config's."""
+    import dataclasses
+
+    from envgym.cli import build_parser, eval_settings
+    from envgym.trainers.config import load_config, recipes_dir
+
+    recipe = str(recipes_dir() / "quickstart.yaml")
+    config = load_config(recipe)
+    args = build_parser().parse_args(["eval", "--config", recipe, "--policy", "scripted", "--episodes", "3",
+                                      "--temperature", "0.5", "--samples", "2", "--env-kwarg", "size=5"])
+    expected = config.eval_settings()
+    expected = dataclasses.replace(expected, episodes=3, samples=2, env_kwargs={**config.env.kwargs, "size": 5},
+                                   sampling=dataclasses.replace(expected.sampling, temperature=0.5))
+    assert eval_settings(args) == ([config.env.id], expected)
+    assert eval_settings(build_parser().parse_args(["eval", "--env", "games/Maze-v0", "--policy", "scripted"])) \
+        == (["games/Maze-v0"], EvalSettings())
+
+
 # -- failures are failures ---------------------------------------------------------------------------------
 
 for _name, _cls in {"Raises": "RaisesOnStep", "Hangs": "HangsOnStep", "FailOnSeed": "FailOnSeed"}.items():

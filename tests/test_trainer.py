@@ -190,6 +190,30 @@ def test_eval_plays_a_small_split_several_times_when_sampling(tmp_path):
     assert sampled["eval/episodes"] == 8 and greedy["eval/episodes"] == 2  # 2 tasks x ceil(7 / 2), 2 tasks x 1
 
 
+def test_eval_settings_of_a_run_are_the_ones_envgym_eval_config_builds_from_its_config(tmp_path, monkeypatch):
+    """`Trainer.evaluate` plays `TrainConfig.eval_settings()`, which `envgym eval --config` rebuilds from the
+    checkpoint's config.yaml, so a checkpoint is evaluated there as its run evaluated it."""
+    import yaml
+
+    import envgym.trainers.trainer as trainer_module
+    from envgym.cli import build_parser, eval_settings
+    from envgym.trainers.checkpoint import config_dict
+
+    config = micro(tmp_path, ["eval.episodes=3", "eval.temperature=0.5", "env.kwargs={size: 3, view: local}",
+                              "env.extract_action=admissible", "rollout.window=2", "rollout.retries=1"])
+    played, evaluate_policy = [], trainer_module.evaluate_policy
+    monkeypatch.setattr(trainer_module, "evaluate_policy",
+                        lambda env, policy, settings, **kw: played.append(settings) or evaluate_policy(
+                            env, policy, settings, **kw))
+    with Trainer(config) as run:
+        run.evaluate()
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config_dict(config)))
+    args = build_parser().parse_args(["eval", "--config", str(path), "--policy", "scripted"])
+    assert played == [config.eval_settings()] and eval_settings(args) == (["games/Maze-v0"], played[0])
+    assert (played[0].episodes, played[0].sampling.temperature, played[0].window) == (3, 0.5, 2)
+
+
 def test_env_extract_action_wraps_the_training_env(tmp_path):
     from envgym.trainers.config import EnvOptions
     from envgym.trainers.trainer import env_maker
