@@ -145,7 +145,7 @@ def update_row(shape: tuple[int, int, int, int, int], vocab: int, rows: int, len
     def step() -> None:
         logprobs, _ = sampled_logprobs(model, batch)
         old = batch.old_logprobs[:, 1:][batch.loss_mask[:, 1:]]
-        loss, _ = ppo_clip_loss(logprobs, old, torch.ones_like(logprobs), torch.ones_like(logprobs), trained)
+        loss, _ = ppo_clip_loss(logprobs, old, torch.ones_like(logprobs), trained)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

@@ -51,7 +51,7 @@ def measure(name: str, rows: int, length: int, sampled: int, steps: int) -> dict
         started = time.perf_counter()
         logprobs, _ = sampled_logprobs(model, batch)
         loss, _ = ppo_clip_loss(logprobs, batch.old_logprobs[:, 1:][batch.loss_mask[:, 1:]],
-                                advantages.expand_as(logprobs), torch.ones_like(logprobs), logprobs.numel())
+                                advantages.expand_as(logprobs), logprobs.numel())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -43,7 +43,8 @@ def docker_engine():
     docker.io). The machine's own Docker, if any, is never used."""
     from envgym.tools.docker_engine import PrivateDockerd, private_dockerd_problem
     from envgym.tools.docker_image import ImageError, ensure_image
-    from envgym.tools.docker_sandbox import engine_client, sandbox_containers
+    from envgym.tools.docker_sandbox import engine_client
+    from sandboxes import sandbox_containers
 
     problem = private_dockerd_problem()
     if problem:

@@ -1,4 +1,4 @@
-"""Helpers of the sandbox tests: fixtures over backends, and finding processes a sandbox left behind."""
+"""Helpers of the sandbox tests: fixtures over backends, and finding processes and containers a sandbox left behind."""
 
 import os
 import time
@@ -55,6 +55,15 @@ def wait_until(condition, seconds: float = 2.0) -> bool:
 def assert_nothing_survives(marker: str, seconds: float = 5.0) -> None:
     # killing a PID namespace (or removing a container) is asynchronous to our wait, so give it a moment
     assert wait_until(lambda: not processes_with(marker), seconds), "a sandboxed process outlived its call"
+
+
+def sandbox_containers(client, owner: str | None = None) -> list[dict]:
+    """The engine's sandbox containers (of the process whose token is `owner`, if given), as the engine lists
+    them: dicts with "Id", "Labels", "State" (no per-container inspect, so none vanishes mid-listing)."""
+    from envgym.tools.docker_sandbox import LABEL, OWNER_LABEL
+
+    labels = [f"{k}={v}" for k, v in LABEL.items()] + ([f"{OWNER_LABEL}={owner}"] if owner else [])
+    return client.api.containers(all=True, filters={"label": labels})
 
 
 def unique_sleep() -> str:

@@ -22,12 +22,11 @@ def test_entropy_of_uniform_is_log_vocab():
 
 
 def test_ppo_clip_by_hand():
-    old = torch.zeros(4)
-    # ratios e^0.5=1.65 (clipped above for A>0), e^-0.5=0.61 (clipped below for A<0), 1.0, and a masked token
-    new = torch.tensor([0.5, -0.5, 0.0, 3.0])
-    adv = torch.tensor([1.0, -2.0, 0.5, 100.0])
-    mask = torch.tensor([1.0, 1.0, 1.0, 0.0])
-    loss, stats = ppo_clip_loss(new, old, adv, mask, num_tokens=3, clip_low=0.2, clip_high=0.3)
+    # ratios e^0.5=1.65 (clipped above for A>0), e^-0.5=0.61 (clipped below for A<0), 1.0
+    old = torch.zeros(3)
+    new = torch.tensor([0.5, -0.5, 0.0])
+    adv = torch.tensor([1.0, -2.0, 0.5])
+    loss, stats = ppo_clip_loss(new, old, adv, num_tokens=3, clip_low=0.2, clip_high=0.3)
     expected = -(1.3 * 1.0 + 0.8 * -2.0 + 1.0 * 0.5) / 3
     assert loss.item() == pytest.approx(expected)
     assert stats.clipped == 2
@@ -35,7 +34,7 @@ def test_ppo_clip_by_hand():
 
 def test_ppo_gradient_is_zero_on_clipped_tokens_and_advantage_elsewhere():
     new = torch.tensor([0.5, 0.0], requires_grad=True)
-    loss, _ = ppo_clip_loss(new, torch.zeros(2), torch.tensor([1.0, 2.0]), torch.ones(2), num_tokens=2)
+    loss, _ = ppo_clip_loss(new, torch.zeros(2), torch.tensor([1.0, 2.0]), num_tokens=2)
     loss.backward()
     # d/dlogp of -(r*A)/2 at r=1 is -A/2; the clipped token gets no gradient
     assert new.grad.tolist() == pytest.approx([0.0, -1.0])
@@ -44,20 +43,18 @@ def test_ppo_gradient_is_zero_on_clipped_tokens_and_advantage_elsewhere():
 def test_micro_batches_accumulate_to_the_full_batch_loss():
     torch.manual_seed(1)
     new, old, adv = torch.randn(10) * 0.1, torch.randn(10) * 0.1, torch.randn(10)
-    mask = (torch.rand(10) > 0.3).float()
-    n = int(mask.sum())
-    full, _ = ppo_clip_loss(new, old, adv, mask, n)
-    parts = sum(ppo_clip_loss(new[s], old[s], adv[s], mask[s], n)[0] for s in (slice(0, 4), slice(4, 10)))
+    n = 10
+    full, _ = ppo_clip_loss(new, old, adv, n)
+    parts = sum(ppo_clip_loss(new[s], old[s], adv[s], n)[0] for s in (slice(0, 4), slice(4, 10)))
     assert parts.item() == pytest.approx(full.item(), abs=1e-6)
 
 
 def test_turn_ratio_is_the_geometric_mean_of_the_turn():
-    log_ratio = torch.tensor([0.1, 0.3, -0.2, 0.0])
-    token_turn = torch.tensor([7, 7, 9, -1])
-    mask = torch.tensor([1.0, 1.0, 1.0, 0.0])
-    torch.testing.assert_close(turn_mean(log_ratio, token_turn, mask)[:3], torch.tensor([0.2, 0.2, -0.2]))
-    adv = torch.ones(4)
-    loss, _ = ppo_clip_loss(log_ratio, torch.zeros(4), adv, mask, 3, clip_high=0.5, token_turn=token_turn)
+    log_ratio = torch.tensor([0.1, 0.3, -0.2])
+    token_turn = torch.tensor([7, 7, 9])
+    torch.testing.assert_close(turn_mean(log_ratio, token_turn)[:3], torch.tensor([0.2, 0.2, -0.2]))
+    adv = torch.ones(3)
+    loss, _ = ppo_clip_loss(log_ratio, torch.zeros(3), adv, 3, clip_high=0.5, token_turn=token_turn)
     expected = -(2 * math.exp(0.2) + math.exp(-0.2)) / 3
     assert loss.item() == pytest.approx(expected, rel=1e-5)
 
@@ -85,34 +82,31 @@ def test_k1_and_k3_estimate_the_same_kl():
 
 
 def test_tis_caps_and_mis_masks_the_engine_to_trainer_ratio_by_hand():
-    proximal = torch.log(torch.tensor([0.5, 0.5, 0.5, 0.5, 0.5]))
-    # rho = 0.5/0.1 = 5 (capped at 2 / masked), 0.5/0.4 = 1.25, 0.5/0.5 = 1, 0.5/0.9 = 0.56 (masked: < 1/1.5),
-    # and a masked-out token with rho 5
-    behaviour = torch.log(torch.tensor([0.1, 0.4, 0.5, 0.9, 0.1]))
-    mask = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0])
-    tis, stats = off_policy_weights(proximal, behaviour, mask, mode="tis", cap=2.0)
+    proximal = torch.log(torch.tensor([0.5, 0.5, 0.5, 0.5]))
+    # rho = 0.5/0.1 = 5 (capped at 2 / masked), 0.5/0.4 = 1.25, 0.5/0.5 = 1, 0.5/0.9 = 0.56 (masked: < 1/1.5)
+    behaviour = torch.log(torch.tensor([0.1, 0.4, 0.5, 0.9]))
+    tis, stats = off_policy_weights(proximal, behaviour, mode="tis", cap=2.0)
     assert tis[:4].tolist() == pytest.approx([2.0, 1.25, 1.0, 5 / 9])
     assert stats.corrected == 1 and stats.weight == pytest.approx(2.0 + 1.25 + 1.0 + 5 / 9)
-    mis, stats = off_policy_weights(proximal, behaviour, mask, mode="mis", cap=1.5)
+    mis, stats = off_policy_weights(proximal, behaviour, mode="mis", cap=1.5)
     assert mis[:4].tolist() == [0.0, 1.0, 1.0, 0.0] and stats.corrected == 2
-    none, stats = off_policy_weights(proximal, behaviour, mask, mode="none", cap=2.0)
-    assert none.tolist() == [1.0] * 5 and stats.corrected == 0
+    none, stats = off_policy_weights(proximal, behaviour, mode="none", cap=2.0)
+    assert none.tolist() == [1.0] * 4 and stats.corrected == 0
 
 
 def test_turn_level_correction_weighs_a_turn_by_its_geometric_mean_ratio():
-    proximal = torch.zeros(4)
-    behaviour = torch.tensor([-1.0, 0.2, -0.1, 0.0])  # turn 3: log rho 1 and -0.2, mean 0.4; turn 5: 0.1
-    token_turn = torch.tensor([3, 3, 5, -1])
-    mask = torch.tensor([1.0, 1.0, 1.0, 0.0])
-    weights, _ = off_policy_weights(proximal, behaviour, mask, mode="tis", cap=1.45, token_turn=token_turn)
+    proximal = torch.zeros(3)
+    behaviour = torch.tensor([-1.0, 0.2, -0.1])  # turn 3: log rho 1 and -0.2, mean 0.4; turn 5: 0.1
+    token_turn = torch.tensor([3, 3, 5])
+    weights, _ = off_policy_weights(proximal, behaviour, mode="tis", cap=1.45, token_turn=token_turn)
     assert weights[:3].tolist() == pytest.approx([1.45, 1.45, math.exp(0.1)])  # e^0.4 = 1.49 capped, per turn
-    masked, stats = off_policy_weights(proximal, behaviour, mask, mode="mis", cap=1.45, token_turn=token_turn)
+    masked, stats = off_policy_weights(proximal, behaviour, mode="mis", cap=1.45, token_turn=token_turn)
     assert masked[:3].tolist() == [0.0, 0.0, 1.0] and stats.corrected == 2
 
 
 def test_a_cap_below_one_is_refused():
     with pytest.raises(ValueError, match="cap must be >= 1"):
-        off_policy_weights(torch.zeros(2), torch.zeros(2), torch.ones(2), mode="tis", cap=0.5)
+        off_policy_weights(torch.zeros(2), torch.zeros(2), mode="tis", cap=0.5)
 
 
 @pytest.mark.parametrize("mode", ["tis", "mis"])
@@ -124,10 +118,11 @@ def test_corrected_decoupled_ppo_matches_a_plain_loop(mode):
     proximal = torch.randn(n, generator=generator) * 0.3
     behaviour = proximal + torch.randn(n, generator=generator) * 0.5
     adv = torch.randn(n, generator=generator)
-    mask = (torch.rand(n, generator=generator) > 0.2).float()
-    weights, stats = off_policy_weights(proximal, behaviour, mask, mode=mode, cap=cap)
-    loss, _ = ppo_clip_loss(new, proximal, adv, mask, int(mask.sum()), clip_low=clip_low, clip_high=clip_high,
-                            weights=weights)
+    mask = (torch.rand(n, generator=generator) > 0.2).float()  # the losses are given the trained tokens only
+    keep = mask.bool()
+    weights, stats = off_policy_weights(proximal[keep], behaviour[keep], mode=mode, cap=cap)
+    loss, _ = ppo_clip_loss(new[keep], proximal[keep], adv[keep], int(mask.sum()), clip_low=clip_low,
+                            clip_high=clip_high, weights=weights)
     total, corrected = 0.0, 0
     new, proximal, behaviour, adv = new.tolist(), proximal.tolist(), behaviour.tolist(), adv.tolist()
     for t in range(n):

@@ -16,11 +16,10 @@ from envgym.tools.docker_sandbox import (
     OWNER_LABEL,
     bootstrap_job,
     container_config,
-    sandbox_containers,
 )
 from envgym.tools.bwrap_sandbox import bwrap_usable
 
-from sandboxes import wait_until
+from sandboxes import sandbox_containers, wait_until
 
 
 def test_container_is_locked_down_and_labelled():

@@ -16,7 +16,8 @@ import pytest
 from envgym.tools import ExecStatus, Limits, PythonSession, make_sandbox
 from envgym.tools.bwrap_sandbox import bwrap_usable
 
-from sandboxes import assert_nothing_survives, open_sandbox, processes_with, sandbox_backends, unique_sleep, wait_until
+from sandboxes import (assert_nothing_survives, open_sandbox, processes_with, sandbox_backends, sandbox_containers,
+                       unique_sleep, wait_until)
 
 
 @pytest.fixture(scope="module", params=sandbox_backends("bwrap", "docker"))
@@ -344,7 +345,7 @@ def assert_no_containers_of_other_owners(sandbox, seconds: float) -> None:
     """With Docker, wait until no sandbox container of another process (a killed caller's) is left."""
     if sandbox.name != "docker":
         return
-    from envgym.tools.docker_sandbox import OWNER_LABEL, sandbox_containers
+    from envgym.tools.docker_sandbox import OWNER_LABEL
 
     def theirs():
         return [c for c in sandbox_containers(sandbox.client) if c["Labels"][OWNER_LABEL] != sandbox.owner]

@@ -122,13 +122,6 @@ def docker_problem(host: str | None = None) -> str | None:
     return _docker_problem(host or engine_host())
 
 
-def sandbox_containers(client, owner: str | None = None) -> list[dict]:
-    """The engine's sandbox containers (of the process whose token is `owner`, if given), as the engine lists
-    them: dicts with "Id", "Labels", "State" (no per-container inspect, so none vanishes mid-listing)."""
-    labels = [f"{k}={v}" for k, v in LABEL.items()] + ([f"{OWNER_LABEL}={owner}"] if owner else [])
-    return client.api.containers(all=True, filters={"label": labels})
-
-
 def container_config(image: str, python: str, limits: Limits, cpus: float, owner: str) -> dict:
     """The keyword arguments of `client.containers.create` for a sandbox container running the bootstrap."""
     return dict(

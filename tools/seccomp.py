@@ -28,7 +28,6 @@ _ARCHES = {
     "x86_64": (0xC000003E, (101, 310, 311, 438), 0x40000000),  # x32 numbers have bit 30 set
     "aarch64": (0xC00000B7, (117, 270, 271, 438), None),
 }
-REFUSED_CALLS = ("ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd")
 
 
 def _insn(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:

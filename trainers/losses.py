@@ -1,10 +1,10 @@
 """The policy-update losses, written as the papers write them.
 
-All functions take flat per-token tensors of one micro-batch, with `mask` 1 on
-the tokens that train (sampled action tokens) and 0 elsewhere. Losses are
-summed over masked tokens and divided by `num_tokens`, the number of trained
-tokens in the whole batch, so micro-batches accumulate to exactly the token
-mean of the batch (gradient accumulation changes nothing).
+All functions take flat per-token tensors of one micro-batch that hold only
+the tokens that train (sampled action tokens, as `sampled_logprobs` packs
+them). Losses are summed over those tokens and divided by `num_tokens`, the
+number of trained tokens in the whole batch, so micro-batches accumulate to
+exactly the token mean of the batch (gradient accumulation changes nothing).
 """
 
 from __future__ import annotations
@@ -28,18 +28,18 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
-def turn_mean(values: torch.Tensor, token_turn: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Each token's value replaced by the mean of the masked values of its turn (segment mean by `token_turn`)."""
-    turn_ids, inverse = torch.unique(torch.where(mask.bool(), token_turn, -1), return_inverse=True)
-    weights = mask.to(values.dtype)
-    sums = torch.zeros(len(turn_ids), dtype=values.dtype, device=values.device).index_add(0, inverse, values * weights)
-    counts = torch.zeros(len(turn_ids), dtype=values.dtype, device=values.device).index_add(0, inverse, weights)
-    return (sums / counts.clamp_min(1))[inverse]
+def turn_mean(values: torch.Tensor, token_turn: torch.Tensor) -> torch.Tensor:
+    """Each token's value replaced by the mean of the values of its turn (segment mean by `token_turn`)."""
+    turn_ids, inverse = torch.unique(token_turn, return_inverse=True)
+    sums = torch.zeros(len(turn_ids), dtype=values.dtype, device=values.device).index_add(0, inverse, values)
+    counts = torch.zeros(len(turn_ids), dtype=values.dtype, device=values.device).index_add(
+        0, inverse, torch.ones_like(values))
+    return (sums / counts)[inverse]
 
 
 @dataclass
 class PolicyLossStats:
-    """Diagnostics of one micro-batch, as sums over its masked tokens (divide by the token count to average)."""
+    """Diagnostics of one micro-batch, as sums over its tokens (divide by the token count to average)."""
 
     clipped: float  # tokens whose objective took the clipped branch
     ratio: float
@@ -50,7 +50,6 @@ def ppo_clip_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
     advantages: torch.Tensor,
-    mask: torch.Tensor,
     num_tokens: int,
     *,
     clip_low: float = 0.2,
@@ -66,26 +65,26 @@ def ppo_clip_loss(
     sequence), so long turns are not clipped token by token. `weights` (no
     gradient; default 1) are the off-policy correction's, see `off_policy_weights`.
     """
-    log_ratio = (logprobs - old_logprobs) * mask
+    log_ratio = logprobs - old_logprobs
     if token_turn is not None:
-        log_ratio = turn_mean(log_ratio, token_turn, mask)
+        log_ratio = turn_mean(log_ratio, token_turn)
     ratio = torch.exp(log_ratio)
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * advantages
     objective = torch.minimum(unclipped, clipped)
     if weights is not None:
         objective = objective * weights
-    loss = -(objective * mask).sum() / num_tokens
+    loss = -objective.sum() / num_tokens
     with torch.no_grad():
-        took_clip = ((clipped < unclipped) & mask.bool()).sum().item()
-        stats = PolicyLossStats(clipped=float(took_clip), ratio=float((ratio * mask).sum()),
-                                log_ratio_sq=float((log_ratio.square() * mask).sum()))
+        took_clip = (clipped < unclipped).sum().item()
+        stats = PolicyLossStats(clipped=float(took_clip), ratio=float(ratio.sum()),
+                                log_ratio_sq=float(log_ratio.square().sum()))
     return loss, stats
 
 
 @dataclass
 class CorrectionStats:
-    """The off-policy correction of one micro-batch, as sums over its masked tokens."""
+    """The off-policy correction of one micro-batch, as sums over its tokens."""
 
     corrected: float  # tokens whose weight was capped (tis) or masked to 0 (mis)
     weight: float
@@ -94,7 +93,6 @@ class CorrectionStats:
 def off_policy_weights(
     proximal_logprobs: torch.Tensor,
     behaviour_logprobs: torch.Tensor,
-    mask: torch.Tensor,
     *,
     mode: str,
     cap: float,
@@ -111,9 +109,9 @@ def off_policy_weights(
     if cap < 1:
         raise ValueError(f"the correction cap must be >= 1, got {cap}")
     with torch.no_grad():
-        log_rho = (proximal_logprobs - behaviour_logprobs) * mask
+        log_rho = proximal_logprobs - behaviour_logprobs
         if token_turn is not None:
-            log_rho = turn_mean(log_rho, token_turn, mask)
+            log_rho = turn_mean(log_rho, token_turn)
         rho = torch.exp(log_rho.clamp(max=math.log(cap) + 1.0))  # above the cap the value is never used
         if mode == "tis":
             corrected = rho > cap
@@ -122,12 +120,11 @@ def off_policy_weights(
             corrected = (rho > cap) | (rho < 1.0 / cap)
             weights = (~corrected).to(rho.dtype)
         elif mode == "none":
-            corrected = torch.zeros_like(mask, dtype=torch.bool)
+            corrected = torch.zeros_like(rho, dtype=torch.bool)
             weights = torch.ones_like(rho)
         else:
             raise ValueError(f"correction must be 'none', 'tis' or 'mis', got {mode!r}")
-        keep = mask.bool()
-        stats = CorrectionStats(corrected=float((corrected & keep).sum()), weight=float((weights * mask).sum()))
+        stats = CorrectionStats(corrected=float(corrected.sum()), weight=float(weights.sum()))
     return weights, stats
 
 
@@ -143,7 +140,6 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
         delta = (ref_logprobs - logprobs).clamp(-20.0, 20.0)  # exp() of a huge gap would overflow
         return torch.exp(delta) - delta - 1.0
     raise ValueError(f"KL estimator must be 'k1' or 'k3', got {estimator!r}")
-
 
 
 def sampled_logprobs(model: torch.nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -596,14 +596,13 @@ class Trainer:
         behaviour = micro.old_logprobs[:, 1:][micro.loss_mask[:, 1:]]
         token_turn = micro.sampled_turns
         token_adv = advantages.to(logprobs.device)[token_turn]
-        ones = torch.ones_like(logprobs)
         old, weights, correction = behaviour, None, CorrectionStats(0.0, float(len(logprobs)))
         if proximal is not None and micro.rows:
             old = torch.cat([proximal[row] for row in micro.rows])
             weights, correction = off_policy_weights(
-                old, behaviour, ones, mode=cfg.algorithm.correction, cap=cfg.algorithm.correction_cap,
+                old, behaviour, mode=cfg.algorithm.correction, cap=cfg.algorithm.correction_cap,
                 token_turn=token_turn if cfg.algorithm.correction_level == "turn" else None)
-        loss, stats = ppo_clip_loss(logprobs, old, token_adv, ones, num_tokens, clip_low=cfg.loss.clip_low,
+        loss, stats = ppo_clip_loss(logprobs, old, token_adv, num_tokens, clip_low=cfg.loss.clip_low,
                                     clip_high=cfg.loss.clip_high,
                                     token_turn=token_turn if cfg.loss.ratio == "turn" else None, weights=weights)
         kl_sum = 0.0

@@ -1,7 +1,7 @@
 """TextWorld games as envgym envs, driven through `textworld.start` directly.
 
-Families: TextWorld's challenges (Coin Collector, Treasure Hunter, Cooking,
-Simple) and `Custom` (`textworld.generator.make_game` with rooms, objects and
+Families: TextWorld's challenges (Coin Collector and Treasure Hunter, one row
+each of `LEVELLED_CHALLENGES`; Cooking; Simple) and `Custom` (`textworld.generator.make_game` with rooms, objects and
 quest length as knobs). Each task is a real game generated offline and cached on
 disk (see `games`); the started game is reused, and only `reset`, when the next
 task is the same game.
@@ -31,6 +31,7 @@ import copy
 import hashlib
 import re
 import warnings
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from envgym.core import Env
@@ -214,15 +215,44 @@ class TextWorldEnv(Env):
             self._game_env, self._path = None, None
 
 
-class CoinCollector(TextWorldEnv):
-    family = "coin_collector"
-    goal = "Find the coin and take it."
-    knobs = {"level": "1-300 (default 3): quest length (level-1) % 100 + 1; above 100, distractor rooms "
-                      "(2x rooms at 101-200, 3x at 201-300)", **SHARED_KNOBS}
+@dataclass(frozen=True)
+class LevelledChallenge:
+    """A TextWorld challenge whose one difficulty knob is `level`, from 1 to `highest`."""
 
-    def __init__(self, level: int = 3, **kwargs: Any):
-        if not 1 <= level <= 300:
-            raise ValueError(f"level must be in [1, 300], got {level}")
+    name: str  # of its env class here and of its id, textworld/{name}-v0
+    textworld_challenge: str  # the challenge's name in TextWorld
+    goal: str
+    default_level: int
+    highest: int
+    levels: str  # what the level sets
+    max_turns: int
+    description: str  # the registered one-line description
+
+
+#: The level-only challenges by family: each is an env class of this module, registered by the package.
+LEVELLED_CHALLENGES = {
+    "coin_collector": LevelledChallenge(
+        "CoinCollector", "tw-coin_collector", goal="Find the coin and take it.", default_level=3, highest=300,
+        levels="quest length (level-1) % 100 + 1; above 100, distractor rooms (2x rooms at 101-200, 3x at 201-300)",
+        max_turns=25, description="TextWorld Coin Collector (level 3): find the coin along a chain of rooms."),
+    "treasure_hunter": LevelledChallenge(
+        "TreasureHunter", "tw-treasure_hunter",
+        goal="Find the object the game names and take it, without touching the wrong one.", default_level=1,
+        highest=30, levels="1-10 easy (5 rooms, quest 1-5), 11-20 medium (10 rooms, doors and containers), "
+                           "21-30 hard (20 rooms, locked doors and keys)",
+        max_turns=30, description="TextWorld Treasure Hunter (level 1): find and take the named object in a 5-room "
+                                  "house."),
+}
+
+
+class LevelledEnv(TextWorldEnv):
+    """The game of a `LEVELLED_CHALLENGES` family at `level`; `_levelled_env` makes one subclass per family."""
+
+    challenge: ClassVar[LevelledChallenge]
+
+    def __init__(self, level: int, **kwargs: Any):
+        if not 1 <= level <= self.challenge.highest:
+            raise ValueError(f"level must be in [1, {self.challenge.highest}], got {level}")
         self.level = int(level)
         super().__init__(**kwargs)
 
@@ -230,26 +260,24 @@ class CoinCollector(TextWorldEnv):
         return {"level": self.level}
 
     def game_maker(self, split: str):
-        return self._games.challenge("tw-coin_collector", self.settings(split))
+        return self._games.challenge(self.challenge.textworld_challenge, self.settings(split))
 
 
-class TreasureHunter(TextWorldEnv):
-    family = "treasure_hunter"
-    goal = "Find the object the game names and take it, without touching the wrong one."
-    knobs = {"level": "1-30 (default 1): 1-10 easy (5 rooms, quest 1-5), 11-20 medium (10 rooms, doors and "
-                      "containers), 21-30 hard (20 rooms, locked doors and keys)", **SHARED_KNOBS}
+def _levelled_env(family: str) -> type[LevelledEnv]:
+    """The env class of `family`, named as its challenge says, with the challenge's default level."""
+    challenge = LEVELLED_CHALLENGES[family]
 
-    def __init__(self, level: int = 1, **kwargs: Any):
-        if not 1 <= level <= 30:
-            raise ValueError(f"level must be in [1, 30], got {level}")
-        self.level = int(level)
-        super().__init__(**kwargs)
+    def __init__(self, level: int = challenge.default_level, **kwargs: Any):
+        LevelledEnv.__init__(self, level, **kwargs)
 
-    def settings(self, split: str) -> dict[str, Any]:
-        return {"level": self.level}
+    knobs = {"level": f"1-{challenge.highest} (default {challenge.default_level}): {challenge.levels}",
+             **SHARED_KNOBS}
+    return type(challenge.name, (LevelledEnv,), {
+        "__init__": __init__, "__module__": __name__, "__qualname__": challenge.name, "family": family,
+        "challenge": challenge, "goal": challenge.goal, "knobs": knobs})
 
-    def game_maker(self, split: str):
-        return self._games.challenge("tw-treasure_hunter", self.settings(split))
+
+globals().update({c.name: _levelled_env(family) for family, c in LEVELLED_CHALLENGES.items()})
 
 
 class Cooking(TextWorldEnv):

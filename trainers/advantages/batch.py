@@ -140,11 +140,6 @@ class TurnBatch:
             raise ValueError(f"episode {int(self.episode[i])} changes group at row {i} "
                              f"(from {int(self.group[i - 1])} to {int(self.group[i])}); an episode has one group")
 
-    @property
-    def is_branched(self) -> bool:
-        """The batch holds branch episodes (some `parent` is not -1)."""
-        return self.parent is not None and bool((self.parent >= 0).any())
-
     def _validate_branches(self) -> None:
         if (self.parent is None) != (self.branch_turn is None):
             raise ValueError("parent and branch_turn come together: give both or neither")
