@@ -229,7 +229,8 @@ class LevelledChallenge:
     description: str  # the registered one-line description
 
 
-#: The level-only challenges by family: each is an env class of this module, registered by the package.
+#: The level-only challenges by family: each has a `LevelledEnv` subclass below, named as `name` says, and the
+#: package registers every row.
 LEVELLED_CHALLENGES = {
     "coin_collector": LevelledChallenge(
         "CoinCollector", "tw-coin_collector", goal="Find the coin and take it.", default_level=3, highest=300,
@@ -246,9 +247,17 @@ LEVELLED_CHALLENGES = {
 
 
 class LevelledEnv(TextWorldEnv):
-    """The game of a `LEVELLED_CHALLENGES` family at `level`; `_levelled_env` makes one subclass per family."""
+    """The game of a `LEVELLED_CHALLENGES` family at `level`. A subclass names its family
+    (``class X(LevelledEnv, family="...")``) and takes the level with the challenge's default."""
 
     challenge: ClassVar[LevelledChallenge]
+
+    def __init_subclass__(cls, family: str, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.family, cls.challenge = family, LEVELLED_CHALLENGES[family]
+        cls.goal = cls.challenge.goal
+        cls.knobs = {"level": f"1-{cls.challenge.highest} (default {cls.challenge.default_level}): "
+                              f"{cls.challenge.levels}", **SHARED_KNOBS}
 
     def __init__(self, level: int, **kwargs: Any):
         if not 1 <= level <= self.challenge.highest:
@@ -263,21 +272,14 @@ class LevelledEnv(TextWorldEnv):
         return self._games.challenge(self.challenge.textworld_challenge, self.settings(split))
 
 
-def _levelled_env(family: str) -> type[LevelledEnv]:
-    """The env class of `family`, named as its challenge says, with the challenge's default level."""
-    challenge = LEVELLED_CHALLENGES[family]
-
-    def __init__(self, level: int = challenge.default_level, **kwargs: Any):
-        LevelledEnv.__init__(self, level, **kwargs)
-
-    knobs = {"level": f"1-{challenge.highest} (default {challenge.default_level}): {challenge.levels}",
-             **SHARED_KNOBS}
-    return type(challenge.name, (LevelledEnv,), {
-        "__init__": __init__, "__module__": __name__, "__qualname__": challenge.name, "family": family,
-        "challenge": challenge, "goal": challenge.goal, "knobs": knobs})
+class CoinCollector(LevelledEnv, family="coin_collector"):
+    def __init__(self, level: int = LEVELLED_CHALLENGES["coin_collector"].default_level, **kwargs: Any):
+        super().__init__(level, **kwargs)
 
 
-globals().update({c.name: _levelled_env(family) for family, c in LEVELLED_CHALLENGES.items()})
+class TreasureHunter(LevelledEnv, family="treasure_hunter"):
+    def __init__(self, level: int = LEVELLED_CHALLENGES["treasure_hunter"].default_level, **kwargs: Any):
+        super().__init__(level, **kwargs)
 
 
 class Cooking(TextWorldEnv):
