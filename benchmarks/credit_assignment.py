@@ -129,8 +129,8 @@ SUITES = {
         # docs/real_models.md, "Training a real model on a CPU"), 100 held-out mazes
         "recipe": "smollm2_maze.yaml",
         "overrides": ["eval.initial=false"],  # the untrained model's greedy evaluation is the same in every run
-        "eval_every": 10,
-        "iterations": 20,
+        "eval_every": 5,
+        "iterations": 15,
         "estimators": {"grpo": GRPO, "gigpo": ["algorithm.estimator=gigpo"],
                        # the next smallest change: updates moved the policy by KL ~0.002 at lr 1e-4
                        "gigpo-lr3e-4": ["algorithm.estimator=gigpo", "optim.lr=3e-4"]},
@@ -269,7 +269,9 @@ def main() -> None:
     if args.report_only:
         results = {e: [load_run(args.suite, e, seed, iterations, args.out) for seed in args.seeds] for e in estimators}
     else:
-        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        # a fresh process per run: a worker's memory grows through a SmolLM2 run and was OOM-killed in its third
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(args.jobs, mp_context=spawn, max_tasks_per_child=1) as pool:
             # seed-major, so every estimator's first seed is done early
             futures = {(e, seed): pool.submit(run, args.suite, e, seed, iterations, args.out)
                        for seed in args.seeds for e in estimators}
