@@ -151,8 +151,9 @@ def run_dir(out_root: str, suite: str, estimator: str, seed: int) -> Path:
     return Path(out_root) / f"{suite}-{estimator.replace(' ', '_').replace('=', '')}-{seed}"
 
 
-def run(suite: str, estimator: str, seed: int, iterations: int, out_root: str) -> dict:
-    """Train one run; returns its `summarize`d history."""
+def run(suite: str, estimator: str, seed: int, iterations: int, out_root: str, resume: bool = False) -> dict:
+    """Train one run (`resume`: continue it from its newest checkpoint to `iterations`); returns its `summarize`d
+    history."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
     from envgym.trainers import Trainer, load_config
@@ -162,9 +163,9 @@ def run(suite: str, estimator: str, seed: int, iterations: int, out_root: str) -
     overrides = [*spec.get("overrides", []), *spec["estimators"][estimator], f"seed={seed}",
                  f"iterations={iterations}", f"out_dir={run_dir(out_root, suite, estimator, seed)}",
                  f"eval.every={spec.get('eval_every', 5)}", f"threads={spec.get('threads', 1)}"]
-    # a re-run measures afresh: the previous run of this suite, estimator and seed is replaced
+    # a re-run measures afresh (the previous run of this suite, estimator and seed is replaced) unless it resumes
     recipe = recipes_dir() / spec.get("recipe", "quickstart.yaml")
-    with Trainer(load_config(recipe, overrides), overwrite=True) as trainer:
+    with Trainer(load_config(recipe, overrides), resume=resume, overwrite=not resume) as trainer:
         history = trainer.fit()
     result = summarize(history, spec["report"], time.perf_counter() - started)
     print(f"{estimator} seed {seed}: {result['curve']} ({result['seconds']:.0f} s)", flush=True)
@@ -258,6 +259,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
     parser.add_argument("--out", default="runs/credit_assignment")
     parser.add_argument("--report-only", action="store_true", help="print the tables of runs already under --out")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue each run from its newest checkpoint up to --iterations (extends a finished "
+                             "suite; its optimizer, scheduler and random states are restored)")
     parser.add_argument("--plot", type=Path, help="also draw the held-out curves (mean, min-max band) to this PNG")
     args = parser.parse_args()
     spec = SUITES[args.suite]
@@ -273,7 +277,7 @@ def main() -> None:
         spawn = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(args.jobs, mp_context=spawn, max_tasks_per_child=1) as pool:
             # seed-major, so every estimator's first seed is done early
-            futures = {(e, seed): pool.submit(run, args.suite, e, seed, iterations, args.out)
+            futures = {(e, seed): pool.submit(run, args.suite, e, seed, iterations, args.out, args.resume)
                        for seed in args.seeds for e in estimators}
             results = {e: [futures[e, seed].result() for seed in args.seeds] for e in estimators}
 
