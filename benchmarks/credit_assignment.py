@@ -55,13 +55,14 @@ def prime(lr: float, beta: float, update: str) -> list[str]:
             f"turn_reward.prm_lr={lr}", f"turn_reward.prm_beta={beta}", f"turn_reward.prm_update={update}"]
 
 
-def branching(estimator: list[str], branch: str, roots: list[str] = ()) -> list[str]:
-    """`estimator` collecting with `rollout.branch={branch}`, and `roots` overrides (fewer sampled episodes)."""
-    return [*estimator, f"rollout.branch={{{branch}}}", *roots]
+def branching(estimator: list[str], branch: str, extra: list[str] = ()) -> list[str]:
+    """`estimator` collecting with `rollout.branch={branch}`, and `extra` overrides (fewer sampled episodes, ...)."""
+    return [*estimator, f"rollout.branch={{{branch}}}", *extra]
 
 
 PRM_HEALTH = ["prm/pair_accuracy", "prm/accuracy", "prm/reward_invalid_minus_valid", "train/invalid_rate"]
-BRANCH_REPORT = ["rollout/generated_tokens", "rollout/branches", "train/success", "train/invalid_rate"]
+BRANCH_REPORT = ["rollout/generated_tokens", "rollout/branches", "train/success", "train/invalid_rate",
+                 "optim/skipped_steps"]
 QUESTIONS = ["model.name=tiny-questions", "env.id=games/TwentyQuestions-v0", "env.kwargs={}", "env.max_turns=null",
              "rollout.context=full", "rollout.max_new_tokens=7", "rollout.n_groups=8", "optim.minibatches=2",
              "loss.entropy_coef=0", "sft.steps=120", "eval.episodes=112"]
@@ -74,6 +75,12 @@ MAZE_BRANCH, MAZE_TOKEN_ROOTS = "k: 2, turns: [6]", ["rollout.group_size=4"]
 # questions: 8 x 8 episodes of <= 9 turns; "@tokens" plays 8 x 4 and branches 2 continuations before turn 4
 # (9 turns: 9 + 2 x 5 = 19 for 18)
 QUESTIONS_BRANCH, QUESTIONS_TOKEN_ROOTS = "k: 2, turns: [4]", ["rollout.group_size=4"]
+# "@dense": the remedies for the sparse signal of one branch point (docs/credit_assignment.md): equal tokens spent on
+# 2 roots per group, each branched at three turns, and no optimizer step on a minibatch with no nonzero advantage.
+# Maze: 11 + 2 x (9 + 6 + 3) = 47 turns per root, 94 per group for the baseline's 88; questions: 9 + 2 x (7 + 5 + 3)
+# = 39 per root, 78 per group for 72
+DENSE_ROOTS = ["rollout.group_size=2", "optim.skip_zero_advantage=true"]
+MAZE_DENSE, QUESTIONS_DENSE = "k: 2, turns: [3, 6, 9]", "k: 2, turns: [2, 4, 6]"
 SUITES = {
     "maze": {
         "overrides": [],  # the quickstart's own: 4x4 mazes, local view
@@ -112,17 +119,21 @@ SUITES = {
                        "vineppo@tokens": branching(VINEPPO, MAZE_BRANCH, MAZE_TOKEN_ROOTS),
                        "spo_tree@tokens": branching(SPO_TREE, MAZE_BRANCH, MAZE_TOKEN_ROOTS),
                        "vineppo@episodes": branching(VINEPPO, MAZE_BRANCH),
-                       "spo_tree@episodes": branching(SPO_TREE, MAZE_BRANCH)},
+                       "spo_tree@episodes": branching(SPO_TREE, MAZE_BRANCH),
+                       "vineppo@dense": branching(VINEPPO, MAZE_DENSE, DENSE_ROOTS),
+                       "spo_tree@dense": branching(SPO_TREE, MAZE_DENSE, DENSE_ROOTS)},
         "report": BRANCH_REPORT,
     },
     "branching-questions": {  # the questions suite's env and settings
         "overrides": QUESTIONS,
         "iterations": 30,
-        "estimators": {"grpo": GRPO, "gigpo": GIGPO, "igpo-log": QUESTIONS_IGPO_LOG,
+        "estimators": {"grpo": GRPO, "gigpo": GIGPO, "igpo": QUESTIONS_IGPO, "igpo-log": QUESTIONS_IGPO_LOG,
                        "vineppo@tokens": branching(VINEPPO, QUESTIONS_BRANCH, QUESTIONS_TOKEN_ROOTS),
                        "spo_tree@tokens": branching(SPO_TREE, QUESTIONS_BRANCH, QUESTIONS_TOKEN_ROOTS),
                        "vineppo@episodes": branching(VINEPPO, QUESTIONS_BRANCH),
-                       "spo_tree@episodes": branching(SPO_TREE, QUESTIONS_BRANCH)},
+                       "spo_tree@episodes": branching(SPO_TREE, QUESTIONS_BRANCH),
+                       "vineppo@dense": branching(VINEPPO, QUESTIONS_DENSE, DENSE_ROOTS),
+                       "spo_tree@dense": branching(SPO_TREE, QUESTIONS_DENSE, DENSE_ROOTS)},
         "report": BRANCH_REPORT,
     },
     "smollm2": {  # SmolLM2-135M-Instruct + LoRA, bf16, on 4x4 mazes seen locally (its own recipe, see
@@ -133,7 +144,12 @@ SUITES = {
         "iterations": 15,
         "estimators": {"grpo": GRPO, "gigpo": ["algorithm.estimator=gigpo"],
                        # the next smallest change: updates moved the policy by KL ~0.002 at lr 1e-4
-                       "gigpo-lr3e-4": ["algorithm.estimator=gigpo", "optim.lr=3e-4"]},
+                       "gigpo-lr3e-4": ["algorithm.estimator=gigpo", "optim.lr=3e-4"],
+                       # equal tokens: the recipe plays 4 episodes per maze; one root branched at three turns
+                       # plays 11 + 2 x (9 + 6 + 3) = 47 turns for their 44
+                       **{f"{name}@dense": branching(options, MAZE_DENSE, ["rollout.group_size=1",
+                                                                           "optim.skip_zero_advantage=true"])
+                          for name, options in (("vineppo", VINEPPO), ("spo_tree", SPO_TREE))}},
         "report": ["train/success", "train/invalid_rate", "rollout/logprob_diff_mean", "loss/approx_kl",
                    "time/iteration", "time/eval"],
     },

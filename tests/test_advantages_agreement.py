@@ -133,7 +133,8 @@ def test_torch_matches_reference_on_edge_batches(name, gamma):
 def test_branching_torch_matches_reference(name, data):
     batch = data.draw(branched_batches())
     options = {"gamma": data.draw(st.sampled_from(NUMERIC["gamma"])), "train_branches": data.draw(st.booleans()),
-               "scale": data.draw(st.sampled_from(["none", "batch_rms"]))}
+               "scale": data.draw(st.sampled_from(["none", "batch_rms"])),
+               "credit": data.draw(st.sampled_from(["segment", "turn"]))}
     assert_agree(batch, name, options, "torch")
 
 

@@ -343,20 +343,32 @@ def test_vineppo_values_states_by_the_continuations_that_start_there():
     b = [0 + 0 - 1, 0.0]
     c = [0 + 1 - 1 / 2, 0.0]
     d, e = [0 + 0 - 1, 0.0], [1 + 0 - 1 / 2]
+    check(TREE, "vineppo", a + b + c + d + e, train_branches=True, credit="turn")
+    check(TREE, "vineppo", a + b + [0.0] * 5, credit="turn")  # the paper: branches only estimate values
+
+
+def test_vineppo_segments_share_the_advantage_from_one_valued_state_to_the_next():
+    # A's branch points are its first state and its state before turn 1 (C, D, E start there): turn 0 gets
+    # (G_A - V(first)) - (G_A,1 - V(before turn 1)) = (1 - 0) - (1 - 2/3); turns 1 and 2 share 1 - 2/3. The
+    # other episodes have no later branch point, so all their turns share G - V(where they start).
+    a, b = [2 / 3, 1 / 3, 1 / 3], [-1.0, -1.0]
+    c, d, e = [1 / 2, 1 / 2], [-1.0, -1.0], [1 / 2]
     check(TREE, "vineppo", a + b + c + d + e, train_branches=True)
-    check(TREE, "vineppo", a + b + [0.0] * 5)  # the paper: branches only estimate values
+    check(TREE, "vineppo", a + b + [0.0] * 5)
+    g = 0.5  # A's returns-to-go 0.25, 0.5, 1; V(A's state before turn 1) = (0.5 + 0 + 1) / 3 = 0.5
+    check(TREE, "vineppo", [(0.25 - 0) - g * (0.5 - 0.5), 0.0, 0.0, 0 - 0.25, 0 - 0.25] + [0.0] * 5, gamma=g)
 
 
 def test_batch_rms_keeps_a_lone_informative_advantage_on_scale():
     # One root A [0, 1] and its branch C [0] before turn 1: only A's turn 1 has a baseline (C's 0), A = 1. The
     # std of one value is 0; dividing by it (the earlier batch_std) made that advantage 1e6 and wrecked runs.
     lone = TurnBatch.from_episodes([[0, 1], [0]], group=[0, 0], branches=[None, (0, 1)])
-    check(lone, "vineppo", [0.0, 1 / (1 + EPS), 0.0], scale="batch_rms")
+    check(lone, "vineppo", [0.0, 1 / (1 + EPS), 0.0], scale="batch_rms", credit="turn")
 
 
 def test_vineppo_discounts_returns_and_values():
     g = 0.5  # A's returns-to-go 0.25, 0.5, 1; C 0.5, 1; V(A's state before turn 1) = (0.5 + 0 + 1) / 3
-    check(TREE, "vineppo", [g * 0.5 - 0, g * 1 - 0.5, 0.0, 0 - 0.25, 0.0] + [0.0] * 5, gamma=g)
+    check(TREE, "vineppo", [g * 0.5 - 0, g * 1 - 0.5, 0.0, 0 - 0.25, 0.0] + [0.0] * 5, gamma=g, credit="turn")
 
 
 def test_spo_tree_values_a_node_by_every_episode_through_it():
@@ -365,12 +377,16 @@ def test_spo_tree_values_a_node_by_every_episode_through_it():
     a = [0 + 3 / 4 - 3 / 5, 0 + 1 - 3 / 4, 1 - 1]
     b = [0 + 0 - 3 / 5, 0 - 0]
     c, d, e = [0 + 1 - 3 / 4, 1 - 1], [0 + 0 - 3 / 4, 0 - 0], [1 - 3 / 4]
-    check(TREE, "spo_tree", a + b + c + d + e)
-    check(TREE, "spo_tree", a + b + [0.0] * 5, train_branches=False)
+    check(TREE, "spo_tree", a + b + c + d + e, credit="turn")
+    check(TREE, "spo_tree", a + b + [0.0] * 5, train_branches=False, credit="turn")
     trained = a + b  # batch_rms divides by the root mean square of the trained rows' nonzero advantages only
     nonzero = [x for x in trained if x != 0]
     rms = math.sqrt(sum(x * x for x in nonzero) / len(nonzero))
-    check(TREE, "spo_tree", [x / (rms + EPS) for x in trained] + [0.0] * 5, train_branches=False, scale="batch_rms")
+    check(TREE, "spo_tree", [x / (rms + EPS) for x in trained] + [0.0] * 5, train_branches=False, scale="batch_rms",
+          credit="turn")
+    # credit="segment": a turn no other path leaves (A's turn 2, B's, C's and D's turn 1) shares the advantage
+    # of the stretch's first turn
+    check(TREE, "spo_tree", [a[0], a[1], a[1], b[0], b[0], c[0], c[0], d[0], d[0], e[0]])
 
 
 def test_branching_estimators_need_branch_episodes():

@@ -38,6 +38,11 @@ def test_bad_keys_and_types_fail_naming_the_key(data, message):
 def test_group_of_one_with_a_group_estimator_fails():
     with pytest.raises(ConfigError, match="group_size >= 2"):
         config_from_dict({"rollout": {"group_size": 1}})
+    with pytest.raises(ConfigError, match="group_size >= 2"):  # a branching estimator needs its branches
+        config_from_dict({"rollout": {"group_size": 1}, "algorithm": {"estimator": "spo_tree"}})
+    tree = config_from_dict({"rollout": {"group_size": 1, "branch": {"k": 2, "turns": [3]}},
+                             "algorithm": {"estimator": "spo_tree"}})
+    assert tree.rollout.group_size == 1
 
 
 def test_turn_reward_estimators_need_their_model():

@@ -292,6 +292,26 @@ def test_every_epoch_trains_every_row_it_is_given(tmp_path, trained):
     assert sorted(seen) == sorted(expected)
 
 
+def test_skip_zero_advantage_steps_only_where_every_advantage_is_zero(tmp_path):
+    """optim.skip_zero_advantage: a minibatch whose turns all have advantage 0 leaves the weights and AdamW's state
+    as they were; a minibatch with one nonzero turn steps; with an entropy term nothing is skipped."""
+    trainer = Trainer(micro(tmp_path, ["optim.skip_zero_advantage=true", "optim.minibatches=2", "optim.lr=1e-2"]))
+    batch = RolloutBatch.from_groups(trainer.collect().groups, pad_token_id=trainer.policy.pad_token_id)
+    weights = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    zero = torch.zeros(len(batch.turns.reward))
+    metrics = trainer.update(batch, zero)
+    assert metrics["optim/skipped_steps"] == 2 and "rollout/logprob_diff_mean" not in metrics
+    assert all(torch.equal(p, weights[n]) for n, p in trainer.model.named_parameters() if p.requires_grad)
+    assert not trainer.optimizer.state  # AdamW never stepped: no momentum to move along later
+    one = zero.clone()
+    one[next(iter(batch.trained_turns([0])))] = 1.0  # a turn of row 0: its minibatch steps, the other is skipped
+    metrics = trainer.update(batch, one)
+    assert metrics["optim/skipped_steps"] == 1 and metrics["rollout/logprob_diff_mean"] >= 0
+    assert any(not torch.equal(p, weights[n]) for n, p in trainer.model.named_parameters() if p.requires_grad)
+    trainer.config.loss.entropy_coef = 0.01  # the entropy term has a gradient of its own
+    assert trainer.update(batch, zero)["optim/skipped_steps"] == 0
+
+
 @pytest.mark.parametrize("options, message", [
     ({"gamma": 1.5}, r"algorithm: gigpo: gamma=1.5 must be a number in \[0, 1\]"),
     ({"penalty_scope": "step_and_outcome"}, "needs episode_stats='turns'"),

@@ -152,6 +152,10 @@ class RolloutBatch:
         """Sampled tokens in `rows`, each counted once: the loss normaliser of a minibatch."""
         return sum(sum(self.loss_mask[i]) for i in rows)
 
+    def trained_turns(self, rows: Sequence[int]) -> set[int]:
+        """The turns (indices into `turns`) whose sampled tokens `rows` hold."""
+        return {t for i in rows for t, sampled in zip(self.token_turn[i], self.loss_mask[i]) if sampled}
+
     def with_intrinsic(self, intrinsic: Sequence[float] | torch.Tensor) -> RolloutBatch:
         """The same batch with per-turn rewards of a turn-reward model in `turns.intrinsic`."""
         values = torch.as_tensor(intrinsic, dtype=torch.float32)

@@ -179,6 +179,10 @@ class OptimOptions:
     epochs: Annotated[int, Range(ge=1)] = 2  # passes over each iteration's episodes
     minibatches: Annotated[int, Range(ge=1)] = 1  # optimizer steps per epoch
     micro_batch_tokens: Annotated[int, Range(ge=1)] = 8192  # tokens of one forward/backward (gradient accumulation)
+    # true: a minibatch whose sampled tokens all have advantage 0 takes no optimizer step (with loss.kl_coef and
+    # loss.entropy_coef 0 its gradient is 0, and AdamW would still move the weights along its momentum). The
+    # branching estimators leave most turns at 0; off by default so the outcome estimators' figures stand as measured
+    skip_zero_advantage: bool = False
 
 
 @dataclass
@@ -318,10 +322,15 @@ class TrainConfig:
             check_ranges(self)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        if self.rollout.group_size < 2:  # every estimator here baselines an episode against its group
+        from envgym.trainers.advantages import ESTIMATORS
+
+        estimator = ESTIMATORS.get(self.algorithm.estimator)
+        tree = estimator is not None and estimator.branches and self.rollout.branch.enabled
+        if self.rollout.group_size < 2 and not tree:  # a group's episodes baseline each other (a tree's: its branches)
             raise ConfigError(
                 f"rollout.group_size is 1, but estimator {self.algorithm.estimator!r} compares episodes within a "
-                "group, so every advantage would be 0; set rollout.group_size >= 2")
+                "group, so every advantage would be 0; set rollout.group_size >= 2 (a branching estimator, "
+                "vineppo or spo_tree, may play one episode per task: its branches are the baseline)")
         if self.rollout.n_groups * self.rollout.group_size % self.optim.minibatches:
             raise ConfigError(f"optim.minibatches ({self.optim.minibatches}) must divide the episodes per iteration "
                               f"({self.rollout.n_groups * self.rollout.group_size})")

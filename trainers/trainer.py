@@ -519,7 +519,10 @@ class Trainer:
         proximal = self._proximal_logprobs(batch) if cfg.algorithm.correction != "none" else None
         self.train_module.train()
         totals = dict.fromkeys(("loss", "kl", "entropy", "clipped", "ratio", "log_ratio_sq", "tokens", "grad_norm",
-                                "steps", "lr", "corrected", "is_weight"), 0.0)
+                                "steps", "skipped", "lr", "corrected", "is_weight"), 0.0)
+        # optim.skip_zero_advantage: a minibatch with gradient 0 (no KL or entropy term, every advantage 0) is skipped
+        signal = ((advantages != 0).tolist() if cfg.optim.skip_zero_advantage and cfg.loss.kl_coef == 0
+                  and cfg.loss.entropy_coef == 0 else None)
         # |trainer - rollout| logprob of the sampled tokens before the first step, and the k3 estimate of
         # KL(engine || trainer) from them: 0 up to rounding when the rollout sampled from the trained weights
         # (a stale batch, or a vLLM engine that missed a weight sync or computes differently, shows here)
@@ -533,6 +536,11 @@ class Trainer:
                 order = [trained_rows[i] for i in torch.randperm(len(trained_rows), generator=generator).tolist()]
             for chunk in np.array_split(np.array(order), cfg.optim.minibatches):
                 rows = sorted(chunk.tolist(), key=lambda i: len(batch.input_ids[i]))  # less padding
+                totals["lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
+                if signal is not None and not self.dp.max([any(signal[t] for t in batch.trained_turns(rows))])[0]:
+                    totals["skipped"] += 1  # not an optimizer step: the schedule (warmup, cosine) does not advance
+                    rows_done += len(rows)
+                    continue
                 num_tokens = self.dp.loss_normaliser(batch.num_trained_tokens(rows))
                 self.optimizer.zero_grad(set_to_none=True)
                 micros = self.dp.micro_batches(batch, rows, cfg.optim.micro_batch_tokens)
@@ -551,7 +559,6 @@ class Trainer:
                 grad_norm = self.dp.clip_grad_norm(cfg.optim.grad_clip)
                 if not torch.isfinite(grad_norm):
                     self._stop_on_nan(batch, advantages, f"gradient norm is {float(grad_norm)}")
-                totals["lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
                 self.optimizer.step()
                 self.scheduler.step()
                 totals["grad_norm"] += float(grad_norm)
@@ -563,14 +570,14 @@ class Trainer:
         totals["loss"] /= self.dp.world_size  # each rank's loss was scaled by N (see DataParallel.loss_normaliser)
         gap["sum"], gap["k3"], gap["tokens"] = self.dp.sum([gap["sum"], gap["k3"], gap["tokens"]])
         gap["max"] = self.dp.max([gap["max"]])[0]
-        tokens = max(totals["tokens"], 1.0)
-        return {"loss/policy": totals["loss"] / totals["steps"], "loss/kl": totals["kl"] / tokens,
+        tokens, steps = max(totals["tokens"], 1.0), max(totals["steps"], 1.0)
+        measured = {"rollout/logprob_diff_max": gap["max"], "rollout/logprob_diff_mean": gap["sum"] / gap["tokens"],
+                    "rollout/engine_kl_k3": gap["k3"] / gap["tokens"]} if gap["tokens"] else {}  # none if all skipped
+        return {"loss/policy": totals["loss"] / steps, "loss/kl": totals["kl"] / tokens,
                 "loss/entropy": totals["entropy"] / tokens, "loss/clip_fraction": totals["clipped"] / tokens,
                 "loss/ratio": totals["ratio"] / tokens, "loss/approx_kl": 0.5 * totals["log_ratio_sq"] / tokens,
-                "loss/grad_norm": totals["grad_norm"] / totals["steps"], "optim/lr": totals["lr"],
-                "rollout/logprob_diff_max": gap["max"],
-                "rollout/logprob_diff_mean": gap["sum"] / max(gap["tokens"], 1.0),
-                "rollout/engine_kl_k3": gap["k3"] / max(gap["tokens"], 1.0),
+                "loss/grad_norm": totals["grad_norm"] / steps, "optim/lr": totals["lr"],
+                "optim/skipped_steps": totals["skipped"], **measured,
                 "loss/corrected_fraction": totals["corrected"] / tokens, "loss/is_weight": totals["is_weight"] / tokens}
 
     def _proximal_logprobs(self, batch: RolloutBatch) -> dict[int, torch.Tensor]:

@@ -24,6 +24,7 @@ from .registry import register_estimator
 from .segment import Segments
 
 Scale = Literal["none", "batch_rms"]
+Credit = Literal["segment", "turn"]
 
 
 class _Tree:
@@ -61,22 +62,50 @@ class _Tree:
         self.num_nodes = n + seg.num_groups
         self.node = torch.arange(n, device=device).index_copy_(0, start, starts_at)
         self.depth = self.offset[seg.episode_of_turn] + batch.turn
+        starts_here = torch.zeros(self.num_nodes, dtype=torch.float64, device=device)
+        starts_here.index_add_(0, starts_at, torch.ones_like(self.to_go[start]))
+        # episodes other than e that start at row i's state (e itself left out where it starts)
+        self.others = starts_here[self.node] - seg.is_first.to(torch.float64)
 
     def next_value(self, value: Tensor) -> Tensor:
         """[N] V(s_{e,t+1}) from per-row values V(s_{e,t}): the next row's, 0 after an episode's last turn."""
         shifted = torch.cat([value[1:], value.new_zeros(1)])
         return torch.where(self.seg.is_last, 0.0, shifted)
 
+    def segment_advantages(self, value: Tensor, valued: Tensor, gamma: float) -> Tensor:
+        """[N] Each turn gets the advantage of its segment: the turns of an episode from a branch point p (its
+        first turn, or a turn another episode starts from) up to the next one q (or the end) share
+
+            A_seg = sum_{p <= j < q} gamma^(j-p) r_j + gamma^(q-p) V(s_q) - V(s_p) = D_p - gamma^(q-p) D_q,
+
+        D = G - V (D after the last turn = 0), with `value` V(s_{e,t}) per row; a segment whose start is not
+        `valued` gets 0."""
+        seg, n = self.seg, self.to_go.shape[0]
+        index = torch.arange(n, device=value.device)
+        branch_point = seg.is_first | (self.others > 0)
+        last_point = torch.cummax(torch.where(branch_point, index, -1), dim=0).values  # never before e's first row
+        later = torch.where(branch_point, index, n).flip(0).cummin(dim=0).values.flip(0)  # first point >= row
+        end = seg.episode_bounds[1:][seg.episode_of_turn]  # one past e's last row
+        next_point = torch.cat([later[1:], later.new_full((1,), n)]).clamp(max=end)  # first point > row, or end
+        residual = torch.cat([self.to_go - value, value.new_zeros(1)])  # D, and 0 at index n ("after the end")
+        following = torch.where(next_point < end, next_point, n)
+        span = (next_point - index).to(torch.float64)
+        segment = torch.where(valued, residual[:n] - gamma ** span * residual[following], 0.0)
+        return segment[last_point]
+
 
 @register_estimator("vineppo", reference=reference.vineppo, branches=True)
 def vineppo(batch: TurnBatch, ops: Ops, *, gamma: float = 1.0, train_branches: bool = False,
-            scale: Scale = "none", eps: float = 1e-6) -> Tensor:
+            scale: Scale = "none", credit: Credit = "segment", eps: float = 1e-6) -> Tensor:
     """VinePPO at turn level: V(s) is the mean discounted return of the continuations that start at s.
 
     The continuations of s_{e,t} (t > 0) are the branches of e at turn t; those of a group's first
-    state are its other root episodes and their turn-0 branches (leave-one-out). A turn whose state
-    nobody else continued from has no baseline and gets advantage 0; as the next state, such a state
-    is valued by e's own return-to-go G_{e,t+1} (a one-sample Monte Carlo value). With
+    state are its other root episodes and their turn-0 branches (leave-one-out). `credit="segment"`:
+    the turns from one valued state to the next valued one (or the end) share
+    sum r + gamma^k V(next valued state) - V(valued state), as VinePPO's steps share theirs; turns
+    before an episode's first valued state get 0. `credit="turn"` (envgym before 2026-12-07): only a
+    turn from a valued state gets an advantage, its next state valued by V where it has
+    continuations, else by e's own return-to-go G_{e,t+1}; every other turn gets 0. With
     `train_branches=False` (the paper: its rollouts only estimate values) branch rows get advantage 0.
     `scale="batch_rms"` divides by the root mean square of the trained rows' nonzero advantages,
     putting them on the scale of group-normalised estimators (an entropy bonus tuned for those then
@@ -87,22 +116,26 @@ def vineppo(batch: TurnBatch, ops: Ops, *, gamma: float = 1.0, train_branches: b
     first, start = tree.seg.is_first, tree.seg.episode_start
     total = torch.zeros(tree.num_nodes, dtype=torch.float64, device=batch.device)
     total.index_add_(0, tree.starts_at, tree.to_go[start])
-    count = torch.zeros_like(total).index_add_(0, tree.starts_at, torch.ones_like(tree.to_go[start]))
     others_total = total[tree.node] - torch.where(first, tree.to_go, 0.0)  # leave e itself out where it starts
-    others = count[tree.node] - first.to(torch.float64)
+    others = tree.others
     value = torch.where(others > 0, others_total / others.clamp(min=1), tree.to_go)
-    advantage = torch.where(others > 0, tree.reward + gamma * tree.next_value(value) - value, 0.0)
+    if credit == "segment":
+        advantage = tree.segment_advantages(value, others > 0, gamma)
+    else:
+        advantage = torch.where(others > 0, tree.reward + gamma * tree.next_value(value) - value, 0.0)
     return _finish(advantage, tree, train_branches, scale, eps)
 
 
 @register_estimator("spo_tree", reference=reference.spo_tree, branches=True)
 def spo_tree(batch: TurnBatch, ops: Ops, *, gamma: float = 1.0, train_branches: bool = True,
-             scale: Scale = "none", eps: float = 1e-6) -> Tensor:
+             scale: Scale = "none", credit: Credit = "segment", eps: float = 1e-6) -> Tensor:
     """SPO-tree at turn level: V(n) is the mean discounted return-to-go, from n, of every episode whose
     path passes through node n (e itself included); A = r + gamma * V(child) - V(parent node).
 
-    `train_branches=True` (SPO: every sample of the tree trains) gives branch rows their advantages too.
-    `scale` as vineppo's.
+    Along a stretch of turns no other path leaves, that advantage is 0 but on the stretch's first turn;
+    `credit="segment"` gives every turn of the stretch its value (SPO: a segment's advantage is every
+    token's), `credit="turn"` (envgym before 2026-12-07) only the first. `train_branches=True` (SPO:
+    every sample of the tree trains) gives branch rows their advantages too. `scale` as vineppo's.
     """
     tree = _Tree(batch, ops, gamma)
     count = torch.zeros(tree.num_nodes, dtype=torch.float64, device=batch.device)
@@ -119,7 +152,10 @@ def spo_tree(batch: TurnBatch, ops: Ops, *, gamma: float = 1.0, train_branches: 
         count.index_add_(0, tree.node[rows], child_count)
         total.index_add_(0, tree.node[rows], tree.reward[rows] * child_count + gamma * child_total)
     value = total[tree.node] / count[tree.node]
-    advantage = tree.reward + gamma * tree.next_value(value) - value
+    if credit == "segment":
+        advantage = tree.segment_advantages(value, torch.ones_like(tree.seg.is_first), gamma)
+    else:
+        advantage = tree.reward + gamma * tree.next_value(value) - value
     return _finish(advantage, tree, train_branches, scale, eps)
 
 

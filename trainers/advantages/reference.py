@@ -332,23 +332,38 @@ def _to_go(rewards: list[float], gamma: float) -> list[float]:
     return out
 
 
-def _branched_advantages(batch, gamma: float, train_branches: bool, scale: str, eps: float, value,
+def _branched_advantages(batch, gamma: float, train_branches: bool, scale: str, credit: str, eps: float, value,
                          has_baseline=lambda e, position: True) -> Tensor:
-    """A_{e,t} = r + gamma * V(next state) - V(state), V(after the last turn) = 0, and 0 where not
-    `has_baseline(e, position)`; `value(e, position)`; with scale="batch_rms" divided by the root mean square
-    of the trained rows' nonzero advantages (+ eps)."""
+    """credit="turn": A_{e,t} = r + gamma * V(next state) - V(state), V(after the last turn) = 0, and 0 where
+    not `has_baseline(e, position)`. credit="segment": turn t of e lies in the segment from its branch point p
+    (the last turn <= t that is e's first or that another episode starts from) to the next one q (or the end),
+    and gets sum_{p <= j < q} gamma^(j-p) r_j + gamma^(q-p) V(state before q) - V(state before p), 0 where p
+    has no baseline. `value(e, position)`; with scale="batch_rms" divided by the root mean square of the
+    trained rows' nonzero advantages (+ eps)."""
     cols, episodes, nodes, rewards, own_start = _tree_paths(batch, gamma)
     parents = batch.parent.tolist()
+    starting = defaultdict(int)  # node -> episodes that start there
+    for e in range(len(episodes)):
+        starting[nodes[e][own_start[e]]] += 1
     out = [0.0] * batch.num_turns
     trained = []
     for e, rows in enumerate(episodes):
         if parents[rows[0]] != -1 and not train_branches:
             continue
+        ends = [t for t in range(1, len(rows)) if starting[nodes[e][own_start[e] + t]] > 0] + [len(rows)]
         for t, row in enumerate(rows):
             here = own_start[e] + t
-            after = 0.0 if t == len(rows) - 1 else value(e, here + 1)
-            if has_baseline(e, here):
-                out[row] = cols["reward"][row] + gamma * after - value(e, here)
+            if credit == "turn":
+                after = 0.0 if t == len(rows) - 1 else value(e, here + 1)
+                if has_baseline(e, here):
+                    out[row] = cols["reward"][row] + gamma * after - value(e, here)
+            else:
+                p = max([0] + [q for q in ends if q <= t])
+                q = min(q for q in ends if q > t)
+                if has_baseline(e, own_start[e] + p):
+                    between = sum(gamma ** (j - p) * cols["reward"][rows[j]] for j in range(p, q))
+                    after = 0.0 if q == len(rows) else value(e, own_start[e] + q)
+                    out[row] = between + gamma ** (q - p) * after - value(e, own_start[e] + p)
             trained.append(row)
     informative = [out[r] for r in trained if abs(out[r]) > 1e-12]
     if scale == "batch_rms" and informative:
@@ -357,7 +372,7 @@ def _branched_advantages(batch, gamma: float, train_branches: bool, scale: str, 
     return _out(out)
 
 
-def vineppo(batch, *, gamma=1.0, train_branches=False, scale="none", eps=1e-6) -> Tensor:
+def vineppo(batch, *, gamma=1.0, train_branches=False, scale="none", credit="segment", eps=1e-6) -> Tensor:
     """V(state of e) = mean return of the other episodes that start there; a turn from a state with none gets 0,
     and such a state as the next state is valued by e's own return-to-go."""
     cols, episodes, nodes, rewards, own_start = _tree_paths(batch, gamma)
@@ -372,11 +387,11 @@ def vineppo(batch, *, gamma=1.0, train_branches=False, scale="none", eps=1e-6) -
         found = others(e, position)
         return sum(found) / len(found) if found else _to_go(rewards[e], gamma)[position]
 
-    return _branched_advantages(batch, gamma, train_branches, scale, eps, value,
+    return _branched_advantages(batch, gamma, train_branches, scale, credit, eps, value,
                                 lambda e, position: bool(others(e, position)))
 
 
-def spo_tree(batch, *, gamma=1.0, train_branches=True, scale="none", eps=1e-6) -> Tensor:
+def spo_tree(batch, *, gamma=1.0, train_branches=True, scale="none", credit="segment", eps=1e-6) -> Tensor:
     """V(node) = mean, over every episode whose path passes through the node, of its return-to-go from there."""
     cols, episodes, nodes, rewards, own_start = _tree_paths(batch, gamma)
     through: dict = defaultdict(list)
@@ -388,4 +403,4 @@ def spo_tree(batch, *, gamma=1.0, train_branches=True, scale="none", eps=1e-6) -
         returns = through[nodes[e][position]]
         return sum(returns) / len(returns)
 
-    return _branched_advantages(batch, gamma, train_branches, scale, eps, value)
+    return _branched_advantages(batch, gamma, train_branches, scale, credit, eps, value)
