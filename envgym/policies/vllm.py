@@ -98,7 +98,7 @@ class VLLMPolicy:
 
     `serving_threads` is the torch thread count generation runs with: one, as
     vLLM serves (OpenMP threads spin-waiting against the engine's own Python
-    work made generation with two threads 4-5x slower than with one on a
+    work made generation with two threads slower than with one on a
     2-core CPU); the caller's count is restored after each call, so a
     trainer's update keeps its threads.
     `context_window` is the engine's `max_model_len`.
