@@ -10,6 +10,7 @@ import yaml
 
 from envgym.cli import EXIT_FAILED, EXIT_USAGE, main
 from envgym.trainers import Trainer, config_from_dict
+from envgym.trainers.config import TrainConfig
 from envgym.trainers.checkpoint import CheckpointMismatch, check_config_matches, config_dict, save_checkpoint
 from envgym.trainers.run_dir import OutDirHoldsRun, OutDirInUse, RunDirectory
 
@@ -192,6 +193,23 @@ def test_resume_accepts_only_resumable_changes_and_growing_iterations(tmp_path):
     with pytest.raises(CheckpointMismatch, match="eval.episodes: checkpoint has 2, this config has 50"):
         check_config_matches(checkpoint, config_dict(config_from_dict({**RUN, "iterations": 10},
                                                                       ["eval.episodes=50"])))
+
+
+def test_resume_accepts_a_checkpoint_older_than_a_setting_that_keeps_its_default(tmp_path):
+    # a run written before optim.skip_zero_advantage existed trained as its default (False) does
+    older = config_dict(config_from_dict({**RUN, "iterations": 10}))
+    del older["optim"]["skip_zero_advantage"]
+    checkpoint = save(tmp_path, 3, "r")
+    (checkpoint / "config.yaml").write_text(yaml.safe_dump(older))
+    defaults = config_dict(TrainConfig())
+    check_config_matches(checkpoint, config_dict(config_from_dict({**RUN, "iterations": 20})), defaults=defaults)
+    with pytest.raises(CheckpointMismatch, match=r"optim.skip_zero_advantage: checkpoint has no such setting "
+                                                 r"\(an older envgym wrote it\), this config has True"):
+        check_config_matches(checkpoint, config_dict(config_from_dict({**RUN, "iterations": 20},
+                                                                      ["optim.skip_zero_advantage=true"])),
+                             defaults=defaults)
+    with pytest.raises(CheckpointMismatch, match="checkpoint has no such setting"):  # no defaults: nothing assumed
+        check_config_matches(checkpoint, config_dict(config_from_dict({**RUN, "iterations": 20})))
 
 
 def test_a_run_that_fails_its_set_up_leaves_no_new_directory(tmp_path):

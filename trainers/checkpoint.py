@@ -255,14 +255,17 @@ def load_state(checkpoint: Path) -> dict[str, Any]:
     return torch.load(checkpoint / STATE_FILE, weights_only=False)
 
 
-def check_config_matches(checkpoint: Path, config: dict[str, Any]) -> None:
+def check_config_matches(checkpoint: Path, config: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:
     """Raise CheckpointMismatch listing each setting where `config` differs from the checkpoint's.
 
-    Only RESUMABLE_CHANGES may differ, and `iterations` only upwards.
+    Only RESUMABLE_CHANGES may differ, and `iterations` only upwards. A setting the checkpoint does not
+    have (added to envgym after it was written) matches where `config` holds its value in `defaults`
+    (the default config, as `config_dict` gives it): the run was trained with that behaviour.
     """
     saved = yaml.safe_load((checkpoint / CONFIG_FILE).read_text(encoding="utf-8"))
-    differences = [f"{key}: checkpoint has {old!r}, this config has {new!r}"
-                   for key, old, new in _diff(saved, config) if not _resumable(key)]
+    differences = [f"{key}: checkpoint has {_shown(old)}, this config has {new!r}"
+                   for key, old, new in _diff(saved, config) if not _resumable(key)
+                   and not (old is _ABSENT and defaults is not None and new == _lookup(defaults, key))]
     if config["iterations"] < saved["iterations"]:
         differences.append(f"iterations: the checkpoint's run was set to {saved['iterations']}, this config has "
                            f"{config['iterations']} (iterations may only grow on resume)")
@@ -276,11 +279,24 @@ def _resumable(key: str) -> bool:
     return any(key == allowed or key.startswith(f"{allowed}.") for allowed in RESUMABLE_CHANGES)
 
 
+_ABSENT = object()  # a setting one of two configs does not have
+
+
+def _shown(value: Any) -> str:
+    return "no such setting (an older envgym wrote it)" if value is _ABSENT else repr(value)
+
+
+def _lookup(config: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        config = config.get(part, _ABSENT) if isinstance(config, dict) else _ABSENT
+    return config
+
+
 def _diff(old: Any, new: Any, prefix: str = ""):
     if isinstance(old, dict) and isinstance(new, dict):
         for key in sorted(set(old) | set(new)):
-            yield from _diff(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else key)
-    elif old != new:
+            yield from _diff(old.get(key, _ABSENT), new.get(key, _ABSENT), f"{prefix}.{key}" if prefix else key)
+    elif old is not new and old != new:
         yield prefix, old, new
 
 

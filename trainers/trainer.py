@@ -309,7 +309,7 @@ class Trainer:
         if latest is None:
             log.warning("--resume: no checkpoint in %s; starting from iteration 0", self.out_dir)
             return
-        ckpt.check_config_matches(latest, ckpt.config_dict(self.config))
+        ckpt.check_config_matches(latest, ckpt.config_dict(self.config), defaults=ckpt.config_dict(TrainConfig()))
         self.run_id = ckpt.run_id_of(latest)
         state = ckpt.load_state(latest)
         self._load_weights(latest)
