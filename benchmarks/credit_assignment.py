@@ -133,7 +133,12 @@ SUITES = {
                        "vineppo@episodes": branching(VINEPPO, QUESTIONS_BRANCH),
                        "spo_tree@episodes": branching(SPO_TREE, QUESTIONS_BRANCH),
                        "vineppo@dense": branching(VINEPPO, QUESTIONS_DENSE, DENSE_ROOTS),
-                       "spo_tree@dense": branching(SPO_TREE, QUESTIONS_DENSE, DENSE_ROOTS)},
+                       "spo_tree@dense": branching(SPO_TREE, QUESTIONS_DENSE, DENSE_ROOTS),
+                       # ablation: only a segment's first turn credited (envgym's branching before 2026-12-07)
+                       **{f"{name}@dense-turn": branching([f"algorithm.estimator={name}",
+                                                           "algorithm.options={scale: batch_rms, credit: turn}"],
+                                                          QUESTIONS_DENSE, DENSE_ROOTS)
+                          for name in ("vineppo", "spo_tree")}},
         "report": BRANCH_REPORT,
     },
     "smollm2": {  # SmolLM2-135M-Instruct + LoRA, bf16, on 4x4 mazes seen locally (its own recipe, see
