@@ -79,7 +79,8 @@ QUESTIONS_BRANCH, QUESTIONS_TOKEN_ROOTS = "k: 2, turns: [4]", ["rollout.group_si
 # 2 roots per group, each branched at three turns, and no optimizer step on a minibatch with no nonzero advantage.
 # Maze: 11 + 2 x (9 + 6 + 3) = 47 turns per root, 94 per group for the baseline's 88; questions: 9 + 2 x (7 + 5 + 3)
 # = 39 per root, 78 per group for 72
-DENSE_ROOTS = ["rollout.group_size=2", "optim.skip_zero_advantage=true"]
+SKIP_ZERO = "optim.skip_zero_advantage=true"
+DENSE_ROOTS = ["rollout.group_size=2", SKIP_ZERO]
 MAZE_DENSE, QUESTIONS_DENSE = "k: 2, turns: [3, 6, 9]", "k: 2, turns: [2, 4, 6]"
 SUITES = {
     "maze": {
@@ -152,8 +153,7 @@ SUITES = {
                        "gigpo-lr3e-4": ["algorithm.estimator=gigpo", "optim.lr=3e-4"],
                        # equal tokens: the recipe plays 4 episodes per maze; one root branched at three turns
                        # plays 11 + 2 x (9 + 6 + 3) = 47 turns for their 44
-                       **{f"{name}@dense": branching(options, MAZE_DENSE, ["rollout.group_size=1",
-                                                                           "optim.skip_zero_advantage=true"])
+                       **{f"{name}@dense": branching(options, MAZE_DENSE, ["rollout.group_size=1", SKIP_ZERO])
                           for name, options in (("vineppo", VINEPPO), ("spo_tree", SPO_TREE))}},
         "report": ["train/success", "train/invalid_rate", "rollout/logprob_diff_mean", "loss/approx_kl",
                    "time/iteration", "time/eval"],
